@@ -1,0 +1,1 @@
+"""Plans and schedules sweeps: spec, planner, Ray scheduler, store, tracking, analysis, CLI."""

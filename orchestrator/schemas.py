@@ -1,0 +1,96 @@
+"""Every Parquet table of the store, in one place (DESIGN.md "The store" is the contract).
+
+Tables live at STORE/results/<table>/experiment=<name>/part-*.parquet; `experiment` is the
+hive partition column, so it is part of the logical schema but not of the files' columns.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+RUNS = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("job_id", pa.string()),
+        ("parent_job_id", pa.string()),
+        ("role", pa.string()),  # "level" | "branch"
+        ("replicate", pa.int64()),
+        ("rewind_iter", pa.int64()),
+        ("level", pa.int64()),
+        ("data_seed", pa.int64()),
+        ("retrain", pa.string()),
+        ("prune_strategy", pa.string()),
+        ("density", pa.float64()),
+        ("start_iter", pa.int64()),
+        ("end_iter", pa.int64()),
+        ("test_loss", pa.float64()),
+        ("test_accuracy", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("train_accuracy", pa.float64()),
+        ("wall_seconds", pa.float64()),
+        ("attempts", pa.int64()),
+        ("host", pa.string()),
+        ("node", pa.string()),
+        ("device", pa.string()),
+        ("weights_path", pa.string()),
+        ("mask_path", pa.string()),
+    ]
+)
+
+METRICS = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("job_id", pa.string()),
+        ("iteration", pa.int64()),
+        ("split", pa.string()),
+        ("loss", pa.float64()),
+        ("accuracy", pa.float64()),
+    ]
+)
+
+INTERPOLATION = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("pair_id", pa.string()),
+        ("job_a", pa.string()),
+        ("job_b", pa.string()),
+        ("replicate", pa.int64()),
+        ("rewind_iter", pa.int64()),
+        ("level", pa.int64()),
+        ("density", pa.float64()),
+        ("split", pa.string()),
+        ("alpha", pa.float64()),
+        ("loss", pa.float64()),
+        ("error", pa.float64()),
+    ]
+)
+
+INSTABILITY = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("pair_id", pa.string()),
+        ("job_a", pa.string()),
+        ("job_b", pa.string()),
+        ("replicate", pa.int64()),
+        ("rewind_iter", pa.int64()),
+        ("level", pa.int64()),
+        ("density", pa.float64()),
+        ("split", pa.string()),
+        ("error_a", pa.float64()),
+        ("error_b", pa.float64()),
+        ("max_error", pa.float64()),
+        ("barrier", pa.float64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "runs": RUNS,
+    "metrics": METRICS,
+    "interpolation": INTERPOLATION,
+    "instability": INSTABILITY,
+}
+
+
+def file_schema(table: str) -> pa.Schema:
+    """The columns stored inside part files (the partition column lives in the path)."""
+    schema = TABLES[table]
+    return schema.remove(schema.get_field_index("experiment"))

@@ -1,0 +1,1 @@
+"""Everything that touches tensors. Pure PyTorch: never imports ray, wandb or orchestrator."""

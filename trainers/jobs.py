@@ -1,0 +1,189 @@
+"""Job descriptions: the plain-data contract between the orchestrator and trainers/.
+
+Everything that determines a job's output is a field of a frozen dataclass here, so the
+orchestrator can hash a job (`dataclasses.asdict` + canonical JSON) into its id, and a job
+can be shipped to any machine with a GPU and run as a plain function call
+(`trainers.api.run_train_job`, `trainers.api.run_interpolate_job`).
+
+Fields that do NOT change the result (where to checkpoint, how often, which device) live in
+the `*Paths` objects and in `trainers.runtime.Runtime`, never here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+RetrainMode = Literal["rewind", "lr_rewind", "finetune"]
+PruneStrategy = Literal["magnitude_global", "magnitude_layerwise", "random"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # key of trainers.data.DATASETS
+    root: str | None = None  # directory (cifar, imagenet) or .beton file (ffcv_*)
+    image_size: int | None = None  # synthetic: side; imagenet/ffcv_imagenet: training crop side
+    eval_image_size: int | None = None  # imagenet: centre-crop side for evaluation (default: image_size * 8/7)
+    num_classes: int | None = None  # synthetic only
+    num_train: int | None = None  # synthetic only
+    num_test: int | None = None  # synthetic only
+    channels: int = 3  # synthetic only
+    seed: int = 0  # synthetic generation seed (the data set itself, not the data order)
+    augment: bool = True  # the data set's standard augmentation on training batches
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm parameters and biases
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning rate as a function of the iteration (never of wall time or restarts)."""
+
+    name: Literal["constant", "step", "cosine"] = "constant"
+    milestones: tuple[int, ...] = ()  # step: iterations at which lr *= gamma
+    gamma: float = 0.1
+    warmup_iters: int = 0  # linear warmup from lr/warmup_iters to lr, then the schedule
+    min_lr: float = 0.0  # cosine: lr at iteration T
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one network's training, shared by every job of a lineage."""
+
+    model: str
+    data: DataConfig
+    iterations: int  # T
+    batch_size: int = 128
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_smoothing: float = 0.0
+    eval_every: int = 0  # iterations between evaluations; 0: only at the start and end
+    eval_train_examples: int = 1024  # fixed subset of the training set for train metrics
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (CUDA)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    strategy: PruneStrategy = "magnitude_global"
+    fraction: float = 0.2  # of the *remaining* prunable weights, per level
+    ignore: tuple[str, ...] = ()  # parameter names (fnmatch patterns) that are never pruned
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One `train` job: a dense run, a level of a lineage, or a branch child.
+
+    Level 0 (dense): prune=None, start_iter=0, weights from init_seed, save_iters = rewinding
+    points. Level l >= 1: prune the parent's final weights (head of this job), then start
+    according to `retrain`, from `start_iter` (= k) to `end_iter` (= T).
+    """
+
+    train: TrainConfig
+    init_seed: int  # W0
+    data_seed: int  # the data-order stream (permutations and augmentation)
+    start_iter: int = 0
+    end_iter: int | None = None  # None: train.iterations
+    save_iters: tuple[int, ...] = ()  # write W_k at these iterations
+    prune: PruneConfig | None = None  # None: keep the parent mask (dense run, or mask given)
+    retrain: RetrainMode = "rewind"
+    finetune_lr: float = 1e-3  # finetune: the fixed learning rate
+    reinit_seed: int | None = None  # control: same mask, fresh weights drawn from this seed
+    prune_seed: int = 0  # random pruning control: which random mask
+
+    @property
+    def stop_iter(self) -> int:
+        return self.train.iterations if self.end_iter is None else self.end_iter
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where a train job reads its inputs and writes its artifacts (all local or shared paths)."""
+
+    out_dir: str  # weights.pt, mask.pt, w_<k>.pt (rewinding points), checkpoint.pt
+    parent_weights: str | None = None  # final weights of the previous level
+    parent_mask: str | None = None  # mask of the previous level
+    rewind_weights: str | None = None  # W_k from the dense run (retrain=rewind)
+    checkpoint_every_iters: int = 0  # 0: only by time
+    checkpoint_every_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class InterpolateJob:
+    """One `interpolate` job: the linear path between two trained networks."""
+
+    train: TrainConfig  # model, data, batch size and precision used for evaluation
+    num_alphas: int = 31
+    splits: tuple[str, ...] = ("test", "train")
+    train_examples: int = 10_000  # fixed subset of the training set
+    bn_reset: bool = False  # recompute BatchNorm statistics for each interpolated network
+    bn_reset_batches: int = 8
+
+
+@dataclass(frozen=True)
+class InterpolatePaths:
+    weights_a: str
+    weights_b: str
+    mask: str | None = None  # both endpoints share it; applied to the interpolated weights
+
+
+# ---- results (plain data the orchestrator turns into Parquet rows) --------------------------
+
+
+@dataclass
+class MetricRow:
+    iteration: int
+    split: str  # "test" | "train"
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class TrainResult:
+    metrics: list[MetricRow]
+    test_loss: float
+    test_accuracy: float
+    train_loss: float
+    train_accuracy: float
+    density: float
+    start_iter: int
+    end_iter: int
+    wall_seconds: float
+    device: str
+    weights_path: str
+    mask_path: str
+    saved_weights: dict[int, str]  # rewinding point -> path of W_k
+    resumed_from: int | None = None  # iteration of the checkpoint this attempt resumed from
+
+
+@dataclass
+class InterpolationRow:
+    split: str
+    alpha: float
+    loss: float
+    error: float
+
+
+@dataclass
+class Instability:
+    split: str
+    error_a: float
+    error_b: float
+    max_error: float
+    barrier: float  # max_a error(a) - (error(0) + error(1)) / 2
+
+
+@dataclass
+class InterpolateResult:
+    rows: list[InterpolationRow]
+    instability: list[Instability]
+    wall_seconds: float
+    device: str
