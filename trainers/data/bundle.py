@@ -1,0 +1,90 @@
+"""What every data set looks like to the training loop: `DataInfo`, `DataBundle`, `DataSource`.
+
+A `DataSource` is the cheap, file-free description of a configured data set (shape, counts,
+availability check); `open()` loads it into a `DataBundle`, which serves training batches as a
+pure function of (data_seed, iteration) and deterministic evaluation batches.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from trainers.jobs import DataConfig
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    input_shape: tuple[int, ...]  # one example, without the batch dimension (C, H, W) or (F,)
+    num_classes: int
+    num_train: int
+    num_test: int
+
+
+class DataBundle(ABC):
+    """A loaded data set on one device."""
+
+    info: DataInfo
+
+    def iterations_per_epoch(self, batch_size: int) -> int:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        ipe = self.info.num_train // batch_size
+        if ipe < 1:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the training set ({self.info.num_train} examples)"
+            )
+        return ipe
+
+    @abstractmethod
+    def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator[Batch]:
+        """Training batches of iterations start_iter, start_iter + 1, ... forever (see order.py)."""
+
+    @abstractmethod
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
+        """Deterministic, unaugmented batches of the test set or of a fixed training subset."""
+
+
+class DataSource(ABC):
+    """A configured data set before loading: the registry's constructors build these."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def describe(self) -> DataInfo:
+        """Shape and counts, without reading the data (the planner may not have it)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise FileNotFoundError/ValueError naming the path when the data is missing or malformed."""
+
+    @abstractmethod
+    def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
+        """Load the data set; num_workers only matters to file-based (streaming) sources."""
+
+
+def check_eval_args(split: str, batch_size: int, max_examples: int | None, num: int, name: str) -> int:
+    """Validate eval_batches arguments; returns how many examples to evaluate."""
+    if split not in ("test", "train"):
+        raise ValueError(f"eval split must be 'test' or 'train', got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
+    return num if max_examples is None else min(num, max_examples)
+
+
+def check_stream_args(start_iter: int) -> None:
+    if start_iter < 0:
+        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

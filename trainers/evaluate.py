@@ -1,0 +1,49 @@
+"""Loss and accuracy of a model on a split: shared by the training loop and interpolation."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA unless fp32 is asked for; CPU runs stay fp32 (bitwise reproducible)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_model_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str = "auto",
+    channels_last: bool = False,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (a fraction in [0, 1]) over `batches`."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    count = 0
+    with autocast_for(device, precision):
+        for x, y in batches:
+            logits = model(to_model_input(x, channels_last)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation split is empty")
+    # One device sync per evaluation, not one per batch.
+    return loss_sum.item() / count, correct.item() / count

@@ -1,0 +1,288 @@
+"""Masks and pruning (the science is fixed by DESIGN.md, "The science, precisely").
+
+- Prunable tensors: the `weight` of every nn.Conv*/nn.Linear module, minus the parameter names
+  matched by the `ignore` fnmatch patterns. Biases and BatchNorm are never prunable.
+- A mask is `{parameter_name: bool tensor}` over exactly the prunable tensors, on CPU, in
+  state_dict order (dict order survives torch.save/torch.load).
+- One pruning step removes count = ceil(p * remaining) of the *remaining* weights.
+- Ties in magnitude are broken by position: among equal |w|, the weight with the smaller flat
+  index is removed first, where the flat index runs over the concatenation of the mask's
+  tensors in mask (= state_dict) order (per tensor for `magnitude_layerwise`).
+  Already-pruned weights always rank as removed, whatever value they hold.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+from fractions import Fraction
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from trainers.jobs import PruneConfig
+
+Mask = dict[str, torch.Tensor]
+
+STRATEGIES = ("magnitude_global", "magnitude_layerwise", "random")
+
+
+# ---- which tensors -------------------------------------------------------------------------
+
+
+def _candidate_names(model: nn.Module) -> set[str]:
+    names = set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(
+            getattr(mod, "weight", None), nn.Parameter
+        ):
+            names.add(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def prunable_names(model: nn.Module, ignore: Iterable[str] = ()) -> list[str]:
+    """Conv/Linear weight names minus `ignore` (fnmatch patterns), in state_dict order.
+
+    A pattern that matches no Conv/Linear weight is almost surely a typo that would silently
+    change the experiment, so it is an error.
+    """
+    ignore = tuple(ignore)
+    candidates = _candidate_names(model)
+    ordered = [n for n, _ in model.named_parameters() if n in candidates]
+    for pattern in ignore:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in ordered):
+            raise ValueError(
+                f"prune ignore pattern {pattern!r} matches no Conv/Linear weight of the model; "
+                f"prunable weights are e.g. {', '.join(ordered[:3])} ... {', '.join(ordered[-2:])}"
+            )
+    return [n for n in ordered if not any(fnmatch.fnmatchcase(n, p) for p in ignore)]
+
+
+def prunable_sizes(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, int]:
+    """Prunable name -> number of weights; works on a `meta` model (see models.meta_model)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].numel() for n in prunable_names(model, ignore)}
+
+
+# ---- masks ---------------------------------------------------------------------------------
+
+
+def full_mask(model: nn.Module, ignore: Iterable[str] = ()) -> Mask:
+    params = dict(model.named_parameters())
+    return {n: torch.ones(params[n].shape, dtype=torch.bool) for n in prunable_names(model, ignore)}
+
+
+def density(mask: Mask) -> float:
+    """remaining / total over the mask's (= the prunable) tensors."""
+    total = sum(m.numel() for m in mask.values())
+    if total == 0:
+        raise ValueError("mask is empty: no prunable tensors")
+    return sum(int(m.count_nonzero()) for m in mask.values()) / total
+
+
+def layer_densities(mask: Mask) -> dict[str, float]:
+    return {n: int(m.count_nonzero()) / m.numel() for n, m in mask.items()}
+
+
+def remaining(mask: Mask) -> int:
+    return sum(int(m.count_nonzero()) for m in mask.values())
+
+
+def masked_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
+    """A copy of a state_dict with pruned weights set to zero (e.g. m_l * W_k)."""
+    _check_keys(weights, mask)
+    return {k: (v * mask[k].to(v.device, v.dtype) if k in mask else v.clone()) for k, v in weights.items()}
+
+
+# ---- how many ------------------------------------------------------------------------------
+
+
+def _check_fraction(fraction: float) -> Fraction:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction):
+        raise ValueError(f"prune fraction must be a number in (0, 1), got {fraction!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"prune fraction must be in (0, 1) (exclusive), got {fraction!r}")
+    # The decimal the user wrote, exactly: with floats, ceil(0.07 * 100) would be 8, not 7.
+    return Fraction(repr(float(fraction)))
+
+
+def prune_count(remaining: int, fraction: float) -> int:
+    """ceil(fraction * remaining), computed exactly."""
+    return math.ceil(_check_fraction(fraction) * int(remaining))
+
+
+def planned_remaining(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[int]:
+    """Remaining prunable weights at levels 0..levels (dense first), with no tensor at all.
+
+    Equals what repeated `prune` calls produce from a full mask: global and random remove
+    ceil(p * r) of the total; layerwise removes ceil(p * r_i) from each tensor.
+    """
+    _check_strategy(cfg.strategy)
+    _check_fraction(cfg.fraction)
+    if int(levels) < 0:
+        raise ValueError(f"levels must be >= 0, got {levels!r}")
+    counts = [int(s) for s in sizes.values()]
+    if any(c < 0 for c in counts):
+        raise ValueError(f"sizes must be non-negative, got {dict(sizes)!r}")
+    out = [sum(counts)]
+    for _ in range(int(levels)):
+        if cfg.strategy == "magnitude_layerwise":
+            counts = [c - prune_count(c, cfg.fraction) for c in counts]
+            out.append(sum(counts))
+        else:
+            out.append(out[-1] - prune_count(out[-1], cfg.fraction))
+    return out
+
+
+def planned_densities(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[float]:
+    total = sum(int(s) for s in sizes.values())
+    if total == 0:
+        raise ValueError("sizes: no prunable weights")
+    return [r / total for r in planned_remaining(sizes, cfg, levels)]
+
+
+# ---- pruning -------------------------------------------------------------------------------
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"prune strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+
+def _check_keys(weights: Mapping[str, torch.Tensor], mask: Mask) -> None:
+    missing = [k for k in mask if k not in weights]
+    if missing:
+        raise ValueError(f"mask names tensors the weights do not have: {missing}")
+    bad = [k for k in mask if tuple(mask[k].shape) != tuple(weights[k].shape)]
+    if bad:
+        raise ValueError(
+            "mask and weight shapes differ for "
+            + ", ".join(f"{k} (mask {tuple(mask[k].shape)}, weight {tuple(weights[k].shape)})" for k in bad)
+        )
+    not_bool = [k for k in mask if mask[k].dtype != torch.bool]
+    if not_bool:
+        raise ValueError(f"mask tensors must be bool, not for: {not_bool}")
+
+
+def _remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """New alive flags (1-D) after removing the `count` alive entries of smallest score.
+
+    `scores` must be finite where alive; it is overwritten (dead entries set to +inf so they
+    can never be chosen). Ties at the threshold go by position (smaller index removed first).
+    O(n): one kthvalue, no sort, no boolean gather.
+    """
+    n_alive = int(alive.count_nonzero())
+    if count <= 0:
+        return alive.clone()
+    if count >= n_alive:
+        return torch.zeros_like(alive)
+    scores.masked_fill_(~alive, math.inf)
+    kth = torch.kthvalue(scores, count).values
+    removed = scores < kth
+    at = (scores == kth).nonzero().squeeze(1)
+    removed[at[: count - int(removed.count_nonzero())]] = True
+    return alive & ~removed
+
+
+def _flat_magnitudes(weights: Mapping[str, torch.Tensor], mask: Mask, names: list[str]) -> torch.Tensor:
+    """|w| of `names` concatenated (mask order) in one CPU buffer of their common dtype."""
+    dtype = functools.reduce(torch.promote_types, [weights[k].dtype for k in names], torch.float32)
+    sizes = [mask[k].numel() for k in names]
+    buf = torch.empty(sum(sizes), dtype=dtype)
+    for k, part in zip(names, torch.split(buf, sizes)):
+        torch.abs(weights[k].detach().reshape(-1).to("cpu", dtype), out=part)
+        if not bool(torch.isfinite(part).logical_or_(~mask[k].reshape(-1)).all()):
+            raise ValueError(f"weights {k!r} hold NaN or inf among the unpruned entries: cannot prune by magnitude")
+    return buf
+
+
+def _global_magnitude(weights: Mapping[str, torch.Tensor], mask: Mask, fraction: float) -> Mask:
+    names = list(mask)
+    alive = torch.cat([mask[k].reshape(-1) for k in names])
+    scores = _flat_magnitudes(weights, mask, names)
+    new = _remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), fraction))
+    parts = torch.split(new, [mask[k].numel() for k in names])
+    return {k: p.reshape(mask[k].shape) for k, p in zip(names, parts)}
+
+
+def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, seed: int = 0) -> Mask:
+    """The mask of level l+1 from level l's final `weights` (a state_dict) and its `mask`.
+
+    Only the mask's tensors are considered (others in `weights`, e.g. biases, are ignored).
+    `seed` only matters for the `random` control. Returns new CPU bool tensors.
+    """
+    _check_strategy(cfg.strategy)
+    _check_fraction(cfg.fraction)
+    _check_keys(weights, mask)
+    if not mask:
+        raise ValueError("mask is empty: no prunable tensors")
+    mask = {k: m.cpu() for k, m in mask.items()}
+
+    if cfg.strategy == "magnitude_global":
+        return _global_magnitude(weights, mask, cfg.fraction)
+
+    if cfg.strategy == "magnitude_layerwise":
+        out = {}
+        for k, m in mask.items():
+            alive = m.reshape(-1)
+            scores = _flat_magnitudes(weights, mask, [k])
+            new = _remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), cfg.fraction))
+            out[k] = new.reshape(m.shape)
+        return out
+
+    # random control: the per-layer survivor counts magnitude_global would give, but which
+    # survivors stay is a uniform draw among the current survivors of each layer.
+    keep = {k: int(m.count_nonzero()) for k, m in _global_magnitude(weights, mask, cfg.fraction).items()}
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    out = {}
+    for k, m in mask.items():
+        alive_idx = m.reshape(-1).nonzero().squeeze(1)
+        chosen = alive_idx[torch.randperm(alive_idx.numel(), generator=gen)[: keep[k]]]
+        new = torch.zeros(m.numel(), dtype=torch.bool)
+        new[chosen] = True
+        out[k] = new.reshape(m.shape)
+    return out
+
+
+# ---- applying masks on the hot path --------------------------------------------------------
+
+
+class MaskApplier:
+    """Keeps pruned weights at exactly zero during training; built once per run.
+
+    Build it after the model is on its device and in its memory format: it holds the
+    parameters and the masks as tensors of the parameters' dtype, device and layout, so each
+    call is one fused foreach multiply. Call `apply_to_grads()` after backward (so momentum,
+    Adam moments and weight decay of pruned weights stay zero) and `apply_to_weights()` after
+    the optimizer step (exact zeros whatever the optimizer does).
+    """
+
+    def __init__(self, model: nn.Module, mask: Mask):
+        params = dict(model.named_parameters())
+        missing = [k for k in mask if k not in params]
+        if missing:
+            raise ValueError(f"mask names parameters the model does not have: {missing}")
+        bad = [k for k in mask if tuple(mask[k].shape) != tuple(params[k].shape)]
+        if bad:
+            raise ValueError(f"mask and parameter shapes differ for: {bad}")
+        self.names = list(mask)
+        self.params = [params[k] for k in self.names]
+        # empty_like keeps the parameter's memory format (channels_last), so the multiply
+        # needs no layout conversion.
+        self.masks = [torch.empty_like(p, requires_grad=False).copy_(mask[k]) for k, p in zip(self.names, self.params)]
+
+    @torch.no_grad()
+    def apply_to_weights(self) -> None:
+        torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def apply_to_grads(self) -> None:
+        grads, masks = [], []
+        for p, m in zip(self.params, self.masks):
+            if p.grad is not None:
+                grads.append(p.grad)
+                masks.append(m)
+        if grads:
+            torch._foreach_mul_(grads, masks)

@@ -1,0 +1,260 @@
+"""The training loop: one `train` job of a lottery-ticket sweep, top to bottom.
+
+A job is a dense run (level 0), a level of a lineage, or a branch child. It
+  1. finds its starting point: W0, W_k, or the parent's final weights, and its mask (pruning the
+     parent's final weights is the head of this job; DESIGN.md "The science, precisely");
+  2. trains iterations [start_iter, stop_iter) with the LR schedule positioned at the iteration
+     and the data stream continued from it, keeping pruned weights exactly zero;
+  3. saves W_k at the rewinding points, evaluates every `eval_every` iterations and writes a
+     resumable checkpoint every N iterations or seconds;
+  4. writes weights.pt, mask.pt and result.json into `paths.out_dir` atomically.
+
+A job restarted with the same out_dir resumes from checkpoint.pt and ends bitwise-identical (on
+CPU) to an uninterrupted run; a job whose result.json exists returns it without training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from trainers import checkpoint
+from trainers.data import DataInfo, open_data
+from trainers.evaluate import autocast_for, evaluate, to_model_input
+from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
+from trainers.models import build_model
+from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune
+from trainers.runtime import Runtime
+from trainers.schedule import lr_at
+
+WEIGHTS, MASK, CHECKPOINT, RESULT = "weights.pt", "mask.pt", "checkpoint.pt", "result.json"
+
+
+def rewind_file(k: int) -> str:
+    return f"w_{k}.pt"
+
+
+def fingerprint(job: TrainJob) -> str:
+    """Identifies the job a checkpoint belongs to (the orchestrator's job id also covers inputs)."""
+    blob = json.dumps(dataclasses.asdict(job), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate(job: TrainJob, paths: TrainPaths) -> None:
+    T = job.train.iterations
+    if T <= 0:
+        raise ValueError(f"train.iterations: must be positive, got {T}")
+    if not 0 <= job.start_iter < job.stop_iter <= T:
+        raise ValueError(
+            f"start_iter/end_iter: need 0 <= start_iter ({job.start_iter}) < end_iter ({job.stop_iter}) "
+            f"<= train.iterations ({T})"
+        )
+    for k in job.save_iters:
+        if not job.start_iter <= k <= job.stop_iter:
+            raise ValueError(
+                f"save_iters: rewinding point {k} is outside the run [{job.start_iter}, {job.stop_iter}] "
+                f"(train.iterations is {T})"
+            )
+    if job.prune is not None:
+        if not 0.0 < job.prune.fraction < 1.0:
+            raise ValueError(f"prune.fraction: must be in (0, 1), got {job.prune.fraction}")
+        if paths.parent_weights is None or paths.parent_mask is None:
+            raise ValueError("paths: a pruning job needs parent_weights and parent_mask")
+    if job.retrain in ("lr_rewind", "finetune") and job.prune is not None and paths.parent_weights is None:
+        raise ValueError(f"paths.parent_weights: retrain={job.retrain} starts from the parent's weights")
+    if job.train.batch_size <= 0:
+        raise ValueError(f"train.batch_size: must be positive, got {job.train.batch_size}")
+
+
+def _restrict(mask: dict[str, torch.Tensor], names: list[str], path: str) -> dict[str, torch.Tensor]:
+    missing = [n for n in names if n not in mask]
+    if missing:
+        raise checkpoint.CheckpointError(f"mask file {path} lacks prunable tensors {missing[:5]}")
+    return {n: mask[n] for n in names}
+
+
+def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, info: DataInfo) -> tuple[dict, dict]:
+    """(weights, mask) the job starts from, on CPU. `model` holds W0 (from init_seed)."""
+    ignore = job.prune.ignore if job.prune is not None else ()
+    names = prunable_names(model, ignore)
+    if paths.parent_mask is None:
+        mask = full_mask(model, ignore)
+    elif job.prune is None:  # kept as it is: a branch child of the dense network, say
+        mask = checkpoint.load_mask(paths.parent_mask)
+    else:  # the parent may have been dense, with every Conv/Linear weight in its mask
+        mask = _restrict(checkpoint.load_mask(paths.parent_mask), names, paths.parent_mask)
+
+    parent = checkpoint.load_weights(paths.parent_weights) if paths.parent_weights else None
+    if job.prune is not None:
+        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
+
+    if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
+        fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed)
+        weights = checkpoint.state_dict_cpu(fresh)
+    elif job.retrain in ("lr_rewind", "finetune") and parent is not None:
+        weights = parent
+    elif paths.rewind_weights is not None:
+        weights = checkpoint.load_weights(paths.rewind_weights)
+    elif job.start_iter == 0:
+        weights = checkpoint.state_dict_cpu(model)
+    else:
+        raise ValueError(f"paths.rewind_weights: a job starting at iteration {job.start_iter} needs W_k")
+    return weights, mask
+
+
+def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    opt = job.train.optimizer
+    decay, no_decay = [], []
+    for p in model.parameters():
+        # BatchNorm weights and all biases are 1-D; they skip decay when asked.
+        (no_decay if (p.ndim <= 1 and not opt.decay_norm_and_bias) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, **fast)
+    if opt.name == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, **fast)
+    raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r} (valid: sgd, adam)")
+
+
+def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
+    t_start = time.time()
+    validate(job, paths)
+    cfg, device, out = job.train, rt.device, paths.out_dir
+    os.makedirs(out, exist_ok=True)
+    result_path = os.path.join(out, RESULT)
+    if os.path.exists(result_path) and os.path.exists(os.path.join(out, WEIGHTS)):
+        with open(result_path) as f:
+            return result_from_json(json.load(f))
+
+    data = open_data(cfg.data, device, rt.data_cache)
+    info = data.info
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed)
+
+    # --- starting point: a checkpoint of this very job, or the job's inputs -------------------
+    fp = fingerprint(job)
+    ckpt_path = os.path.join(out, CHECKPOINT)
+    ckpt = checkpoint.load_resumable(ckpt_path, fp)
+    if ckpt is not None:
+        weights, mask, start = ckpt["model"], ckpt["mask"], ckpt["iteration"]
+        metrics = [MetricRow(**m) for m in ckpt["metrics"]]
+    else:
+        weights, mask = starting_point(job, paths, model, info)
+        start, metrics = job.start_iter, []
+        checkpoint.save(mask, os.path.join(out, MASK))
+    model.load_state_dict(weights)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    masks = MaskApplier(model, mask)
+    masks.apply_to_weights()
+    optimizer = make_optimizer(job, model, device)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+    forward = torch.compile(model) if cfg.compile else model
+
+    # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
+    eval_bs = max(cfg.batch_size, 256)
+
+    def run_eval(it: int) -> None:
+        for split, limit in (("test", None), ("train", cfg.eval_train_examples)):
+            loss, acc = evaluate(model, data.eval_batches(split, eval_bs, limit), device, cfg.precision, channels_last)
+            row = MetricRow(iteration=it, split=split, loss=loss, accuracy=acc)
+            metrics.append(row)
+            if rt.on_metric is not None:
+                rt.on_metric(row)
+
+    def save_checkpoint(next_it: int) -> None:
+        checkpoint.save(
+            {
+                "fingerprint": fp,
+                "iteration": next_it,
+                "model": checkpoint.state_dict_cpu(model),
+                "optimizer": optimizer.state_dict(),
+                "mask": mask,
+                "metrics": [dataclasses.asdict(m) for m in metrics],
+                "rng": {"cpu": torch.get_rng_state()},
+            },
+            ckpt_path,
+        )
+
+    def hooks_at(it: int) -> None:
+        if it in job.save_iters:
+            checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(it)))
+        due = it == job.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0)
+        if due and it < job.stop_iter:
+            run_eval(it)
+
+    # --- the loop -------------------------------------------------------------------------------
+    stream = data.train_stream(job.data_seed, cfg.batch_size, start)
+    finetune = job.retrain == "finetune" and job.prune is not None
+    base_lr = cfg.optimizer.lr
+    last_ckpt_time = time.time()
+    model.train()
+    for it in range(start, job.stop_iter):
+        hooks_at(it)
+        lr = job.finetune_lr if finetune else lr_at(cfg.schedule, base_lr, cfg.iterations, it)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(stream)
+        with autocast_for(device, cfg.precision):
+            loss = F.cross_entropy(forward(to_model_input(x, channels_last)), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        masks.apply_to_grads()  # keeps momentum and decay from reviving pruned weights
+        optimizer.step()
+        masks.apply_to_weights()  # exact zeros whatever the optimizer did
+        done = it + 1
+        by_iters = paths.checkpoint_every_iters > 0 and done % paths.checkpoint_every_iters == 0
+        by_time = time.time() - last_ckpt_time >= paths.checkpoint_every_seconds
+        if done < job.stop_iter and (by_iters or by_time):
+            save_checkpoint(done)
+            last_ckpt_time = time.time()
+
+    # --- the end: final weights, final evaluation, result ----------------------------------------
+    end = job.stop_iter
+    if end in job.save_iters:
+        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(end)))
+    run_eval(end)
+    final = {m.split: m for m in metrics if m.iteration == end}
+    checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, WEIGHTS))
+    result = TrainResult(
+        metrics=metrics,
+        test_loss=final["test"].loss,
+        test_accuracy=final["test"].accuracy,
+        train_loss=final["train"].loss,
+        train_accuracy=final["train"].accuracy,
+        density=density(mask),
+        start_iter=job.start_iter,
+        end_iter=end,
+        wall_seconds=time.time() - t_start,
+        device=device_name(device),
+        weights_path=os.path.join(out, WEIGHTS),
+        mask_path=os.path.join(out, MASK),
+        saved_weights={k: os.path.join(out, rewind_file(k)) for k in job.save_iters},
+        resumed_from=ckpt["iteration"] if ckpt is not None else None,
+    )
+    checkpoint.save_json(dataclasses.asdict(result), result_path)
+    if os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
+    return result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def result_from_json(d: dict) -> TrainResult:
+    d = dict(d)
+    d["metrics"] = [MetricRow(**m) for m in d["metrics"]]
+    d["saved_weights"] = {int(k): v for k, v in d["saved_weights"].items()}
+    return TrainResult(**d)
