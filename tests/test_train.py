@@ -186,3 +186,15 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path):
         run(TrainJob(train=CFG, init_seed=0, data_seed=0), out)
     assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
     assert not (out / "weights.pt").exists()
+
+
+def test_a_new_rewinding_point_is_added_without_touching_what_is_stored(tmp_path):
+    out = tmp_path / "dense"
+    first = run(TrainJob(train=CFG, init_seed=0, data_seed=1, save_iters=(0,)), out)
+    before = (out / "weights.pt").read_bytes()
+    grown = run(TrainJob(train=CFG, init_seed=0, data_seed=1, save_iters=(0, 25)), out)
+    assert (out / "weights.pt").read_bytes() == before
+    assert set(grown.saved_weights) == {0, 25}
+    stopped = run(TrainJob(train=CFG, init_seed=0, data_seed=1, end_iter=25), tmp_path / "stopped")
+    assert_bitwise(weights(grown.saved_weights[25]), weights(stopped.weights_path))
+    assert first.test_accuracy == grown.test_accuracy

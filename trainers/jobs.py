@@ -20,12 +20,12 @@ PruneStrategy = Literal["magnitude_global", "magnitude_layerwise", "random"]
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"  # key of trainers.data.DATASETS
-    root: str | None = None  # directory (cifar, imagenet) or .beton file (ffcv_*)
+    root: str | None = None  # directory: cifar batches, ImageFolder, or train.beton/test.beton (ffcv_*)
     image_size: int | None = None  # synthetic: side; imagenet/ffcv_imagenet: training crop side
-    eval_image_size: int | None = None  # imagenet: centre-crop side for evaluation (default: image_size * 8/7)
-    num_classes: int | None = None  # synthetic only
-    num_train: int | None = None  # synthetic only
-    num_test: int | None = None  # synthetic only
+    eval_image_size: int | None = None  # imagenet: shorter side resized to this, then centre crop (default image_size * 8/7)
+    num_classes: int | None = None  # synthetic (required); imagenet (checked against the folder)
+    num_train: int | None = None  # synthetic: size; cifar/imagenet/ffcv: a fixed subset (seeded by `seed`)
+    num_test: int | None = None  # as num_train
     channels: int = 3  # synthetic only
     seed: int = 0  # synthetic generation seed (the data set itself, not the data order)
     augment: bool = True  # the data set's standard augmentation on training batches

@@ -257,17 +257,21 @@ class MaskApplier:
     call is one fused foreach multiply. Call `apply_to_grads()` after backward (so momentum,
     Adam moments and weight decay of pruned weights stay zero) and `apply_to_weights()` after
     the optimizer step (exact zeros whatever the optimizer does).
+
+    `params` is a model or a {name: tensor} mapping (packed training passes its stacked
+    tensors, whose masks are stacked alike). Tensors whose mask is all ones are left out: a
+    multiply by one changes nothing, and a dense run then costs no mask work at all.
     """
 
-    def __init__(self, model: nn.Module, mask: Mask):
-        params = dict(model.named_parameters())
+    def __init__(self, params: nn.Module | Mapping[str, torch.Tensor], mask: Mask):
+        params = dict(params.named_parameters()) if isinstance(params, nn.Module) else dict(params)
         missing = [k for k in mask if k not in params]
         if missing:
             raise ValueError(f"mask names parameters the model does not have: {missing}")
         bad = [k for k in mask if tuple(mask[k].shape) != tuple(params[k].shape)]
         if bad:
             raise ValueError(f"mask and parameter shapes differ for: {bad}")
-        self.names = list(mask)
+        self.names = [k for k in mask if not bool(mask[k].all())]
         self.params = [params[k] for k in self.names]
         # empty_like keeps the parameter's memory format (channels_last), so the multiply
         # needs no layout conversion.
@@ -275,7 +279,8 @@ class MaskApplier:
 
     @torch.no_grad()
     def apply_to_weights(self) -> None:
-        torch._foreach_mul_(self.params, self.masks)
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from trainers import checkpoint
 from trainers.data import DataInfo, open_data
 from trainers.evaluate import autocast_for, evaluate, to_model_input
-from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
+from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
 from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune
 from trainers.runtime import Runtime
@@ -108,11 +109,18 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
 
 
 def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    opt = job.train.optimizer
+    params = list(model.parameters())
+    return build_optimizer(job.train.optimizer, params, [p.ndim <= 1 for p in params], device)
+
+
+def build_optimizer(
+    opt: OptimizerConfig, params: list[torch.Tensor], is_vector: list[bool], device: torch.device
+) -> torch.optim.Optimizer:
+    """The optimizer of `params`; `is_vector` marks BatchNorm weights and biases (1-D in the model:
+    packed training passes its stacked tensors, whose dimension is one more)."""
     decay, no_decay = [], []
-    for p in model.parameters():
-        # BatchNorm weights and all biases are 1-D; they skip decay when asked.
-        (no_decay if (p.ndim <= 1 and not opt.decay_norm_and_bias) else decay).append(p)
+    for p, vector in zip(params, is_vector):
+        (no_decay if (vector and not opt.decay_norm_and_bias) else decay).append(p)
     groups = [{"params": decay, "weight_decay": opt.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -124,6 +132,13 @@ def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) 
     raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r} (valid: sgd, adam)")
 
 
+def lr_for(job: TrainJob, it: int) -> float:
+    """The learning rate of iteration `it`: the schedule's, or finetuning's fixed one."""
+    if job.retrain == "finetune" and job.prune is not None:
+        return job.finetune_lr
+    return lr_at(job.train.schedule, job.train.optimizer.lr, job.train.iterations, it)
+
+
 def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     t_start = time.time()
     validate(job, paths)
@@ -132,7 +147,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     result_path = os.path.join(out, RESULT)
     if os.path.exists(result_path) and os.path.exists(os.path.join(out, WEIGHTS)):
         with open(result_path) as f:
-            return result_from_json(json.load(f))
+            return add_missing_rewind_points(job, out, result_from_json(json.load(f)), rt)
 
     data = open_data(cfg.data, device, rt.data_cache)
     info = data.info
@@ -194,13 +209,11 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
 
     # --- the loop -------------------------------------------------------------------------------
     stream = data.train_stream(job.data_seed, cfg.batch_size, start)
-    finetune = job.retrain == "finetune" and job.prune is not None
-    base_lr = cfg.optimizer.lr
     last_ckpt_time = time.time()
     model.train()
     for it in range(start, job.stop_iter):
         hooks_at(it)
-        lr = job.finetune_lr if finetune else lr_at(cfg.schedule, base_lr, cfg.iterations, it)
+        lr = lr_for(job, it)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next(stream)
@@ -244,6 +257,27 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
+    return result
+
+
+def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: Runtime) -> TrainResult:
+    """A finished dense run asked for a rewinding point it did not save (the sweep grew a new k).
+
+    The job's id does not cover its rewinding points, so that adding a k keeps every finished
+    job. Replay the run from the start up to the last missing point in a scratch directory and
+    keep only the missing W_k: weights.pt and everything else already stored stay untouched.
+    """
+    missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
+    if not missing:
+        return result
+    scratch = os.path.join(out, ".replay")
+    replay = dataclasses.replace(job, end_iter=missing[-1], save_iters=tuple(missing))
+    train(replay, TrainPaths(out_dir=scratch), rt)
+    for k in missing:
+        os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
+    shutil.rmtree(scratch)
+    result.saved_weights = {k: os.path.join(out, rewind_file(k)) for k in sorted(set(result.saved_weights) | set(missing))}
+    checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
     return result
 
 

@@ -6,7 +6,6 @@ pure function of (data_seed, iteration) and deterministic evaluation batches.
 """
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
@@ -86,5 +85,3 @@ def check_stream_args(start_iter: int) -> None:
         raise ValueError(f"start_iter must be >= 0, got {start_iter}")
 
 
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

@@ -105,7 +105,7 @@ def _source_splits(cfg: DataConfig) -> tuple[DataInfo, dict[str, object], bool]:
     source = DATASETS[cfg.name](cfg)
     source.check()
     if cfg.name == "imagenet":
-        info, train, test = source._scan()
+        info, train, test = source.scan_splits()
         return info, {"train": _FileImages(train), "test": _FileImages(test)}, False
     bundle = source.open(torch.device("cpu"))
     assert isinstance(bundle, ResidentBundle)
@@ -229,7 +229,8 @@ class FfcvCifarSource(DataSource):
     def describe(self) -> DataInfo:
         if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
             try:
-                return _beton_info(beton_paths(self.cfg.root), None, None)
+                info = _beton_info(beton_paths(self.cfg.root), None, self.cfg.num_classes)
+                return replace(info, num_train=self.cfg.num_train or info.num_train, num_test=self.cfg.num_test or info.num_test)
             except (FileNotFoundError, ImportError):
                 pass
         return DataInfo((3, 32, 32), self.cfg.num_classes or 10, self.cfg.num_train or 50_000, self.cfg.num_test or 10_000)
@@ -278,6 +279,7 @@ class FfcvLoaderBundle(DataBundle):
         self.num_workers = num_workers
         self.train_indices = train_indices
         self.test_indices = test_indices
+        self._eval_loaders: dict[tuple[str, int, int], object] = {}
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0)
 
@@ -329,8 +331,10 @@ class FfcvLoaderBundle(DataBundle):
         else:
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
             indices = self.train_indices[order.eval_train_subset(self.info.num_train, max_examples).numpy()]
-        loader = self._make_loader(self.paths[split], batch_size, indices, train=False, drop_last=False)
-        for x, y in loader:
+        key = (split, batch_size, len(indices))
+        if key not in self._eval_loaders:  # building a Loader compiles its pipeline (seconds): once per key
+            self._eval_loaders[key] = self._make_loader(self.paths[split], batch_size, indices, train=False, drop_last=False)
+        for x, y in self._eval_loaders[key]:
             yield self._finish(x, y)
 
 

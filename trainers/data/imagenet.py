@@ -161,7 +161,7 @@ class FolderBundle(DataBundle):
 
 
 class ImageFolderSource(DataSource):
-    def _scan(self) -> tuple[DataInfo, list, list]:
+    def scan_splits(self) -> tuple[DataInfo, list, list]:
         train_dir, val_dir = split_dirs(self.cfg.root)
         classes, train = scan(train_dir)
         _, test = scan(val_dir, {c: i for i, c in enumerate(classes)})
@@ -178,7 +178,7 @@ class ImageFolderSource(DataSource):
     def describe(self) -> DataInfo:
         size, _ = image_sizes(self.cfg)
         if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
-            return self._scan()[0]
+            return self.scan_splits()[0]
         return DataInfo((3, size, size), self.cfg.num_classes or NUM_CLASSES, self.cfg.num_train or NUM_TRAIN, self.cfg.num_test or NUM_TEST)
 
     def check(self) -> None:
@@ -195,7 +195,7 @@ class ImageFolderSource(DataSource):
                 raise FileNotFoundError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}) in its first class folders")
 
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
-        info, train, test = self._scan()
+        info, train, test = self.scan_splits()
         size, eval_size = image_sizes(self.cfg)
         workers = default_workers() if num_workers is None else num_workers
         return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers)
