@@ -1,0 +1,237 @@
+"""Reading one experiment out of the store: Parquet scans, the plan, the progress, the config.
+
+Each table is read in ONE pyarrow dataset scan rooted at the experiment's own partition
+directory (results/<table>/experiment=<name>/), with a column projection, so the cost grows
+with this experiment's rows, not with every file the store holds. The `metrics` table is
+never read: no table or figure of the analysis needs the training curves. A scan cache
+(`ScanCache`) makes a re-analysis of a running sweep read only the part files written since.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from orchestrator.schemas import TABLES, file_schema
+
+# Columns the analysis needs from each table (projection: nothing else is decoded).
+RUNS_COLUMNS = [
+    "job_id", "parent_job_id", "role", "replicate", "rewind_iter", "level", "data_seed",
+    "retrain", "prune_strategy", "density", "start_iter", "end_iter", "test_accuracy",
+]
+INSTABILITY_COLUMNS = [
+    "pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
+    "error_a", "error_b", "max_error", "barrier",
+]
+INTERPOLATION_COLUMNS = [
+    "pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
+    "alpha", "error",
+]
+
+
+@dataclass
+class Store:
+    """A store root (local path or pyarrow/fsspec URL) resolved to a filesystem + path."""
+
+    fs: pafs.FileSystem
+    root: str  # path inside fs, no trailing slash
+    display: str  # what the user typed, for messages
+
+    @classmethod
+    def open(cls, store_root: str) -> "Store":
+        # The store's own resolution (local path, pyarrow URL or fsspec URL), so analyze
+        # reads every store `lth run` can write.
+        from orchestrator.store import Store as ResultStore
+
+        s = ResultStore(store_root)
+        return cls(fs=s.fs, root=s.base.rstrip("/"), display=store_root)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def subdirs(self, path: str) -> list[str]:
+        if self.fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8")
+
+
+def known_experiments(store: Store) -> list[str]:
+    """Experiments with results in any table, or a planned experiment directory."""
+    names: set[str] = set()
+    for table in TABLES:
+        for d in store.subdirs(store.path("results", table)):
+            if d.startswith("experiment="):
+                names.add(d[len("experiment="):])
+    names.update(store.subdirs(store.path("experiments")))
+    return sorted(names)
+
+
+class ScanCache:
+    """A per-table Parquet copy of the rows already read, with the manifest of the part files
+    it holds (name -> [size, mtime]) in its schema metadata, so data and manifest are
+    replaced together. A sweep's store holds one part file per job, so a cold read pays a
+    per-file cost; with the cache a later analysis reads only the parts written since. A part
+    that changed or vanished since (a rewrite) invalidates the cache: the table is re-read."""
+
+    KEY = b"lth.analysis.manifest"
+
+    def __init__(self, store: Store, directory: str):
+        self.store, self.dir = store, directory
+        self.warnings: list[str] = []
+
+    def _path(self, table: str) -> str:
+        return f"{self.dir}/{table}.parquet"
+
+    def load(self, table: str, columns: list[str]) -> tuple[pa.Table | None, dict]:
+        path = self._path(table)
+        try:
+            if not self.store.exists(path):
+                return None, {}
+            t = pq.read_table(path, filesystem=self.store.fs)
+            manifest = json.loads(t.schema.metadata[self.KEY])
+        except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+            return None, {}  # an unreadable cache is only a slower analysis
+        if t.column_names != columns:
+            return None, {}
+        return t.replace_schema_metadata(None), manifest
+
+    def save(self, table: str, t: pa.Table, manifest: dict) -> None:
+        path = self._path(table)
+        tmp = f"{self.dir}/.{table}.parquet.tmp"
+        try:
+            self.store.fs.create_dir(self.dir, recursive=True)
+            meta = {self.KEY: json.dumps(manifest, separators=(",", ":")).encode()}
+            pq.write_table(t.replace_schema_metadata(meta), tmp, filesystem=self.store.fs)
+            self.store.fs.move(tmp, path)
+        except (OSError, pa.ArrowException) as e:  # read-only store: analyze without a cache
+            self.warnings.append(f"could not write the scan cache {path}: {e}")
+
+
+def _scan(store: Store, table: str, paths: list[str], columns: list[str]) -> pa.Table:
+    # The explicit schema makes every file read the same way (no inference from the first
+    # file) and lets a file missing a column yield nulls instead of failing the scan.
+    dataset = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=store.fs)
+    return dataset.to_table(columns=columns)
+
+
+def read_table(store: Store, table: str, experiment: str, columns: list[str],
+               cache: ScanCache | None = None) -> pa.Table:
+    """All rows of `table` for `experiment`, only `columns`; an empty table when none exist."""
+    part_dir = store.path("results", table, f"experiment={experiment}")
+    if store.fs.get_file_info(part_dir).type != pafs.FileType.Directory:
+        return file_schema(table).empty_table().select(columns)
+    # Only finished part files: an atomic writer's temporary file never matches part-*.parquet.
+    parts = {i.path[len(part_dir) + 1:]: i
+             for i in store.fs.get_file_info(pafs.FileSelector(part_dir, recursive=True))
+             if i.type == pafs.FileType.File and i.base_name.startswith("part-")
+             and i.base_name.endswith(".parquet")}
+    current = {name: [i.size, i.mtime_ns] for name, i in parts.items()}
+    cached, manifest = cache.load(table, columns) if cache else (None, {})
+    if cached is not None and all(current.get(n) == v for n, v in manifest.items()):
+        new = [i.path for n, i in parts.items() if n not in manifest]
+        t = pa.concat_tables([cached, _scan(store, table, new, columns)]) if new else cached
+    else:
+        new = list(parts)
+        t = _scan(store, table, [i.path for i in parts.values()], columns)
+    # One file per job makes as many chunks; every later kernel pays per chunk, so merge them.
+    t = t.combine_chunks()
+    if cache is not None and (new or manifest != current):
+        cache.save(table, t, current)
+    return t
+
+
+@dataclass
+class Progress:
+    planned: int | None  # None: no plan in the store (jobs.json absent)
+    done: int | None  # jobs of the plan with a completion record; None without a plan
+    done_train: int  # runs rows (finished train jobs)
+    done_pairs: int  # pairs with instability rows (finished interpolate jobs)
+    plan_path: str
+    note: str = ""
+    planned_by_kind: dict[str, int] = field(default_factory=dict)
+    done_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.planned is None:
+            return (f"{self.done_train} train jobs and {self.done_pairs} interpolation pairs "
+                    f"finished; planned total unknown ({self.note or 'no jobs.json'})")
+        pct = 100.0 * self.done / self.planned if self.planned else 100.0
+        return f"{self.done}/{self.planned} jobs done ({pct:.0f}%)"
+
+
+def _plan_entries(obj) -> list[tuple[str, str | None]]:
+    """(job id, kind or None) from the jobs.json shapes we accept: a list of ids, a list of
+    {"id": .., "kind": ..} objects, {"jobs": <either>} or a mapping id -> description."""
+    if isinstance(obj, dict) and "jobs" in obj:
+        obj = obj["jobs"]
+    out: list[tuple[str, str | None]] = []
+    if isinstance(obj, dict):
+        for jid, desc in obj.items():
+            kind = desc.get("kind") if isinstance(desc, dict) else (desc if isinstance(desc, str) else None)
+            out.append((str(jid), kind))
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, str):
+                out.append((item, None))
+            elif isinstance(item, dict) and ("id" in item or "job_id" in item):
+                out.append((str(item.get("id", item.get("job_id"))), item.get("kind")))
+            else:
+                raise ValueError(f"unrecognised entry {item!r}")
+    else:
+        raise ValueError(f"expected a list or mapping of job ids, got {type(obj).__name__}")
+    return out
+
+
+def read_progress(store: Store, experiment: str, done_train: int, done_pairs: int) -> Progress:
+    plan_path = store.path("experiments", experiment, "jobs.json")
+    prog = Progress(planned=None, done=None, done_train=done_train, done_pairs=done_pairs,
+                    plan_path=plan_path)
+    if not store.exists(plan_path):
+        return prog
+    try:
+        entries = _plan_entries(json.loads(store.read_text(plan_path)))
+    except (ValueError, OSError) as e:  # a plan we cannot read does not stop the analysis
+        prog.note = f"unreadable {plan_path}: {e}"
+        return prog
+    # One batched stat call: cost grows with this experiment's planned jobs only.
+    infos = store.fs.get_file_info([store.path("artifacts", jid, "done.json") for jid, _ in entries])
+    prog.planned, prog.done = len(entries), 0
+    for (jid, kind), info in zip(entries, infos):
+        k = kind or "job"
+        prog.planned_by_kind[k] = prog.planned_by_kind.get(k, 0) + 1
+        if info.type == pafs.FileType.File:
+            prog.done += 1
+            prog.done_by_kind[k] = prog.done_by_kind.get(k, 0) + 1
+    return prog
+
+
+def read_config_text(store: Store, experiment: str) -> dict[str, str]:
+    """Every small text file in STORE/experiments/<name>/ except the plan (config, spec...)."""
+    d = store.path("experiments", experiment)
+    if store.fs.get_file_info(d).type != pafs.FileType.Directory:
+        return {}
+    out: dict[str, str] = {}
+    for info in store.fs.get_file_info(pafs.FileSelector(d, recursive=False)):
+        if info.type != pafs.FileType.File or info.base_name == "jobs.json":
+            continue
+        if info.base_name.rsplit(".", 1)[-1] not in ("yaml", "yml", "json", "txt", "toml"):
+            continue
+        if info.size is not None and info.size > 200_000:
+            continue
+        try:
+            out[info.base_name] = store.read_text(info.path)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return out

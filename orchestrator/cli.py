@@ -1,0 +1,231 @@
+"""`lth`: plan, run, status and analyze sweeps (DESIGN.md "The command line").
+
+Exit codes: 0 success; 2 bad input (config, arguments, missing data: the message names the
+field and the reason, and nothing is written to the store); 1 jobs failed after their retries
+(or another driver holds the experiment); 130 interrupted (Ctrl-C, SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep one format
+        self.print_usage(sys.stderr)
+        print(f"error: arguments: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (dotted key, YAML value); repeatable")
+    common.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                                          "(default: start a local one)")
+    p = _Parser(prog="lth", description="Lottery Ticket Hypothesis sweeps on Ray")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("plan", parents=[common], help="validate a config and print its job graph")
+    s.add_argument("config")
+    s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
+    s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
+    s.add_argument("config")
+    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed per experiment")
+    s.add_argument("name", nargs="?")
+    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table")
+    s.add_argument("name")
+    s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
+    s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
+    s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
+                   help="also publish the report to W&B")
+    return p
+
+
+def _store_root(args: argparse.Namespace, spec_store: str | None = None) -> str:
+    return args.store or spec_store or os.environ.get("LTH_STORE") or "lth-store"
+
+
+def _load(args: argparse.Namespace):
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.config, args.overrides)
+    return spec, plan(spec)
+
+
+def _print_plan(summary: dict, console: Console) -> None:
+    console.print(
+        f"experiment [bold]{summary['experiment']}[/bold]: {summary['jobs']} jobs "
+        f"({', '.join(f'{n} {k}' for k, n in summary['by_kind'].items())}), "
+        f"{summary.get('training_iterations', '?')} training iterations"
+    )
+    table = Table(show_edge=False)
+    for col in ("level", "density", "train", "interpolate"):
+        table.add_column(col, justify="right")
+    for row in summary.get("levels", []):
+        d = row.get("density")
+        table.add_row(str(row["level"]), "-" if d is None else f"{d:.4f}", str(row["train"]), str(row["interpolate"]))
+    console.print(table)
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.planner import summarize
+
+    _, plan = _load(args)
+    summary = summarize(plan)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        _print_plan(summary, console)
+    return EXIT_OK
+
+
+def _check_local_resources(spec) -> None:
+    """A local Ray has this machine only: a job it can never fit is bad input, not a wait."""
+    from orchestrator.spec import SpecError
+
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpus > cpus:
+        raise SpecError("resources.cpus", f"{spec.resources.cpus} CPUs per job, but this machine has {cpus} "
+                                          "(give --address to run on a cluster)")
+    if spec.resources.gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if spec.resources.gpus > gpus:
+            raise SpecError("resources.gpus", f"{spec.resources.gpus} GPUs per job, but this machine has {gpus} "
+                                              "(give --address to run on a cluster)")
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    import yaml
+
+    from orchestrator.planner import required_outputs
+    from orchestrator.progress import SweepProgress
+    from orchestrator.scheduler import RayCluster, RunOptions, Scheduler, install_sigterm_as_interrupt
+    from orchestrator.store import LockError, Store
+    from orchestrator.tracking import resolve_settings
+    from orchestrator.worker import WorkerContext
+
+    spec, plan = _load(args)
+    spec.check_data()  # before anything is written
+    if args.address is None:
+        _check_local_resources(spec)
+    store = Store(_store_root(args, spec.store))
+    tracking = resolve_settings(
+        spec.tracking.wandb,
+        spec.tracking.project,
+        spec.tracking.entity,
+        None if store.is_remote else store.local_path(""),  # runs land in STORE/wandb/
+    )
+    # everything above only read; from here on the store is written
+    store.makedirs("")
+    install_sigterm_as_interrupt()
+    try:
+        with store.experiment_lock(spec.name):
+            jobs = {
+                job.id: {
+                    "kind": job.kind,
+                    "role": job.meta.role if job.meta else None,
+                    "level": job.meta.level if job.meta else None,
+                    "parents": list(job.parents),
+                }
+                for job in plan.jobs.values()
+            }
+            store.write_experiment(spec.name, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), jobs)
+            sched = spec.scheduler
+            options = RunOptions(
+                address=args.address,
+                num_cpus=spec.resources.cpus,
+                num_gpus=spec.resources.gpus,
+                memory_gb=spec.resources.memory_gb,
+                max_attempts=sched.max_attempts,
+                max_workers=sched.max_workers,
+                worker=WorkerContext(
+                    store_root=store.root,
+                    tracking=tracking,
+                    checkpoint_every_iters=sched.checkpoint_every_iters,
+                    checkpoint_every_seconds=sched.checkpoint_every_seconds,
+                    num_cpus=max(1.0, spec.resources.cpus),
+                    fault_inject=os.environ.get("LTH_FAULT_INJECT", ""),
+                ),
+            )
+            progress = SweepProgress(spec.name, console=console)
+            with RayCluster(args.address):
+                summary = Scheduler(plan, store, options, progress, required_outputs(plan)).run()
+    except LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun `lth run {args.config}` to resume (done jobs are kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    line = (
+        f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
+        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
+    )
+    console.print(line, highlight=False, soft_wrap=True)
+    for job_id, error in summary.failed.items():
+        last = error.strip().splitlines()[-1] if error.strip() else "?"
+        print(f"failed: {job_id}: {last} (traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
+              file=sys.stderr)
+    return summary.exit_code
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.progress import print_status
+    from orchestrator.store import Store
+
+    root = _store_root(args)
+    store = Store(root)
+    if not store.exists(""):
+        print(f"error: --store: {root!r} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    names = store.experiments()
+    if args.name:
+        if args.name not in names:
+            known = ", ".join(names) or "none"
+            print(f"error: name: no experiment {args.name!r} in store {root!r} (known: {known})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        names = [args.name]
+    if not names:
+        console.print(f"store {root!r} holds no experiment yet")
+        return EXIT_OK
+    print_status(store, names, console)
+    return EXIT_OK
+
+
+def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.analysis import analyze
+
+    return analyze(_store_root(args), args.name, args.out, threshold=args.threshold, wandb_mode=args.wandb)
+
+
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": cmd_analyze}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.spec import SpecError
+
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        return COMMANDS[args.command](args, console)
+    except SpecError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Job ids: the one place they are made.
+
+id = sha256 of the canonical JSON of [kind, the job description as plain data, the inputs
+{role: [parent id, file]}] (sorted keys, no whitespace, floats by repr, tuples as lists),
+first `ID_LENGTH` hex digits. The description is `dataclasses.asdict(spec)` with one
+exception: a train job's `save_iters` (which W_k snapshots the dense run also writes) is left
+out, because it does not change any weight the job produces, and leaving it in would give
+the dense run a new id, and so every job below it, whenever a rewinding point is added to a
+sweep. The consequence for the scheduler: a done dense run may lack a `w_<k>.pt` that a newly
+added `k` needs (`orchestrator.planner.required_outputs` lists what each job must hold).
+
+Nothing else that does not change the output (experiment name, paths, checkpoint frequency,
+resources) is part of a job description, so none of it reaches the id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Mapping
+
+from trainers.jobs import TrainJob
+
+ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
+
+# Fields of a job description that are not part of its identity (see the module docstring).
+_EXCLUDED = {TrainJob: frozenset({"save_iters"})}
+
+
+def _plain(obj: Any) -> Any:
+    """dataclasses.asdict (minus the excluded fields), tuples as lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        skip = _EXCLUDED.get(type(obj), ())
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"job descriptions hold plain data only; got {type(obj).__name__}: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    # json writes floats with float.__repr__ (shortest round-trip), tuples as lists.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+class _Encoder:
+    """canonical_json(_plain(obj)), with the text of nested dataclasses memoised by identity:
+    one TrainConfig object serves every job of a plan, so it is encoded once, not 100,000
+    times. Equal output to the plain path is a test (tests/test_planner.py)."""
+
+    def __init__(self, max_size: int = 1024) -> None:
+        # id(obj) -> (obj, text): holding obj keeps its id from being reused while cached.
+        self._memo: dict[int, tuple[Any, str]] = {}
+        self._max_size = max_size
+
+    def __call__(self, obj: Any, memo: bool = True) -> str:
+        if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+            return canonical_json(_plain(obj))
+        hit = self._memo.get(id(obj)) if memo else None
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        skip = _EXCLUDED.get(type(obj), ())
+        names = sorted(f.name for f in dataclasses.fields(obj) if f.name not in skip)
+        text = "{" + ",".join(f"{json.dumps(n)}:{self(getattr(obj, n))}" for n in names) + "}"
+        if memo:
+            if len(self._memo) >= self._max_size:
+                self._memo.clear()
+            self._memo[id(obj)] = (obj, text)
+        return text
+
+
+_encode = _Encoder()
+
+
+def job_id(kind: str, spec: Any, inputs: Mapping[str, tuple[str, str]]) -> str:
+    """The id of the job of `kind` described by `spec` (a trainers.jobs dataclass), consuming
+    `inputs` (role -> (parent job id, artifact file name))."""
+    return hashlib.sha256(job_payload(kind, spec, inputs).encode("ascii")).hexdigest()[:ID_LENGTH]
+
+
+def job_payload(kind: str, spec: Any, inputs: Mapping[str, tuple[str, str]]) -> str:
+    """The exact text `job_id` hashes: canonical_json([kind, plain spec, inputs])."""
+    ins = canonical_json({str(r): [str(p), str(f)] for r, (p, f) in inputs.items()})
+    # A train job's own description is unique to it: memoising it would only evict the shared parts.
+    return f"[{json.dumps(str(kind))},{_encode(spec, memo=not isinstance(spec, TrainJob))},{ins}]"

@@ -1,0 +1,296 @@
+"""The planner: one validated ExperimentSpec -> the whole job graph, before anything runs.
+
+Pruning is a deterministic function of its inputs, so every job of every level is known up
+front. The graph (DESIGN.md "Jobs and the graph"):
+
+- Dense run (level 0): one per (replicate, data seed), 0 -> T, saving W_k for every rewinding
+  point k of the sweep. It is shared by every lineage of the replicate.
+- Lineage (replicate, k, family), levels 1..L. Level l prunes the final weights of level l-1
+  (for l = 1 the dense run) and then, by family:
+    rewind        weights m_l * W_k (the dense run's w_<k>.pt), train k -> T.
+    lr_rewind     the parent's final weights, LR schedule restarted at k, train k -> T.
+    finetune      the parent's final weights, T - k more iterations at pruning.finetune_lr.
+    random_prune  (control) like rewind, but a random mask with magnitude pruning's per-layer
+                  counts (PruneConfig strategy "random", prune_seed from replicate and level).
+    random_reinit (control; Frankle & Carbin's "random reinitialization") IMP's mask with
+                  fresh weights: level l consumes the *rewind* lineage's level l-1 weights and
+                  mask, so pruning them yields exactly the rewind lineage's mask m_l, and sets
+                  reinit_seed (from replicate and level) so the weights are a fresh draw.
+                  These jobs do not chain among themselves. Meta: retrain="reinit".
+- Branches (rewind lineages only; the interpolation tables have no retrain column): at each
+  branch level l, children are the level job with data_seed = each branch seed. The child
+  whose seed is the lineage's seed IS the level job (same description, same id). At level 0
+  a child starts at k from W_k with the dense mask; at k = 0 the child with the lineage's
+  seed is the dense run itself.
+- Interpolate: one job per pair of children of a (replicate, k, level), children in seed
+  order (so adding seeds keeps the old pairs' ids).
+
+Replicates are named by their init seed (JobMeta.replicate = init seed). The dense run's
+meta has rewind_iter 0 (it serves every k).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.graph import Job, JobMeta, Plan
+from orchestrator.jobid import job_id
+from orchestrator.spec import ExperimentSpec, SpecError
+from trainers.jobs import InterpolateJob, PruneConfig, TrainConfig, TrainJob
+
+WEIGHTS = "weights.pt"
+MASK = "mask.pt"
+
+
+def rewind_file(k: int) -> str:
+    return f"w_{int(k)}.pt"
+
+
+def derived_seed(tag: str, *values: int) -> int:
+    """A seed for a control's random draw, a pure function of (tag, values)."""
+    text = ":".join([tag, *(str(int(v)) for v in values)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def planned_densities(spec: ExperimentSpec) -> list[float]:
+    """Density at levels 0..L, from the model's shapes alone (no weights are allocated)."""
+    from trainers.models import meta_model
+    from trainers.pruning import planned_remaining, prunable_sizes
+
+    info = spec.data_info
+    try:
+        model = meta_model(spec.model, tuple(info.input_shape), int(info.num_classes))
+    except ValueError as e:
+        raise SpecError("model", f"{spec.model!r} cannot take {spec.data.name!r} data: {e}") from None
+    try:
+        sizes = prunable_sizes(model, spec.pruning.ignore)
+    except ValueError as e:
+        raise SpecError("pruning.ignore", str(e)) from None
+    total = sum(sizes.values())
+    if total == 0:
+        raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
+    return [r / total for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
+
+
+class _Builder:
+    def __init__(self, spec: ExperimentSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.cfg: TrainConfig = spec.train_config()  # ONE object: jobid memoises its plain form
+        self.T = self.cfg.iterations
+        self.ks = spec.rewind_iters
+        self.ds = spec.sweep.data_seed
+        self.levels = spec.pruning.levels
+        self.density = planned_densities(spec)
+        self.prune = spec.prune_config()
+        self.prune_random = spec.prune_config("random")
+        b = spec.sweep.branch
+        self.interp = InterpolateJob(
+            train=self.cfg,
+            num_alphas=b.num_alphas,
+            splits=tuple(b.splits),
+            train_examples=b.train_examples,
+            bn_reset=b.bn_reset,
+            bn_reset_batches=b.bn_reset_batches,
+        )
+        self.jobs: dict[str, Job] = {}
+
+    def add(self, kind: str, spec: Any, inputs: dict[str, tuple[str, str]], meta: JobMeta) -> str:
+        jid = job_id(kind, spec, inputs)
+        if jid not in self.jobs:  # equal work, equal id: the first description stays
+            parents = tuple(dict.fromkeys(p for p, _ in inputs.values()))
+            self.jobs[jid] = Job(id=jid, kind=kind, spec=spec, parents=parents, inputs=inputs, meta=meta)
+        return jid
+
+    def meta(self, role, r, k, level, seed, retrain, strategy, parent=None, pair=None) -> JobMeta:
+        return JobMeta(
+            experiment=self.name,
+            role=role,
+            replicate=r,
+            rewind_iter=k,
+            level=level,
+            data_seed=seed,
+            retrain=retrain,
+            prune_strategy=strategy,
+            density=self.density[level],
+            parent_job_id=parent,
+            pair=pair,
+        )
+
+    def build(self) -> dict[str, Job]:
+        spec = self.spec
+        families = list(spec.pruning.retrain) + [c for c in spec.pruning.controls if c == "random_prune"]
+        reinit = "random_reinit" in spec.pruning.controls
+        branch_levels = set(spec.branch_levels)
+        seeds = sorted(spec.sweep.branch.seeds)
+        strategy = self.prune.strategy
+        for r in spec.init_seeds:
+            dense_job = TrainJob(train=self.cfg, init_seed=r, data_seed=self.ds, save_iters=tuple(sorted(self.ks)))
+            dense = self.add("train", dense_job, {}, self.meta("level", r, 0, 0, self.ds, "rewind", strategy))
+            for k in self.ks:
+                w_k = (dense, rewind_file(k))
+                if 0 in branch_levels:
+                    children = []
+                    for s in seeds:
+                        if s == self.ds and k == 0:
+                            children.append(dense)
+                            continue
+                        child = TrainJob(train=self.cfg, init_seed=r, data_seed=s, start_iter=k)
+                        children.append(
+                            self.add(
+                                "train",
+                                child,
+                                {"rewind_weights": w_k, "parent_mask": (dense, MASK)},
+                                self.meta("branch", r, k, 0, s, "rewind", strategy, parent=dense),
+                            )
+                        )
+                    self.pairs(children, r, k, 0, strategy)
+                rewind_chain: list[str] = [dense]
+                for family in families:
+                    parent = dense
+                    for level in range(1, self.levels + 1):
+                        job, inputs, retrain, strat = self.level_job(family, r, k, level, parent, w_k)
+                        meta = self.meta("level", r, k, level, self.ds, retrain, strat, parent=parent)
+                        jid = self.add("train", job, inputs, meta)
+                        if family == "rewind":
+                            rewind_chain.append(jid)
+                            if level in branch_levels:
+                                children = [
+                                    self.add(
+                                        "train",
+                                        replace(job, data_seed=s),
+                                        inputs,
+                                        self.meta("branch", r, k, level, s, retrain, strat, parent=parent),
+                                    )
+                                    for s in seeds
+                                ]
+                                self.pairs(children, r, k, level, strat)
+                        parent = jid
+                if reinit:
+                    for level in range(1, self.levels + 1):
+                        prev = rewind_chain[level - 1]
+                        job = TrainJob(
+                            train=self.cfg,
+                            init_seed=r,
+                            data_seed=self.ds,
+                            start_iter=k,
+                            prune=self.prune,
+                            reinit_seed=derived_seed("random_reinit", r, level),
+                        )
+                        inputs = {"parent_weights": (prev, WEIGHTS), "parent_mask": (prev, MASK)}
+                        self.add("train", job, inputs, self.meta("level", r, k, level, self.ds, "reinit", strategy, parent=prev))
+        return self.jobs
+
+    def level_job(self, family: str, r: int, k: int, level: int, parent: str, w_k: tuple[str, str]):
+        parent_in = {"parent_weights": (parent, WEIGHTS), "parent_mask": (parent, MASK)}
+        base = dict(train=self.cfg, init_seed=r, data_seed=self.ds, start_iter=k, prune=self.prune)
+        if family == "rewind":
+            return TrainJob(**base), {**parent_in, "rewind_weights": w_k}, "rewind", self.prune.strategy
+        if family == "lr_rewind":
+            return TrainJob(**base, retrain="lr_rewind"), parent_in, "lr_rewind", self.prune.strategy
+        if family == "finetune":
+            job = TrainJob(**base, retrain="finetune", finetune_lr=self.spec.pruning.finetune_lr)
+            return job, parent_in, "finetune", self.prune.strategy
+        if family == "random_prune":
+            job = TrainJob(**{**base, "prune": self.prune_random}, prune_seed=derived_seed("random_prune", r, level))
+            return job, {**parent_in, "rewind_weights": w_k}, "rewind", "random"
+        raise AssertionError(family)
+
+    def pairs(self, children: list[str], r: int, k: int, level: int, strategy: str) -> None:
+        for i, a in enumerate(children):
+            for b in children[i + 1 :]:
+                inputs = {"weights_a": (a, WEIGHTS), "weights_b": (b, WEIGHTS), "mask": (a, MASK)}
+                meta = self.meta("interpolate", r, k, level, None, "rewind", strategy, pair=(a, b))
+                self.add("interpolate", self.interp, inputs, meta)
+
+
+def _cost(job: Job) -> int:
+    """Training iterations the job runs (interpolation is cheap next to training)."""
+    if job.kind == "train":
+        return job.spec.stop_iter - job.spec.start_iter
+    return 0
+
+
+def _with_priorities(jobs: dict[str, Job], policy: str) -> dict[str, Job]:
+    if policy == "breadth_first":
+        prio = {jid: -float(j.meta.level) for jid, j in jobs.items()}
+    else:  # longest_path: the iterations on the longest path from the job to a leaf
+        children: dict[str, list[str]] = defaultdict(list)
+        for jid, j in jobs.items():
+            for p in j.parents:
+                children[p].append(jid)
+        prio = {}
+        for jid in reversed(list(jobs)):  # reverse topological: children first
+            below = max((prio[c] for c in children.get(jid, ())), default=0.0)
+            prio[jid] = float(_cost(jobs[jid])) + below
+    return {jid: replace(j, priority=prio[jid]) for jid, j in jobs.items()}
+
+
+def plan(spec: ExperimentSpec) -> Plan:
+    """The whole job graph of `spec`, jobs in a topological order (parents first)."""
+    jobs = _Builder(spec).build()
+    return Plan(experiment=spec.name, jobs=_with_priorities(jobs, spec.scheduler.priority))
+
+
+def required_outputs(plan: Plan) -> dict[str, set[str]]:
+    """job id -> the artifact files its children read (e.g. the dense run's w_<k>.pt).
+
+    A done job that lacks one of them (a rewinding point added to a grown sweep: `save_iters`
+    is not part of the id) must be run again before its children can run.
+    """
+    need: dict[str, set[str]] = defaultdict(set)
+    for job in plan.jobs.values():
+        for pid, fname in job.inputs.values():
+            need[pid].add(fname)
+    return dict(need)
+
+
+def summarize(plan: Plan) -> dict:
+    """Sizes of the graph for `lth plan` (a table) and `lth plan --json`."""
+    train_by_level: Counter = Counter()
+    interp_by_level: Counter = Counter()
+    by_role: Counter = Counter()
+    by_family: Counter = Counter()
+    density: dict[int, float] = {}
+    lineages = set()
+    dense = 0
+    iterations = 0
+    for job in plan.jobs.values():
+        m = job.meta
+        by_role[m.role] += 1
+        if job.kind == "train":
+            train_by_level[m.level] += 1
+            iterations += _cost(job)
+            if m.level == 0 and m.role == "level":
+                dense += 1
+            if m.level >= 1 and m.role == "level":
+                family = "random_prune" if m.prune_strategy == "random" else m.retrain
+                by_family[family] += 1
+                lineages.add((m.replicate, m.rewind_iter, family))
+            if m.prune_strategy != "random" and m.retrain != "reinit":
+                density.setdefault(m.level, m.density)
+        else:
+            interp_by_level[m.level] += 1
+    levels = sorted(set(train_by_level) | set(interp_by_level))
+    return {
+        "experiment": plan.experiment,
+        "jobs": len(plan.jobs),
+        "by_kind": dict(sorted(plan.by_kind().items())),
+        "by_role": dict(sorted(by_role.items())),
+        "level_jobs_by_family": dict(sorted(by_family.items())),
+        "dense_runs": dense,
+        "lineages": len(lineages),
+        "pairs": sum(interp_by_level.values()),
+        "training_iterations": iterations,
+        "levels": [
+            {
+                "level": lev,
+                "density": density.get(lev),
+                "train": train_by_level.get(lev, 0),
+                "interpolate": interp_by_level.get(lev, 0),
+            }
+            for lev in levels
+        ],
+    }

@@ -1,0 +1,161 @@
+"""What a sweep shows while it runs, and `lth status` from the store alone.
+
+On a terminal: a live rich bar and a small table of counts with an ETA from the mean job time.
+Elsewhere (CI, log files, `nohup`): one plain line per finished or failed job.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.store import Store
+
+
+@dataclass
+class Counts:
+    total: int = 0
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    blocked: int = 0  # children of failed jobs: not run this time
+    resumable: int = 0  # a checkpoint exists but the job is neither done nor running
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.done - self.running - self.failed - self.blocked)
+
+
+def counts_table(title: str, counts: Counts, extra: dict[str, str] | None = None) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for col in ("done", "running", "pending", "failed", "blocked", "total"):
+        table.add_column(col, justify="right")
+    for col in extra or {}:
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(counts.done), str(counts.running), str(counts.pending), str(counts.failed), str(counts.blocked),
+        str(counts.total), *(extra or {}).values(),
+    )
+    return table
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+@dataclass
+class SweepProgress:
+    experiment: str
+    live: bool | None = None  # None: live rendering exactly when stdout is a terminal
+    console: Console = field(default_factory=lambda: Console(stderr=False))
+    counts: Counts = field(default_factory=Counts)
+    _job_times: list[float] = field(default_factory=list)
+    _started: float = field(default_factory=time.time)
+    _live: Live | None = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.live is None:
+            self.live = sys.stdout.isatty()
+
+    def eta(self) -> str:
+        if not self._job_times or not self.workers:
+            return "?"
+        mean = sum(self._job_times) / len(self._job_times)
+        left = self.counts.pending + self.counts.running
+        return _duration(mean * left / self.workers)
+
+    def _render(self) -> Group:
+        c = self.counts
+        finished = c.done + c.failed + c.blocked
+        width = 40
+        filled = int(width * finished / c.total) if c.total else width
+        bar = f"[green]{'━' * filled}[/green][grey50]{'━' * (width - filled)}[/grey50] {finished}/{c.total}"
+        return Group(
+            bar,
+            counts_table(
+                f"experiment {self.experiment}",
+                c,
+                {"workers": str(self.workers), "elapsed": _duration(time.time() - self._started), "eta": self.eta()},
+            ),
+        )
+
+    def start(self, total: int, done: int) -> None:
+        self.counts = Counts(total=total, done=done)
+        self._started = time.time()
+        if self.live:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            self._live.start()
+        else:
+            print(f"[{self.experiment}] {total} jobs planned, {done} already done", flush=True)
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def log(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(f"[{self.experiment}] {line}", flush=True)
+
+    def job_finished(self, job_id: str, what: str, seconds: float) -> None:
+        self._job_times.append(seconds)
+        self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total})")
+        self.refresh()
+
+    def job_failed(self, job_id: str, attempt: int, final: bool, error: str) -> None:
+        state = "FAILED" if final else "retry "
+        self.log(f"{state} {job_id} attempt {attempt}: {error}")
+        self.refresh()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.stop()
+            self._live = None
+
+
+HEARTBEAT_STALE_SECONDS = 120.0
+
+
+def store_counts(store: Store, experiment: str) -> Counts:
+    """done / running / pending / failed of an experiment, from the store alone."""
+    planned = store.planned_jobs(experiment)
+    listing = store.scan_artifacts()
+    ids = set(planned)
+    done = listing.done() & ids
+    failed = listing.failed() & ids
+    running: set[str] = set()
+    beat = store.heartbeat(experiment)
+    if beat and store.lock_holder(experiment) and time.time() - beat["time"] < HEARTBEAT_STALE_SECONDS:
+        running = set(beat["running"]) & ids - done
+    return Counts(
+        total=len(ids),
+        done=len(done),
+        running=len(running),
+        failed=len(failed - running),
+        resumable=len((listing.checkpointed() & ids) - running),
+    )
+
+
+def print_status(store: Store, names: list[str], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(show_edge=False)
+    for col in ("experiment", "done", "running", "pending", "failed", "resumable", "total", "driver"):
+        table.add_column(col, justify="left" if col in ("experiment", "driver") else "right")
+    for name in names:
+        c = store_counts(store, name)
+        holder = store.lock_holder(name)
+        driver = f"pid {holder['pid']} on {holder['host']}" if holder else "-"
+        table.add_row(
+            name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.resumable), str(c.total), driver
+        )
+    console.print(table)

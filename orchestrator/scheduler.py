@@ -1,0 +1,336 @@
+"""Runs a plan on Ray: a pool of `JobRunner` actors, jobs dispatched as their parents finish.
+
+The driver (this module) is the only writer of results: a job's Parquet rows and then its
+done record, so a job is either done with all its rows or not done. Everything it needs to
+resume lives in the store: rerunning after a crash of the driver skips done jobs and resumes
+interrupted ones from their in-job checkpoints.
+
+Faults: a dead actor or node (the job's process is gone) and an exception raised by the job
+both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
+checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
+and its descendants are blocked; the rest of the sweep goes on.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from orchestrator.graph import Job, Plan
+from orchestrator.progress import SweepProgress
+from orchestrator.rows import result_tables, write_job_rows
+from orchestrator.store import Store
+from orchestrator.worker import JobRunner, WorkerContext
+
+POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
+HEARTBEAT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    address: str | None = None  # None: start a local Ray; "auto", "host:port", "ray://..."
+    num_cpus: float = 1.0  # per job
+    num_gpus: float = 0.0  # per job, may be fractional
+    memory_gb: float | None = None
+    max_attempts: int = 3
+    max_workers: int | None = None
+    worker: WorkerContext | None = None
+
+
+@dataclass
+class RunSummary:
+    planned: int
+    already_done: int
+    ran: list[str] = field(default_factory=list)  # jobs completed by this run
+    failed: dict[str, str] = field(default_factory=dict)  # job id -> last error
+    blocked: set[str] = field(default_factory=set)  # descendants of failed jobs
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.blocked else 0
+
+
+def _actor_lost_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning the process running a job is gone (not the job's own exception)."""
+    from ray import exceptions as rex
+
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError",
+             "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+class RayCluster:
+    """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self._owned = False
+        self._temp_dir: str | None = None
+
+    def __enter__(self) -> "RayCluster":
+        import ray
+
+        if ray.is_initialized():  # a caller (a notebook, a test) owns the session
+            return self
+        quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
+        if self.address:
+            # an existing cluster: its nodes must have lth-sweep installed (deploy/), and a
+            # store given as a local path must be a filesystem every node shares
+            ray.init(address=self.address, **({} if self.address.startswith("ray://") else quiet))
+        else:
+            # a private session directory: never collide with another user's /tmp/ray (short:
+            # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
+            self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir, **quiet)
+        self._owned = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import ray
+
+        if self._owned:
+            ray.shutdown()
+            if self._temp_dir:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        options: RunOptions,
+        progress: SweepProgress | None = None,
+        required_outputs: dict[str, set[str]] | None = None,
+    ):
+        if options.worker is None:
+            raise ValueError("RunOptions.worker: the actors' WorkerContext is required")
+        self.plan = plan
+        self.store = store
+        self.options = options
+        self.progress = progress or SweepProgress(plan.experiment, live=False)
+        self.required_outputs = required_outputs
+        self.summary = RunSummary(planned=len(plan.jobs), already_done=0)
+
+    # ---- startup: what is done, what is missing --------------------------------------------
+
+    def _done_jobs(self) -> set[str]:
+        """Jobs with a done record (and every output this plan needs from them)."""
+        listing = self.store.scan_artifacts()
+        done = listing.done() & set(self.plan.jobs)
+        if self.required_outputs is not None:
+            for job_id in sorted(done):
+                missing = self.required_outputs.get(job_id, set()) - listing.files.get(job_id, set())
+                if missing:
+                    # e.g. a dense run done before a new rewinding point k was added: run it
+                    # again (same weights, plus the W_k it lacks); its old record goes last
+                    self.progress.log(f"rerun  {job_id}: done but lacks {sorted(missing)}")
+                    self.store.delete(Store.artifact(job_id, "result.json"))
+                    self.store.delete(Store.artifact(job_id, "done.json"))
+                    done.discard(job_id)
+        return done
+
+    def _backfill_rows(self, done: set[str]) -> None:
+        """Rows in this experiment for jobs it did not run itself: jobs done by another
+        experiment sharing the store (equal work, equal id) are not redone."""
+        experiment = self.plan.experiment
+        have: dict[str, set[str]] = {}
+        for job_id in sorted(done):
+            job = self.plan.jobs[job_id]
+            table = result_tables(job.kind)[0]
+            if table not in have:
+                have[table] = self.store.parts(table, experiment)
+            if job_id not in have[table]:
+                write_job_rows(self.store, experiment, job, self.store.done_record(job_id))
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        import ray
+
+        jobs = self.plan.jobs
+        done = self._done_jobs()
+        self._backfill_rows(done)
+        self.summary.already_done = len(done)
+
+        children: dict[str, list[str]] = defaultdict(list)
+        waiting: dict[str, int] = {}
+        for job in jobs.values():
+            if job.id in done:
+                continue
+            unknown = [p for p in job.parents if p not in jobs]
+            if unknown:
+                raise ValueError(f"job {job.id} depends on {unknown}, which are not in the plan")
+            waiting[job.id] = sum(1 for p in job.parents if p not in done)
+            for p in job.parents:
+                children[p].append(job.id)
+        order = {job_id: i for i, job_id in enumerate(jobs)}
+        ready: list[tuple[float, int, str]] = []
+        for job_id, n in waiting.items():
+            if n == 0:
+                heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
+
+        self.progress.start(total=len(jobs), done=len(done))
+        if not waiting:
+            self.progress.stop()
+            return self.summary
+
+        remote_cls = ray.remote(JobRunner).options(
+            num_cpus=self.options.num_cpus,
+            num_gpus=self.options.num_gpus,
+            memory=int(self.options.memory_gb * 2**30) if self.options.memory_gb else None,
+            max_restarts=0,
+            max_task_retries=0,
+        )
+        lost_errors = _actor_lost_errors()
+        idle: list[Any] = []
+        busy: dict[Any, tuple[str, Any, float]] = {}  # ref -> (job id, actor, start time)
+        n_actors = 0
+        attempts = self.summary.attempts
+        last_pool = last_beat = 0.0
+        capacity = 0
+        warned_capacity = False
+        remaining = len(waiting)
+
+        def block_descendants(job_id: str) -> None:
+            stack = list(children[job_id])
+            while stack:
+                child = stack.pop()
+                if child not in self.summary.blocked:
+                    self.summary.blocked.add(child)
+                    self.progress.counts.blocked += 1
+                    stack.extend(children[child])
+
+        try:
+            while remaining > len(self.summary.failed) + len(self.summary.blocked):
+                now = time.time()
+                if now - last_pool >= POOL_RECHECK_SECONDS:  # the cluster may have grown
+                    last_pool = now
+                    capacity = self._capacity()
+                    if capacity == 0 and ready and not warned_capacity:
+                        warned_capacity = True
+                        self.progress.log("waiting for the cluster to offer the resources of one job "
+                                          f"({self.options.num_cpus} CPUs, {self.options.num_gpus} GPUs) ...")
+                # actors live for the whole sweep (their data caches with them): start as many
+                # as the cluster and the jobs left allow, before their jobs are even ready
+                unfinished = remaining - len(self.summary.failed) - len(self.summary.blocked)
+                while n_actors < min(capacity, unfinished):
+                    idle.append(remote_cls.remote(self.options.worker))
+                    n_actors += 1
+                self.progress.workers = n_actors
+
+                while idle and ready:
+                    _, _, job_id = heapq.heappop(ready)
+                    if job_id in self.summary.blocked:
+                        continue
+                    actor = idle.pop()
+                    attempts[job_id] = attempts.get(job_id, 0) + 1
+                    ref = actor.run.remote(jobs[job_id], attempts[job_id])
+                    busy[ref] = (job_id, actor, time.time())
+                    self.progress.counts.running += 1
+                self.progress.refresh()
+
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
+                    self.store.write_heartbeat(self.plan.experiment, [j for j, _, _ in busy.values()])
+
+                if not busy:
+                    time.sleep(0.5)
+                    continue
+                finished, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
+                for ref in finished:
+                    job_id, actor, started = busy.pop(ref)
+                    self.progress.counts.running -= 1
+                    job = jobs[job_id]
+                    try:
+                        record = ray.get(ref)
+                    except lost_errors as exc:  # the process is gone: drop the actor
+                        ray.kill(actor, no_restart=True)
+                        n_actors -= 1
+                        last_pool = 0.0  # replace it at once
+                        self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
+                                            block_descendants)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
+                        idle.append(actor)
+                        self._retry_or_fail(job_id, _task_traceback(exc), ready, order, block_descendants)
+                        continue
+                    idle.append(actor)
+                    record["attempts"] = attempts[job_id]
+                    write_job_rows(self.store, self.plan.experiment, job, record)
+                    self.store.write_done(job_id, record)  # last: from now on the job is done
+                    self.summary.ran.append(job_id)
+                    self.progress.counts.done += 1
+                    remaining -= 1
+                    self.progress.job_finished(job_id, _describe(job), time.time() - started)
+                    for child in children[job_id]:
+                        waiting[child] -= 1
+                        if waiting[child] == 0 and child not in self.summary.blocked:
+                            heapq.heappush(ready, (-jobs[child].priority, order[child], child))
+        finally:
+            for actor in idle + [a for _, a, _ in busy.values()]:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            self.store.write_heartbeat(self.plan.experiment, [])
+            self.progress.stop()
+        return self.summary
+
+    def _retry_or_fail(self, job_id: str, error: str, ready: list, order: dict, block: Callable[[str], None]) -> None:
+        attempt = self.summary.attempts[job_id]
+        final = attempt >= self.options.max_attempts
+        self.progress.job_failed(job_id, attempt, final, error.strip().splitlines()[-1] if error.strip() else "?")
+        if final:
+            self.summary.failed[job_id] = error
+            self.progress.counts.failed += 1
+            self.store.write_failed(job_id, error, attempt)
+            block(job_id)
+        else:
+            heapq.heappush(ready, (-self.plan.jobs[job_id].priority, order[job_id], job_id))
+
+    def _capacity(self) -> int:
+        """How many job slots the cluster offers now, capped by max_workers."""
+        import ray
+
+        total = ray.cluster_resources()
+        slots = []
+        if self.options.num_cpus > 0:
+            slots.append(int(total.get("CPU", 0) // self.options.num_cpus))
+        if self.options.num_gpus > 0:
+            slots.append(int(total.get("GPU", 0) // self.options.num_gpus + 1e-9))
+        n = min(slots) if slots else 1
+        if self.options.max_workers is not None:
+            n = min(n, self.options.max_workers)
+        return max(0, n)
+
+
+def _task_traceback(exc: BaseException) -> str:
+    """The job's own traceback (a RayTaskError carries the remote one)."""
+    return getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(exc))
+
+
+def _describe(job: Job) -> str:
+    m = job.meta
+    if m is None:
+        return job.kind
+    if job.kind == "interpolate":
+        return f"interpolate r{m.replicate} k{m.rewind_iter} L{m.level}"
+    return f"{m.role} r{m.replicate} k{m.rewind_iter} L{m.level} seed{m.data_seed} {m.retrain}"
+
+
+def install_sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's preemption, `kill`) stops the driver like Ctrl-C: cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,328 @@
+"""The store: job artifacts, completion records and Parquet results (DESIGN.md "The store").
+
+STORE is a local directory or a URL (`file://`, `s3://`, `gs://`, anything pyarrow or fsspec
+opens). Everything goes through one `pyarrow.fs.FileSystem`, so a local directory and an object
+store share the code path; only `is_remote` differs: with a remote store, workers copy job inputs
+to a local scratch directory and upload the outputs (trainers only ever see local paths).
+
+Every write is atomic: a temporary name that readers ignore (leading "."), then a rename (on a
+local or POSIX filesystem) or a single PUT (object stores, where a PUT is already atomic). A
+job is done only when `artifacts/<id>/done.json` exists, and the driver writes it after the job's
+artifacts and Parquet rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from orchestrator.schemas import TABLES, file_schema
+
+DONE = "done.json"
+FAILED = "failed.json"
+CHECKPOINT = "checkpoint.pt"
+# Filesystems where a single write is atomic but a rename is a copy: write in place.
+_OBJECT_STORES = {"s3", "gcs", "abfs"}
+
+
+class LockError(RuntimeError):
+    """Another live driver holds the experiment's lock."""
+
+
+@dataclass
+class ArtifactListing:
+    """One listing of `artifacts/`: the files of each job directory."""
+
+    files: dict[str, set[str]]
+
+    def done(self) -> set[str]:
+        return {job for job, names in self.files.items() if DONE in names}
+
+    def failed(self) -> set[str]:
+        return {job for job, names in self.files.items() if FAILED in names and DONE not in names}
+
+    def checkpointed(self) -> set[str]:
+        return {job for job, names in self.files.items() if CHECKPOINT in names and DONE not in names}
+
+
+def _open_filesystem(root: str) -> tuple[pafs.FileSystem, str, bool]:
+    if "://" not in root:
+        return pafs.LocalFileSystem(), os.path.abspath(root).replace(os.sep, "/"), False
+    try:
+        fs, path = pafs.FileSystem.from_uri(root)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        import fsspec.core  # schemes pyarrow has no native filesystem for (memory://, gcsfs, ...)
+
+        fsspec_fs, path = fsspec.core.url_to_fs(root)
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
+    return fs, path.rstrip("/") or "/", True
+
+
+class Store:
+    def __init__(self, root: str):
+        self.root = root
+        self.fs, self.base, self.is_remote = _open_filesystem(root)
+        self._posix = self.fs.type_name == "local"
+        self._atomic_put = self.fs.type_name in _OBJECT_STORES
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # ---- paths and raw files ---------------------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        """The filesystem path of a store-relative path."""
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def local_path(self, rel: str) -> str:
+        """An OS path for `rel`; only for a store whose files the OS can open directly."""
+        if self.is_remote:
+            raise ValueError(f"store {self.root!r} is remote: its files have no local path")
+        return self.path(rel)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: readers see the old file or the whole new one, never a part."""
+        dst = self.path(rel)
+        parent, _, name = dst.rpartition("/")
+        if self._posix:
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+            return
+        self.fs.create_dir(parent, recursive=True)
+        if self._atomic_put:
+            with self.fs.open_output_stream(dst) as f:
+                f.write(data)
+            return
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, dst)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def upload(self, local_file: str, rel: str) -> None:
+        with open(local_file, "rb") as f:
+            self.write_bytes(rel, f.read())
+
+    def download(self, rel: str, local_file: str) -> None:
+        os.makedirs(os.path.dirname(local_file) or ".", exist_ok=True)
+        tmp = f"{local_file}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open_input_stream(self.path(rel)) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+        os.replace(tmp, local_file)
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(rel))
+
+    def list_files(self, rel: str) -> list[str]:
+        """Names of the files directly under `rel` (temporaries excluded); [] if absent."""
+        selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and not info.base_name.startswith(".")
+        )
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def artifact(job_id: str, name: str = "") -> str:
+        return f"artifacts/{job_id}/{name}" if name else f"artifacts/{job_id}"
+
+    def is_done(self, job_id: str) -> bool:
+        return self.exists(self.artifact(job_id, DONE))
+
+    def done_record(self, job_id: str) -> dict:
+        return self.read_json(self.artifact(job_id, DONE))
+
+    def write_done(self, job_id: str, record: dict) -> None:
+        """Call LAST, after the job's artifacts and rows: from now on the job is done."""
+        self.write_json(self.artifact(job_id, DONE), record)
+        self.delete(self.artifact(job_id, FAILED))
+
+    def write_failed(self, job_id: str, traceback: str, attempts: int) -> None:
+        self.write_json(
+            self.artifact(job_id, FAILED),
+            {"job_id": job_id, "attempts": attempts, "traceback": traceback, "time": time.time()},
+        )
+
+    def failed_record(self, job_id: str) -> dict | None:
+        rel = self.artifact(job_id, FAILED)
+        return self.read_json(rel) if self.exists(rel) else None
+
+    def scan_artifacts(self) -> ArtifactListing:
+        """One recursive listing of artifacts/ (one request per page on an object store)."""
+        base = self.path("artifacts")
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        files: dict[str, set[str]] = {}
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(base) + 1 :]
+            job, _, name = rel.partition("/")
+            if name and "/" not in name:
+                files.setdefault(job, set()).add(name)
+        return ArtifactListing(files)
+
+    # ---- Parquet results -------------------------------------------------------------------
+
+    @staticmethod
+    def _partition(table: str, experiment: str) -> str:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}: expected one of {sorted(TABLES)}")
+        return f"results/{table}/experiment={experiment}"
+
+    def write_rows(self, table: str, experiment: str, rows: list[dict], part: str) -> str:
+        """Write `rows` as part file `part-<part>.parquet`, replacing any file of that name.
+
+        Naming the part after the job makes result writing idempotent: a driver that dies
+        between a job's rows and its done record rewrites the same file, never a duplicate.
+        """
+        rel = f"{self._partition(table, experiment)}/part-{part}.parquet"
+        schema = file_schema(table)
+        columns = {name: [row[name] for row in rows] for name in schema.names}
+        data = pa.Table.from_pydict(columns, schema=schema)
+        buf = io.BytesIO()
+        pq.write_table(data, buf)
+        self.write_bytes(rel, buf.getvalue())
+        return rel
+
+    def append(self, table: str, experiment: str, rows: list[dict]) -> str:
+        """A new part file with a fresh name (for rows that belong to no single job)."""
+        return self.write_rows(table, experiment, rows, uuid.uuid4().hex)
+
+    def parts(self, table: str, experiment: str) -> set[str]:
+        """The part names (`part-<name>.parquet` -> name) of one partition."""
+        names = self.list_files(self._partition(table, experiment))
+        return {n[len("part-") : -len(".parquet")] for n in names if n.startswith("part-") and n.endswith(".parquet")}
+
+    def read_table(self, table: str, experiment: str | None = None) -> pa.Table:
+        schema = TABLES[table]
+        base = self.path(f"results/{table}")
+        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return schema.empty_table()
+        partitioning = ds.partitioning(pa.schema([schema.field("experiment")]), flavor="hive")
+        dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning=partitioning, schema=schema)
+        filt = ds.field("experiment") == experiment if experiment is not None else None
+        return dataset.to_table(filter=filt)
+
+    # ---- experiments -----------------------------------------------------------------------
+
+    def write_experiment(self, name: str, spec_yaml: str, jobs: dict[str, dict]) -> None:
+        """The resolved spec and the planned jobs, so `lth status` needs only the store."""
+        self.write_bytes(f"experiments/{name}/spec.yaml", spec_yaml.encode())
+        self.write_json(f"experiments/{name}/jobs.json", jobs)
+
+    def experiments(self) -> list[str]:
+        selector = pafs.FileSelector(self.path("experiments"), allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory and self.exists(f"experiments/{info.base_name}/jobs.json")
+        )
+
+    def planned_jobs(self, name: str) -> dict[str, dict]:
+        rel = f"experiments/{name}/jobs.json"
+        if not self.exists(rel):
+            raise FileNotFoundError(f"experiment {name!r} has never been run with store {self.root!r} (no {rel})")
+        return self.read_json(rel)
+
+    def write_heartbeat(self, name: str, running: list[str]) -> None:
+        self.write_json(
+            f"experiments/{name}/heartbeat.json",
+            {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "running": sorted(running)},
+        )
+
+    def heartbeat(self, name: str) -> dict | None:
+        rel = f"experiments/{name}/heartbeat.json"
+        return self.read_json(rel) if self.exists(rel) else None
+
+    # ---- the experiment lock -----------------------------------------------------------------
+
+    def lock_holder(self, name: str) -> dict | None:
+        rel = f"locks/{name}.lock"
+        try:
+            return self.read_json(rel)
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            return None
+
+    def _create_lock(self, rel: str, info: dict) -> bool:
+        data = json.dumps(info).encode()
+        if self._posix:
+            path = self.path(rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        # Object stores have no exclusive create: check then put (a narrow race, documented).
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return True
+
+    @contextlib.contextmanager
+    def experiment_lock(self, name: str) -> Iterator[None]:
+        """One driver per experiment. A lock left by a dead driver on this host is taken over."""
+        import psutil
+
+        rel = f"locks/{name}.lock"
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        if not self._create_lock(rel, me):
+            holder = self.lock_holder(name) or {}
+            host, pid = holder.get("host", "?"), holder.get("pid", -1)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
+            if host == me["host"] and not psutil.pid_exists(int(pid)):
+                warnings.warn(
+                    f"experiment {name!r}: taking over the lock of driver pid {pid} (not running any more)",
+                    stacklevel=3,
+                )
+                self.delete(rel)
+                if not self._create_lock(rel, me):
+                    raise LockError(f"experiment {name!r}: another driver took the lock at the same time")
+            else:
+                raise LockError(
+                    f"experiment {name!r} is being run by pid {pid} on host {host} since {since}; "
+                    f"if that driver is dead, delete {self.path(rel)} and run again"
+                )
+        try:
+            yield
+        finally:
+            if (self.lock_holder(name) or {}).get("pid") == me["pid"]:
+                self.delete(rel)

@@ -1,0 +1,84 @@
+"""Shared test fixtures: the tiny demo sweep, a Ray session per module, running `lth`."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+# configs/demo.yaml shrunk to seconds: 1 replicate, k in {0, 10}, 2 levels, branches at 0 and 2
+# (1 dense run + 2 x (2 levels + 4 children) = 13 train jobs, 4 interpolate jobs).
+TINY = [
+    "train.iterations=40",
+    "train.schedule.milestones=[20, 30]",
+    "train.eval_every=20",
+    "train.eval_train_examples=128",
+    "pruning.levels=2",
+    "sweep.replicates=1",
+    "sweep.rewind_iters=[0, 10]",
+    "sweep.branch.levels=[0, 2]",
+    "sweep.branch.num_alphas=3",
+    "sweep.branch.train_examples=128",
+    "scheduler.checkpoint_every_iters=10",
+    "scheduler.max_attempts=2",
+]
+
+
+def tiny_args(*extra: str) -> list[str]:
+    out: list[str] = []
+    for s in [*TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def lth_env(**extra: str) -> dict[str, str]:
+    """The environment of an `lth` subprocess (and of Ray workers): the repo importable,
+    W&B offline and quiet, one thread per process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("WANDB_API_KEY", None)
+    env.pop("LTH_FAULT_INJECT", None)
+    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
+    env.update(extra)
+    return env
+
+
+def run_lth(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=REPO, env=env or lth_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def tree_digest(store: Path, job_ids) -> dict[str, str]:
+    """sha256 of every artifact file of `job_ids` except bookkeeping (done/result records)."""
+    out = {}
+    for job_id in job_ids:
+        d = store / "artifacts" / job_id
+        for f in sorted(d.iterdir()):
+            if f.suffix == ".pt":
+                out[f"{job_id}/{f.name}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray (2 CPUs) per test module: `lth run` in-process reuses it."""
+    import ray
+
+    os.environ["PYTHONPATH"] = lth_env()["PYTHONPATH"]  # the workers must import the repo
+    os.environ.update(WANDB_SILENT="true")
+    os.environ.pop("WANDB_API_KEY", None)
+    temp = tempfile.mkdtemp(prefix="lth-ray-test-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,200 @@
+"""Faults: a job that raises, a worker killed mid-job, a driver killed mid-sweep.
+
+Each disturbed sweep must end with results equal to an undisturbed one (weights bitwise, rows
+equal but for wall time, host, node and attempts), and nothing finished may be redone.
+Jobs are slowed or broken with the LTH_FAULT_INJECT test hook (orchestrator/worker.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import DEMO, REPO, lth_env, tiny_args, tree_digest
+from orchestrator.cli import main
+from orchestrator.planner import plan
+from orchestrator.spec import load_spec
+from orchestrator.store import Store
+
+VOLATILE = ["wall_seconds", "host", "node", "attempts"]
+
+
+def _plan():
+    return plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+
+
+def _done(store: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (store / "artifacts").glob("*/done.json")}
+
+
+def _rows(store: Path, table: str, key: list[str]):
+    t = Store(str(store)).read_table(table, "demo")
+    return t.drop_columns([c for c in VOLATILE if c in t.schema.names]).sort_by([(k, "ascending") for k in key])
+
+
+def _assert_same_results(store: Path, reference: Path) -> None:
+    p = _plan()
+    trains = [j for j in p.jobs if p.jobs[j].kind == "train"]
+    assert tree_digest(store, trains) == tree_digest(reference, trains)
+    for table, key in [("runs", ["job_id"]), ("metrics", ["job_id", "iteration", "split"]),
+                       ("interpolation", ["pair_id", "split", "alpha"]), ("instability", ["pair_id", "split"])]:
+        assert _rows(store, table, key).equals(_rows(reference, table, key)), table
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref") / "store"
+    assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]) == 0
+    return store
+
+
+def test_failing_job_is_retried_then_failed_and_the_rest_finishes(reference, tmp_path, monkeypatch, capsys):
+    p = _plan()
+    by = {(j.meta.role, j.meta.rewind_iter, j.meta.level, j.meta.data_seed): j.id for j in p.jobs.values() if j.kind == "train"}
+    broken = by[("level", 10, 1, 0)]  # always raises: its subtree is blocked
+    flaky = by[("level", 0, 1, 0)]  # raises on its first attempt only
+    monkeypatch.setenv("LTH_FAULT_INJECT", f"raise:{broken},raise:{flaky}:1")
+    store = tmp_path / "store"
+    assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {broken}" in err
+
+    failed = json.loads((store / "artifacts" / broken / "failed.json").read_text())
+    assert failed["attempts"] == 2  # scheduler.max_attempts
+    assert "injected failure" in failed["traceback"] and "RuntimeError" in failed["traceback"]
+
+    blocked = set()
+    frontier = {broken}
+    while frontier:  # every descendant of the broken job
+        frontier = {j.id for j in p.jobs.values() if set(j.parents) & frontier} - blocked
+        blocked |= frontier
+    assert blocked  # level 2 of k=10, its branches and their pair
+    done = set(_done(store))
+    assert done == set(p.jobs) - blocked - {broken}
+    runs = {r["job_id"]: r for r in Store(str(store)).read_table("runs", "demo").to_pylist()}
+    assert runs[flaky]["attempts"] == 2 and all(r["attempts"] == 1 for j, r in runs.items() if j != flaky)
+    # what did finish equals the undisturbed sweep
+    trains = [j for j in done if p.jobs[j].kind == "train"]
+    assert tree_digest(store, trains) == tree_digest(reference, trains)
+
+    # the broken job fixed (the hook removed): a rerun runs exactly the failed subtree
+    monkeypatch.delenv("LTH_FAULT_INJECT")
+    before = _done(store)
+    assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]) == 0
+    after = _done(store)
+    assert set(after) == set(p.jobs) and {j: after[j] for j in before} == before
+    assert not (store / "artifacts" / broken / "failed.json").exists()
+    _assert_same_results(store, reference)
+
+
+def _kill_running_actor_after_checkpoint(checkpoint: Path, killed: list, stop: threading.Event) -> None:
+    """Watch for the job's first checkpoint, then SIGKILL the Ray worker executing a job
+    (`ray::JobRunner.run`) among this test process's descendants."""
+    me = psutil.Process()
+    while not stop.is_set() and not killed:
+        if checkpoint.exists():
+            for proc in me.children(recursive=True):
+                try:
+                    if proc.cmdline()[:1] == ["ray::JobRunner.run"]:
+                        proc.send_signal(signal.SIGKILL)
+                        killed.append(proc.pid)
+                except psutil.Error:
+                    continue
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_job_resumes_from_its_checkpoint(reference, tmp_path, monkeypatch):
+    p = _plan()
+    dense = next(j.id for j in p.jobs.values() if j.kind == "train" and not j.parents)
+    # the dense run is the only job that can run at first; slow it so it is killed mid-way
+    monkeypatch.setenv("LTH_FAULT_INJECT", f"delay:{dense}:0.5")
+    store = tmp_path / "store"
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_kill_running_actor_after_checkpoint, args=(store / "artifacts" / dense / "checkpoint.pt", killed, stop)
+    )
+    watcher.start()
+    try:
+        rc = main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")])
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the worker was never killed"
+    assert rc == 0
+    record = json.loads((store / "artifacts" / dense / "done.json").read_text())
+    assert record["attempts"] == 2
+    assert record["result"]["resumed_from"] > 0  # continued from its checkpoint, not from scratch
+    assert record["pid"] not in killed
+    runs = {r["job_id"]: r for r in Store(str(store)).read_table("runs", "demo").to_pylist()}
+    assert runs[dense]["attempts"] == 2
+    _assert_same_results(store, reference)
+
+
+def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str) -> subprocess.Popen:
+    """Start `lth run` with every job slowed, send `sig` once `after_done` jobs are done."""
+    env = lth_env(LTH_FAULT_INJECT="delay::0.3", LTH_RAY_TMPDIR=ray_tmp)  # every job slow on its first attempt
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", DEMO, "--store", str(store),
+         *tiny_args("tracking.wandb=disabled")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while len(_done(store)) < after_done and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # what is left of its local Ray (a killed driver cannot stop it) goes with its group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short parent for the subprocess drivers' Ray session directories (a killed driver
+    cannot remove its own)."""
+    path = tempfile.mkdtemp(prefix="lthk-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_driver_killed_mid_sweep_loses_nothing(reference, tmp_path, ray_tmp):
+    store = tmp_path / "store"
+    # Ctrl-C: a clean stop, exit 130, the lock released
+    proc = _interrupt_sweep(store, signal.SIGINT, after_done=2, ray_tmp=ray_tmp)
+    assert proc.returncode == 130, proc.stderr.read()
+    assert "interrupted" in proc.stderr.read()
+    assert not (store / "locks" / "demo.lock").exists()
+    # kill -9: nothing can be cleaned up
+    proc = _interrupt_sweep(store, signal.SIGKILL, after_done=len(_done(store)) + 2, ray_tmp=ray_tmp)
+    before = _done(store)
+    assert 4 <= len(before) < len(_plan().jobs)
+    lock = json.loads((store / "locks" / "demo.lock").read_text())
+    assert lock["pid"] == proc.pid  # the dead driver's lock is still there
+
+    with pytest.warns(UserWarning, match=f"pid {proc.pid}"):  # stale lock taken over
+        assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]) == 0
+    after = _done(store)
+    assert set(after) == set(_plan().jobs)
+    assert {j: after[j] for j in before} == before  # no finished job ran again
+    assert not (store / "locks" / "demo.lock").exists()
+    _assert_same_results(store, reference)

@@ -1,0 +1,280 @@
+"""`lth` end to end on the tiny demo sweep: results, idempotence, growth, W&B, bad input."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from conftest import DEMO, tiny_args, tree_digest
+from orchestrator.cli import main
+from orchestrator.planner import plan
+from orchestrator.schemas import TABLES
+from orchestrator.spec import load_spec
+from orchestrator.store import Store
+
+def _plan(*extra: str):
+    sets = [a for a in tiny_args(*extra) if a != "--set"]
+    return plan(load_spec(DEMO, sets))
+
+
+def _done_mtimes(store: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (store / "artifacts").glob("*/done.json")}
+
+
+def _ran(out: str) -> int:
+    m = re.search(r"ran (\d+) jobs", out)
+    assert m, out
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def swept(ray_session, tmp_path_factory):
+    """The tiny demo sweep, run once for the module."""
+    store = tmp_path_factory.mktemp("run") / "store"
+    rc = main(["run", DEMO, "--store", str(store), *tiny_args()])
+    return store, rc
+
+
+def test_sweep_end_to_end(swept):
+    store_dir, rc = swept
+    assert rc == 0
+    p = _plan()
+    store = Store(str(store_dir))
+    # every planned job is done
+    assert set(p.jobs) <= set(_done_mtimes(store_dir))
+    # the four tables, exactly the documented columns
+    tables = {name: store.read_table(name, "demo") for name in TABLES}
+    for name, table in tables.items():
+        assert table.schema.names == TABLES[name].names, name
+        assert table.num_rows > 0, name
+    train = {j.id: j for j in p.jobs.values() if j.kind == "train"}
+    pairs = {j.id: j for j in p.jobs.values() if j.kind == "interpolate"}
+    runs = tables["runs"].to_pylist()
+    assert sorted(r["job_id"] for r in runs) == sorted(train)  # one row per train job
+    for r in runs:  # densities as planned, level by level (pruning is exact)
+        assert r["density"] == pytest.approx(train[r["job_id"]].meta.density, abs=1e-12)
+        assert r["level"] == train[r["job_id"]].meta.level
+        assert r["attempts"] == 1 and r["node"] and r["host"]
+        assert (store_dir / r["weights_path"]).is_file() and (store_dir / r["mask_path"]).is_file()
+    by_level = {r["level"]: r["density"] for r in runs}
+    assert by_level == pytest.approx({0: 1.0, 1: 0.5, 2: 0.25})
+    # evaluations at iterations start, 20 and 40, for both splits, for every train job
+    metrics = Counter(tables["metrics"].column("job_id").to_pylist())
+    assert set(metrics) == set(train) and min(metrics.values()) >= 4
+    # one instability row per pair and split, and num_alphas interpolation points each
+    inst = tables["instability"].to_pylist()
+    assert Counter((r["pair_id"], r["split"]) for r in inst) == {(pid, s): 1 for pid in pairs for s in ("test", "train")}
+    for r in inst:
+        assert {r["job_a"], r["job_b"]} == set(pairs[r["pair_id"]].meta.pair)
+        assert r["barrier"] == pytest.approx(r["max_error"] - (r["error_a"] + r["error_b"]) / 2)
+    interp = tables["interpolation"]
+    assert interp.num_rows == len(pairs) * 2 * 3
+    assert sorted(set(interp.column("alpha").to_pylist())) == [0.0, 0.5, 1.0]
+    # the experiment's plan is in the store, so `lth status` needs nothing else
+    assert set(json.loads((store_dir / "experiments/demo/jobs.json").read_text())) == set(p.jobs)
+
+
+def test_status_counts_from_the_store(swept, capsys):
+    store_dir, _ = swept
+    assert main(["status", "--store", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    n = len(_plan().jobs)
+    row = next(line for line in out.splitlines() if line.strip().startswith("demo"))
+    assert row.replace("│", " ").split()[1:8] == [str(n), "0", "0", "0", "0", str(n), "-"]  # done .. total, no driver
+    assert main(["status", "nope", "--store", str(store_dir)]) == 2
+
+
+def test_analyze_reads_the_sweep(swept, tmp_path, capsys):
+    store_dir, _ = swept
+    out = tmp_path / "report"
+    assert main(["analyze", "demo", "--store", str(store_dir), "--out", str(out)]) == 0
+    assert (out / "report.html").is_file()
+    assert main(["analyze", "nope", "--store", str(store_dir)]) == 2
+
+
+def test_rerun_runs_nothing_and_growth_runs_only_new_jobs(swept, capsys):
+    store_dir, _ = swept
+    before = _done_mtimes(store_dir)
+    capsys.readouterr()
+    assert main(["run", DEMO, "--store", str(store_dir), *tiny_args()]) == 0
+    assert _ran(capsys.readouterr().out) == 0
+    assert _done_mtimes(store_dir) == before
+
+    grown = _plan("pruning.levels=3")
+    new = set(grown.jobs) - set(_plan().jobs)
+    assert new and all(grown.jobs[j].meta.level == 3 for j in new)
+    assert main(["run", DEMO, "--store", str(store_dir), *tiny_args("pruning.levels=3")]) == 0
+    assert _ran(capsys.readouterr().out) == len(new)
+    after = _done_mtimes(store_dir)
+    assert {j: after[j] for j in before} == before  # nothing done was redone
+    assert set(after) == set(before) | new
+    runs = Store(str(store_dir)).read_table("runs", "demo")
+    assert runs.num_rows == sum(1 for j in grown.jobs.values() if j.kind == "train")  # no duplicates
+
+    # a new rewinding point: the done dense run lacks w_20.pt (save_iters is not in its id), so
+    # it runs again, giving bitwise the same weights plus W_20; then the new lineage runs
+    more = ("pruning.levels=3", "sweep.rewind_iters=[0, 10, 20]")
+    wider = _plan(*more)
+    dense = next(j for j in wider.jobs.values() if j.kind == "train" and not j.parents)
+    weights_before = tree_digest(store_dir, [dense.id])
+    assert dense.id in after and not (store_dir / "artifacts" / dense.id / "w_20.pt").exists()
+    assert main(["run", DEMO, "--store", str(store_dir), *tiny_args(*more)]) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == len(set(wider.jobs) - set(grown.jobs)) + 1 and f"rerun  {dense.id}" in out
+    final = _done_mtimes(store_dir)
+    assert {j: final[j] for j in after if j != dense.id} == {j: after[j] for j in after if j != dense.id}
+    digest = tree_digest(store_dir, [dense.id])
+    assert {k: v for k, v in digest.items() if not k.endswith("w_20.pt")} == weights_before
+    assert f"{dense.id}/w_20.pt" in digest
+    runs = Store(str(store_dir)).read_table("runs", "demo")
+    assert runs.num_rows == sum(1 for j in wider.jobs.values() if j.kind == "train")
+
+
+def test_other_experiment_reuses_done_jobs(swept, capsys):
+    """Equal work has an equal id: a second experiment on the same store runs nothing, yet gets
+    its own rows (written from the done records)."""
+    store_dir, _ = swept
+    capsys.readouterr()
+    assert main(["run", DEMO, "--store", str(store_dir), *tiny_args("name=demo_copy")]) == 0
+    assert _ran(capsys.readouterr().out) == 0
+    store = Store(str(store_dir))
+    for table, key in (("runs", "job_id"), ("instability", "pair_id")):
+        mine = store.read_table(table, "demo_copy").drop_columns(["experiment"])
+        theirs = store.read_table(table, "demo").drop_columns(["experiment"])
+        theirs = theirs.filter(pc.is_in(theirs.column(key), mine.column(key)))
+        order = [(key, "ascending"), ("split" if table == "instability" else "level", "ascending")]
+        assert mine.num_rows == len(_plan().jobs) - 4 if table == "runs" else mine.num_rows == 4 * 2
+        assert mine.sort_by(order).equals(theirs.sort_by(order))
+
+
+# ---- W&B offline -------------------------------------------------------------------------
+
+
+def _wandb_records(path: Path):
+    """The records of an offline run's .wandb file (W&B's LevelDB-style log of protobufs)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full, last
+            rec = pb.Record()
+            rec.ParseFromString(buf + payload if kind == 4 else payload)
+            buf = b""
+            yield rec
+        elif kind == 2:
+            buf = payload
+        elif kind == 3:
+            buf += payload
+
+
+def test_wandb_offline_runs(swept):
+    store_dir, _ = swept
+    p = _plan()
+    runs = {}
+    for f in (store_dir / "wandb").glob("offline-run-*/*.wandb"):
+        history: dict[int, dict] = {}
+        for rec in _wandb_records(f):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                run = rec.run
+                config = {u.key: json.loads(u.value_json) for u in run.config.update}
+                info = {"group": run.run_group, "job_type": run.job_type, "name": run.display_name, "config": config}
+            elif kind == "history":
+                items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item}
+                history.setdefault(items["_step"], {}).update(items)
+        info["history"] = history
+        runs[info["name"]] = info
+    # one W&B run per job, named by its id (the growth test added level-3 jobs: their runs too)
+    assert set(p.jobs) <= set(runs) and len(runs) == len(list((store_dir / "artifacts").glob("*/done.json")))
+    for job_id, job in p.jobs.items():
+        run = runs[job_id]
+        assert run["group"] == "demo"
+        assert run["job_type"] == job.meta.role
+        c = run["config"]
+        assert (c["job_id"], c["replicate"], c["rewind_iter"], c["level"]) == (
+            job_id, job.meta.replicate, job.meta.rewind_iter, job.meta.level,
+        )
+        assert c["density"] == pytest.approx(job.meta.density) and c["data_seed"] == job.meta.data_seed
+        if job.kind == "train":
+            assert c["job"]["train"]["iterations"] == 40
+            assert 40 in run["history"] and "test/accuracy" in run["history"][40]
+            assert 0 <= run["history"][40]["test/accuracy"] <= 1
+
+
+# ---- the remote-store code path (copy through a local scratch directory) ------------------
+
+
+def test_remote_store_stand_in(swept, tmp_path, capsys):
+    store_dir, _ = swept
+    remote = tmp_path / "remote"
+    assert main(["run", DEMO, "--store", remote.as_uri(), *tiny_args()]) == 0
+    p = _plan()
+    assert set(p.jobs) <= set(_done_mtimes(remote))
+    trains = [j for j in p.jobs if p.jobs[j].kind == "train"]
+    digest = tree_digest(remote, trains)
+    local = tree_digest(store_dir, trains)  # (the growth test added w_20.pt to the dense run)
+    assert len(digest) == 2 * len(trains) + 2 and digest == {k: local[k] for k in digest}  # bitwise
+    assert not list(remote.glob("artifacts/*/checkpoint.pt"))  # finished jobs leave no checkpoint
+    cols = ["job_id", "density", "test_loss", "test_accuracy", "train_loss", "weights_path"]
+    a = Store(remote.as_uri()).read_table("runs", "demo").select(cols).sort_by("job_id")
+    local = Store(str(store_dir)).read_table("runs", "demo").select(cols).sort_by("job_id")
+    local = local.filter(pc.is_in(local.column("job_id"), a.column("job_id")))
+    assert a.equals(local)
+
+
+# ---- bad input: exit 2, the field named, nothing written ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sets, field",
+    [
+        (["train.bogus=1"], "bogus"),
+        (["pruning.fraction=1.5"], "pruning.fraction"),
+        (["sweep.rewind_iters=[0, 400]"], "sweep.rewind_iters[1]"),
+        (["data.name=cifar10", "data.root=/nonexistent/cifar"], "data"),
+        (["model=resnet9000"], "model"),
+        (["resources.gpus=64"], "resources.gpus"),  # a local Ray can never fit the job
+        (["resources.cpus=100000"], "resources.cpus"),
+    ],
+)
+def test_bad_config_exit_2_and_nothing_written(tmp_path, capsys, sets, field):
+    store = tmp_path / "store"
+    args = ["run", DEMO, "--store", str(store)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and field in err, err
+    assert not store.exists()
+
+
+def test_missing_config_file_and_bad_arguments(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml"), "--store", str(tmp_path / "s")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    assert e.value.code == 2
+    assert main(["status", "--store", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_plan_json(capsys):
+    assert main(["plan", DEMO, "--json", *tiny_args()]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["jobs"] == len(_plan().jobs) == 17
+    assert summary["by_kind"] == {"interpolate": 4, "train": 13}

@@ -1,0 +1,155 @@
+"""The store: atomic writes, deterministic part files, Parquet round trips, the experiment lock."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.schemas import TABLES
+from orchestrator.store import LockError, Store
+
+
+def _run_row(job_id: str, level: int, density: float) -> dict:
+    return {
+        "job_id": job_id, "parent_job_id": None, "role": "level", "replicate": 0, "rewind_iter": 0,
+        "level": level, "data_seed": 0, "retrain": "rewind", "prune_strategy": "magnitude_global",
+        "density": density, "start_iter": 0, "end_iter": 10, "test_loss": 1.5, "test_accuracy": 0.5,
+        "train_loss": 1.25, "train_accuracy": 0.625, "wall_seconds": 3.0, "attempts": 1, "host": "h",
+        "node": "n", "device": "cpu", "weights_path": f"artifacts/{job_id}/weights.pt",
+        "mask_path": f"artifacts/{job_id}/mask.pt",
+    }
+
+
+@pytest.fixture(params=["path", "file_url", "memory"])
+def store(request, tmp_path):
+    if request.param == "path":
+        return Store(str(tmp_path / "store"))
+    if request.param == "file_url":
+        return Store((tmp_path / "store").as_uri())
+    # fsspec's in-memory filesystem: a non-POSIX filesystem reached through pyarrow's fsspec bridge
+    return Store(f"memory://lth-test-{os.getpid()}-{tmp_path.name}")
+
+
+def test_remote_flag(tmp_path):
+    assert not Store(str(tmp_path)).is_remote
+    assert Store(tmp_path.as_uri()).is_remote  # file:// goes through the copy-to-scratch path
+    with pytest.raises(ValueError, match="remote"):
+        Store(tmp_path.as_uri()).local_path("artifacts")
+
+
+def test_rows_round_trip_with_schema(store):
+    store.write_rows("runs", "exp1", [_run_row("a", 0, 1.0), _run_row("b", 1, 0.8)], part="a")
+    store.write_rows("runs", "exp2", [_run_row("c", 0, 1.0)], part="c")
+    both = store.read_table("runs")
+    assert both.schema == TABLES["runs"]
+    assert both.num_rows == 3
+    one = store.read_table("runs", "exp1")
+    assert sorted(one.column("job_id").to_pylist()) == ["a", "b"]
+    assert set(one.column("experiment").to_pylist()) == {"exp1"}
+    assert sorted(one.column("density").to_pylist()) == [0.8, 1.0]
+    assert one.column("parent_job_id").null_count == 2
+    # a table nobody wrote yet reads as empty with its full schema
+    empty = store.read_table("instability", "exp1")
+    assert empty.num_rows == 0 and empty.schema == TABLES["instability"]
+
+
+def test_part_named_by_job_is_idempotent(store):
+    rows = [_run_row("a", 0, 1.0)]
+    first = store.write_rows("runs", "e", rows, part="a")
+    before = store.read_bytes(first)
+    second = store.write_rows("runs", "e", rows, part="a")  # a driver rerun after a crash
+    assert first == second == "results/runs/experiment=e/part-a.parquet"
+    assert store.read_bytes(second) == before
+    assert store.read_table("runs", "e").num_rows == 1
+    assert store.parts("runs", "e") == {"a"}
+    store.append("runs", "e", [_run_row("z", 2, 0.64)])
+    assert store.read_table("runs", "e").num_rows == 2
+
+
+def test_missing_column_is_named(store):
+    row = _run_row("a", 0, 1.0)
+    del row["density"]
+    with pytest.raises(KeyError, match="density"):
+        store.write_rows("runs", "e", [row], part="a")
+    with pytest.raises(ValueError, match="unknown table"):
+        store.write_rows("nope", "e", [row], part="a")
+
+
+def test_atomic_write_leaves_no_temporaries_and_readers_skip_them(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_rows("runs", "e", [_run_row("a", 0, 1.0)], part="a")
+    part_dir = tmp_path / "results/runs/experiment=e"
+    assert sorted(os.listdir(part_dir)) == ["part-a.parquet"]
+    # a temporary left by a writer killed mid-write is invisible to readers
+    (part_dir / ".tmp-deadbeef-part-b.parquet").write_bytes(b"PAR1 truncated")
+    assert store.read_table("runs", "e").num_rows == 1
+    assert store.parts("runs", "e") == {"a"}
+
+
+def test_done_and_failed_records(store):
+    assert not store.is_done("j1")
+    store.write_failed("j1", "Traceback: boom", attempts=3)
+    assert store.failed_record("j1")["attempts"] == 3
+    listing = store.scan_artifacts()
+    assert listing.failed() == {"j1"} and listing.done() == set()
+    store.write_done("j1", {"job_id": "j1", "attempts": 1})
+    assert store.is_done("j1") and store.done_record("j1") == {"job_id": "j1", "attempts": 1}
+    assert store.failed_record("j1") is None  # a later success clears the failure
+    store.write_bytes("artifacts/j2/checkpoint.pt", b"x")
+    listing = store.scan_artifacts()
+    assert listing.done() == {"j1"} and listing.checkpointed() == {"j2"} and listing.failed() == set()
+
+
+def test_lock_conflict_and_release(store):
+    with store.experiment_lock("demo"):
+        holder = store.lock_holder("demo")
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(LockError, match=rf"being run by pid {os.getpid()} on host"):
+            with store.experiment_lock("demo"):
+                pass
+        with store.experiment_lock("other"):  # other experiments are independent
+            pass
+    assert store.lock_holder("demo") is None
+    with store.experiment_lock("demo"):
+        pass
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    store = Store(str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    import socket
+
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid, "time": 0}))
+    with pytest.warns(UserWarning, match=f"pid {dead_pid}"):
+        with store.experiment_lock("demo"):
+            assert store.lock_holder("demo")["pid"] == os.getpid()
+    # a lock held on another host is never taken over: that driver may be alive
+    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": 0}))
+    with pytest.raises(LockError, match="host elsewhere"):
+        with store.experiment_lock("demo"):
+            pass
+
+
+def test_upload_download_round_trip(store, tmp_path):
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(1000))
+    store.upload(str(src), "artifacts/j/weights.pt")
+    dst = tmp_path / "scratch/in/w.bin"
+    store.download("artifacts/j/weights.pt", str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    assert store.list_files("artifacts/j") == ["weights.pt"]
+
+
+def test_experiment_plan_and_heartbeat(store):
+    store.write_experiment("demo", "name: demo\n", {"a": {"kind": "train"}, "b": {"kind": "interpolate"}})
+    assert store.experiments() == ["demo"]
+    assert set(store.planned_jobs("demo")) == {"a", "b"}
+    with pytest.raises(FileNotFoundError, match="never been run"):
+        store.planned_jobs("other")
+    store.write_heartbeat("demo", ["a"])
+    assert store.heartbeat("demo")["running"] == ["a"]
