@@ -131,9 +131,9 @@ class Scheduler:
                 missing = self.required_outputs.get(job_id, set()) - listing.files.get(job_id, set())
                 if missing:
                     # e.g. a dense run done before a new rewinding point k was added: run it
-                    # again (same weights, plus the W_k it lacks); its old record goes last
+                    # again; the trainer sees its result.json and only replays up to the W_k
+                    # it lacks, leaving weights.pt (which children already used) untouched
                     self.progress.log(f"rerun  {job_id}: done but lacks {sorted(missing)}")
-                    self.store.delete(Store.artifact(job_id, "result.json"))
                     self.store.delete(Store.artifact(job_id, "done.json"))
                     done.discard(job_id)
         return done

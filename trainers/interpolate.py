@@ -85,8 +85,11 @@ def interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> In
     mask = checkpoint.load_mask(paths.mask) if paths.mask else {}
 
     data = open_data(cfg.data, device, rt.data_cache)
-    model = build_model(cfg.model, data.info.input_shape, data.info.num_classes, seed=0).to(device)
-    eval_bs = max(cfg.batch_size, 512)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model = build_model(cfg.model, data.info.input_shape, data.info.num_classes, seed=0)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # 31 alphas x 2 splits of forward passes only: big batches keep a GPU busy.
+    eval_bs = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
     sources = {
         split: _eval_source(data, split, eval_bs, job.train_examples if split == "train" else None)
         for split in job.splits
@@ -109,7 +112,7 @@ def interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> In
         if job.bn_reset:
             recompute_bn_stats(model, bn_batches)
         for split in job.splits:
-            loss, acc = evaluate(model, sources[split](), device, cfg.precision, channels_last=False)
+            loss, acc = evaluate(model, sources[split](), device, cfg.precision, channels_last)
             rows.append(InterpolationRow(split=split, alpha=alpha, loss=loss, error=1.0 - acc))
 
     instability = []

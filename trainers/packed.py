@@ -28,7 +28,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -105,11 +106,15 @@ def train_packed(
     paths: Sequence[TrainPaths],
     rt: Runtime,
     on_metrics: Sequence[MetricCallback | None] | None = None,
+    strategy: Literal["auto", "vmap", "sequential"] = "auto",
 ) -> list[TrainResult]:
     """Train `jobs` (packable: see `packing_problem`) as one pack; one TrainResult per job.
 
     on_metrics: one live-metric callback per job (rows do not say which job they belong to);
     when omitted, `rt.on_metric` receives every member's rows.
+    strategy: "vmap" trains the K networks as one; "sequential" calls train() for each in turn;
+    "auto" is vmap on CUDA and sequential on CPU, where a CPU is busy with one network already
+    and grouped convolutions measured slower than K separate runs (BENCHMARKS.md).
     Members already done (result.json present) are returned as they are and not retrained.
     Members whose checkpoints are at different iterations are trained one by one (train()).
     """
@@ -122,6 +127,9 @@ def train_packed(
         raise ValueError(f"train_packed: jobs cannot be packed: {problem}")
     if len({os.path.abspath(p.out_dir) for p in paths}) != len(paths):
         raise ValueError("train_packed: two jobs share an out_dir")
+    if strategy not in ("auto", "vmap", "sequential"):
+        raise ValueError(f"train_packed: strategy must be auto, vmap or sequential, got {strategy!r}")
+    vmap = strategy == "vmap" or (strategy == "auto" and rt.device.type == "cuda")
     callbacks = list(on_metrics) if on_metrics is not None else [rt.on_metric] * len(jobs)
     if len(callbacks) != len(jobs):
         raise ValueError(f"train_packed: {len(jobs)} jobs but {len(callbacks)} on_metrics callbacks")
@@ -140,7 +148,8 @@ def train_packed(
     if todo:
         ckpts = [checkpoint.load_resumable(os.path.join(paths[i].out_dir, CHECKPOINT), fingerprint(jobs[i])) for i in todo]
         starts = {None if c is None else c["iteration"] for c in ckpts}
-        if len(todo) == 1 or len(starts) > 1:  # nothing to pack, or members at different points
+        if not vmap or len(todo) == 1 or len(starts) > 1 or not vmap_supported(jobs[todo[0]], rt):
+            # Not asked for, nothing to pack, members at different points, or a model vmap cannot batch.
             for i in todo:
                 results[i] = train(jobs[i], paths[i], dataclasses.replace(rt, on_metric=callbacks[i]))
         else:
@@ -148,6 +157,36 @@ def train_packed(
             for i, r in zip(todo, packed):
                 results[i] = r
     return results  # type: ignore[return-value]
+
+
+def _functional_forward(model: nn.Module) -> tuple[Callable, nn.Module]:
+    base = copy.deepcopy(model).to("meta")
+
+    def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    return torch.vmap(one), base
+
+
+def vmap_supported(job: TrainJob, rt: Runtime) -> bool:
+    """Whether two copies of the job's model train under vmap on rt.device (a forward and a
+    backward pass in training mode on two examples each, with BatchNorm updating stacked
+    buffers); a model or device where it does not gets the one-by-one fallback."""
+    cfg = job.train
+    info = open_data(cfg.data, rt.device, rt.data_cache).info
+    try:
+        model = build_model(cfg.model, info.input_shape, info.num_classes, seed=0).to(rt.device)
+        params, buffers = stack_module_state([model, model])
+        params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        forward, _ = _functional_forward(model)
+        x = torch.randn(2, 2, *info.input_shape, device=rt.device)
+        with autocast_for(rt.device, cfg.precision):
+            forward(params, {n: b.detach() for n, b in buffers.items()}, x).float().sum().backward()
+    except Exception as e:  # a missing batching rule raises RuntimeError/NotImplementedError
+        warnings.warn(f"train_packed: {cfg.model} does not train under vmap on {rt.device} ({e!r}); "
+                      "training the jobs one by one")
+        return False
+    return True
 
 
 def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict | None], rt: Runtime,
@@ -180,7 +219,7 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
     params, buffers = stack_module_state(models)
     params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     buffers = {n: b.detach() for n, b in buffers.items()}
-    base = copy.deepcopy(models[0]).to("meta")
+    forward, base = _functional_forward(models[0])
     order = list(base.state_dict().keys())  # the files list tensors in a single model's order
     del models
     if any(set(m) != set(masks[0]) for m in masks):
@@ -196,10 +235,6 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
         optimizer.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in ckpts], numbered))
         torch.set_rng_state(ckpts[0]["rng"]["cpu"])
 
-    def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, (p, b), (x,))
-
-    forward = torch.vmap(one)
     if cfg.compile:
         forward = torch.compile(forward)
     members = [_Member(base, params, buffers, k) for k in range(K)]
@@ -261,9 +296,8 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
             loss = per_example.view(K, -1).mean(1).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        applier.apply_to_grads()
+        applier.apply_to_grads()  # as in train(): masked gradients keep pruned weights at zero
         optimizer.step()
-        applier.apply_to_weights()
         done = it + 1
         by_iters = paths[0].checkpoint_every_iters > 0 and done % paths[0].checkpoint_every_iters == 0
         by_time = time.time() - last_ckpt_time >= paths[0].checkpoint_every_seconds

@@ -1,0 +1,155 @@
+"""The benchmark suite's one entry point: prints the tables and writes them as JSON.
+
+    python -m benchmarks.run                                   # CPU here, CUDA where there is one
+    python -m benchmarks.run --device cuda --models cifar_resnet_20,resnet18,resnet50 --json bench.json
+    python -m benchmarks.run --quick --sections training       # a fast look
+
+Sections: training ((a) plain loop, (b) our trainer, (c) our trainer at density 0.2, their
+ratios, TFLOP/s against the device's measured matmul rate), packing (K networks in one process
+vs one job), loaders (device-resident vs torchvision DataLoader vs FFCV), interpolation (31
+alphas, test + train). See BENCHMARKS.md for the numbers and the exact commands.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+
+import torch
+
+from benchmarks.common import Settings, device_label, matmul_tflops
+
+SECTIONS = ("training", "packing", "loaders", "interpolation")
+
+
+def _fmt(x, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [f"\n{title}", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def render(report: dict) -> str:
+    parts = [f"device: {report['device']}   date: {report['date']}   torch {report['torch']}   "
+             f"peak: {report['peak_tflops']:.3f} TFLOP/s ({report['peak_kind']})"]
+    if report.get("training"):
+        rows = []
+        for r in report["training"]:
+            ips = r["images_per_s"]
+            both = lambda key: f"{r[key]:.3f} ({r['best'][key]:.3f})"  # noqa: E731
+            rows.append([r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"], _fmt(ips["plain"]),
+                         _fmt(ips["ours"]), _fmt(ips["ours_masked"]), both("ratio_ours_vs_plain"),
+                         both("ratio_masked_vs_plain"), both("masked_step_overhead"),
+                         _fmt(r["masked_step_overhead_from_ops"], 4), _fmt(r["achieved_tflops"], 3),
+                         f"{100 * r['achieved_tflops'] / report['peak_tflops']:.1f}%"])
+        parts.append(_table(
+            "Training images/s (median of windows; (a) plain loop, (b) ours, (c) ours at density 0.2);"
+            " ratios: median (best window)",
+            ["model", "input", "precision", "(a) plain", "(b) ours", "(c) masked", "b/a", "c/a", "c/b",
+             "c/b (mask ops)", "TFLOP/s (b)", "of peak"], rows))
+    if report.get("packing"):
+        rows = [[r["model"], f"{r['image_size']}px b{r['batch_size']}", str(r["k"]), _fmt(r["images_per_s_one_job"]),
+                 _fmt(r["images_per_s_packed_aggregate"]), f"{r['speedup_vs_one_job']:.2f} ({r['speedup_best_windows']:.2f})"]
+                for r in report["packing"]]
+        parts.append(_table("Packing: K networks in one process (vmap) vs one unpacked job",
+                            ["model", "input", "K", "one job img/s", "packed aggregate img/s", "speedup: median (best)"], rows))
+    if report.get("loaders"):
+        rows = [[r["dataset"], r["loader"], _fmt(r["images_per_s"]), str(r["images"]), r["note"]] for r in report["loaders"]]
+        parts.append(_table("Data loaders (normalised batches on the device)", ["data", "loader", "images/s", "set size", "note"], rows))
+    if report.get("interpolation"):
+        r = report["interpolation"]
+        rows = [[r["model"], str(r["alphas"]), str(r["examples_per_split"]), r["precision"], _fmt(r["seconds"], 1),
+                 _fmt(r["evaluations_per_s"]), _fmt(r["seconds_full_size"], 1) + ("" if r["full_size_measured"] else " (extrapolated)")]]
+        parts.append(_table("Interpolation job (test + train)", ["model", "alphas", "examples/split", "precision", "seconds",
+                                                                 "evaluations/s", "s at 10k + 10k"], rows))
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", default=None, help="comma-separated (default: cifar_resnet_20,resnet18; +resnet50 on cuda)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--pack", type=int, default=None, help="K for the packing benchmark (default: 8 on cuda, 4 on cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile in (a), (b) and (c)")
+    p.add_argument("--quick", action="store_true", help="fewer and shorter timing windows")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds of (a), (b), (c) (default: 2 on cpu, 3 on cuda)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine may be shared)")
+    p.add_argument("--json", default=None, help="also write the report here")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    sections = [s for s in a.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"--sections: unknown {unknown} (valid: {', '.join(SECTIONS)})")
+    device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_num_threads(a.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+    if a.repeats is not None and a.repeats < 1:
+        p.error("--repeats must be >= 1")
+    settings = Settings(device=device, quick=a.quick, threads=a.threads, repeats=a.repeats)
+    models = a.models.split(",") if a.models else (["cifar_resnet_20", "resnet18", "resnet50"] if settings.cuda
+                                                    else ["cifar_resnet_20", "resnet18"])
+    from trainers.models import MODELS
+
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        p.error(f"--models: unknown {bad} (valid: {', '.join(sorted(MODELS))})")
+
+    peak, peak_kind = matmul_tflops(device, a.quick)
+    report: dict = {
+        "device": device_label(device), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "python": platform.python_version(), "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "quick": a.quick, "peak_tflops": peak, "peak_kind": peak_kind,
+    }
+
+    def log(msg: str) -> None:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    if "training" in sections:
+        from benchmarks.training import bench_training, default_case
+
+        report["training"] = []
+        for m in models:
+            log(f"training {m}")
+            report["training"].append(bench_training(default_case(m, settings), settings, compile=a.compile))
+    if "packing" in sections:
+        from benchmarks.training import bench_packing, default_case
+
+        log("packing cifar_resnet_20")
+        k = a.pack or (8 if settings.cuda else 4)
+        report["packing"] = [bench_packing(default_case("cifar_resnet_20", settings), settings, k)]
+    if "loaders" in sections:
+        from benchmarks.loaders import bench_loaders
+
+        log("loaders")
+        report["loaders"] = bench_loaders(settings)
+    if "interpolation" in sections:
+        from benchmarks.interp import bench_interpolation
+
+        log("interpolation")
+        report["interpolation"] = bench_interpolation(settings)
+
+    print(render(report))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

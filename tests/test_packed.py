@@ -1,0 +1,166 @@
+"""Packed training (K networks in one vmap) against the oracle: the same jobs trained one by one."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import pytest
+import torch
+
+from trainers import checkpoint
+from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig, TrainJob, TrainPaths
+from trainers.packed import packing_problem, train_packed
+from trainers.runtime import Runtime
+from trainers.train import train
+
+torch.set_num_threads(1)
+RT = Runtime(device=torch.device("cpu"))
+
+MLP = TrainConfig(
+    model="mlp_300_100", data=DataConfig(name="digits"), iterations=30, batch_size=32,
+    optimizer=OptimizerConfig(lr=0.05, momentum=0.9, weight_decay=1e-4),
+    schedule=ScheduleConfig(name="step", milestones=(20,), gamma=0.1), eval_every=10, eval_train_examples=128,
+)
+# A conv net with BatchNorm (running statistics must stay per member) on tiny synthetic images.
+CONV = TrainConfig(
+    model="cifar_resnet_20",
+    data=DataConfig(name="synthetic", image_size=8, num_classes=4, num_train=128, num_test=32, augment=False),
+    iterations=8, batch_size=16, eval_every=4, eval_train_examples=32,
+    optimizer=OptimizerConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, decay_norm_and_bias=False),
+)
+
+
+def close(a: dict, b: dict, atol: float) -> None:
+    assert list(a) == list(b)  # same tensors, in a single model's state_dict order
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def same_results(packed, single, atol: float) -> None:
+    for p, s in zip(packed, single):
+        close(checkpoint.load_weights(p.weights_path), checkpoint.load_weights(s.weights_path), atol)
+        assert checkpoint.load_mask(p.mask_path).keys() == checkpoint.load_mask(s.mask_path).keys()
+        assert all(torch.equal(a, b) for a, b in zip(checkpoint.load_mask(p.mask_path).values(),
+                                                     checkpoint.load_mask(s.mask_path).values()))
+        assert [(m.iteration, m.split) for m in p.metrics] == [(m.iteration, m.split) for m in s.metrics]
+        for mp, ms in zip(p.metrics, s.metrics):
+            assert mp.loss == pytest.approx(ms.loss, rel=1e-3, abs=1e-4)
+        assert p.density == s.density
+        assert p.saved_weights.keys() == s.saved_weights.keys()
+        for it in p.saved_weights:
+            close(checkpoint.load_weights(p.saved_weights[it]), checkpoint.load_weights(s.saved_weights[it]), atol)
+
+
+def test_packed_mlp_equals_one_by_one(tmp_path):
+    jobs = [TrainJob(train=MLP, init_seed=s, data_seed=10 + s, save_iters=(0, 10)) for s in range(3)]
+    paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}")) for i in range(3)]
+    packed = train_packed(jobs, paths, RT, strategy="vmap")
+    single = [train(j, TrainPaths(out_dir=str(tmp_path / f"s{i}")), RT) for i, j in enumerate(jobs)]
+    same_results(packed, single, atol=1e-5)
+    # The members really differ (init and data order), and they learned.
+    w = [checkpoint.load_weights(r.weights_path)["fc.weight"] for r in packed]
+    assert not torch.allclose(w[0], w[1])
+    assert all(r.test_accuracy > 0.7 for r in packed)
+
+
+def test_packed_pruned_conv_children_with_batchnorm_equal_one_by_one(tmp_path):
+    dense = train(TrainJob(train=CONV, init_seed=0, data_seed=0, save_iters=(2,)), TrainPaths(out_dir=str(tmp_path / "d")), RT)
+    # Two branch children of level 1 (same pruned start, other data orders) and a second lineage
+    # pruned layerwise: three different masks, BatchNorm statistics that must stay apart.
+    level = TrainJob(train=CONV, init_seed=0, data_seed=1, start_iter=2, prune=PruneConfig(fraction=0.5))
+    jobs = [level, dataclasses.replace(level, data_seed=2),
+            dataclasses.replace(level, prune=PruneConfig("magnitude_layerwise", 0.7))]
+
+    def paths(tag: str, i: int) -> TrainPaths:
+        return TrainPaths(out_dir=str(tmp_path / f"{tag}{i}"), parent_weights=dense.weights_path,
+                          parent_mask=dense.mask_path, rewind_weights=dense.saved_weights[2])
+
+    packed = train_packed(jobs, [paths("p", i) for i in range(3)], RT, strategy="vmap")
+    single = [train(j, paths("s", i), RT) for i, j in enumerate(jobs)]
+    same_results(packed, single, atol=1e-4)
+    states = [checkpoint.load_weights(r.weights_path) for r in packed]
+    assert not torch.allclose(states[0]["bn.running_mean"], states[1]["bn.running_mean"])
+    for r, state in zip(packed, states):
+        for name, m in checkpoint.load_mask(r.mask_path).items():
+            assert torch.count_nonzero(state[name][~m]) == 0, name
+
+
+def test_interrupted_pack_resumes_packed_or_one_by_one(tmp_path):
+    jobs = [TrainJob(train=CONV, init_seed=s, data_seed=s) for s in range(2)]
+    reference = [train(j, TrainPaths(out_dir=str(tmp_path / f"ref{i}")), RT) for i, j in enumerate(jobs)]
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(row):
+        if row.iteration == 4 and row.split == "train":
+            raise Interrupt
+
+    paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}"), checkpoint_every_iters=3) for i in range(2)]
+    with pytest.raises(Interrupt):
+        train_packed(jobs, paths, RT, on_metrics=[None, crash], strategy="vmap")
+    # The checkpoints are train()'s own format: member 0 resumes alone, the pack resumes packed.
+    shutil.copytree(paths[0].out_dir, tmp_path / "alone")
+    alone = train(jobs[0], dataclasses.replace(paths[0], out_dir=str(tmp_path / "alone")), RT)
+    assert alone.resumed_from == 3
+    resumed = train_packed(jobs, paths, RT, strategy="vmap")
+    assert [r.resumed_from for r in resumed] == [3, 3]
+    same_results(resumed, reference, atol=1e-4)
+    same_results([alone], reference[:1], atol=1e-4)
+
+
+def test_auto_on_cpu_trains_one_by_one_and_keeps_finished_members(tmp_path):
+    jobs = [TrainJob(train=MLP, init_seed=s, data_seed=s) for s in range(2)]
+    paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}")) for i in range(2)]
+    done = train(jobs[0], paths[0], RT)
+    stamp = os.stat(done.weights_path).st_mtime_ns
+    results = train_packed(jobs, paths, RT)  # auto: one by one on a CPU
+    assert results[0] == done and os.stat(done.weights_path).st_mtime_ns == stamp  # not retrained
+    alone = train(jobs[1], TrainPaths(out_dir=str(tmp_path / "alone")), RT)
+    a, b = checkpoint.load_weights(results[1].weights_path), checkpoint.load_weights(alone.weights_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("opt", [OptimizerConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                                 OptimizerConfig(name="adam", lr=1e-2, weight_decay=1e-3)])
+def test_pruned_weights_stay_exactly_zero_mid_run(tmp_path, opt):
+    """The loops mask gradients only (no weight mask after each step): pruned weights must
+    still be exact zeros at every saved point, packed or not, with momentum, Nesterov, Adam
+    and weight decay all active."""
+    cfg = dataclasses.replace(MLP, optimizer=opt, iterations=20, eval_every=0)
+    dense = train(TrainJob(train=cfg, init_seed=0, data_seed=0, save_iters=(5,)), TrainPaths(out_dir=str(tmp_path / "d")), RT)
+    job = TrainJob(train=cfg, init_seed=0, data_seed=1, start_iter=5, save_iters=(12,), prune=PruneConfig(fraction=0.6))
+
+    def paths(tag: str) -> TrainPaths:
+        return TrainPaths(out_dir=str(tmp_path / tag), parent_weights=dense.weights_path, parent_mask=dense.mask_path,
+                          rewind_weights=dense.saved_weights[5])
+
+    runs = [train(job, paths("single"), RT),
+            *train_packed([job, dataclasses.replace(job, data_seed=2)], [paths("p0"), paths("p1")], RT, strategy="vmap")]
+    start = checkpoint.load_weights(dense.saved_weights[5])
+    for r in runs:
+        mask = checkpoint.load_mask(r.mask_path)
+        for path in (r.saved_weights[12], r.weights_path):
+            w = checkpoint.load_weights(path)
+            for name, m in mask.items():
+                assert torch.count_nonzero(w[name][~m]) == 0, (path, name)
+                assert not torch.equal(w[name][m], start[name][m]), (path, name)  # the rest trained
+
+
+def test_unpackable_jobs_are_refused_with_the_reason(tmp_path):
+    a = TrainJob(train=MLP, init_seed=0, data_seed=0)
+    assert packing_problem([a, dataclasses.replace(a, data_seed=1, init_seed=3)]) is None
+    assert "TrainConfig" in packing_problem([a, dataclasses.replace(a, train=dataclasses.replace(MLP, batch_size=16))])
+    assert "trains [5, 30)" in packing_problem([a, dataclasses.replace(a, start_iter=5)])
+    ft = dataclasses.replace(a, prune=PruneConfig(), retrain="finetune", start_iter=5)
+    assert "learning-rate" in packing_problem([ft, dataclasses.replace(ft, retrain="rewind")])
+    with pytest.raises(ValueError, match="TrainConfig"):
+        train_packed([a, dataclasses.replace(a, train=dataclasses.replace(MLP, iterations=20))],
+                     [TrainPaths(out_dir=str(tmp_path / f"x{i}")) for i in range(2)], RT)
+    with pytest.raises(ValueError, match="share an out_dir"):
+        train_packed([a, a], [TrainPaths(out_dir=str(tmp_path / "same"))] * 2, RT)
