@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 memory_gb=spec.resources.memory_gb,
                 max_attempts=sched.max_attempts,
                 max_workers=sched.max_workers,
+                pack=spec.resources.pack,
                 worker=WorkerContext(
                     store_root=store.root,
                     tracking=tracking,
@@ -157,6 +158,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                     checkpoint_every_seconds=sched.checkpoint_every_seconds,
                     num_cpus=max(1.0, spec.resources.cpus),
                     fault_inject=os.environ.get("LTH_FAULT_INJECT", ""),
+                    pack_strategy=spec.resources.pack_strategy,
                 ),
             )
             progress = SweepProgress(spec.name, console=console)

@@ -1,6 +1,7 @@
-"""Multi-node helpers: the per-node data cache.
+"""Multi-node helpers: the per-node data cache, job slots per node, and when a lost driver's
+experiment lock may be taken over.
 
-A data set lives once on the shared store (a directory every node mounts, or an object-store
+Per-node data cache: a data set lives once on the shared store (a directory every node mounts, or an object-store
 URL). Training reads it many times, so each node keeps its own local copy: the first job on a
 node that needs a data set copies it into `LTH_DATA_CACHE` (a node-local directory), under a
 file lock so that concurrent jobs on that node wait for one copy instead of making several;
@@ -21,7 +22,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from trainers.jobs import DataConfig
 
@@ -125,3 +126,60 @@ def localize_job_spec(spec: SpecT, cache_dir: str | None = None) -> SpecT:
     if data is train.data:
         return spec
     return dataclasses.replace(spec, train=dataclasses.replace(train, data=data))  # type: ignore[type-var]
+
+
+# ---- job slots --------------------------------------------------------------------------------
+
+
+def job_slots(nodes: list[dict], num_cpus: float, num_gpus: float, max_workers: int | None = None) -> int:
+    """How many job actors the cluster can hold at once: per ALIVE node, how many jobs of
+    (num_cpus, num_gpus) fit in its own resources, summed. `nodes` is `ray.nodes()`.
+
+    Per node, not from `ray.cluster_resources()` totals: a job cannot span nodes, so totals
+    over-count (three nodes with 1 GPU each hold 6 jobs of 0.4 GPU, not 7), and an actor beyond
+    what fits waits for resources forever."""
+    eps = 1e-9
+    total = 0
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        res = node.get("Resources", {})
+        fits = []
+        if num_cpus > 0:
+            fits.append(int(res.get("CPU", 0.0) / num_cpus + eps))
+        if num_gpus > 0:
+            fits.append(int(res.get("GPU", 0.0) / num_gpus + eps))
+        total += min(fits) if fits else 1
+    return total if max_workers is None else min(total, max_workers)
+
+
+# ---- the experiment lock across hosts ----------------------------------------------------------
+
+# A driver writes the experiment's heartbeat every HEARTBEAT_SECONDS (10 s) while it runs; one
+# silent this long is gone (its head node restarted, its SLURM job was preempted).
+STALE_DRIVER_SECONDS = 180.0
+
+
+def driver_is_gone(
+    holder: dict,
+    heartbeat: dict | None,
+    *,
+    host: str,
+    now: float,
+    pid_alive: Callable[[int], bool],
+    stale_after: float = STALE_DRIVER_SECONDS,
+) -> bool:
+    """Whether the driver that holds an experiment's lock (`holder`: the lock's {host, pid,
+    time}) is gone, so a new driver may take the lock over and continue the sweep.
+
+    On the holder's own host, a pid that no longer runs is proof. From another host (the
+    driver of a Ray job whose head restarted as a new pod or node, a requeued SLURM job on
+    other nodes) there is no pid to check: the holder is gone when neither its lock nor its
+    heartbeat (`heartbeat`: {host, pid, time}) has shown life for `stale_after` seconds."""
+    pid = int(holder.get("pid", -1))
+    if holder.get("host") == host and not pid_alive(pid):
+        return True
+    last = float(holder.get("time", 0.0))
+    if heartbeat and heartbeat.get("host") == holder.get("host") and int(heartbeat.get("pid", -2)) == pid:
+        last = max(last, float(heartbeat.get("time", 0.0)))
+    return now - last > stale_after

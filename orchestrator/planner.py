@@ -38,7 +38,7 @@ from typing import Any
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
 from orchestrator.spec import ExperimentSpec, SpecError
-from trainers.jobs import InterpolateJob, PruneConfig, TrainConfig, TrainJob
+from trainers.jobs import InterpolateJob, TrainConfig, TrainJob
 
 WEIGHTS = "weights.pt"
 MASK = "mask.pt"

@@ -9,6 +9,12 @@ Faults: a dead actor or node (the job's process is gone) and an exception raised
 both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
 checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
 and its descendants are blocked; the rest of the sweep goes on.
+
+Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
+pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
+end and learning-rate schedule: `trainers.packed.packing_problem`), in one `run_pack` call.
+Each member is then recorded exactly like a job run alone. A failed pack costs each member
+one attempt, and members retry alone, so one broken job cannot take its pack-mates down with it.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ class RunOptions:
     max_attempts: int = 3
     max_workers: int | None = None
     worker: WorkerContext | None = None
+    pack: int = 1  # train jobs per actor call (resources.pack); 1: every job alone
 
 
 @dataclass
@@ -119,6 +126,10 @@ class Scheduler:
         self.progress = progress or SweepProgress(plan.experiment, live=False)
         self.required_outputs = required_outputs
         self.summary = RunSummary(planned=len(plan.jobs), already_done=0)
+        if options.pack < 1:
+            raise ValueError(f"RunOptions.pack must be at least 1, got {options.pack}")
+        self._solo: set[str] = set()  # jobs never packed (retries of failed packs, reruns)
+        self._pack_keys: dict[str, Any] = {}
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -136,6 +147,8 @@ class Scheduler:
                     self.progress.log(f"rerun  {job_id}: done but lacks {sorted(missing)}")
                     self.store.delete(Store.artifact(job_id, "done.json"))
                     done.discard(job_id)
+                    # alone: train() adds missing W_k to a finished run, a pack returns it as is
+                    self._solo.add(job_id)
         return done
 
     def _backfill_rows(self, done: set[str]) -> None:
@@ -192,7 +205,7 @@ class Scheduler:
         )
         lost_errors = _actor_lost_errors()
         idle: list[Any] = []
-        busy: dict[Any, tuple[str, Any, float]] = {}  # ref -> (job id, actor, start time)
+        busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, start time)
         n_actors = 0
         attempts = self.summary.attempts
         last_pool = last_beat = 0.0
@@ -232,49 +245,61 @@ class Scheduler:
                     if job_id in self.summary.blocked:
                         continue
                     actor = idle.pop()
-                    attempts[job_id] = attempts.get(job_id, 0) + 1
-                    ref = actor.run.remote(jobs[job_id], attempts[job_id])
-                    busy[ref] = (job_id, actor, time.time())
-                    self.progress.counts.running += 1
+                    group = (job_id, *self._take_pack_mates(job_id, ready))
+                    for j in group:
+                        attempts[j] = attempts.get(j, 0) + 1
+                    if len(group) == 1:
+                        ref = actor.run.remote(jobs[job_id], attempts[job_id])
+                    else:
+                        ref = actor.run_pack.remote([jobs[j] for j in group], [attempts[j] for j in group])
+                    busy[ref] = (group, actor, time.time())
+                    self.progress.counts.running += len(group)
                 self.progress.refresh()
 
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
-                    self.store.write_heartbeat(self.plan.experiment, [j for j, _, _ in busy.values()])
+                    self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
 
                 if not busy:
                     time.sleep(0.5)
                     continue
                 finished, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
                 for ref in finished:
-                    job_id, actor, started = busy.pop(ref)
-                    self.progress.counts.running -= 1
-                    job = jobs[job_id]
+                    group, actor, started = busy.pop(ref)
+                    self.progress.counts.running -= len(group)
                     try:
-                        record = ray.get(ref)
+                        out = ray.get(ref)
                     except lost_errors as exc:  # the process is gone: drop the actor
                         ray.kill(actor, no_restart=True)
                         n_actors -= 1
                         last_pool = 0.0  # replace it at once
-                        self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
-                                            block_descendants)
+                        for job_id in group:
+                            self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
+                                                block_descendants, packed=len(group) > 1)
                         continue
                     except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
                         idle.append(actor)
-                        self._retry_or_fail(job_id, _task_traceback(exc), ready, order, block_descendants)
+                        for job_id in group:
+                            self._retry_or_fail(job_id, _task_traceback(exc), ready, order, block_descendants,
+                                                packed=len(group) > 1)
                         continue
                     idle.append(actor)
-                    record["attempts"] = attempts[job_id]
-                    write_job_rows(self.store, self.plan.experiment, job, record)
-                    self.store.write_done(job_id, record)  # last: from now on the job is done
-                    self.summary.ran.append(job_id)
-                    self.progress.counts.done += 1
-                    remaining -= 1
-                    self.progress.job_finished(job_id, _describe(job), time.time() - started)
-                    for child in children[job_id]:
-                        waiting[child] -= 1
-                        if waiting[child] == 0 and child not in self.summary.blocked:
-                            heapq.heappush(ready, (-jobs[child].priority, order[child], child))
+                    records = out if len(group) > 1 else [out]
+                    for job_id, record in zip(group, records):
+                        if record["job_id"] != job_id:
+                            raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
+                        job = jobs[job_id]
+                        record["attempts"] = attempts[job_id]
+                        write_job_rows(self.store, self.plan.experiment, job, record)
+                        self.store.write_done(job_id, record)  # last: from now on the job is done
+                        self.summary.ran.append(job_id)
+                        self.progress.counts.done += 1
+                        remaining -= 1
+                        self.progress.job_finished(job_id, _describe(job), time.time() - started)
+                        for child in children[job_id]:
+                            waiting[child] -= 1
+                            if waiting[child] == 0 and child not in self.summary.blocked:
+                                heapq.heappush(ready, (-jobs[child].priority, order[child], child))
         finally:
             for actor in idle + [a for _, a, _ in busy.values()]:
                 try:
@@ -285,7 +310,10 @@ class Scheduler:
             self.progress.stop()
         return self.summary
 
-    def _retry_or_fail(self, job_id: str, error: str, ready: list, order: dict, block: Callable[[str], None]) -> None:
+    def _retry_or_fail(self, job_id: str, error: str, ready: list, order: dict, block: Callable[[str], None],
+                       packed: bool = False) -> None:
+        if packed:
+            self._solo.add(job_id)
         attempt = self.summary.attempts[job_id]
         final = attempt >= self.options.max_attempts
         self.progress.job_failed(job_id, attempt, final, error.strip().splitlines()[-1] if error.strip() else "?")
@@ -296,6 +324,41 @@ class Scheduler:
             block(job_id)
         else:
             heapq.heappush(ready, (-self.plan.jobs[job_id].priority, order[job_id], job_id))
+
+    def _pack_key(self, job_id: str) -> Any:
+        """Jobs with equal keys can be packed (what `packing_problem` compares, as one hashable
+        value, so a pack is found in one pass over the ready jobs); None: never packed."""
+        if job_id not in self._pack_keys:
+            job = self.plan.jobs[job_id]
+            key = None
+            if job.kind == "train":
+                spec = job.spec
+                fixed_lr = spec.retrain == "finetune" and spec.prune is not None
+                key = (spec.train, spec.start_iter, spec.stop_iter, spec.finetune_lr if fixed_lr else None)
+            self._pack_keys[job_id] = key
+        return self._pack_keys[job_id]
+
+    def _take_pack_mates(self, job_id: str, ready: list[tuple[float, int, str]]) -> list[str]:
+        """Up to pack - 1 ready jobs to train with `job_id`, highest priority first, taken out
+        of `ready`; [] when packing is off or nothing fits."""
+        if self.options.pack <= 1 or job_id in self._solo:
+            return []
+        key = self._pack_key(job_id)
+        if key is None:
+            return []
+        blocked = self.summary.blocked
+        fits = [e for e in ready if e[2] not in self._solo and e[2] not in blocked and self._pack_key(e[2]) == key]
+        if not fits:
+            return []
+        chosen = heapq.nsmallest(self.options.pack - 1, fits)
+        from trainers.packed import packing_problem
+
+        if packing_problem([self.plan.jobs[j].spec for j in (job_id, *(e[2] for e in chosen))]) is not None:
+            return []  # the key is coarser than the trainer's rule: run alone rather than fail
+        taken = {e[2] for e in chosen}
+        ready[:] = [e for e in ready if e[2] not in taken]
+        heapq.heapify(ready)
+        return [e[2] for e in chosen]
 
     def _capacity(self) -> int:
         """How many job slots the cluster offers now, capped by max_workers."""

@@ -198,6 +198,21 @@ class ResourcesSpec(_Model):
     gpus: float = Field(0, ge=0)
     cpus: float = Field(1, ge=0)
     memory_gb: float | None = Field(None, gt=0)
+    pack: int = Field(
+        1,
+        ge=1,
+        description="at most this many train jobs run together in one worker call (trainers.packed."
+        "train_packed): ready jobs with the same TrainConfig, start and end iterations and learning-rate "
+        "schedule (children of one branch point, the same level of several lineages); the pack shares "
+        "this job's gpus/cpus. 1: every job alone. Results are those of one-by-one training (bitwise "
+        "with pack_strategy sequential, up to float rounding with vmap)",
+    )
+    pack_strategy: Literal["auto", "vmap", "sequential"] = Field(
+        "auto",
+        description="how a pack trains: vmap (the K networks as one batched network: fewer, larger "
+        "kernels, the win for small models on a GPU), sequential (one after the other in the same "
+        "worker, sharing its data cache), auto (vmap on CUDA, sequential on CPU)",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> "ResourcesSpec":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -44,8 +43,7 @@ from trainers.models import build_model
 from trainers.pruning import MaskApplier, density
 from trainers.runtime import Runtime
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, build_optimizer, device_name, fingerprint, lr_for, result_from_json,
-    rewind_file, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, build_optimizer, device_name, fingerprint, lr_for, rewind_file, starting_point, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -141,8 +139,8 @@ def train_packed(
     for i, p in enumerate(paths):
         result_path = os.path.join(p.out_dir, RESULT)
         if os.path.exists(result_path) and os.path.exists(os.path.join(p.out_dir, WEIGHTS)):
-            with open(result_path) as f:
-                results[i] = result_from_json(json.load(f))
+            # train() returns the stored result, adding any rewinding point it lacks
+            results[i] = train(jobs[i], p, dataclasses.replace(rt, on_metric=callbacks[i]))
         else:
             todo.append(i)
     if todo:

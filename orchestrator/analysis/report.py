@@ -48,7 +48,7 @@ def render(experiment: str, progress: str, notes: list[str], definitions: str,
            config: dict[str, str], figures: dict[str, bytes],
            tables: list[tuple[str, str, pa.Table]]) -> str:
     """tables: (file stem, title, table). Every figure and table named in the document."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'>",
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              f"<title>lth analyze {html.escape(experiment)}</title><style>{CSS}</style></head><body>",
              f"<h1>Stability analysis: {html.escape(experiment)}</h1>",
              f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
