@@ -96,7 +96,9 @@ class RayCluster:
             # a private session directory: never collide with another user's /tmp/ray (short:
             # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
             self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir, **quiet)
+            # The embedded cluster is this machine alone: keep its servers on loopback.
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
+                     _node_ip_address="127.0.0.1", **quiet)
         self._owned = True
         return self
 
@@ -205,6 +207,7 @@ class Scheduler:
         )
         lost_errors = _actor_lost_errors()
         idle: list[Any] = []
+        starting: dict[Any, Any] = {}  # ready ref -> actor not yet running (it may wait for a node)
         busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, start time)
         n_actors = 0
         attempts = self.summary.attempts
@@ -236,7 +239,10 @@ class Scheduler:
                 # as the cluster and the jobs left allow, before their jobs are even ready
                 unfinished = remaining - len(self.summary.failed) - len(self.summary.blocked)
                 while n_actors < min(capacity, unfinished):
-                    idle.append(remote_cls.remote(self.options.worker))
+                    # a job goes only to an actor that is up: one still waiting for resources
+                    # (a node that died, a join that has not happened) must not hold a job
+                    actor = remote_cls.remote(self.options.worker)
+                    starting[actor.info.remote()] = actor
                     n_actors += 1
                 self.progress.workers = n_actors
 
@@ -260,11 +266,21 @@ class Scheduler:
                     last_beat = now
                     self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
 
-                if not busy:
+                if not busy and not starting:
                     time.sleep(0.5)
                     continue
-                finished, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
+                finished, _ = ray.wait(list(busy) + list(starting), num_returns=1, timeout=1.0)
                 for ref in finished:
+                    if ref in starting:  # an actor is up: from now on it takes jobs
+                        actor = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                            idle.append(actor)
+                        except Exception:  # noqa: BLE001 - it died starting (its node is gone)
+                            ray.kill(actor, no_restart=True)
+                            n_actors -= 1
+                            last_pool = 0.0
+                        continue
                     group, actor, started = busy.pop(ref)
                     self.progress.counts.running -= len(group)
                     try:
@@ -301,7 +317,7 @@ class Scheduler:
                             if waiting[child] == 0 and child not in self.summary.blocked:
                                 heapq.heappush(ready, (-jobs[child].priority, order[child], child))
         finally:
-            for actor in idle + [a for _, a, _ in busy.values()]:
+            for actor in idle + list(starting.values()) + [a for _, a, _ in busy.values()]:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
@@ -364,16 +380,9 @@ class Scheduler:
         """How many job slots the cluster offers now, capped by max_workers."""
         import ray
 
-        total = ray.cluster_resources()
-        slots = []
-        if self.options.num_cpus > 0:
-            slots.append(int(total.get("CPU", 0) // self.options.num_cpus))
-        if self.options.num_gpus > 0:
-            slots.append(int(total.get("GPU", 0) // self.options.num_gpus + 1e-9))
-        n = min(slots) if slots else 1
-        if self.options.max_workers is not None:
-            n = min(n, self.options.max_workers)
-        return max(0, n)
+        from orchestrator.cluster import job_slots
+
+        return job_slots(ray.nodes(), self.options.num_cpus, self.options.num_gpus, self.options.max_workers)
 
 
 def _task_traceback(exc: BaseException) -> str:

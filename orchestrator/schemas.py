@@ -47,38 +47,28 @@ METRICS = pa.schema(
     ]
 )
 
-INTERPOLATION = pa.schema(
-    [
-        ("experiment", pa.string()),
-        ("pair_id", pa.string()),
-        ("job_a", pa.string()),
-        ("job_b", pa.string()),
-        ("replicate", pa.int64()),
-        ("rewind_iter", pa.int64()),
-        ("level", pa.int64()),
-        ("density", pa.float64()),
-        ("split", pa.string()),
-        ("alpha", pa.float64()),
-        ("loss", pa.float64()),
-        ("error", pa.float64()),
-    ]
-)
+# The columns that identify one measurement of a pair of branch children.
+_PAIR = [
+    ("experiment", pa.string()),
+    ("pair_id", pa.string()),
+    ("job_a", pa.string()),
+    ("job_b", pa.string()),
+    ("replicate", pa.int64()),
+    ("rewind_iter", pa.int64()),
+    ("level", pa.int64()),
+    ("density", pa.float64()),
+    ("split", pa.string()),
+]
+
+INTERPOLATION = pa.schema(_PAIR + [("alpha", pa.float64()), ("loss", pa.float64()), ("error", pa.float64())])
 
 INSTABILITY = pa.schema(
-    [
-        ("experiment", pa.string()),
-        ("pair_id", pa.string()),
-        ("job_a", pa.string()),
-        ("job_b", pa.string()),
-        ("replicate", pa.int64()),
-        ("rewind_iter", pa.int64()),
-        ("level", pa.int64()),
-        ("density", pa.float64()),
-        ("split", pa.string()),
+    _PAIR
+    + [
         ("error_a", pa.float64()),
         ("error_b", pa.float64()),
         ("max_error", pa.float64()),
-        ("barrier", pa.float64()),
+        ("barrier", pa.float64()),  # max_a error(a) - (error(0) + error(1)) / 2
     ]
 )
 

@@ -299,8 +299,12 @@ class Store:
 
     @contextlib.contextmanager
     def experiment_lock(self, name: str) -> Iterator[None]:
-        """One driver per experiment. A lock left by a dead driver on this host is taken over."""
+        """One driver per experiment. The lock of a driver that is gone is taken over: a dead pid
+        on this host, or no sign of life for a while from another host (a restarted head node,
+        a requeued SLURM job): `orchestrator.cluster.driver_is_gone`."""
         import psutil
+
+        from orchestrator.cluster import driver_is_gone
 
         rel = f"locks/{name}.lock"
         me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
@@ -308,9 +312,11 @@ class Store:
             holder = self.lock_holder(name) or {}
             host, pid = holder.get("host", "?"), holder.get("pid", -1)
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
-            if host == me["host"] and not psutil.pid_exists(int(pid)):
+            if driver_is_gone(holder, self.heartbeat(name), host=me["host"], now=time.time(),
+                              pid_alive=psutil.pid_exists):
                 warnings.warn(
-                    f"experiment {name!r}: taking over the lock of driver pid {pid} (not running any more)",
+                    f"experiment {name!r}: taking over the lock of driver pid {pid} on host {host} "
+                    "(not running any more)",
                     stacklevel=3,
                 )
                 self.delete(rel)

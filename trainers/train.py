@@ -41,8 +41,13 @@ def rewind_file(k: int) -> str:
 
 
 def fingerprint(job: TrainJob) -> str:
-    """Identifies the job a checkpoint belongs to (the orchestrator's job id also covers inputs)."""
-    blob = json.dumps(dataclasses.asdict(job), sort_keys=True, default=str)
+    """Identifies the job a checkpoint belongs to (the orchestrator's job id also covers inputs).
+
+    The data set's location (data.root) is left out: a job re-queued on another node reads the
+    same data set from that node's own copy (orchestrator/cluster.py), at another path."""
+    fields = dataclasses.asdict(job)
+    fields["train"]["data"].pop("root", None)
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
