@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 import os
 import subprocess
 import sys
@@ -128,11 +129,16 @@ def test_stale_lock_is_taken_over(tmp_path):
     with pytest.warns(UserWarning, match=f"pid {dead_pid}"):
         with store.experiment_lock("demo"):
             assert store.lock_holder("demo")["pid"] == os.getpid()
-    # a lock held on another host is never taken over: that driver may be alive
-    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": 0}))
+    # a fresh lock held on another host is never taken over: that driver may be alive
+    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": time.time()}))
     with pytest.raises(LockError, match="host elsewhere"):
         with store.experiment_lock("demo"):
             pass
+    # ... but one with no sign of life for long (a lost head node) is
+    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": 0}))
+    with pytest.warns(UserWarning, match="host elsewhere"):
+        with store.experiment_lock("demo"):
+            assert store.lock_holder("demo")["pid"] == os.getpid()
 
 
 def test_upload_download_round_trip(store, tmp_path):

@@ -279,7 +279,7 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
         return result
     scratch = os.path.join(out, ".replay")
     replay = dataclasses.replace(job, end_iter=missing[-1], save_iters=tuple(missing))
-    train(replay, TrainPaths(out_dir=scratch), rt)
+    train(replay, TrainPaths(out_dir=scratch), dataclasses.replace(rt, on_metric=None))  # not this job's metrics
     for k in missing:
         os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
     shutil.rmtree(scratch)
