@@ -8,8 +8,9 @@ The jobs are N dense runs (replicates 0..N-1) of the demo's LeNet-300-100 on dig
 iterations chosen so one job takes about `--seconds`. `lth run` gets one worker
 (`scheduler.max_workers=1`), so both sides run the jobs one after another on one core and the
 ratio is the orchestrator's cost alone: Ray, actors, W&B offline runs, Parquet rows, done
-records. Ray's start-up is measured on its own (ray.init + one actor round trip + shutdown)
-and reported separately, as is the ratio with and without it.
+records. Ray's start-up is measured on its own (ray.init + one actor round trip + shutdown),
+and the fixed cost of a run by running the same command again once every job is done; the
+ratios are reported with and without them.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 
 def overrides(n: int, iterations: int) -> list[str]:
     return [
-        f"sweep.replicates={n}", "sweep.rewind_iters=[0]", "pruning.levels=0", "sweep.branch.seeds=[]",
+        f"sweep.replicates={n}", "sweep.rewind_iters=[0]", "pruning.levels=0", "sweep.branch.seeds=[]", "sweep.branch.levels=[0]",
         f"train.iterations={iterations}", "train.schedule.milestones=[]", "train.eval_every=0",
         "scheduler.max_workers=1", "resources.cpus=1",
     ]
@@ -74,11 +75,13 @@ def through_lth(n: int, iterations: int, store: str) -> float:
 
 
 def calibrate(seconds: float) -> int:
-    """Iterations for one job of about `seconds` on this machine."""
-    probe = 2000
+    """Iterations for one job of about `seconds` on this machine (the slope of two short runs,
+    so a job's fixed set-up does not count as iterations)."""
     with tempfile.TemporaryDirectory() as d:
-        t = direct(1, probe, d)
-    return max(100, int(probe * seconds / t))
+        t1 = direct(1, 1000, os.path.join(d, "a"))
+        t2 = direct(1, 4000, os.path.join(d, "b"))
+    per_iter = max(1e-6, (t2 - t1) / 3000)
+    return max(100, int(seconds / per_iter))
 
 
 def main() -> None:
@@ -90,14 +93,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         t_direct = direct(args.jobs, iterations, os.path.join(d, "direct"))
         t_lth = through_lth(args.jobs, iterations, os.path.join(d, "store"))
+        # the same command again: every job is done, so this is the fixed cost of a run
+        # (interpreter, imports, config, plan, Ray start-up, store scan, shutdown)
+        t_fixed = through_lth(args.jobs, iterations, os.path.join(d, "store"))
         t_ray = ray_startup()
     print(f"device: cpu ({os.cpu_count()} cores)   jobs: {args.jobs} x {iterations} iterations "
           f"(~{t_direct / args.jobs:.1f} s each in-process)")
     print(f"in-process, back to back : {t_direct:8.1f} s")
     print(f"lth run (1 worker)       : {t_lth:8.1f} s")
+    print(f"lth run, all jobs done   : {t_fixed:8.1f} s   (fixed cost of a run)")
     print(f"Ray start-up (separately): {t_ray:8.1f} s")
-    print(f"ratio lth / in-process   : {t_lth / t_direct:.3f}")
-    print(f"ratio without Ray start-up: {(t_lth - t_ray) / t_direct:.3f}")
+    print(f"ratio lth / in-process                 : {t_lth / t_direct:.3f}")
+    print(f"ratio without Ray start-up             : {(t_lth - t_ray) / t_direct:.3f}")
+    print(f"ratio without the fixed cost (per job) : {(t_lth - t_fixed) / t_direct:.3f}")
 
 
 if __name__ == "__main__":

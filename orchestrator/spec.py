@@ -54,6 +54,12 @@ class DataSpec(_Model):
     channels: int = Field(3, gt=0)
     seed: int = 0
     augment: bool = True
+    # Progressive resizing (ImageNet-shaped data): training side from min_res to max_res over
+    # epochs start_ramp_epoch..end_ramp_epoch (trainers/data/resolution.py checks the rest).
+    min_res: int | None = Field(None, gt=0)
+    max_res: int | None = Field(None, gt=0)
+    start_ramp_epoch: int = Field(0, ge=0)
+    end_ramp_epoch: int = Field(0, ge=0)
 
     def to_config(self) -> DataConfig:
         return DataConfig(**self.model_dump())
@@ -262,7 +268,7 @@ class ExperimentSpec(_Model):
         try:
             info = describe(self.data.to_config())
         except (ValueError, KeyError, TypeError) as e:
-            raise SpecError("data", str(e)) from None
+            raise _data_error(e) from None
         self._data_info = info
 
         per_epoch = info.num_train // self.train.batch_size
@@ -382,6 +388,13 @@ class ExperimentSpec(_Model):
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _data_error(e: Exception) -> SpecError:
+    """The data layer names the field at the start of its messages ("data.min_res: ..."): keep it."""
+    text = str(e)
+    m = re.match(r"(data\.[a-z_]+)(?::\s*|\s+)(.*)", text, re.S)
+    return SpecError(m.group(1), m.group(2)) if m else SpecError("data", text)
 
 
 def _at_most_one(model: BaseModel, a: str, b: str, where: str) -> None:

@@ -97,6 +97,24 @@ def test_ffcv_imagenet_order_is_ours(betons):
     assert sum(len(y) for _, y in bundle.eval_batches("train", 5, max_examples=7)) == 7
 
 
+@needs_ffcv
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ffcv_imagenet_progressive_resizing(betons):
+    # The decoder's output side follows the ramp epoch by epoch; evaluation keeps image_size.
+    cfg = DataConfig(name="ffcv_imagenet", root=str(betons / "images_beton"), image_size=32,
+                     min_res=32, max_res=64, start_ramp_epoch=0, end_ramp_epoch=1)
+    bundle = D.open_data(cfg, CPU, num_workers=1)
+    batches = list(itertools.islice(bundle.train_stream(4, 4, 0), 10))  # ipe = 4: epochs 0, 1, 2
+    assert [x.shape for x, _ in batches] == [(4, 3, 32, 32)] * 4 + [(4, 3, 64, 64)] * 6
+    resumed = list(itertools.islice(bundle.train_stream(4, 4, 5), 3))  # mid-epoch 1: already 64
+    assert [x.shape[-1] for x, _ in resumed] == [64] * 3
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches[5:], resumed))
+    assert next(iter(bundle.eval_batches("test", 4)))[0].shape == (4, 3, 32, 32)
+    plain = D.open_data(DataConfig(name="ffcv_imagenet", root=str(betons / "images_beton"), image_size=32,
+                                   augment=False, min_res=32, max_res=64, end_ramp_epoch=1), CPU, num_workers=1)
+    assert [x.shape[-1] for x, _ in itertools.islice(plain.train_stream(0, 4, 3), 2)] == [32, 64]
+
+
 def test_missing_beton_names_the_file(tmp_path):
     (tmp_path / "train.beton").write_bytes(b"")
     for name in ("ffcv_cifar", "ffcv_imagenet"):

@@ -21,7 +21,7 @@ PruneStrategy = Literal["magnitude_global", "magnitude_layerwise", "random"]
 class DataConfig:
     name: str = "digits"  # key of trainers.data.DATASETS
     root: str | None = None  # directory: cifar batches, ImageFolder, or train.beton/test.beton (ffcv_*)
-    image_size: int | None = None  # synthetic: side; imagenet/ffcv_imagenet: training crop side
+    image_size: int | None = None  # synthetic: side; imagenet/ffcv_imagenet: crop side (training: unless min_res is set)
     eval_image_size: int | None = None  # imagenet: shorter side resized to this, then centre crop (default image_size * 8/7)
     num_classes: int | None = None  # synthetic (required); imagenet (checked against the folder)
     num_train: int | None = None  # synthetic: size; cifar/imagenet/ffcv: a fixed subset (seeded by `seed`)
@@ -29,6 +29,13 @@ class DataConfig:
     channels: int = 3  # synthetic only
     seed: int = 0  # synthetic generation seed (the data set itself, not the data order)
     augment: bool = True  # the data set's standard augmentation on training batches
+    # Progressive resizing (ImageNet-shaped data only; trainers/data/resolution.py): the training
+    # crop side grows from min_res (epochs <= start_ramp_epoch) to max_res (epochs >= end_ramp_epoch).
+    # None: train at image_size. Evaluation stays at image_size / eval_image_size.
+    min_res: int | None = None
+    max_res: int | None = None
+    start_ramp_epoch: int = 0
+    end_ramp_epoch: int = 0
 
 
 @dataclass(frozen=True)

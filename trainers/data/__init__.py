@@ -18,10 +18,11 @@ from trainers.data.cifar import CifarSource
 from trainers.data.digits import DigitsSource
 from trainers.data.ffcv_io import FfcvCifarSource, FfcvImagenetSource
 from trainers.data.imagenet import ImageFolderSource
+from trainers.data.resolution import check_resolution, train_resolution
 from trainers.data.synthetic import SyntheticSource
 from trainers.jobs import DataConfig
 
-__all__ = ["DATASETS", "Batch", "DataBundle", "DataInfo", "DataSource", "check_available", "describe", "open_data", "valid_names"]
+__all__ = ["DATASETS", "Batch", "DataBundle", "DataInfo", "DataSource", "check_available", "describe", "open_data", "train_resolution", "valid_names"]
 
 DATASETS: dict[str, Callable[[DataConfig], DataSource]] = {
     "digits": DigitsSource,
@@ -43,6 +44,7 @@ def source(cfg: DataConfig) -> DataSource:
         raise TypeError(f"expected a DataConfig, got {type(cfg).__name__}")
     if cfg.name not in DATASETS:
         raise ValueError(f"data.name: unknown data set {cfg.name!r}; valid names: {valid_names()}")
+    check_resolution(cfg)
     return DATASETS[cfg.name](cfg)
 
 

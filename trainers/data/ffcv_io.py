@@ -14,7 +14,10 @@ Readers:
 - `ffcv_imagenet`: ffcv's Loader with its JPEG pipeline (RandomResizedCropRGBImageDecoder +
   RandomHorizontalFlip for training, CenterCropRGBImageDecoder for evaluation: crop the centre
   image_size/eval_image_size of the shorter side, then resize to image_size, the same view as
-  resize-then-centre-crop). Determinism: the ORDER is ours: a TraversalOrder hands the Loader
+  resize-then-centre-crop). Progressive resizing (data.min_res/max_res): before each epoch
+  the training decoder's output_size is set to that epoch's side (resolution.py); ffcv sizes its
+  buffers from it when the epoch starts, so no pipeline is rebuilt.
+  Determinism: the ORDER is ours: a TraversalOrder hands the Loader
   `order.epoch_permutation(data_seed, epoch)` (from the resume position on), so resuming at any
   iteration feeds the same examples in the same batches. The AUGMENTATION is not: ffcv draws
   crop boxes and flips with numpy's RNG inside numba-compiled, multi-threaded code, with no
@@ -40,6 +43,7 @@ from torch import Tensor
 from trainers.data import order
 from trainers.data.bundle import Batch, DataBundle, DataInfo, DataSource, check_eval_args, check_stream_args
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
+from trainers.data.resolution import train_resolution
 from trainers.jobs import DataConfig
 
 SPLITS = ("train", "test")
@@ -273,6 +277,7 @@ class FfcvLoaderBundle(DataBundle):
 
         self.info = info
         self.paths = paths
+        self.cfg = cfg
         self.augment = cfg.augment
         self.size, self.eval_size = image_sizes(cfg)
         self.device = torch.device(device)
@@ -284,6 +289,7 @@ class FfcvLoaderBundle(DataBundle):
         self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0)
 
     def _make_loader(self, path: Path, batch_size: int, indices: np.ndarray, train: bool, drop_last: bool):
+        """(ffcv Loader, its image decoder: the node whose output_size sets the batches' side)."""
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
@@ -291,9 +297,11 @@ class FfcvLoaderBundle(DataBundle):
 
         size = (self.size, self.size)
         if train and self.augment:
-            image = [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()]
+            decoder = RandomResizedCropRGBImageDecoder(size)
+            image = [decoder, RandomHorizontalFlip()]
         else:
-            image = [CenterCropRGBImageDecoder(size, ratio=self.size / self.eval_size)]
+            decoder = CenterCropRGBImageDecoder(size, ratio=self.size / self.eval_size)
+            image = [decoder]
         cuda = self.device.type == "cuda"
         image += [ToTensor(), ToDevice(self.device, non_blocking=cuda)]
         label = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=cuda)]
@@ -304,7 +312,7 @@ class FfcvLoaderBundle(DataBundle):
         # The sequential order yields `traversal_order.indices` as they are: we set them to our
         # permutation before each pass, so ffcv's own (seed, epoch) shuffling is never used.
         assert isinstance(loader.traversal_order, Sequential)
-        return loader
+        return loader, decoder
 
     def _finish(self, x: Tensor, y: Tensor) -> Batch:
         # (B, H, W, C) uint8 -> normalised float (B, C, H, W) in channels_last memory; copies out of ffcv's buffers.
@@ -315,10 +323,13 @@ class FfcvLoaderBundle(DataBundle):
         check_stream_args(start_iter)
         ipe = self.iterations_per_epoch(batch_size)
         n = self.info.num_train
-        loader = self._make_loader(self.paths["train"], batch_size, self.train_indices, train=True, drop_last=True)
+        loader, decoder = self._make_loader(self.paths["train"], batch_size, self.train_indices, train=True, drop_last=True)
         epoch, step = divmod(start_iter, ipe)
         while True:
             perm = order.epoch_permutation(data_seed, epoch, n).numpy()
+            side = train_resolution(self.cfg, epoch) or self.size
+            # Read when the epoch's iterator allocates its buffers (as ffcv-imagenet's ramp does).
+            decoder.output_size = (side, side)
             loader.traversal_order.indices = self.train_indices[perm[step * batch_size : ipe * batch_size]]
             for x, y in loader:
                 yield self._finish(x, y)
@@ -333,7 +344,7 @@ class FfcvLoaderBundle(DataBundle):
             indices = self.train_indices[order.eval_train_subset(self.info.num_train, max_examples).numpy()]
         key = (split, batch_size, len(indices))
         if key not in self._eval_loaders:  # building a Loader compiles its pipeline (seconds): once per key
-            self._eval_loaders[key] = self._make_loader(self.paths[split], batch_size, indices, train=False, drop_last=False)
+            self._eval_loaders[key] = self._make_loader(self.paths[split], batch_size, indices, train=False, drop_last=False)[0]
         for x, y in self._eval_loaders[key]:
             yield self._finish(x, y)
 

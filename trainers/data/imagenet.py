@@ -6,6 +6,7 @@ centre-crop image_size. Files are decoded by DataLoader workers; a batch sampler
 worker (example index, per-position seed), and the worker draws the crop and flip from a
 torch.Generator seeded with it, so the batches are a pure function of (data_seed, epoch,
 position) whatever the number of workers. Workers return uint8; the device normalises.
+With progressive resizing (data.min_res/max_res) the keys also carry the epoch's crop side.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from trainers.data import order
 from trainers.data.bundle import Batch, DataBundle, DataInfo, DataSource, check_eval_args, check_stream_args
 from trainers.data.resident import ResizedCropFlip
+from trainers.data.resolution import train_resolution
 from trainers.jobs import DataConfig
 
 MEAN = (0.485, 0.456, 0.406)
@@ -80,7 +82,8 @@ def scan(folder: Path, class_to_idx: dict[str, int] | None = None) -> tuple[list
 
 
 class FolderImages(Dataset):
-    """Decodes one image; the key is (index, seed): seed None means the evaluation transform."""
+    """Decodes one image; the key is (index, seed, side): seed None means the evaluation transform,
+    side None the configured image_size (else the training side of progressive resizing)."""
 
     def __init__(self, samples: list[tuple[str, int]], size: int, eval_size: int):
         self.samples = samples
@@ -90,16 +93,19 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int | None]) -> tuple[Tensor, int]:
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int | None, int | None]) -> tuple[Tensor, int]:
+        index, seed, side = key
+        size = self.size if side is None else side
         path, label = self.samples[index]
         with Image.open(path) as im:
             img = im.convert("RGB")
         if seed is None:
-            img = TF.center_crop(TF.resize(img, self.eval_size), [self.size, self.size])
+            # The evaluation view (the same fraction of the image at any side).
+            resize = self.eval_size if side is None else round(side * self.eval_size / self.size)
+            img = TF.center_crop(TF.resize(img, resize), [size, size])
         else:
             p = _CROP.draw(torch.Generator().manual_seed(seed), 1, img.height, img.width)
-            img = TF.resized_crop(img, int(p["i"]), int(p["j"]), int(p["h"]), int(p["w"]), [self.size, self.size], antialias=True)
+            img = TF.resized_crop(img, int(p["i"]), int(p["j"]), int(p["h"]), int(p["w"]), [size, size], antialias=True)
             if bool(p["flip"]):
                 img = TF.hflip(img)
         return TF.pil_to_tensor(img), label
@@ -108,23 +114,26 @@ class FolderImages(Dataset):
 class _TrainKeys:
     """Batch sampler of the training stream: batches of (index, per-position seed), forever."""
 
-    def __init__(self, n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool):
+    def __init__(self, n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool, cfg: DataConfig):
         self.n, self.seed, self.b, self.start, self.ipe, self.augment = n, data_seed, batch_size, start_iter, ipe, augment
+        self.cfg = cfg
 
-    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int | None, int | None]]]:
         epoch, step = divmod(self.start, self.ipe)
         while True:
             perm = order.epoch_permutation(self.seed, epoch, self.n).tolist()
+            side = train_resolution(self.cfg, epoch)
             for s in range(step, self.ipe):
                 positions = range(s * self.b, (s + 1) * self.b)
-                yield [(perm[p], order.sample_seed(self.seed, epoch, p) if self.augment else None) for p in positions]
+                yield [(perm[p], order.sample_seed(self.seed, epoch, p) if self.augment else None, side) for p in positions]
             epoch, step = epoch + 1, 0
 
 
 class FolderBundle(DataBundle):
     def __init__(self, info: DataInfo, train: list, test: list, size: int, eval_size: int, augment: bool,
-                 device: torch.device, num_workers: int):
+                 device: torch.device, num_workers: int, cfg: DataConfig):
         self.info = info
+        self.cfg = cfg
         self.train = FolderImages(train, size, eval_size)
         self.test = FolderImages(test, size, eval_size)
         self.augment = augment
@@ -146,7 +155,7 @@ class FolderBundle(DataBundle):
         check_stream_args(start_iter)
         ipe = self.iterations_per_epoch(batch_size)
         # Without augmentation (seed None) training images get the evaluation transform.
-        keys = _TrainKeys(len(self.train), data_seed, batch_size, start_iter, ipe, self.augment)
+        keys = _TrainKeys(len(self.train), data_seed, batch_size, start_iter, ipe, self.augment, self.cfg)
         return self._loader(self.train, keys)
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
@@ -156,7 +165,7 @@ class FolderBundle(DataBundle):
         else:
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
             dataset, idx = self.train, order.eval_train_subset(self.info.num_train, max_examples).tolist()
-        keys = [[(i, None) for i in idx[lo : lo + batch_size]] for lo in range(0, len(idx), batch_size)]
+        keys = [[(i, None, None) for i in idx[lo : lo + batch_size]] for lo in range(0, len(idx), batch_size)]
         return self._loader(dataset, keys)
 
 
@@ -198,4 +207,4 @@ class ImageFolderSource(DataSource):
         info, train, test = self.scan_splits()
         size, eval_size = image_sizes(self.cfg)
         workers = default_workers() if num_workers is None else num_workers
-        return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers)
+        return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers, self.cfg)

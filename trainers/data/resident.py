@@ -8,7 +8,7 @@ Images are stored as uint8 (N, C, H, W) and normalised per batch to float32; fea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,9 @@ class PadCropFlip:
 @dataclass(frozen=True)
 class ResizedCropFlip:
     """Random-resized crop (area fraction `scale`, aspect ratio `ratio`, torchvision's 10-attempt
-    rule with a centre-crop fallback) back to the stored size, then a horizontal flip with
-    probability 1/2; bilinear, batched with affine_grid/grid_sample."""
+    rule with a centre-crop fallback) back to the stored size (or to `size`: progressive
+    resizing), then a horizontal flip with probability 1/2; bilinear, batched with
+    affine_grid/grid_sample."""
 
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -97,7 +98,7 @@ class ResizedCropFlip:
         j = torch.where(none, float((width - fw) // 2), j)
         return {"i": i, "j": j, "h": h_sel, "w": w_sel, "flip": flip}
 
-    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+    def apply(self, x: Tensor, params: dict[str, Tensor], size: int | None = None) -> Tensor:
         b, _, height, width = x.shape
         i, j, h, w = (params[k].to(torch.float32) for k in ("i", "j", "h", "w"))
         sign = 1.0 - 2.0 * params["flip"].to(torch.float32)
@@ -107,7 +108,9 @@ class ResizedCropFlip:
         theta[:, 0, 2] = (2 * j + w) / width - 1
         theta[:, 1, 1] = h / height
         theta[:, 1, 2] = (2 * i + h) / height - 1
-        grid = F.affine_grid(theta, [b, x.shape[1], height, width], align_corners=False)
+        # theta is in normalised coordinates: the same crop box whatever the output size.
+        out_h, out_w = (height, width) if size is None else (size, size)
+        grid = F.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -122,7 +125,10 @@ class ResidentBundle(DataBundle):
         augmentation: Augmentation | None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        train_side: Callable[[int], int | None] | None = None,
     ):
+        """train_side: epoch -> side of the training images (progressive resizing; resolution.py),
+        None for the stored size. Resizing needs an augmentation that takes a size (ResizedCropFlip)."""
         self.info = info
         self.device = torch.device(device)
         self.train_x, self.train_y = (t.to(self.device) for t in train)
@@ -138,6 +144,9 @@ class ResidentBundle(DataBundle):
             self._shift = torch.tensor(mean, device=self.device).view(shape) * 255.0
             self._scale = 1.0 / (torch.tensor(std, device=self.device).view(shape) * 255.0)
         self.augmentation = augmentation
+        self.train_side = train_side
+        if train_side is not None and augmentation is not None and not isinstance(augmentation, ResizedCropFlip):
+            raise ValueError(f"progressive resizing needs random-resized crops, not {type(augmentation).__name__}")
 
     def _finish(self, x: Tensor) -> Tensor:
         if not self.images:
@@ -151,6 +160,7 @@ class ResidentBundle(DataBundle):
         epoch, step = divmod(start_iter, ipe)
         while True:
             perm = order.epoch_permutation(data_seed, epoch, n).to(self.device)
+            side = None if self.train_side is None else self.train_side(epoch)
             params = None
             if self.augmentation is not None:
                 _, _, h, w = self.train_x.shape
@@ -161,7 +171,11 @@ class ResidentBundle(DataBundle):
                 idx = perm[lo:hi]
                 x = self.train_x[idx]
                 if params is not None:
-                    x = self.augmentation.apply(x, {k: v[lo:hi] for k, v in params.items()})
+                    batch_params = {k: v[lo:hi] for k, v in params.items()}
+                    x = self.augmentation.apply(x, batch_params) if side is None else self.augmentation.apply(x, batch_params, side)
+                elif side is not None and side != x.shape[-1]:
+                    # Unaugmented: the whole stored image, resized (antialiased, as a decoder would).
+                    x = F.interpolate(x.float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)
                 yield self._finish(x), self.train_y[idx]
             epoch, step = epoch + 1, 0
 

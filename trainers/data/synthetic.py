@@ -7,12 +7,15 @@ by far) but not trivial, and generated vectorised on CPU in chunks.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from trainers.data import order
 from trainers.data.bundle import DataBundle, DataInfo, DataSource
+from trainers.data.resolution import progressive, train_resolution
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
 from trainers.jobs import DataConfig
 
@@ -91,4 +94,5 @@ class SyntheticSource(DataSource):
             augmentation=standard_augmentation(side) if self.cfg.augment else None,
             mean=mean,
             std=std,
+            train_side=partial(train_resolution, self.cfg) if progressive(self.cfg) else None,
         )
