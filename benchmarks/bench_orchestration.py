@@ -4,8 +4,9 @@ process through trainers/, on the same machine, in one command.
     python -m benchmarks.bench_orchestration                 # N=4 jobs of ~30 s each
     python -m benchmarks.bench_orchestration --seconds 5     # a quick look
 
-The jobs are N dense runs (replicates 0..N-1) of the demo's LeNet-300-100 on digits, with
-iterations chosen so one job takes about `--seconds`. `lth run` gets one worker
+The jobs are N dense runs (replicates 0..N-1) of cifar_resnet_20 on CIFAR-shaped synthetic
+data (`--workload mlp`: the demo's LeNet-300-100 on digits, the worst case: steps of 0.3 ms),
+with iterations chosen so one job takes about `--seconds`. `lth run` gets one worker
 (`scheduler.max_workers=1`), so both sides run the jobs one after another on one core and the
 ratio is the orchestrator's cost alone: Ray, actors, W&B offline runs, Parquet rows, done
 records. Ray's start-up is measured on its own (ray.init + one actor round trip + shutdown),
@@ -27,11 +28,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 
 
+# What one job trains: a CIFAR ResNet on CIFAR-shaped synthetic data (steps of ~0.2 s on one
+# CPU core, like a real job's), or the demo's MLP on digits (steps of ~0.3 ms: the worst case,
+# where anything else running in the worker process shows).
+WORKLOADS = {
+    "resnet20": ["model=cifar_resnet_20", "data.name=synthetic", "data.image_size=32", "data.num_classes=10",
+                 "data.num_train=2048", "data.num_test=256", "train.eval_train_examples=256"],
+    "mlp": [],
+}
+WORKLOAD = "resnet20"
+
+
 def overrides(n: int, iterations: int) -> list[str]:
-    return [
-        f"sweep.replicates={n}", "sweep.rewind_iters=[0]", "pruning.levels=0", "sweep.branch.seeds=[]", "sweep.branch.levels=[0]",
-        f"train.iterations={iterations}", "train.schedule.milestones=[]", "train.eval_every=0",
-        "scheduler.max_workers=1", "resources.cpus=1",
+    return WORKLOADS[WORKLOAD] + [
+        f"sweep.replicates={n}", "sweep.rewind_iters=[0]", "pruning.levels=0", "sweep.branch.seeds=[]",
+        "sweep.branch.levels=[0]", f"train.iterations={iterations}", "train.schedule.milestones=[]",
+        "train.eval_every=0", "scheduler.max_workers=1", "resources.cpus=1",
     ]
 
 
@@ -77,10 +89,11 @@ def through_lth(n: int, iterations: int, store: str) -> float:
 def calibrate(seconds: float) -> int:
     """Iterations for one job of about `seconds` on this machine (the slope of two short runs,
     so a job's fixed set-up does not count as iterations)."""
+    short, long = (10, 40) if WORKLOAD == "resnet20" else (1000, 4000)
     with tempfile.TemporaryDirectory() as d:
-        t1 = direct(1, 1000, os.path.join(d, "a"))
-        t2 = direct(1, 4000, os.path.join(d, "b"))
-    per_iter = max(1e-6, (t2 - t1) / 3000)
+        t1 = direct(1, short, os.path.join(d, "a"))
+        t2 = direct(1, long, os.path.join(d, "b"))
+    per_iter = max(1e-6, (t2 - t1) / (long - short))
     return max(100, int(seconds / per_iter))
 
 
@@ -88,7 +101,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--seconds", type=float, default=30.0, help="target duration of one job")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="resnet20")
     args = p.parse_args()
+    global WORKLOAD
+    WORKLOAD = args.workload
     iterations = calibrate(args.seconds)
     with tempfile.TemporaryDirectory() as d:
         t_direct = direct(args.jobs, iterations, os.path.join(d, "direct"))
@@ -97,7 +113,7 @@ def main() -> None:
         # (interpreter, imports, config, plan, Ray start-up, store scan, shutdown)
         t_fixed = through_lth(args.jobs, iterations, os.path.join(d, "store"))
         t_ray = ray_startup()
-    print(f"device: cpu ({os.cpu_count()} cores)   jobs: {args.jobs} x {iterations} iterations "
+    print(f"device: cpu ({os.cpu_count()} cores)   workload: {WORKLOAD}   jobs: {args.jobs} x {iterations} iterations "
           f"(~{t_direct / args.jobs:.1f} s each in-process)")
     print(f"in-process, back to back : {t_direct:8.1f} s")
     print(f"lth run (1 worker)       : {t_lth:8.1f} s")
