@@ -8,7 +8,8 @@ to a local scratch directory and upload the outputs (trainers only ever see loca
 Every write is atomic: a temporary name that readers ignore (leading "."), then a rename (on a
 local or POSIX filesystem) or a single PUT (object stores, where a PUT is already atomic). A
 job is done only when `artifacts/<id>/done.json` exists, and the driver writes it after the job's
-artifacts and Parquet rows.
+artifacts and Parquet rows. The driver also compacts a partition's per-job part files into
+one (`Store.compact`); readers list a partition only through `partition_listing`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 import warnings
@@ -33,6 +36,10 @@ from orchestrator.schemas import TABLES, file_schema
 DONE = "done.json"
 FAILED = "failed.json"
 CHECKPOINT = "checkpoint.pt"
+# Compacted part files: `lth.merged` in their Parquet metadata lists the part file names they replace.
+COMPACTED_PREFIX = "part-compacted-"
+MERGED_KEY = b"lth.merged"
+COMPACT_ROW_GROUP = 1 << 20  # rows per row group of a compacted file
 # Filesystems where a single write is atomic but a rename is a copy: write in place.
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
 
@@ -105,28 +112,43 @@ class Store:
     def makedirs(self, rel: str) -> None:
         self.fs.create_dir(self.path(rel), recursive=True)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: readers see the old file or the whole new one, never a part."""
+    @contextlib.contextmanager
+    def _atomic_output(self, rel: str) -> Iterator[Any]:
+        """A writable file for `rel` that readers see whole or not at all: a temporary name
+        (leading ".", which every listing skips), then a rename; on an object store, where a
+        PUT is already atomic and a rename is a copy, the object itself."""
         dst = self.path(rel)
         parent, _, name = dst.rpartition("/")
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
         if self._posix:
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
+            try:
+                with open(tmp, "wb") as f:
+                    yield f
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, dst)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
             return
         self.fs.create_dir(parent, recursive=True)
         if self._atomic_put:
-            with self.fs.open_output_stream(dst) as f:
-                f.write(data)
+            # Spool locally: closing an object-store stream publishes it, even after an error.
+            with tempfile.TemporaryFile() as spool:
+                yield spool
+                spool.seek(0)
+                with self.fs.open_output_stream(dst) as f:
+                    shutil.copyfileobj(spool, f, 1 << 24)
             return
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
         with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
+            yield f
         self.fs.move(tmp, dst)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: readers see the old file or the whole new one, never a part."""
+        with self._atomic_output(rel) as f:
+            f.write(data)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
@@ -210,6 +232,8 @@ class Store:
 
         Naming the part after the job makes result writing idempotent: a driver that dies
         between a job's rows and its done record rewrites the same file, never a duplicate.
+        Once a compaction has merged `part-<part>.parquet`, a file of that name is a leftover
+        that readers skip: the merged rows stay the job's rows.
         """
         rel = f"{self._partition(table, experiment)}/part-{part}.parquet"
         schema = file_schema(table)
@@ -224,20 +248,111 @@ class Store:
         """A new part file with a fresh name (for rows that belong to no single job)."""
         return self.write_rows(table, experiment, rows, uuid.uuid4().hex)
 
+    # ---- compaction: many small part files become one ---------------------------------------
+    #
+    # A compacted file `part-compacted-<uuid>.parquet` names, in its Parquet key-value metadata
+    # `lth.merged`, every part file it replaces (transitively: the lists of the compacted files
+    # it merged too). Readers list a partition through `partition_files`, which drops every
+    # merged name, so a compaction that dies after writing its file and before deleting the
+    # merged parts never shows a row twice; the next compaction deletes the leftovers.
+
+    def _partition_state(self, table: str, experiment: str) -> tuple[list[pafs.FileInfo], set[str]]:
+        """(every part file of the partition, the names some compacted file there merged)."""
+        base = self.path(self._partition(table, experiment))
+        infos = [
+            i
+            for i in self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+        ]
+        merged: set[str] = set()
+        for info in infos:
+            if info.base_name.startswith(COMPACTED_PREFIX):
+                merged.update(self._merged_names(info.path))
+        return sorted(infos, key=lambda i: i.base_name), merged
+
+    def _merged_names(self, path: str) -> list[str]:
+        try:
+            meta = pq.read_schema(path, filesystem=self.fs).metadata or {}
+            return json.loads(meta[MERGED_KEY])
+        except FileNotFoundError:
+            raise  # deleted by a compaction since the listing: the caller lists again
+        except (KeyError, ValueError, OSError, pa.ArrowException) as e:
+            raise ValueError(f"compacted part file {path}: unreadable {MERGED_KEY.decode()} metadata ({e})") from e
+
+    def partition_listing(self, table: str, experiment: str) -> list[pafs.FileInfo]:
+        """The live part files of one partition (FileInfo: fs path, size, mtime): every
+        `part-*.parquet` minus those a compacted file has merged. Every reader lists this way."""
+        infos, merged = self._partition_state(table, experiment)
+        return [i for i in infos if i.base_name not in merged]
+
+    def partition_files(self, table: str, experiment: str) -> list[str]:
+        """The live part files of one partition as store-relative paths (`partition_listing`)."""
+        prefix = self._partition(table, experiment)
+        return [f"{prefix}/{i.base_name}" for i in self.partition_listing(table, experiment)]
+
+    def compact(self, table: str, experiment: str, min_files: int = 64) -> int:
+        """Merge the live part files of a partition into one compacted file once there are at
+        least `min_files` of them; returns how many were merged (0: nothing done).
+
+        Only the one driver holding the experiment's lock (the only writer of its rows) may call
+        this: two concurrent compactions, or a compaction racing a part write, could lose rows.
+        Crash-safe at every step: the compacted file is written atomically and lists what it
+        replaces, and only then are the merged files (and leftovers of an earlier compaction
+        that died before its deletes) deleted.
+        """
+        infos, merged = self._partition_state(table, experiment)
+        live = [i for i in infos if i.base_name not in merged]
+        if len(live) < max(min_files, 1):
+            return 0
+        names = sorted(merged | {i.base_name for i in live})
+        schema = file_schema(table)
+        scanner = ds.dataset([i.path for i in live], schema=schema, format="parquet", filesystem=self.fs).scanner()
+        rel = f"{self._partition(table, experiment)}/{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
+        self._write_compacted(rel, schema.with_metadata({MERGED_KEY: json.dumps(names).encode()}), scanner)
+        for info in infos:  # the merged files and the leftovers of an interrupted compaction
+            self.delete(info.path[len(self.base) + 1 :])
+        return len(live)
+
+    def _write_compacted(self, rel: str, schema: pa.Schema, scanner: ds.Scanner) -> None:
+        # Batches come one per small file: gather them into row groups of a useful size.
+        with self._atomic_output(rel) as f, pq.ParquetWriter(f, schema) as writer:
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            for batch in scanner.to_batches():
+                pending.append(batch)
+                rows += batch.num_rows
+                if rows >= COMPACT_ROW_GROUP:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                    pending, rows = [], 0
+            writer.write_table(pa.Table.from_batches(pending, schema=schema))
+
     def parts(self, table: str, experiment: str) -> set[str]:
-        """The part names (`part-<name>.parquet` -> name) of one partition."""
-        names = self.list_files(self._partition(table, experiment))
-        return {n[len("part-") : -len(".parquet")] for n in names if n.startswith("part-") and n.endswith(".parquet")}
+        """The part names (`part-<name>.parquet` -> name) of one partition, those merged into a
+        compacted file included: the jobs whose rows are already stored."""
+        infos, merged = self._partition_state(table, experiment)
+        names = merged | {i.base_name for i in infos}
+        return {n[len("part-") : -len(".parquet")] for n in names if not n.startswith(COMPACTED_PREFIX)}
 
     def read_table(self, table: str, experiment: str | None = None) -> pa.Table:
+        """Every row of `table` (of one experiment, or of all), each exactly once."""
         schema = TABLES[table]
         base = self.path(f"results/{table}")
-        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+        if experiment is None:
+            selector = pafs.FileSelector(base, allow_not_found=True)
+            experiments = sorted(
+                i.base_name[len("experiment=") :]
+                for i in self.fs.get_file_info(selector)
+                if i.type == pafs.FileType.Directory and i.base_name.startswith("experiment=")
+            )
+        else:
+            experiments = [experiment]
+        paths = [i.path for e in experiments for i in self.partition_listing(table, e)]
+        if not paths:
             return schema.empty_table()
         partitioning = ds.partitioning(pa.schema([schema.field("experiment")]), flavor="hive")
-        dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning=partitioning, schema=schema)
-        filt = ds.field("experiment") == experiment if experiment is not None else None
-        return dataset.to_table(filter=filt)
+        dataset = ds.dataset(paths, filesystem=self.fs, format="parquet", partitioning=partitioning,
+                             partition_base_dir=base, schema=schema)
+        return dataset.to_table()
 
     # ---- experiments -----------------------------------------------------------------------
 

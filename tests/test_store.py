@@ -159,3 +159,152 @@ def test_experiment_plan_and_heartbeat(store):
         store.planned_jobs("other")
     store.write_heartbeat("demo", ["a"])
     assert store.heartbeat("demo")["running"] == ["a"]
+
+
+# ---- compaction ------------------------------------------------------------------------------
+
+
+def _rows(table) -> list[tuple]:
+    """A table's rows as a sorted list: a multiset comparison that ignores file order."""
+    return sorted(tuple(sorted(r.items(), key=lambda kv: kv[0])) for r in table.to_pylist())
+
+
+def _write_jobs(store: Store, ids, experiment: str = "e") -> None:
+    for i, job in enumerate(ids):
+        store.write_rows("runs", experiment, [_run_row(job, i, 0.5**i), _run_row(f"{job}-b", i, 0.5**i)], part=job)
+
+
+def _analysis_rows(root: str, experiment: str = "e") -> list[tuple]:
+    from orchestrator.analysis.read import RUNS_COLUMNS, Store as AnalysisStore, read_table
+
+    return _rows(read_table(AnalysisStore.open(root), "runs", experiment, RUNS_COLUMNS))
+
+
+def _merged_list(store: Store, rel: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(store.path(rel), filesystem=store.fs).metadata[b"lth.merged"])
+
+
+def test_compaction_merges_parts_and_keeps_every_row(store):
+    ids = [f"j{i}" for i in range(6)]
+    _write_jobs(store, ids)
+    store.write_rows("runs", "other", [_run_row("x", 0, 1.0)], part="x")
+    before = _rows(store.read_table("runs", "e"))
+    assert store.compact("runs", "e", min_files=7) == 0  # below the threshold: untouched
+    assert len(store.partition_files("runs", "e")) == 6
+    assert store.compact("runs", "e", min_files=6) == 6
+    [compacted] = store.partition_files("runs", "e")
+    assert compacted.startswith("results/runs/experiment=e/part-compacted-")
+    assert store.list_files("results/runs/experiment=e") == [compacted.rsplit("/", 1)[1]]  # parts deleted
+    assert sorted(_merged_list(store, compacted)) == sorted(f"part-{j}.parquet" for j in ids)
+    assert _rows(store.read_table("runs", "e")) == before and len(before) == 12
+    assert store.parts("runs", "e") == set(ids)  # merged jobs still count as stored
+    assert store.read_table("runs").num_rows == 13  # the other experiment is untouched
+    assert store.partition_files("runs", "other") == ["results/runs/experiment=other/part-x.parquet"]
+
+
+def test_crash_between_compacted_file_and_deletes_shows_no_row_twice(tmp_path, monkeypatch):
+    from orchestrator.analysis.read import RUNS_COLUMNS
+
+    store = Store(str(tmp_path))
+    ids = [f"j{i}" for i in range(5)]
+    _write_jobs(store, ids)
+    before = _rows(store.read_table("runs", "e"))
+    deleted = []
+
+    def crash_after_two(rel):  # the driver dies after the compacted file and two deletes
+        if len(deleted) == 2:
+            raise KeyboardInterrupt
+        deleted.append(rel)
+        os.remove(store.path(rel))
+
+    monkeypatch.setattr(store, "delete", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact("runs", "e", min_files=2)
+    monkeypatch.undo()
+    part_dir = tmp_path / "results/runs/experiment=e"
+    assert len(list(part_dir.glob("part-compacted-*.parquet"))) == 1
+    assert len(list(part_dir.glob("part-j*.parquet"))) == 3  # leftovers of the merged parts
+    assert _rows(store.read_table("runs", "e")) == before
+    assert _analysis_rows(str(tmp_path)) == _rows(store.read_table("runs", "e").select(RUNS_COLUMNS))
+    assert len(_analysis_rows(str(tmp_path))) == 10
+    assert store.parts("runs", "e") == set(ids)
+    # the next compaction (with a new part) deletes the leftovers and keeps every row once
+    _write_jobs(store, ["k0"])
+    assert store.compact("runs", "e", min_files=2) == 2
+    assert [p.name for p in part_dir.iterdir()] == [p.name for p in part_dir.glob("part-compacted-*")]
+    assert len(list(part_dir.iterdir())) == 1
+    assert store.read_table("runs", "e").num_rows == 12
+    assert len(_analysis_rows(str(tmp_path))) == 12
+
+
+def test_compacting_twice_carries_the_merged_list(store):
+    _write_jobs(store, ["a", "b", "c"])
+    assert store.compact("runs", "e", min_files=2) == 3
+    [first] = store.partition_files("runs", "e")
+    _write_jobs(store, ["d", "e2"])
+    assert store.compact("runs", "e", min_files=3) == 3  # the first compacted file + 2 parts
+    [second] = store.partition_files("runs", "e")
+    assert second != first and not store.exists(first)
+    assert sorted(_merged_list(store, second)) == sorted(
+        [first.rsplit("/", 1)[1]] + [f"part-{j}.parquet" for j in ["a", "b", "c", "d", "e2"]])
+    ids = store.read_table("runs", "e").column("job_id").to_pylist()
+    assert sorted(ids) == sorted(j + s for j in ["a", "b", "c", "d", "e2"] for s in ["", "-b"])
+    assert store.parts("runs", "e") == {"a", "b", "c", "d", "e2"}
+
+
+def test_rerun_after_compaction_writes_no_duplicate_rows(tmp_path):
+    """The scheduler's backfill (Scheduler._backfill_rows) writes a done job's rows only when
+    parts() lacks it; a leftover part rewritten after a compaction stays hidden too."""
+    store = Store(str(tmp_path))
+    ids = [f"j{i}" for i in range(4)]
+    _write_jobs(store, ids)
+    store.compact("runs", "e", min_files=2)
+    for job in ids:  # a rerun of the finished sweep: backfill what parts() lacks
+        if job not in store.parts("runs", "e"):
+            _write_jobs(store, [job])
+    assert len(store.list_files("results/runs/experiment=e")) == 1
+    _write_jobs(store, ["j0"])  # even a rewrite of a merged job's part is never read twice
+    assert store.read_table("runs", "e").num_rows == 8
+    assert len(_analysis_rows(str(tmp_path))) == 8
+
+
+def test_unreadable_compacted_file_is_named(tmp_path):
+    store = Store(str(tmp_path))
+    _write_jobs(store, ["a"])
+    store.write_bytes("results/runs/experiment=e/part-compacted-bad.parquet", b"not parquet")
+    with pytest.raises(ValueError, match="part-compacted-bad.parquet"):
+        store.partition_files("runs", "e")
+
+
+def test_sweep_compacts_its_tables_and_rerun_adds_nothing(ray_session, tmp_path, monkeypatch, capsys):
+    """`lth run` end to end with a small compaction threshold: the driver leaves one compacted
+    file per table, every row once, and a rerun writes no part file."""
+    import functools
+
+    import orchestrator.scheduler as scheduler
+    from conftest import DEMO, tiny_args
+    from orchestrator.cli import main
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+
+    monkeypatch.setattr(scheduler, "RunOptions", functools.partial(scheduler.RunOptions, compact_min_files=2))
+    extra = ("pruning.levels=1", "sweep.rewind_iters=[0]", "sweep.branch.levels=[1]", "tracking.wandb=disabled")
+    root = tmp_path / "store"
+    assert main(["run", DEMO, "--store", str(root), *tiny_args(*extra)]) == 0
+    sets = [a for a in tiny_args(*extra) if a != "--set"]
+    train = sorted(j.id for j in plan(load_spec(DEMO, sets)).jobs.values() if j.kind == "train")
+    store = Store(str(root))
+    for table in ("runs", "metrics"):  # one part per train job: compacted
+        [only] = store.list_files(f"results/{table}/experiment=demo")
+        assert only.startswith("part-compacted-")
+        assert store.parts(table, "demo") == set(train)
+    runs = store.read_table("runs", "demo")
+    assert sorted(runs.column("job_id").to_pylist()) == train
+    listing = {t: store.list_files(f"results/{t}/experiment=demo") for t in TABLES}
+    capsys.readouterr()
+    assert main(["run", DEMO, "--store", str(root), *tiny_args(*extra)]) == 0
+    assert "ran 0 jobs" in capsys.readouterr().out
+    assert {t: store.list_files(f"results/{t}/experiment=demo") for t in TABLES} == listing
+    assert sorted(store.read_table("runs", "demo").column("job_id").to_pylist()) == train

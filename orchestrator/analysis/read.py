@@ -1,15 +1,18 @@
 """Reading one experiment out of the store: Parquet scans, the plan, the progress, the config.
 
-Each table is read in ONE pyarrow dataset scan rooted at the experiment's own partition
-directory (results/<table>/experiment=<name>/), with a column projection, so the cost grows
+Each table is read in ONE pyarrow dataset scan of the experiment's live part files (listed by
+`orchestrator.store.Store.partition_listing`: a sweep's driver compacts the per-job files, and
+the listing hides files a compacted one replaces), with a column projection, so the cost grows
 with this experiment's rows, not with every file the store holds. The `metrics` table is
 never read: no table or figure of the analysis needs the training curves. A scan cache
 (`ScanCache`) makes a re-analysis of a running sweep read only the part files written since.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -17,6 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.schemas import TABLES, file_schema
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store as ResultStore
 
 # Columns the analysis needs from each table (projection: nothing else is decoded).
 RUNS_COLUMNS = [
@@ -40,6 +46,7 @@ class Store:
     fs: pafs.FileSystem
     root: str  # path inside fs, no trailing slash
     display: str  # what the user typed, for messages
+    results: "ResultStore"  # the orchestrator's store: the one way to list a partition's files
 
     @classmethod
     def open(cls, store_root: str) -> "Store":
@@ -48,7 +55,7 @@ class Store:
         from orchestrator.store import Store as ResultStore
 
         s = ResultStore(store_root)
-        return cls(fs=s.fs, root=s.base.rstrip("/"), display=store_root)
+        return cls(fs=s.fs, root=s.base.rstrip("/"), display=store_root, results=s)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -81,9 +88,10 @@ def known_experiments(store: Store) -> list[str]:
 class ScanCache:
     """A per-table Parquet copy of the rows already read, with the manifest of the part files
     it holds (name -> [size, mtime]) in its schema metadata, so data and manifest are
-    replaced together. A sweep's store holds one part file per job, so a cold read pays a
-    per-file cost; with the cache a later analysis reads only the parts written since. A part
-    that changed or vanished since (a rewrite) invalidates the cache: the table is re-read."""
+    replaced together. Between compactions a sweep's store holds one part file per job, so a
+    cold read pays a per-file cost; with the cache a later analysis reads only the parts
+    written since. A part that changed or vanished since (a rewrite, a compaction)
+    invalidates the cache: the table is re-read."""
 
     KEY = b"lth.analysis.manifest"
 
@@ -129,14 +137,20 @@ def _scan(store: Store, table: str, paths: list[str], columns: list[str]) -> pa.
 def read_table(store: Store, table: str, experiment: str, columns: list[str],
                cache: ScanCache | None = None) -> pa.Table:
     """All rows of `table` for `experiment`, only `columns`; an empty table when none exist."""
-    part_dir = store.path("results", table, f"experiment={experiment}")
-    if store.fs.get_file_info(part_dir).type != pafs.FileType.Directory:
+    # The store's listing: finished part files only, minus those a compacted file replaces.
+    # A compaction by the running sweep's driver may delete files between this listing and
+    # the scan: then list again.
+    for _ in range(2):
+        with contextlib.suppress(FileNotFoundError):
+            return _read_listed(store, table, experiment, columns, cache)
+    return _read_listed(store, table, experiment, columns, cache)
+
+
+def _read_listed(store: Store, table: str, experiment: str, columns: list[str],
+                 cache: ScanCache | None) -> pa.Table:
+    parts = {i.base_name: i for i in store.results.partition_listing(table, experiment)}
+    if not parts:
         return file_schema(table).empty_table().select(columns)
-    # Only finished part files: an atomic writer's temporary file never matches part-*.parquet.
-    parts = {i.path[len(part_dir) + 1:]: i
-             for i in store.fs.get_file_info(pafs.FileSelector(part_dir, recursive=True))
-             if i.type == pafs.FileType.File and i.base_name.startswith("part-")
-             and i.base_name.endswith(".parquet")}
     current = {name: [i.size, i.mtime_ns] for name, i in parts.items()}
     cached, manifest = cache.load(table, columns) if cache else (None, {})
     if cached is not None and all(current.get(n) == v for n, v in manifest.items()):
