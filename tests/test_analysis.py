@@ -361,7 +361,7 @@ def test_partial_store_marks_missing_cells(tmp_path):
     write_store(tmp_path, rows)
     plan = [r["job_id"] for r in build_sweep()[0]["runs"]]  # the full plan's train jobs
     (tmp_path / "experiments" / EXP).mkdir(parents=True)
-    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps(plan))
+    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps({j: {"kind": "train"} for j in plan}))
     (tmp_path / "experiments" / EXP / "config.yaml").write_text("name: toy\nmodel: mlp_300_100\n")
     for jid in plan[:10]:
         (tmp_path / "artifacts" / jid).mkdir(parents=True)

@@ -186,26 +186,10 @@ class Progress:
 
 
 def _plan_entries(obj) -> list[tuple[str, str | None]]:
-    """(job id, kind or None) from the jobs.json shapes we accept: a list of ids, a list of
-    {"id": .., "kind": ..} objects, {"jobs": <either>} or a mapping id -> description."""
-    if isinstance(obj, dict) and "jobs" in obj:
-        obj = obj["jobs"]
-    out: list[tuple[str, str | None]] = []
-    if isinstance(obj, dict):
-        for jid, desc in obj.items():
-            kind = desc.get("kind") if isinstance(desc, dict) else (desc if isinstance(desc, str) else None)
-            out.append((str(jid), kind))
-    elif isinstance(obj, list):
-        for item in obj:
-            if isinstance(item, str):
-                out.append((item, None))
-            elif isinstance(item, dict) and ("id" in item or "job_id" in item):
-                out.append((str(item.get("id", item.get("job_id"))), item.get("kind")))
-            else:
-                raise ValueError(f"unrecognised entry {item!r}")
-    else:
-        raise ValueError(f"expected a list or mapping of job ids, got {type(obj).__name__}")
-    return out
+    """(job id, kind) from jobs.json, which `lth run` writes as {job id: {"kind": ..., ...}}."""
+    if not isinstance(obj, dict) or not all(isinstance(d, dict) for d in obj.values()):
+        raise ValueError("expected a mapping of job id -> {kind, role, level, parents}")
+    return [(str(jid), desc.get("kind")) for jid, desc in obj.items()]
 
 
 def read_progress(store: Store, experiment: str, done_train: int, done_pairs: int) -> Progress:
