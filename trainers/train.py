@@ -205,9 +205,12 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
             ckpt_path,
         )
 
-    def hooks_at(it: int) -> None:
+    def save_rewind_point(it: int) -> None:
         if it in job.save_iters:
             checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(it)))
+
+    def hooks_at(it: int) -> None:
+        save_rewind_point(it)
         due = it == job.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0)
         if due and it < job.stop_iter:
             run_eval(it)
@@ -240,8 +243,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
     end = job.stop_iter
-    if end in job.save_iters:
-        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(end)))
+    save_rewind_point(end)
     run_eval(end)
     final = {m.split: m for m in metrics if m.iteration == end}
     checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, WEIGHTS))

@@ -12,17 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.schemas import TABLES, file_schema
-
-if TYPE_CHECKING:
-    from orchestrator.store import Store as ResultStore
+from orchestrator.store import Store as ResultStore
 
 # Columns the analysis needs from each table (projection: nothing else is decoded).
 RUNS_COLUMNS = [
@@ -41,21 +37,26 @@ INTERPOLATION_COLUMNS = [
 
 @dataclass
 class Store:
-    """A store root (local path or pyarrow/fsspec URL) resolved to a filesystem + path."""
+    """The orchestrator's store (its resolution of local paths, pyarrow and fsspec URLs, and
+    its partition listing), with the few path helpers the analysis reads through."""
 
-    fs: pafs.FileSystem
-    root: str  # path inside fs, no trailing slash
-    display: str  # what the user typed, for messages
-    results: "ResultStore"  # the orchestrator's store: the one way to list a partition's files
+    results: ResultStore
 
     @classmethod
     def open(cls, store_root: str) -> "Store":
-        # The store's own resolution (local path, pyarrow URL or fsspec URL), so analyze
-        # reads every store `lth run` can write.
-        from orchestrator.store import Store as ResultStore
+        return cls(ResultStore(store_root))
 
-        s = ResultStore(store_root)
-        return cls(fs=s.fs, root=s.base.rstrip("/"), display=store_root, results=s)
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self.results.fs
+
+    @property
+    def root(self) -> str:  # path inside fs, no trailing slash
+        return self.results.base.rstrip("/")
+
+    @property
+    def display(self) -> str:  # what the user typed, for messages
+        return self.results.root
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
