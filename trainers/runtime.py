@@ -24,7 +24,3 @@ class Runtime:
     data_cache: dict[Any, Any] = field(default_factory=dict)
     # Called with each evaluation as it happens (live tracking); must not raise.
     on_metric: Callable[[MetricRow], None] | None = None
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
