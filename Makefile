@@ -1,23 +1,33 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv and install
-# everything on a fresh machine (torch/torchvision pinned as a pair in constraints.txt).
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
-STORE  ?= lth-store
+# The README's two commands: `make demo` and `make test`. Both build .venv from uv.lock on a
+# fresh machine (Python 3.10-3.12 and a path to PyPI are all they need).
+PYTHON     ?= python3
+UV_VERSION := 0.13.8
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+VENV       := .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed-stamp
+STORE      ?= lth-store
+# uv uses the interpreter it is given and never downloads one.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON           := $(PYTHON)
 
-.PHONY: install demo test bench clean
+# ffcv builds from source against OpenCV and libjpeg-turbo: its extra is installed only where
+# they are (Debian/Ubuntu: apt-get install pkg-config libopencv-dev libturbojpeg0-dev).
+FFCV_EXTRA = $(shell pkg-config --exists opencv4 libturbojpeg 2>/dev/null && echo --extra ffcv)
+
+.PHONY: install demo test gpu-test bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
-	@# ffcv is an optional extra: it builds from source against OpenCV and libjpeg-turbo.
-	if pkg-config --exists opencv4 libturbojpeg; then \
-		$(BIN)/python -m pip install -q -c constraints.txt -e '.[ffcv]'; \
-	else echo "note: pkg-config finds no opencv4/libturbojpeg: skipping the ffcv extra"; fi
+# uv itself, pinned, installed beside the project (no root, no change to the system Python).
+$(UV):
+	$(PYTHON) -m pip install -q --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
+
+# Exactly the versions in uv.lock; --locked fails if pyproject.toml and the lock disagree.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@test -n "$(FFCV_EXTRA)" || echo "note: pkg-config finds no opencv4/libturbojpeg: skipping the ffcv extra"
+	$(UV) sync --locked --extra test $(FFCV_EXTRA)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -27,8 +37,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# The GPU suite (pytest marker `gpu`); skipped where CUDA is absent.
+gpu-test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# After editing dependencies in pyproject.toml: re-resolve and commit uv.lock.
+lock: | $(UV)
+	$(UV) lock
+
 clean:
-	rm -rf $(VENV) $(STORE)
+	rm -rf $(VENV) $(TOOLS) $(STORE)
