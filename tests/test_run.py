@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -76,6 +77,12 @@ def test_sweep_end_to_end(swept):
     assert sorted(set(interp.column("alpha").to_pylist())) == [0.0, 0.5, 1.0]
     # the experiment's plan is in the store, so `lth status` needs nothing else
     assert set(json.loads((store_dir / "experiments/demo/jobs.json").read_text())) == set(p.jobs)
+    # files honour the umask (Ray workers inherit it): colleagues on a shared store can read them
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.relative_to(store_dir).as_posix(): f.stat().st_mode & 0o777
+             for f in store_dir.rglob("*") if f.is_file() and f.parts[-2] != "locks"}
+    assert modes and {m for m in modes.values()} == {0o666 & ~umask}, modes
 
 
 def test_status_counts_from_the_store(swept, capsys):
