@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DEMO, tiny_args, tree_digest
 from orchestrator.cli import main
+from orchestrator.experiment import config_hash
 from orchestrator.planner import plan
 from orchestrator.schemas import TABLES
 from orchestrator.spec import load_spec
@@ -48,9 +49,12 @@ def test_sweep_end_to_end(swept):
     assert set(p.jobs) <= set(_done_mtimes(store_dir))
     # the four tables, exactly the documented columns
     tables = {name: store.read_table(name, "demo") for name in TABLES}
+    spec_hash = config_hash(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
     for name, table in tables.items():
         assert table.schema.names == TABLES[name].names, name
         assert table.num_rows > 0, name
+        assert set(table.column("config_hash").to_pylist()) == {spec_hash}, name
+    assert (store_dir / "experiments/demo/configs" / f"{spec_hash}.yaml").is_file()
     train = {j.id: j for j in p.jobs.values() if j.kind == "train"}
     pairs = {j.id: j for j in p.jobs.values() if j.kind == "interpolate"}
     runs = tables["runs"].to_pylist()
