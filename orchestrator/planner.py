@@ -75,7 +75,39 @@ def planned_densities(spec: ExperimentSpec) -> list[float]:
     total = sum(sizes.values())
     if total == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
+    _check_floor(sizes, spec)
     return [r / total for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
+
+
+def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
+    """Every prunable tensor keeps at least one weight at the last level: a level that empties
+    one trains a network with a layer of zeros (chance accuracy), which no sweep means to.
+
+    Layerwise pruning's per-tensor counts are known in advance. Global pruning's depend on the
+    trained weights, so the planner can only require as many survivors as there are prunable
+    tensors (necessary for one per tensor)."""
+    from trainers.pruning import prune_count
+
+    p = spec.pruning
+    layerwise = p.strategy == "magnitude_layerwise"
+    counts = dict(sizes)
+    floor = len(counts)
+    for level in range(1, p.levels + 1):
+        if layerwise:
+            counts = {n: c - prune_count(c, p.fraction) for n, c in counts.items()}
+            empty = [n for n, c in counts.items() if c < 1]
+            what = f"leaves no weight in {empty[0]}" if empty else ""
+        else:
+            left = sum(counts.values())
+            left -= prune_count(left, p.fraction)
+            counts = {"all": left}
+            what = f"leaves {left} weights for {floor} prunable tensors" if left < floor else ""
+        if what:
+            raise SpecError(
+                "pruning.levels",
+                f"{p.levels} levels of fraction {p.fraction} go below the floor of one weight per prunable "
+                f"tensor: level {level} {what}; at most {level - 1} levels",
+            )
 
 
 class _Builder:

@@ -256,6 +256,13 @@ def test_remote_store_stand_in(swept, tmp_path, capsys):
         (["model=resnet9000"], "model"),
         (["resources.gpus=64"], "resources.gpus"),  # a local Ray can never fit the job
         (["resources.cpus=100000"], "resources.cpus"),
+        (["pruning.levels=18"], "pruning.levels"),  # the demo's MLP is empty past level 15
+        (["train.eval_train_examples=0"], "train.eval_train_examples"),
+        (["train.optimizer.lr=.inf"], "train.optimizer.lr"),
+        (["pruning.finetune_lr=.nan"], "pruning.finetune_lr"),
+        (["sweep.branch.num_alphas=100000000"], "sweep.branch.num_alphas"),
+        (["name=."], "name"),
+        (["name=.."], "name"),
     ],
 )
 def test_bad_config_exit_2_and_nothing_written(tmp_path, capsys, sets, field):
