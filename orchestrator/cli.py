@@ -109,6 +109,7 @@ def _check_local_resources(spec) -> None:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     import yaml
 
+    from orchestrator.experiment import check_against_store, config_hash
     from orchestrator.planner import required_outputs
     from orchestrator.progress import SweepProgress
     from orchestrator.scheduler import RayCluster, RunOptions, Scheduler, install_sigterm_as_interrupt
@@ -121,6 +122,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.address is None:
         _check_local_resources(spec)
     store = Store(_store_root(args, spec.store))
+    # an experiment is its name plus its config: one that changes a stored job is refused here
+    check_against_store(store, spec, set(plan.jobs))
     tracking = resolve_settings(
         spec.tracking.wandb,
         spec.tracking.project,
@@ -132,6 +135,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     install_sigterm_as_interrupt()
     try:
         with store.experiment_lock(spec.name):
+            verdict = check_against_store(store, spec, set(plan.jobs))  # again: another driver may have run since
+            console.print(verdict.message(spec.name), highlight=False, soft_wrap=True)
             jobs = {
                 job.id: {
                     "kind": job.kind,
@@ -141,7 +146,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 }
                 for job in plan.jobs.values()
             }
-            store.write_experiment(spec.name, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), jobs)
+            spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+            store.write_experiment(spec.name, spec_yaml, jobs)
+            # every config the experiment has had, by the config_hash its rows carry
+            store.write_bytes(f"experiments/{spec.name}/configs/{config_hash(spec)}.yaml", spec_yaml.encode())
             sched = spec.scheduler
             options = RunOptions(
                 address=args.address,

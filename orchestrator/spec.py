@@ -36,7 +36,8 @@ class SpecError(Exception):
 
 
 # strict: a YAML string is not silently a number, a float not silently an int.
-_STRICT = ConfigDict(extra="forbid", strict=True)
+# allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Model(BaseModel):
@@ -116,7 +117,7 @@ class TrainSpec(_Model):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     eval_every: int | None = Field(None, ge=0)
     eval_every_epochs: float | None = Field(None, ge=0)
-    eval_train_examples: int = Field(1024, ge=0)
+    eval_train_examples: int = Field(1024, gt=0)  # train metrics need at least one example
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -157,7 +158,9 @@ class PruningSpec(_Model):
 class BranchSpec(_Model):
     seeds: list[int] = Field(default_factory=list)  # children's data-order seeds
     levels: Union[list[int], Literal["all"]] = "all"
-    num_alphas: int = Field(31, ge=2)
+    # 31 in Frankle et al. 2020; each point is one evaluation per split, so 1001 (a step of
+    # 0.001) is far beyond any resolution a barrier needs, and bounds a typo's cost.
+    num_alphas: int = Field(31, ge=2, le=1001)
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"], min_length=1)
     train_examples: int = Field(10_000, gt=0)
     bn_reset: bool = False
@@ -242,7 +245,8 @@ class TrackingSpec(_Model):
 
 
 class ExperimentSpec(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     model: str
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec

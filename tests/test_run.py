@@ -12,6 +12,7 @@ import pytest
 
 from conftest import DEMO, tiny_args, tree_digest
 from orchestrator.cli import main
+from orchestrator.experiment import config_hash
 from orchestrator.planner import plan
 from orchestrator.schemas import TABLES
 from orchestrator.spec import load_spec
@@ -49,9 +50,12 @@ def test_sweep_end_to_end(swept):
     assert set(p.jobs) <= set(_done_mtimes(store_dir))
     # the four tables, exactly the documented columns
     tables = {name: store.read_table(name, "demo") for name in TABLES}
+    spec_hash = config_hash(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
     for name, table in tables.items():
         assert table.schema.names == TABLES[name].names, name
         assert table.num_rows > 0, name
+        assert set(table.column("config_hash").to_pylist()) == {spec_hash}, name
+    assert (store_dir / "experiments/demo/configs" / f"{spec_hash}.yaml").is_file()
     train = {j.id: j for j in p.jobs.values() if j.kind == "train"}
     pairs = {j.id: j for j in p.jobs.values() if j.kind == "interpolate"}
     runs = tables["runs"].to_pylist()
@@ -259,6 +263,13 @@ def test_remote_store_stand_in(swept, tmp_path, capsys):
         (["model=resnet9000"], "model"),
         (["resources.gpus=64"], "resources.gpus"),  # a local Ray can never fit the job
         (["resources.cpus=100000"], "resources.cpus"),
+        (["pruning.levels=18"], "pruning.levels"),  # the demo's MLP is empty past level 15
+        (["train.eval_train_examples=0"], "train.eval_train_examples"),
+        (["train.optimizer.lr=.inf"], "train.optimizer.lr"),
+        (["pruning.finetune_lr=.nan"], "pruning.finetune_lr"),
+        (["sweep.branch.num_alphas=100000000"], "sweep.branch.num_alphas"),
+        (["name=."], "name"),
+        (["name=.."], "name"),
     ],
 )
 def test_bad_config_exit_2_and_nothing_written(tmp_path, capsys, sets, field):

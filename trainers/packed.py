@@ -43,7 +43,7 @@ from trainers.models import build_model
 from trainers.pruning import MaskApplier, density
 from trainers.runtime import Runtime
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, build_optimizer, device_name, fingerprint, lr_for, rewind_file, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, build_optimizer, device_name, fingerprint, lr_for, rewind_file, saved_rewind_points, starting_point, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -326,12 +326,12 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
             device=device_name(device),
             weights_path=os.path.join(out, WEIGHTS),
             mask_path=os.path.join(out, MASK),
-            saved_weights={s: os.path.join(out, rewind_file(s)) for s in job.save_iters},
+            saved_weights=saved_rewind_points(job, out),
             resumed_from=start if resumed else None,
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)
         if os.path.exists(ckpt_path):
             os.unlink(ckpt_path)
-        results.append(result)
+        results.append(add_missing_rewind_points(job, out, result, rt))  # a k added mid-run
     return results
