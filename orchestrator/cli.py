@@ -44,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed per experiment")
     s.add_argument("name", nargs="?")
-    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table")
-    s.add_argument("name")
+    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
+                                                         "with several names, a comparison on the same axes")
+    s.add_argument("name", nargs="+")
+    s.add_argument("--format", default="png", metavar="png,pdf,svg",
+                   help="figure file formats, comma-separated (png is always written: the report embeds it)")
     s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
@@ -220,9 +223,21 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
-    from orchestrator.analysis import analyze
+    from orchestrator.analysis import analyze, parse_formats
 
-    return analyze(_store_root(args), args.name, args.out, threshold=args.threshold, wandb_mode=args.wandb)
+    formats = parse_formats(args.format)
+    if isinstance(formats, str):
+        print(f"error: {formats}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if len(args.name) > 1:
+        from orchestrator.analysis.compare import compare
+
+        if args.wandb != "disabled":
+            print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats)
+    return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
+                   formats=formats)
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:
