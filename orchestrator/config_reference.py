@@ -13,7 +13,6 @@ import types
 from typing import Any, Iterator, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from orchestrator.spec import ExperimentSpec
 
@@ -52,10 +51,10 @@ def type_text(ann: Any) -> str:
 
 
 def default_text(field) -> str:
+    if field.is_required():
+        return "required"
     if field.default_factory is not None:
         value = field.default_factory()
-    elif field.default is PydanticUndefined:
-        return "required"
     else:
         value = field.default
     if isinstance(value, BaseModel):
