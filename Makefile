@@ -16,7 +16,7 @@ export UV_PYTHON           := $(PYTHON)
 # they are (Debian/Ubuntu: apt-get install pkg-config libopencv-dev libturbojpeg0-dev).
 FFCV_EXTRA = $(shell pkg-config --exists opencv4 libturbojpeg 2>/dev/null && echo --extra ffcv)
 
-.PHONY: install demo test gpu-test bench lock clean
+.PHONY: install demo test gpu-test bench lock clean docs
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ $(UV):
 # Exactly the versions in uv.lock; --locked fails if pyproject.toml and the lock disagree.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@test -n "$(FFCV_EXTRA)" || echo "note: pkg-config finds no opencv4/libturbojpeg: skipping the ffcv extra"
-	$(UV) sync --locked --extra test $(FFCV_EXTRA)
+	$(UV) sync --locked --extra test --extra bench $(FFCV_EXTRA)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -45,6 +45,10 @@ gpu-test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The config field reference, generated from orchestrator/spec.py (a test checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m orchestrator.config_reference > docs/config-reference.md
 
 # After editing dependencies in pyproject.toml: re-resolve and commit uv.lock.
 lock: | $(UV)

@@ -156,29 +156,93 @@ def compact(store: str, experiment: str) -> None:
           + ", ".join(f"{t} {n} files" for t, n in merged.items()))
 
 
-def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, float]]:
+DUCKDB_SQL = """
+WITH inst AS (SELECT * FROM read_parquet($inst)),
+interp AS (SELECT pair_id, split, max(error) AS max_error,
+                  avg(error) FILTER (WHERE alpha = 0) AS error_a, avg(error) FILTER (WHERE alpha = 1) AS error_b
+           FROM read_parquet($interp) GROUP BY pair_id, split),
+runs AS (SELECT job_id, CASE WHEN prune_strategy = 'random' THEN 'random_prune'
+                             WHEN retrain = 'reinit' THEN 'random_reinit'
+                             ELSE coalesce(retrain, 'rewind') END AS mode
+         FROM read_parquet($runs))
+SELECT coalesce(r.mode, 'rewind') AS mode, i.level, i.rewind_iter, i.split,
+       avg(i.density) AS density, avg(i.barrier) AS barrier_mean, stddev_samp(i.barrier) AS barrier_std,
+       count(*) AS n_pairs, avg(CASE WHEN i.barrier < 0.02 THEN 1.0 ELSE 0.0 END) AS frac_stable,
+       max(abs(i.barrier - (p.max_error - (p.error_a + p.error_b) / 2))) AS max_recomputed_diff
+FROM inst i JOIN interp p USING (pair_id, split) LEFT JOIN runs r ON r.job_id = i.job_a
+GROUP BY ALL ORDER BY ALL
+"""
+
+
+def duckdb_baseline(store: str, experiment: str) -> tuple[float, list[dict]]:
+    """A plain DuckDB query over the same live part files: the instability table, with every
+    stored barrier cross-checked against the one its interpolation path gives."""
+    import duckdb
+
+    s = Store(store)
+    files = {t: [s.path(i.path) if "://" in store else i.path for i in s.partition_listing(t, experiment)]
+             for t in ("instability", "interpolation", "runs")}
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    rows = con.execute(DUCKDB_SQL, {"inst": files["instability"], "interp": files["interpolation"],
+                                    "runs": files["runs"]}).fetchall()
+    cols = [d[0] for d in con.description]
+    con.close()
+    return time.perf_counter() - t0, [dict(zip(cols, r)) for r in rows]
+
+
+def check_against(out: str, baseline: list[dict]) -> None:
+    """analyze's instability table equals DuckDB's (analyze writes percentage points rounded
+    to 6 decimals: 5e-7 pp, plus float error of summing in another order)."""
+    got = {(r["mode"], r["level"], r["rewind_iter"], r["split"]): r
+           for r in pq.read_table(Path(out, "instability.parquet")).to_pylist() if r["n_pairs"]}
+    assert len(got) == len(baseline), (len(got), len(baseline))
+    for b in baseline:
+        r = got[(b["mode"], b["level"], b["rewind_iter"], b["split"])]
+        assert r["n_pairs"] == b["n_pairs"]
+        assert abs(r["barrier_mean_pp"] - 100 * b["barrier_mean"]) <= 5e-7 + 1e-9
+        assert abs(r["barrier_std_pp"] - 100 * b["barrier_std"]) <= 5e-7 + 1e-9
+        assert b["max_recomputed_diff"] <= 1e-12
+
+
+def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, float, float, float]]:
     """The first run cold (no scan cache: every part file is read), the others warm (the
-    cache holds every part: only the listing and the cached copy are read)."""
+    cache holds every part: only the listing and the cached copy are read). Each run is
+    preceded by the DuckDB baseline on the same files, in this process. Returns
+    (cold|warm, analyze seconds, seconds until the summary was printed, DuckDB seconds)."""
     from rich.console import Console
 
     from orchestrator.analysis import analyze
 
     times = []
     for i in range(repeat):
+        t_duck, baseline = duckdb_baseline(store, experiment)
         if i == 0 and "://" not in store:
             shutil.rmtree(Path(store, "reports", experiment, ".cache"), ignore_errors=True)
         out = tempfile.mkdtemp(prefix="lth-bench-out-")
         t0 = time.perf_counter()
         rc = analyze(store, experiment, out_dir=out, console=Console(file=io.StringIO()))
-        times.append(("cold" if i == 0 else "warm", time.perf_counter() - t0))
+        total = time.perf_counter() - t0
         if rc != 0:
             raise SystemExit(f"analyze returned {rc}")
         stages = json.loads(Path(out, "summary.json").read_text())
-        print(f"  {times[-1][0]} {times[-1][1]:.2f}s: "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in stages["timings_s"].items())
-              + f"; rows read: {stages['rows_read']}")
+        laps = stages["timings_s"]
+        tables = laps["read"] + laps["compute"] + laps["summary"]
+        check_against(out, baseline)
+        kind = "cold" if i == 0 else "warm"
+        times.append((kind, total, tables, t_duck))
+        print(f"  {kind}: analyze {total:.2f}s (summary printed after {tables:.2f}s: "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in laps.items())
+              + f"); DuckDB {t_duck:.2f}s; tables/DuckDB {tables / t_duck:.2f}x; "
+              f"identical instability table; rows read: {stages['rows_read']}")
         shutil.rmtree(out)
     return times
+
+
+def _report(times) -> None:
+    print(f"CPU ({os.cpu_count()} cpus): " + "; ".join(
+        f"{k}: tables {tab:.2f}s vs DuckDB {duck:.2f}s = {tab / duck:.2f}x, whole analyze {tot:.2f}s"
+        for k, tot, tab, duck in times))
 
 
 def main(argv=None) -> int:
@@ -200,8 +264,7 @@ def main(argv=None) -> int:
         if args.compact:
             compact(args.store, args.experiment)
         times = time_analyze(args.store, args.experiment, args.repeat)
-        print(f"analyze {args.store} {args.experiment} ({os.cpu_count()} cpus): "
-              + ", ".join(f"{k} {t:.2f}s" for k, t in times))
+        _report(times)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="lth-bench-store-"))
     try:
@@ -215,8 +278,7 @@ def main(argv=None) -> int:
         if args.compact:
             compact(str(root), EXP)
         times = time_analyze(str(root), EXP, args.repeat)
-        print(f"analyze wall time ({os.cpu_count()} cpus): "
-              + ", ".join(f"{k} {t:.2f}s" for k, t in times))
+        _report(times)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

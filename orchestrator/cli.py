@@ -37,16 +37,25 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", parents=[common], help="validate a config and print its job graph")
     s.add_argument("config")
     s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
+    s.add_argument("--show-config", action="store_true",
+                   help="print the resolved config (base merged, --set applied, defaults filled, epochs "
+                        "turned into iterations) as YAML, and nothing else")
     s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
     s.add_argument("config")
     s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed per experiment")
     s.add_argument("name", nargs="?")
-    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table")
-    s.add_argument("name")
+    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
+                                                         "with several names, a comparison on the same axes")
+    s.add_argument("name", nargs="+")
+    s.add_argument("--format", default="png", metavar="png,pdf,svg",
+                   help="figure file formats, comma-separated (png is always written: the report embeds it)")
     s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="also publish the report to W&B")
+    s = sub.add_parser("schema", help="print the config's JSON schema (or its field reference)")
+    s.add_argument("--markdown", action="store_true",
+                   help="the field reference as Markdown (docs/config-reference.md) instead of the JSON schema")
     return p
 
 
@@ -80,6 +89,14 @@ def _print_plan(summary: dict, console: Console) -> None:
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.planner import summarize
 
+    if args.show_config:
+        import yaml
+
+        from orchestrator.spec import load_spec
+
+        spec = load_spec(args.config, args.overrides)
+        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        return EXIT_OK
     _, plan = _load(args)
     summary = summarize(plan)
     if args.json:
@@ -214,12 +231,31 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
-    from orchestrator.analysis import analyze
+    from orchestrator.analysis import analyze, parse_formats
 
-    return analyze(_store_root(args), args.name, args.out, threshold=args.threshold, wandb_mode=args.wandb)
+    formats = parse_formats(args.format)
+    if isinstance(formats, str):
+        print(f"error: {formats}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if len(args.name) > 1:
+        from orchestrator.analysis.compare import compare
+
+        if args.wandb != "disabled":
+            print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats)
+    return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
+                   formats=formats)
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": cmd_analyze}
+def cmd_schema(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.config_reference import json_schema, markdown
+
+    print(markdown() if args.markdown else json_schema(), end="" if args.markdown else "\n")
+    return EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": cmd_analyze, "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,35 +45,35 @@ class _Model(BaseModel):
 
 
 class DataSpec(_Model):
-    name: str = "digits"
-    root: str | None = None
-    image_size: int | None = Field(None, gt=0)
-    eval_image_size: int | None = Field(None, gt=0)
-    num_classes: int | None = Field(None, ge=2)
-    num_train: int | None = Field(None, gt=0)
-    num_test: int | None = Field(None, gt=0)
-    channels: int = Field(3, gt=0)
-    seed: int = 0
-    augment: bool = True
+    name: str = Field("digits", description='data set: a key of trainers.data.DATASETS (digits, synthetic, cifar10, cifar100, imagenet, ffcv_cifar, ffcv_imagenet)')
+    root: str | None = Field(None, description='directory holding the data: cifar-10-batches-py/, an ImageFolder tree, or train.beton/test.beton (ffcv_*); unused by digits and synthetic')
+    image_size: int | None = Field(None, gt=0, description='image side in pixels: synthetic images; imagenet/ffcv_imagenet crop side (training too, unless min_res is set)')
+    eval_image_size: int | None = Field(None, gt=0, description='imagenet: pixels of the shorter side before the centre crop at evaluation (default image_size * 8/7)')
+    num_classes: int | None = Field(None, ge=2, description='number of classes: required by synthetic; imagenet checks it against the folder')
+    num_train: int | None = Field(None, gt=0, description='training examples: the size of synthetic data; elsewhere a fixed subset (seeded by data.seed); null: all')
+    num_test: int | None = Field(None, gt=0, description='test examples, as num_train')
+    channels: int = Field(3, gt=0, description='image channels of synthetic data')
+    seed: int = Field(0, description='seed of the data set itself (synthetic generation, subsets), not of the data order')
+    augment: bool = Field(True, description="the data set's standard augmentation on training batches (CIFAR: pad-4 crop and flip)")
     # Progressive resizing (ImageNet-shaped data): training side from min_res to max_res over
     # epochs start_ramp_epoch..end_ramp_epoch (trainers/data/resolution.py checks the rest).
-    min_res: int | None = Field(None, gt=0)
-    max_res: int | None = Field(None, gt=0)
-    start_ramp_epoch: int = Field(0, ge=0)
-    end_ramp_epoch: int = Field(0, ge=0)
+    min_res: int | None = Field(None, gt=0, description='progressive resizing: training side in pixels up to start_ramp_epoch; null: train at image_size')
+    max_res: int | None = Field(None, gt=0, description='progressive resizing: training side in pixels from end_ramp_epoch on')
+    start_ramp_epoch: int = Field(0, ge=0, description='progressive resizing: epoch at which the side starts growing from min_res')
+    end_ramp_epoch: int = Field(0, ge=0, description='progressive resizing: epoch at which the side reaches max_res')
 
     def to_config(self) -> DataConfig:
         return DataConfig(**self.model_dump())
 
 
 class OptimizerSpec(_Model):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    decay_norm_and_bias: bool = True
-    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    name: Literal["sgd", "adam"] = Field("sgd", description='optimizer: sgd or adam')
+    lr: float = Field(0.1, gt=0, description='peak learning rate (before warmup and decay)')
+    momentum: float = Field(0.9, ge=0, lt=1, description='SGD momentum')
+    nesterov: bool = Field(False, description='SGD with Nesterov momentum')
+    weight_decay: float = Field(0.0, ge=0, description='L2 weight decay coefficient')
+    decay_norm_and_bias: bool = Field(True, description='false: no weight decay on BatchNorm parameters and biases')
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2, description="Adam's (beta1, beta2)")
 
     def to_config(self) -> OptimizerConfig:
         d = self.model_dump()
@@ -82,13 +82,13 @@ class OptimizerSpec(_Model):
 
 
 class ScheduleSpec(_Model):
-    name: Literal["constant", "step", "cosine"] = "constant"
-    milestones: list[int] | None = None  # iterations
-    milestones_epochs: list[float] | None = None  # or epochs (resolved into `milestones`)
-    gamma: float = Field(0.1, gt=0)
-    warmup_iters: int | None = Field(None, ge=0)
-    warmup_epochs: float | None = Field(None, ge=0)
-    min_lr: float = Field(0.0, ge=0)
+    name: Literal["constant", "step", "cosine"] = Field("constant", description='learning-rate schedule: constant, step (x gamma at each milestone) or cosine (to min_lr at the last iteration)')
+    milestones: list[int] | None = Field(None, description='step schedule: iterations at which the learning rate is multiplied by gamma')
+    milestones_epochs: list[float] | None = Field(None, description='step schedule: milestones in epochs (resolved into milestones; give one of the two)')
+    gamma: float = Field(0.1, gt=0, description='step schedule: factor applied at each milestone')
+    warmup_iters: int | None = Field(None, ge=0, description='linear warmup length in iterations (resolved: 0 when absent)')
+    warmup_epochs: float | None = Field(None, ge=0, description='warmup length in epochs (resolved into warmup_iters; give one of the two)')
+    min_lr: float = Field(0.0, ge=0, description='cosine schedule: learning rate at the last iteration')
 
     @model_validator(mode="after")
     def _one_of_each(self) -> "ScheduleSpec":
@@ -109,18 +109,18 @@ class ScheduleSpec(_Model):
 
 
 class TrainSpec(_Model):
-    iterations: int | None = Field(None, gt=0)
-    epochs: float | None = Field(None, gt=0)
-    batch_size: int = Field(128, gt=0)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    eval_every: int | None = Field(None, ge=0)
-    eval_every_epochs: float | None = Field(None, ge=0)
-    eval_train_examples: int = Field(1024, gt=0)  # train metrics need at least one example
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
-    compile: bool = False
+    iterations: int | None = Field(None, gt=0, description='training length T in iterations (SGD steps); give this or epochs')
+    epochs: float | None = Field(None, gt=0, description='training length in epochs (resolved into iterations: epochs x (num_train // batch_size))')
+    batch_size: int = Field(128, gt=0, description='examples per iteration')
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description='the optimizer')
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description='the learning-rate schedule, a function of the iteration')
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description='label smoothing of the cross-entropy loss (fraction)')
+    eval_every: int | None = Field(None, ge=0, description='iterations between evaluations written to the metrics table; 0: only at the start and the end')
+    eval_every_epochs: float | None = Field(None, ge=0, description='evaluation interval in epochs (resolved into eval_every; give one of the two)')
+    eval_train_examples: int = Field(1024, gt=0, description='size of the fixed training subset on which train loss and accuracy are measured')
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description='arithmetic: fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)')
+    channels_last: bool = Field(True, description='channels-last memory layout for convolutions (CUDA only)')
+    compile: bool = Field(False, description='torch.compile the model (CUDA only)')
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -131,13 +131,13 @@ class TrainSpec(_Model):
 
 
 class PruningSpec(_Model):
-    strategy: Literal["magnitude_global", "magnitude_layerwise"] = "magnitude_global"
-    fraction: float = Field(0.2, gt=0, lt=1)
-    levels: int = Field(8, ge=0)
-    ignore: list[str] = Field(default_factory=list)
-    retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1)
-    finetune_lr: float = Field(1e-3, gt=0)
-    controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list)
+    strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
+    fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
+    levels: int = Field(8, ge=0, description='pruning levels after the dense run: density (1 - fraction)^levels at the last one')
+    ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
+    retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
+    finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
+    controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights)")
 
     @model_validator(mode="after")
     def _lists(self) -> "PruningSpec":
@@ -156,15 +156,15 @@ class PruningSpec(_Model):
 
 
 class BranchSpec(_Model):
-    seeds: list[int] = Field(default_factory=list)  # children's data-order seeds
-    levels: Union[list[int], Literal["all"]] = "all"
+    seeds: list[int] = Field(default_factory=list, description='data-order seeds of the children made at each branch point (instability analysis); empty: no branches')
+    levels: Union[list[int], Literal["all"]] = Field("all", description='pruning levels at which to branch (0: dense), or all')
     # 31 in Frankle et al. 2020; each point is one evaluation per split, so 1001 (a step of
     # 0.001) is far beyond any resolution a barrier needs, and bounds a typo's cost.
-    num_alphas: int = Field(31, ge=2, le=1001)
-    splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"], min_length=1)
-    train_examples: int = Field(10_000, gt=0)
-    bn_reset: bool = False
-    bn_reset_batches: int = Field(8, gt=0)
+    num_alphas: int = Field(31, ge=2, le=1001, description='evenly spaced interpolation points in [0, 1] on the path between two children (both ends included)')
+    splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"], min_length=1, description='data on which the interpolation path is evaluated: test, train')
+    train_examples: int = Field(10_000, gt=0, description='training examples used to evaluate the interpolation path on train')
+    bn_reset: bool = Field(False, description='recompute BatchNorm statistics at each interpolated point before evaluating it')
+    bn_reset_batches: int = Field(8, gt=0, description='training batches used for each BatchNorm reset')
 
     @model_validator(mode="after")
     def _lists(self) -> "BranchSpec":
@@ -179,12 +179,12 @@ class BranchSpec(_Model):
 
 
 class SweepSpec(_Model):
-    replicates: int | None = Field(None, ge=1)  # init seeds 0..n-1
-    init_seeds: list[int] | None = Field(None, min_length=1)
-    rewind_iters: list[int] | None = Field(None, min_length=1)
-    rewind_epochs: list[float] | None = Field(None, min_length=1)
-    data_seed: int = 0
-    branch: BranchSpec = Field(default_factory=BranchSpec)
+    replicates: int | None = Field(None, ge=1, description='number of initialisations (init seeds 0..n-1); give this or init_seeds')
+    init_seeds: list[int] | None = Field(None, min_length=1, description='explicit init seeds, one replicate each (resolved from replicates when absent)')
+    rewind_iters: list[int] | None = Field(None, min_length=1, description='rewinding points k in iterations (0: the original IMP); give this or rewind_epochs')
+    rewind_epochs: list[float] | None = Field(None, min_length=1, description='rewinding points in epochs (resolved into rewind_iters)')
+    data_seed: int = Field(0, description='data-order seed of the lineages (the dense run and every level)')
+    branch: BranchSpec = Field(default_factory=BranchSpec, description='branches and their linear interpolation (instability analysis)')
 
     @model_validator(mode="after")
     def _one_of_each(self) -> "SweepSpec":
@@ -204,9 +204,9 @@ class SweepSpec(_Model):
 class ResourcesSpec(_Model):
     """Per job (Ray resources); a fractional gpus packs small jobs onto one GPU."""
 
-    gpus: float = Field(0, ge=0)
-    cpus: float = Field(1, ge=0)
-    memory_gb: float | None = Field(None, gt=0)
+    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between jobs')
+    cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
+    memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
     pack: int = Field(
         1,
         ge=1,
@@ -231,31 +231,31 @@ class ResourcesSpec(_Model):
 
 
 class SchedulerSpec(_Model):
-    max_attempts: int = Field(3, ge=1)
-    priority: Literal["longest_path", "breadth_first"] = "longest_path"
-    checkpoint_every_iters: int = Field(0, ge=0)
-    checkpoint_every_seconds: float = Field(300.0, gt=0)
-    max_workers: int | None = Field(None, ge=1)
+    max_attempts: int = Field(3, ge=1, description='attempts per job before it counts as failed (a retry resumes from its checkpoint)')
+    priority: Literal["longest_path", "breadth_first"] = Field("longest_path", description='which ready job starts first: longest_path (the critical path) or breadth_first')
+    checkpoint_every_iters: int = Field(0, ge=0, description='in-job checkpoint interval in iterations; 0: by time only')
+    checkpoint_every_seconds: float = Field(300.0, gt=0, description='in-job checkpoint interval in seconds')
+    max_workers: int | None = Field(None, ge=1, description='at most this many jobs at once; null: as many as the cluster fits')
 
 
 class TrackingSpec(_Model):
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    project: str = Field("lth-sweep", min_length=1)
-    entity: str | None = None
+    wandb: Literal["offline", "online", "disabled"] = Field("offline", description='Weights & Biases: offline (runs on disk for wandb sync), online or disabled')
+    project: str = Field("lth-sweep", min_length=1, description='W&B project')
+    entity: str | None = Field(None, description='W&B entity (user or team); null: the default of the API key')
 
 
 class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-    model: str
-    data: DataSpec = Field(default_factory=DataSpec)
-    train: TrainSpec
-    pruning: PruningSpec = Field(default_factory=PruningSpec)
-    sweep: SweepSpec
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    store: str | None = None
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)")
+    model: str = Field(description='network: a key of trainers.models.MODELS')
+    data: DataSpec = Field(default_factory=DataSpec, description='the data set')
+    train: TrainSpec = Field(description='training hyperparameters, shared by every job')
+    pruning: PruningSpec = Field(default_factory=PruningSpec, description='iterative magnitude pruning')
+    sweep: SweepSpec = Field(description='the lottery-ticket axes: replicates, rewinding points, branches')
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description='per-job resources on the Ray cluster')
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description='retries, order and checkpoints of the jobs')
+    store: str | None = Field(None, description='store directory or URL; --store and $LTH_STORE take precedence; null: ./lth-store')
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description='Weights & Biases tracking')
 
     _data_info: Any = PrivateAttr(default=None)
 
@@ -482,6 +482,10 @@ def _errors(e: ValidationError) -> list[tuple[str, str]]:
             reason = "required field is missing"
         else:
             reason = f"{err['msg']} (got {err.get('input')!r})"
+            if isinstance(err.get("input"), list) and "list" not in err["type"]:
+                # A list where one value goes: someone trying to sweep a hyperparameter.
+                reason += ("; a field takes one value per experiment: to compare values, run one "
+                           "experiment per value (README: 'A hyperparameter axis')")
         if (field, reason) not in out:
             out.append((field, reason))
     return out
@@ -562,11 +566,22 @@ def apply_override(data: dict, override: str) -> None:
         done.append(part)
 
 
-def load_spec(path: str, overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """Read, override, validate and resolve an experiment YAML file."""
-    p = Path(path)
+def merge_configs(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: mappings merge key by key; any other value (a list too)
+    replaces the base's, so a config can shorten a list it inherits."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML file as a dict, with its `base:` chain (paths relative to the file) merged in."""
     try:
-        text = p.read_text()
+        text = path.read_text()
     except FileNotFoundError:
         raise SpecError(str(path), "no such config file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
@@ -579,6 +594,28 @@ def load_spec(path: str, overrides: Sequence[str] = ()) -> ExperimentSpec:
         raise SpecError(str(path), "the config file is empty")
     if not isinstance(data, dict):
         raise SpecError(str(path), f"an experiment spec is a mapping of keys to values, got {type(data).__name__}")
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise SpecError("base", f"in {path}: the path of another config file, relative to this one (got {base!r})")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise SpecError("base", f"in {path}: configs form a cycle ({cycle})")
+    if not base_path.is_file():
+        raise SpecError("base", f"in {path}: no such config file {str(base_path)!r}")
+    return merge_configs(_read_config(base_path, (*chain, path.resolve())), data)
+
+
+def load_raw(path: str, overrides: Sequence[str] = ()) -> dict:
+    """The config as a plain dict: the file, its `base:` chain merged in, then `--set` overrides."""
+    data = _read_config(Path(path))
     for override in overrides:
         apply_override(data, override)
-    return validate_spec(data)
+    return data
+
+
+def load_spec(path: str, overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """Read, merge its base, override, validate and resolve an experiment YAML file."""
+    return validate_spec(load_raw(path, overrides))

@@ -145,7 +145,32 @@ def close(a, b, tol=1e-12):
     return abs(a - b) <= tol
 
 
-def check_instability(table: pa.Table, expected: dict, fraction: float = 0.2):
+# The written files are in percent and percentage points rounded to 6 decimals
+# (orchestrator.analysis.present): back in fractions a value is off by at most half a unit
+# of the 6th decimal over 100, plus the rounding of the multiplication and division.
+WRITTEN_TOL = 0.5e-6 / 100 + 1e-12
+
+
+def as_fractions(t: pa.Table) -> pa.Table:
+    """A written table with its percent / percentage-point columns back in fractions under the
+    computed names (stable_pairs_pct -> frac_stable, barrier_mean_pp -> barrier_mean...)."""
+    import pyarrow.compute as pc
+
+    cols, names = [], []
+    for name, col in zip(t.column_names, t.columns):
+        if name.endswith(("_pct", "_pp")):
+            col = pc.divide(col, 100.0)
+            name = {"stable_pairs_pct": "frac_stable"}.get(name, name.rsplit("_", 1)[0])
+        cols.append(col)
+        names.append(name)
+    return pa.table(cols, names=names)
+
+
+def written(path) -> pa.Table:
+    return as_fractions(pq.read_table(path))
+
+
+def check_instability(table: pa.Table, expected: dict, fraction: float = 0.2, tol: float = 1e-12):
     seen = set()
     for r in table.to_pylist():
         key = (r["mode"], r["level"], r["rewind_iter"], r["split"])
@@ -155,15 +180,15 @@ def check_instability(table: pa.Table, expected: dict, fraction: float = 0.2):
             continue
         mean, std, n, frac = expected[key]
         assert r["n_pairs"] == n, key
-        assert close(r["barrier_mean"], mean) and close(r["barrier_std"], std), key
-        assert close(r["frac_stable"], frac), key
+        assert close(r["barrier_mean"], mean, tol) and close(r["barrier_std"], std, tol), key
+        assert close(r["frac_stable"], frac, tol), key
         assert r["stable"] == (mean < 0.02), key
         assert r["density"] == pytest.approx((1 - fraction) ** r["level"])
         seen.add(key)
     assert seen == set(expected)
 
 
-def check_accuracy(table: pa.Table, expected: dict):
+def check_accuracy(table: pa.Table, expected: dict, tol: float = 1e-12):
     seen = set()
     for r in table.to_pylist():
         key = (r["mode"], r["rewind_iter"], r["level"])
@@ -173,7 +198,7 @@ def check_accuracy(table: pa.Table, expected: dict):
             continue
         mean, std, n, matches = expected[key]
         assert (r["n_replicates"], r["matches_dense"]) == (n, matches), key
-        assert close(r["acc_mean"], mean) and close(r["acc_std"], std), key
+        assert close(r["acc_mean"], mean, tol) and close(r["acc_std"], std, tol), key
         seen.add(key)
     assert seen == set(expected)
 
@@ -329,8 +354,9 @@ def test_analyze_writes_tables_figures_and_report(tmp_path):
     console = Console(file=io.StringIO(), width=200)
     assert analyze(str(tmp_path), EXP, console=console) == 0
     out = tmp_path / "reports" / EXP
-    check_instability(pq.read_table(out / "instability.parquet"), expected_instability(rows, pair_mode))
-    check_accuracy(pq.read_table(out / "accuracy.parquet"), expected_accuracy(rows))
+    check_instability(written(out / "instability.parquet"), expected_instability(rows, pair_mode),
+                      tol=WRITTEN_TOL)
+    check_accuracy(written(out / "accuracy.parquet"), expected_accuracy(rows), tol=WRITTEN_TOL)
     stems = ["instability", "earliest_stable", "accuracy", "winning_tickets", "dense",
              "retrain_comparison", "interpolation_path"]
     for stem in stems:
@@ -344,7 +370,7 @@ def test_analyze_writes_tables_figures_and_report(tmp_path):
     for stem in stems:
         assert f"id='table-{stem}'" in html
     text = console.file.getvalue()
-    assert "Error barrier on test" in text and "Winning ticket" in text
+    assert "Error barrier on the test set" in text and "Winning ticket" in text
     assert "planned total unknown" in text  # no jobs.json in this store
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_runs"] == len(rows["runs"])
@@ -369,19 +395,19 @@ def test_partial_store_marks_missing_cells(tmp_path):
     out = tmp_path / "custom-out"
     console = Console(file=io.StringIO(), width=200)
     assert analyze(str(tmp_path), EXP, out_dir=str(out), console=console) == 0
-    inst = pq.read_table(out / "instability.parquet").to_pylist()
+    inst = written(out / "instability.parquet").to_pylist()
     cell = [r for r in inst if (r["mode"], r["level"], r["rewind_iter"], r["split"]) == ("rewind", 2, 50, "test")]
     assert len(cell) == 1 and cell[0]["n_pairs"] == 0 and cell[0]["barrier_mean"] is None
-    acc = pq.read_table(out / "accuracy.parquet").to_pylist()
+    acc = written(out / "accuracy.parquet").to_pylist()
     ft3 = [r for r in acc if r["mode"] == "finetune" and r["level"] == 3]
     assert len(ft3) == len(KS) and all(r["acc_mean"] is None and r["n_replicates"] == 0 for r in ft3)
-    check_instability(pq.read_table(out / "instability.parquet"), expected_instability(
-        rows, {p: m for p, m in pair_mode.items() if p not in gone}))
+    check_instability(written(out / "instability.parquet"), expected_instability(
+        rows, {p: m for p, m in pair_mode.items() if p not in gone}), tol=WRITTEN_TOL)
     # CSV: an empty cell, not a 0
     csv = (out / "accuracy.csv").read_text().splitlines()
     header = csv[0].split(",")
     line = next(l for l in csv[1:] if l.startswith('"finetune",0,3'))
-    assert line.split(",")[header.index('"acc_mean"')] == ""
+    assert line.split(",")[header.index('"acc_mean_pct"')] == ""
     html = (out / "report.html").read_text()
     assert "class=\"missing\">—</td>" in html
     assert f"10/{len(plan)} jobs done" in html and "mlp_300_100" in html
@@ -444,8 +470,9 @@ def test_scan_cache_reads_new_parts_and_notices_rewrites(tmp_path):
         new = [r for r in rs if r.get("rewind_iter") == 50]
         pq.write_table(pa.Table.from_pylist(new, schema=file_schema(table)), d / "part-later.parquet")
     assert analyze(str(tmp_path), EXP, out_dir=str(out), console=console) == 0
-    check_instability(pq.read_table(out / "instability.parquet"), expected_instability(rows, pair_mode))
-    check_accuracy(pq.read_table(out / "accuracy.parquet"), expected_accuracy(rows))
+    check_instability(written(out / "instability.parquet"), expected_instability(rows, pair_mode),
+                      tol=WRITTEN_TOL)
+    check_accuracy(written(out / "accuracy.parquet"), expected_accuracy(rows), tol=WRITTEN_TOL)
     assert pq.read_table(cache / "runs.parquet").num_rows == len(rows["runs"])
     # A part rewritten in place (same name and size, later mtime) replaces its old rows.
     runs_dir = tmp_path / "results" / "runs" / f"experiment={EXP}"
@@ -457,7 +484,7 @@ def test_scan_cache_reads_new_parts_and_notices_rewrites(tmp_path):
     os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert analyze(str(tmp_path), EXP, out_dir=str(out), console=console) == 0
     rows["runs"] = [r for r in rows["runs"] if r["rewind_iter"] != 50] + later
-    check_accuracy(pq.read_table(out / "accuracy.parquet"), expected_accuracy(rows))
+    check_accuracy(written(out / "accuracy.parquet"), expected_accuracy(rows), tol=WRITTEN_TOL)
     assert pq.read_table(cache / "runs.parquet").num_rows == len(rows["runs"])
 
 
@@ -477,9 +504,9 @@ def test_analyze_a_real_tiny_demo_sweep(ray_session, tmp_path):
     # Every pair of the demo belongs to a rewind lineage.
     pair_mode = {r["pair_id"]: "rewind" for r in raw["interpolation"]}
     out = store / "reports" / "demo"
-    check_instability(pq.read_table(out / "instability.parquet"), expected_instability(raw, pair_mode),
-                      fraction=0.5)
-    check_accuracy(pq.read_table(out / "accuracy.parquet"), expected_accuracy(raw))
+    check_instability(written(out / "instability.parquet"), expected_instability(raw, pair_mode),
+                      fraction=0.5, tol=WRITTEN_TOL)
+    check_accuracy(written(out / "accuracy.parquet"), expected_accuracy(raw), tol=WRITTEN_TOL)
     # The stored barriers are the ones the path gives.
     got = {(r["pair_id"], r["split"]): r["barrier"] for r in raw["instability"]}
     exp = expected_barriers(raw["interpolation"])
@@ -505,8 +532,8 @@ def test_remote_store_through_fsspec(tmp_path):
     try:
         console = Console(file=io.StringIO(), width=200)
         assert analyze(root, EXP, out_dir=str(tmp_path / "out"), console=console) == 0
-        check_instability(pq.read_table(tmp_path / "out" / "instability.parquet"),
-                          expected_instability(rows, pair_mode))
+        check_instability(written(tmp_path / "out" / "instability.parquet"),
+                          expected_instability(rows, pair_mode), tol=WRITTEN_TOL)
         assert mem.exists(f"{root}/reports/{EXP}/.cache/runs.parquet")
         assert analyze(root, EXP, console=console) == 0  # default --out: inside the store
         assert mem.exists(f"{root}/reports/{EXP}/report.html")

@@ -6,12 +6,14 @@ ticket match the dense network, and how do the retrain modes compare at equal bu
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,13 +21,15 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from orchestrator.analysis import curves
 from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
 from orchestrator.analysis.read import (
     INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
     only_planned, plan_job_ids, read_config_text, read_progress, read_table,
 )
-from orchestrator.analysis.report import MISSING, fmt, render
+from orchestrator.analysis.present import key_tables, present, print_key_tables
+from orchestrator.analysis.report import render
 
 __all__ = ["analyze", "AnalysisResult", "compute"]
 
@@ -151,64 +155,95 @@ def _check_args(store: Store, experiment: str, threshold: float, wandb_mode: str
     return None
 
 
-def _print_key_table(console, res: AnalysisResult, threshold: float) -> None:
-    from rich.table import Table
+FIGURE_CODE = hashlib.sha256(Path(figs.__file__).read_bytes()).hexdigest()[:16]
 
-    s = res.instability
-    modes = sorted(set(s["mode"].to_pylist()))
-    mode = figs.primary_mode(modes)
-    if mode is not None:
-        t = s.filter(pc.and_(pc.equal(s["mode"], mode), pc.equal(s["split"], "test")))
-        if t.num_rows == 0:
-            t = s.filter(pc.equal(s["mode"], mode))
-        split = t["split"][0].as_py()
-        ks = sorted(set(t["rewind_iter"].to_pylist()))
-        tab = Table(title=f"Error barrier on {split} (percentage points, mean ± std; "
-                          f"* stable: < {100 * threshold:g}) — {mode}")
-        tab.add_column("density")
-        for k in ks:
-            tab.add_column(f"k={k}", justify="right")
-        tab.add_column("earliest stable k", justify="right")
-        earliest = {(r["level"], r["split"]): r for r in res.earliest_stable.to_pylist()
-                    if r["mode"] == mode}
-        for lv in sorted(set(t["level"].to_pylist())):
-            cells = {r["rewind_iter"]: r for r in t.filter(pc.equal(t["level"], lv)).to_pylist()}
-            row = [f"{100 * cells[ks[0]]['density']:.3g}%" if cells[ks[0]]["density"] else f"level {lv}"]
-            for k in ks:
-                r = cells.get(k)
-                if r is None or r["barrier_mean"] is None:
-                    row.append(MISSING)
-                else:
-                    std = "" if r["barrier_std"] is None else f" ± {100 * r['barrier_std']:.2f}"
-                    row.append(f"{100 * r['barrier_mean']:.2f}{std}{'*' if r['stable'] else ''}")
-            e = earliest.get((lv, split))
-            row.append(fmt(e["earliest_stable_iter"]) + ("" if e is None or e["complete"] else " (partial)")
-                       if e else MISSING)
-            tab.add_row(*row)
-        console.print(tab)
-    else:
-        console.print("No instability measurements yet.")
-    d = res.dense
-    if d["mean"] is not None:
-        std = f" ± {100 * d['std']:.2f}" if d["std"] is not None else ""
-        console.print(f"Dense test accuracy: {100 * d['mean']:.2f}%{std} (n={d['n']})")
-    if res.winning_tickets.num_rows:
-        tab = Table(title="Winning ticket: smallest density matching the dense network")
-        for c in ("mode", "k", "smallest matching density", "test accuracy", "levels measured"):
-            tab.add_column(c, justify="left" if c == "mode" else "right")
-        for r in res.winning_tickets.to_pylist():
-            dens = r["smallest_matching_density"]
-            tab.add_row(r["mode"], str(r["rewind_iter"]),
-                        f"{100 * dens:.3g}%" if dens is not None else "none yet",
-                        f"{100 * r['acc_mean']:.2f}%" if r["acc_mean"] is not None else MISSING,
-                        f"{r['levels_measured']}/{r['levels_total']}")
-        console.print(tab)
+
+class _FigureCache:
+    """Draw a figure only when what it shows changed: the key of each written figure (a hash
+    of its input tables, its arguments, the formats and figures.py itself) is kept in
+    OUT/.figures.json, and an unchanged figure is read back instead of drawn (drawing is most
+    of an analysis's time once the scan cache makes reading cheap)."""
+
+    NAME = ".figures.json"
+
+    def __init__(self, out: "_Out", formats: tuple[str, ...]):
+        self.out, self.formats = out, formats
+        try:
+            with out.fs.open_input_stream(out.file(self.NAME)) as f:
+                self.keys = json.loads(f.read().decode())
+        except (OSError, ValueError):
+            self.keys = {}
+        self.drawn, self.reused = [], []
+
+    @staticmethod
+    def key(*inputs) -> str:
+        h = hashlib.sha256(FIGURE_CODE.encode())
+        for x in inputs:
+            if isinstance(x, pa.Table):
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, x.schema) as w:
+                    w.write_table(x)
+                h.update(sink.getvalue().to_pybytes())
+            else:
+                h.update(json.dumps(x, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def get(self, name: str, make, *inputs) -> dict[str, bytes] | None:
+        """{format: bytes} of figure `name` (always with png), or None if nothing to draw."""
+        key = self.key(name, sorted(self.formats), *inputs)
+        if self.keys.get(name) == key:
+            try:
+                out = {}
+                for fmt in self.formats:
+                    with self.out.fs.open_input_stream(self.out.file(f"{name}.{fmt}")) as f:
+                        out[fmt] = f.read()
+                self.reused.append(name)
+                return out
+            except OSError:
+                pass
+        fig = make()
+        if fig is None:
+            self.keys.pop(name, None)
+            return None
+        try:
+            out = {fmt: figs.encode(fig, fmt) for fmt in self.formats}
+        finally:
+            figs.close(fig)
+        for fmt, data in out.items():
+            self.out.write(f"{name}.{fmt}", data)
+        self.keys[name] = key
+        self.drawn.append(name)
+        return out
+
+    def save(self) -> None:
+        self.out.write(self.NAME, json.dumps(self.keys, indent=1).encode())
+
+
+def parse_formats(text: str) -> tuple[str, ...] | str:
+    """'png,pdf' -> ('png', 'pdf'); png is always written (the HTML embeds it). A str: the error."""
+    asked = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in asked if f not in figs.FORMATS]
+    if bad or not asked:
+        return f"format: {', '.join(bad) or repr(text)} is not a figure format (use {', '.join(figs.FORMATS)})"
+    return tuple(dict.fromkeys(["png", *asked]))
+
+
+def _presented_tables(res: AnalysisResult, planned_levels: int | None) -> list[tuple[str, str, pa.Table]]:
+    out = []
+    for stem, title, t in res.tables():
+        if stem == "winning_tickets" and planned_levels:
+            # Counted against the plan's levels, not the levels seen so far.
+            t = t.set_column(t.schema.get_field_index("levels_total"), "levels_total",
+                             pa.array([planned_levels] * t.num_rows, pa.int64()))
+        out.append((stem, title, present(t)))
+    return out
 
 
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
-            wandb_mode: str = "disabled", console=None) -> int:
+            wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",)) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
-    (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode)."""
+    (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
+    The summary is printed as soon as the tables are computed, before any figure is drawn."""
     if console is None:
         from rich.console import Console
 
@@ -248,40 +283,60 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         notes.append(progress.note)
     notes += cache.warnings
 
-    figures = {name: png for name, png in (
-        ("instability_vs_rewind", figs.instability_vs_rewind(res.instability, threshold)),
-        ("interpolation_path", figs.interpolation_paths(res.interpolation_path)),
-        ("accuracy_vs_density", figs.accuracy_vs_density(res.accuracy, res.dense)),
-    ) if png is not None}
-    clock.lap("figures")
+    key, dense_line = key_tables(res, threshold, progress.planned_levels)
+    print_key_tables(console, key, dense_line)
+    console.print(f"Progress: {progress.summary()}")
+    for n in notes:
+        console.print(f"[yellow]note:[/yellow] {n}")
+    clock.lap("summary")
 
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", experiment))
     else:
         out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
-    tables = res.tables()
+    tables = _presented_tables(res, progress.planned_levels)
     for stem, _title, t in tables:
         out.write_table(stem, t)
-    for name, png in figures.items():
-        out.write(f"{name}.png", png)
+    clock.lap("tables")
+
+    fcache = _FigureCache(out, formats)
+    chosen = curves.chosen_runs(T.add_mode(raw[0]))
+    curve_table = curves.curves(chosen, curves.read_metrics(store, experiment, chosen["job_id"].to_pylist()))
+    clock.lap("metrics")
+    drawn = {}
+    for name, make, inputs in (
+        ("instability_vs_rewind", lambda: figs.instability_vs_rewind(res.instability, threshold),
+         (res.instability, threshold)),
+        ("interpolation_path", lambda: figs.interpolation_paths(res.interpolation_path),
+         (res.interpolation_path,)),
+        ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense),
+         (res.accuracy, res.dense)),
+        ("learning_curves", lambda: figs.learning_curves(curve_table), (curve_table,)),
+    ):
+        got = fcache.get(name, make, *inputs)
+        if got is not None:
+            drawn[name] = got
+    fcache.save()
+    figures = {name: got["png"] for name, got in drawn.items()}
+    figure_files = {name: [f"{name}.{fmt}" for fmt in got] for name, got in drawn.items()}
+    clock.lap("figures")
+
     summary = {
         "experiment": experiment, "threshold": threshold, "progress": progress.summary(),
         "jobs_planned": progress.planned, "jobs_done": progress.done,
         "train_runs": res.n_train_runs, "pairs": res.n_pairs,
         "dense_acc_mean": res.dense["mean"], "dense_acc_std": res.dense["std"],
         "barrier_check": chk, "rows_read": {"runs": raw[0].num_rows, "instability": raw[1].num_rows,
-                                            "interpolation": raw[2].num_rows},
+                                            "interpolation": raw[2].num_rows,
+                                            "metrics (learning curves)": curve_table.num_rows},
+        "figures_drawn": fcache.drawn, "figures_unchanged": fcache.reused,
     }
-    html = render(experiment, progress.summary(), notes, T.__doc__ or "", config, figures, tables)
+    html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
+                  figure_files, tables)
     out.write("report.html", html.encode("utf-8"))
     clock.lap("write")
     summary["timings_s"] = clock.laps
     out.write("summary.json", json.dumps(summary, indent=2).encode())
-
-    _print_key_table(console, res, threshold)
-    console.print(f"Progress: {progress.summary()}")
-    for n in notes:
-        console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"Report: {out.file('report.html')}")
 
     if wandb_mode != "disabled":

@@ -1,6 +1,9 @@
-"""The figures of the lottery-ticket papers, drawn from the summary tables, as PNG bytes.
+"""The figures of the lottery-ticket papers, drawn from the summary tables.
 
-Missing cells are NaN, which matplotlib draws as gaps (never as zeros).
+Each drawing function returns a matplotlib Figure (or None when there is nothing to draw);
+`encode` turns it into PNG, PDF or SVG bytes. Every value on an axis is in percent or
+percentage points. Missing cells are NaN, which matplotlib draws as gaps (never as zeros).
+Legends sit outside the axes so they never cover data.
 """
 from __future__ import annotations
 
@@ -13,16 +16,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 MAX_LINES = 6  # more lines than this are unreadable: pick evenly spaced ones
+FORMATS = ("png", "pdf", "svg")
+# One title per figure, in words: the report's section headings and the W&B keys' captions.
+TITLES = {
+    "instability_vs_rewind": "Instability against the rewinding point",
+    "interpolation_path": "Error along the linear path between two children",
+    "accuracy_vs_density": "Test accuracy against the weights remaining",
+    "learning_curves": "Learning curves",
+    "compare_instability": "Instability against the rewinding point, by experiment",
+    "compare_accuracy": "Test accuracy against the weights remaining, by experiment",
+}
 
 
-def _png(fig) -> bytes:
+def encode(fig: Figure, fmt: str = "png") -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)  # constrained layout already fits the labels
-    plt.close(fig)
+    # Fixed metadata: the same figure gives the same bytes (the figure cache compares them).
+    meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
+            "svg": {"Date": None}}[fmt]
+    fig.savefig(buf, format=fmt, dpi=100, metadata=meta)  # constrained layout fits the labels
     return buf.getvalue()
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
 
 
 def _pick(values: list, n: int = MAX_LINES) -> list:
@@ -46,78 +66,154 @@ def _pct(x, _pos=None) -> str:
     return f"{100 * x:.3g}%"
 
 
-def _rewind_axis(ax, ks: list[int]) -> None:
+def density_label(d: float | None, level: int) -> str:
+    return f"{_pct(d)} remaining" if d else f"level {level}"
+
+
+def _splits(t: pa.Table) -> list[str]:
+    return sorted(set(t["split"].to_pylist()), key=lambda s: (s != "test", s))
+
+
+def rewind_axis(ax, ks: list[int]) -> None:
+    """Ticks at the measured rewinding points only; the view spans them with a small margin in
+    the axis's own scale (no empty stretch left of k = 0, no point on the frame)."""
+    ks = sorted(set(int(k) for k in ks))
     pos = [k for k in ks if k > 0]
     # Rewinding points are usually spaced geometrically (0, 100, 500, 2000...).
     if len(pos) >= 2 and max(pos) / min(pos) >= 10:
-        ax.set_xscale("symlog", linthresh=min(pos))
+        ax.set_xscale("symlog", linthresh=min(pos), linscale=0.5)
+    ax.set_xticks(ks, [str(k) for k in ks], rotation=45 if len(ks) > 7 else 0)
+    ax.xaxis.set_minor_locator(NullLocator())
+    tr = ax.xaxis.get_transform()
+    lo, hi = tr.transform([ks[0], ks[-1]])
+    pad = 0.06 * (hi - lo) if hi > lo else 0.5
+    ax.set_xlim(*tr.inverted().transform([lo - pad, hi + pad]))
     ax.set_xlabel("rewinding iteration k")
+
+
+def sensible_ylim(ax, values, floor: float | None = None, include: tuple[float, ...] = ()) -> None:
+    """A flat or empty panel (every error 0, say) gets a readable range instead of
+    matplotlib's ±0.04 around the value; `floor` keeps a non-negative quantity above it."""
+    flat = np.concatenate([np.ravel(np.asarray(a, dtype=float)) for a in values] or [np.zeros(0)])
+    v = np.concatenate([flat[np.isfinite(flat)], np.asarray(include, dtype=float)])
+    if v.size == 0:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(v.min()), float(v.max())
+    span = hi - lo
+    if span < 0.5:  # under half a point: show at least one point of range
+        mid = (lo + hi) / 2
+        lo, hi = mid - 0.5, mid + 0.5
+        span = 1.0
+    lo, hi = lo - 0.08 * span, hi + 0.08 * span
+    if floor is not None and lo < floor:
+        lo = floor - 0.05 * (hi - floor)  # a point at the floor stays off the frame
+    ax.set_ylim(lo, hi)
+
+
+def _legend_right(fig: Figure, ax, right=None) -> None:
+    """`ax`'s legend to the right of the axes `right` (default: the top row's last visible
+    one), outside every panel and below the title."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if right is None:
+        top = [a for a in fig.axes if a.get_visible() and a.get_subplotspec().is_first_row()]
+        right = max(top, key=lambda a: a.get_position().x1) if top else ax
+    right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1), borderaxespad=0, fontsize=8)
 
 
 def primary_mode(modes: list[str]) -> str | None:
     return "rewind" if "rewind" in modes else (sorted(modes)[0] if modes else None)
 
 
-def instability_vs_rewind(summary: pa.Table, threshold: float) -> bytes | None:
+def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     modes = sorted(set(summary["mode"].to_pylist()))
     mode = primary_mode(modes)
     if mode is None:
         return None
     t = _where(summary, mode=mode)
-    splits = sorted(set(t["split"].to_pylist()), key=lambda s: (s != "test", s))
+    splits = _splits(t)
     levels = _pick(sorted(set(t["level"].to_pylist())))
     ks = sorted(set(t["rewind_iter"].to_pylist()))
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 3.8), squeeze=False,
+                             layout="constrained", sharey=True)
+    ys = []
     for ax, split in zip(axes[0], splits):
         for lv in levels:
             c = _where(t, split=split, level=lv).sort_by("rewind_iter")
             x = _col(c, "rewind_iter")
             y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
-            d = c["density"][0].as_py()
-            line, = ax.plot(x, y, marker="o", label=f"{_pct(d)} remaining" if d else f"level {lv}")
+            ys += [y - s, y + s]
+            line, = ax.plot(x, y, marker="o", label=density_label(c["density"][0].as_py(), lv))
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
-        ax.axhline(100 * threshold, color="k", ls="--", lw=1, label="stability threshold")
-        _rewind_axis(ax, ks)
-        ax.set_ylabel(f"error barrier on {split} (percentage points)")
-        ax.set_title(f"Instability vs rewinding point ({split}, {mode})")
+        ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
+        rewind_axis(ax, ks)
+        ax.set_title(f"{split} set")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _png(fig)
+    sensible_ylim(axes[0][0], ys, include=(0.0, 100 * threshold))
+    axes[0][0].set_ylabel("error barrier (percentage points)")
+    _legend_right(fig, axes[0][0])
+    fig.suptitle(f"Instability against the rewinding point ({mode}; mean ± std over pairs)", fontsize=11)
+    return fig
 
 
-def interpolation_paths(path: pa.Table) -> bytes | None:
+def interpolation_paths(path: pa.Table) -> Figure | None:
+    """Panels: split x density; lines: every measured rewinding point."""
     if path.num_rows == 0:
         return None
     mode = primary_mode(sorted(set(path["mode"].to_pylist())))
     t = _where(path, mode=mode)
-    splits = sorted(set(t["split"].to_pylist()), key=lambda s: (s != "test", s))
-    ks = _pick(sorted(set(t["rewind_iter"].to_pylist())), 3)
-    levels = _pick(sorted(set(t["level"].to_pylist())), 5)
-    fig, axes = plt.subplots(len(splits), len(ks), figsize=(4.5 * len(ks), 3.6 * len(splits)),
-                             squeeze=False, sharey="row", layout="constrained")
+    splits = _splits(t)
+    ks = sorted(set(t["rewind_iter"].to_pylist()))
+    levels = _pick(sorted(set(t["level"].to_pylist())), 4)
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ks)))
+    fig, axes = plt.subplots(len(splits), len(levels), figsize=(3.6 * len(levels) + 1.4, 3.2 * len(splits)),
+                             squeeze=False, sharex=True, layout="constrained")
     for i, split in enumerate(splits):
-        for j, k in enumerate(ks):
+        ys = []
+        for j, lv in enumerate(levels):
             ax = axes[i][j]
-            for lv in levels:
+            d = None
+            for color, k in zip(colors, ks):
                 c = _where(t, split=split, rewind_iter=k, level=lv).sort_by("alpha")
                 if c.num_rows == 0:
                     continue
+                d = c["density"][0].as_py()
                 x = _col(c, "alpha")
                 y, s = 100 * _col(c, "error_mean"), 100 * np.nan_to_num(_col(c, "error_std"))
-                line, = ax.plot(x, y, label=f"{_pct(c['density'][0].as_py())} remaining")
-                ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
-            ax.set_xlabel("interpolation alpha")
-            ax.set_ylabel(f"{split} error (%)")
-            ax.set_title(f"k = {k}, {split}")
+                ys += [y - s, y + s]
+                ax.plot(x, y, color=color, label=f"k = {k}")
+                ax.fill_between(x, y - s, y + s, color=color, alpha=0.12)
+            ax.set_title(f"{split}, {density_label(d, lv)}", fontsize=10)
+            ax.set_xlim(0, 1)
+            ax.margins(x=0)
             ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"Error along the linear path between two children ({mode})")
-    return _png(fig)
+            if i == len(splits) - 1:
+                ax.set_xlabel("interpolation α")
+        for ax in axes[i]:
+            sensible_ylim(ax, ys, floor=0.0)
+        axes[i][0].set_ylabel(f"{split} error (%)")
+    _legend_right(fig, axes[0][0])
+    fig.suptitle(f"Error along the linear path between two children ({mode}; mean ± std over pairs)", fontsize=11)
+    return fig
 
 
-def accuracy_vs_density(acc: pa.Table, dense: dict) -> bytes | None:
+def _density_axis(ax, densities: list[float]) -> None:
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparser to the right, as in the papers
+    ticks = _pick(sorted(set(d for d in densities if d)), 8)
+    if ticks:
+        ax.set_xticks(ticks)  # the measured densities: a narrow log range has no decades
+        lo, hi = np.log(min(ticks)), np.log(max(ticks))
+        pad = 0.06 * (hi - lo) if hi > lo else 0.1
+        ax.set_xlim(np.exp(hi + pad), np.exp(lo - pad))
+    ax.xaxis.set_major_formatter(FuncFormatter(_pct))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("weights remaining (log scale)")
+
+
+def accuracy_vs_density(acc: pa.Table, dense: dict) -> Figure | None:
     if acc.num_rows == 0:
         return None
     modes = sorted(set(acc["mode"].to_pylist()))
@@ -132,36 +228,151 @@ def accuracy_vs_density(acc: pa.Table, dense: dict) -> bytes | None:
             panels.append(("k", k_best))
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.5, 4.6 * ncols + 1.6), 3.8 * nrows), squeeze=False,
                              sharey=True, layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    ticks = _pick(sorted(set(d for d in acc["density"].to_pylist() if d)), 8)
+    ys = []
     for ax, (kind, val) in zip(axes.flat, panels):
         if kind == "mode":
             t, series, label = _where(acc, mode=val), "rewind_iter", lambda v: f"k = {v}"
-            title = f"Test accuracy vs density ({val})"
+            title = f"{val}"
         else:
             t, series, label = _where(acc, rewind_iter=val), "mode", str
-            title = f"Retrain modes at k = {val}"
+            title = f"retrain modes at k = {val}"
         for v in _pick(sorted(set(t[series].to_pylist()))):
             c = _where(t, **{series: v}).sort_by("density")
             x = _col(c, "density")
             y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
+            ys += [y - s, y + s]
             line, = ax.plot(x, y, marker="o", ms=3, label=label(v))
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         if dense["mean"] is not None:
             m, s = 100 * dense["mean"], 100 * (dense["std"] or 0.0)
+            ys += [np.array([m - s, m + s])]
             ax.axhline(m, color="k", lw=1, label="dense (± 1 std)")
             ax.axhspan(m - s, m + s, color="k", alpha=0.1)
-        ax.set_xscale("log")
-        ax.invert_xaxis()  # sparser to the right, as in the papers
-        ax.set_xticks(ticks)  # the measured densities: a narrow log range has no decades
-        ax.xaxis.set_major_formatter(FuncFormatter(_pct))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
-        ax.set_xlabel("weights remaining (log scale)")
-        ax.set_ylabel("test accuracy (%)")
+        _density_axis(ax, acc["density"].to_pylist())
         ax.set_title(title)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    return _png(fig)
+        ax.grid(alpha=0.3)
+        if kind == "k":  # other lines than the mode panels: a legend of its own, below
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
+    sensible_ylim(axes.flat[0], ys)
+    _legend_right(fig, axes.flat[0])
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    fig.suptitle("Test accuracy against the weights remaining (mean ± std over replicates)", fontsize=11)
+    return fig
+
+
+def learning_curves(curves: pa.Table) -> Figure | None:
+    """curves: level, density, rewind_iter, split, iteration, acc_mean, acc_std (see
+    analysis.curves); panels: test and train accuracy; lines: the chosen levels."""
+    if curves.num_rows == 0:
+        return None
+    splits = _splits(curves)
+    levels = sorted(set(curves["level"].to_pylist()))
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 3.8), squeeze=False,
+                             layout="constrained", sharey=True)
+    ys = []
+    ks = sorted(set(curves.filter(pc.greater(curves["level"], 0))["rewind_iter"].to_pylist()))
+    for ax, split in zip(axes[0], splits):
+        for lv in levels:
+            c = _where(curves, split=split, level=lv).sort_by("iteration")
+            if c.num_rows == 0:
+                continue
+            x = _col(c, "iteration")
+            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
+            ys += [y - s, y + s]
+            d = c["density"][0].as_py()
+            label = "dense" if lv == 0 else density_label(d, lv)
+            line, = ax.plot(x, y, marker="o", ms=3, label=label)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("training iteration")
+        ax.set_title(f"{split} set")
+        ax.grid(alpha=0.3)
+    sensible_ylim(axes[0][0], ys)
+    axes[0][0].set_ylabel("accuracy (%)")
+    _legend_right(fig, axes[0][0])
+    k_text = f"sparse levels rewound to k = {ks[0]}" if len(ks) == 1 else "sparse levels"
+    fig.suptitle(f"Learning curves: dense and {k_text} (mean ± std over replicates)", fontsize=11)
+    return fig
+
+
+def compare_instability(summaries: dict[str, pa.Table], threshold: float) -> Figure | None:
+    """Panels: up to four densities (test split, each experiment's primary mode); lines:
+    experiments."""
+    cells = {}
+    for name, s in summaries.items():
+        mode = primary_mode(sorted(set(s["mode"].to_pylist())))
+        if mode is None:
+            continue
+        t = _where(s, mode=mode)
+        split = "test" if "test" in t["split"].to_pylist() else _splits(t)[0]
+        cells[name] = _where(t, split=split)
+    if not cells:
+        return None
+    levels = _pick(sorted(set().union(*(set(t["level"].to_pylist()) for t in cells.values()))), 4)
+    ks = sorted(set().union(*(set(t["rewind_iter"].to_pylist()) for t in cells.values())))
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.8 * len(levels) + 1.8, 3.6), squeeze=False,
+                             layout="constrained", sharey=True)
+    ys = []
+    for ax, lv in zip(axes[0], levels):
+        d = None
+        for name, t in cells.items():
+            c = _where(t, level=lv).sort_by("rewind_iter")
+            if c.num_rows == 0:
+                continue
+            d = d or c["density"][0].as_py()
+            x = _col(c, "rewind_iter")
+            y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
+            ys += [y - s, y + s]
+            line, = ax.plot(x, y, marker="o", label=name)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+        ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
+        rewind_axis(ax, ks)
+        ax.set_title(density_label(d, lv), fontsize=10)
+        ax.grid(alpha=0.3)
+    sensible_ylim(axes[0][0], ys, include=(0.0, 100 * threshold))
+    axes[0][0].set_ylabel("test error barrier (percentage points)")
+    _legend_right(fig, axes[0][0])
+    fig.suptitle("Instability against the rewinding point, by experiment (mean ± std over pairs)", fontsize=11)
+    return fig
+
+
+def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]]) -> Figure | None:
+    """One panel per rewinding point both experiments measured (at most three); lines:
+    experiments (primary mode), with each one's dense accuracy as a dashed line."""
+    tables = {}
+    for name, (acc, dense) in accs.items():
+        mode = primary_mode(sorted(set(acc["mode"].to_pylist())))
+        if mode is not None:
+            tables[name] = (_where(acc, mode=mode), dense)
+    if not tables:
+        return None
+    ks = sorted(set.intersection(*(set(t["rewind_iter"].to_pylist()) for t, _ in tables.values()))) \
+        or sorted(set().union(*(set(t["rewind_iter"].to_pylist()) for t, _ in tables.values())))
+    ks = _pick(ks, 3)
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks) + 1.8, 3.8), squeeze=False,
+                             layout="constrained", sharey=True)
+    ys = []
+    for ax, k in zip(axes[0], ks):
+        for name, (t, dense) in tables.items():
+            c = _where(t, rewind_iter=k).sort_by("density")
+            x = _col(c, "density")
+            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
+            ys += [y - s, y + s]
+            line, = ax.plot(x, y, marker="o", ms=3, label=name)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            if dense["mean"] is not None:
+                ys.append(np.array([100 * dense["mean"]]))
+                ax.axhline(100 * dense["mean"], color=line.get_color(), ls=":", lw=1,
+                           label=f"{name}: dense")
+        _density_axis(ax, [d for t, _ in tables.values() for d in t["density"].to_pylist()])
+        ax.set_title(f"k = {k}", fontsize=10)
+        ax.grid(alpha=0.3)
+    sensible_ylim(axes[0][0], ys)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    _legend_right(fig, axes[0][0])
+    fig.suptitle("Test accuracy against the weights remaining, by experiment (mean ± std over replicates)", fontsize=11)
+    return fig

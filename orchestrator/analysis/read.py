@@ -197,6 +197,7 @@ class Progress:
     note: str = ""
     planned_by_kind: dict[str, int] = field(default_factory=dict)
     done_by_kind: dict[str, int] = field(default_factory=dict)
+    planned_levels: int | None = None  # pruning levels (>= 1) of the plan's lineages
 
     def summary(self) -> str:
         if self.planned is None:
@@ -220,10 +221,14 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
     if not store.exists(plan_path):
         return prog
     try:
-        entries = _plan_entries(json.loads(store.read_text(plan_path)))
+        plan = json.loads(store.read_text(plan_path))
+        entries = _plan_entries(plan)
     except (ValueError, OSError) as e:  # a plan we cannot read does not stop the analysis
         prog.note = f"unreadable {plan_path}: {e}"
         return prog
+    levels = {d.get("level") for d in plan.values()
+              if d.get("kind") == "train" and d.get("role") == "level" and isinstance(d.get("level"), int)}
+    prog.planned_levels = len(levels - {0}) or None
     # One batched stat call: cost grows with this experiment's planned jobs only.
     infos = store.fs.get_file_info([store.path("artifacts", jid, "done.json") for jid, _ in entries])
     prog.planned, prog.done = len(entries), 0
@@ -237,15 +242,16 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
 
 
 def read_config_text(store: Store, experiment: str) -> dict[str, str]:
-    """Every small text file in STORE/experiments/<name>/ except the plan (config, spec...)."""
+    """The experiment's configuration files in STORE/experiments/<name>/ (YAML or TOML; the
+    plan and the driver's heartbeat are machinery, not configuration)."""
     d = store.path("experiments", experiment)
     if store.fs.get_file_info(d).type != pafs.FileType.Directory:
         return {}
     out: dict[str, str] = {}
     for info in store.fs.get_file_info(pafs.FileSelector(d, recursive=False)):
-        if info.type != pafs.FileType.File or info.base_name == "jobs.json":
+        if info.type != pafs.FileType.File:
             continue
-        if info.base_name.rsplit(".", 1)[-1] not in ("yaml", "yml", "json", "txt", "toml"):
+        if info.base_name.rsplit(".", 1)[-1] not in ("yaml", "yml", "toml"):
             continue
         if info.size is not None and info.size > 200_000:
             continue

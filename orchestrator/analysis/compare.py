@@ -1,0 +1,97 @@
+"""`lth analyze A B ...`: several experiments (fp32 against bf16, two rewinding schemes, two
+learning rates) on the same axes, in one report (STORE/reports/compare/A-vs-B/ by default).
+
+Each experiment is read and computed exactly as `lth analyze NAME` does; only the
+presentation differs: one line per experiment, and each experiment's summary tables.
+"""
+from __future__ import annotations
+
+import html
+import os
+from datetime import datetime, timezone
+
+import pyarrow.fs as pafs
+
+from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, figures as figs
+from orchestrator.analysis.present import key_tables, print_key_tables
+from orchestrator.analysis.read import (
+    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, read_progress, read_table,
+)
+from orchestrator.analysis.report import CSS, key_table_html
+
+
+def compare(store_root: str, experiments: list[str], out_dir: str | None = None, threshold: float = 0.02,
+            console=None, formats: tuple[str, ...] = ("png",)) -> int:
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    if len(set(experiments)) != len(experiments):
+        console.print(f"[red]error:[/red] name: an experiment is named twice ({' '.join(experiments)})")
+        return 2
+    store = Store.open(store_root)
+    for name in experiments:
+        problem = _check_args(store, name, threshold, "disabled")
+        if problem:
+            console.print(f"[red]error:[/red] {problem}")
+            return 2
+    results, progress, keys = {}, {}, {}
+    for name in experiments:
+        cache = ScanCache(store, store.path("reports", name, ".cache"))
+        raw = [read_table(store, "runs", name, RUNS_COLUMNS, cache),
+               read_table(store, "instability", name, INSTABILITY_COLUMNS, cache),
+               read_table(store, "interpolation", name, INTERPOLATION_COLUMNS, cache)]
+        res = compute(*raw, threshold)
+        results[name] = res
+        progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs)
+        keys[name] = key_tables(res, threshold, progress[name].planned_levels)
+        console.rule(f"{name}: {progress[name].summary()}")
+        print_key_tables(console, *keys[name])
+
+    label = "-vs-".join(experiments)
+    if out_dir is None:
+        out = _Out(store.fs, store.path("reports", "compare", label))
+    else:
+        out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
+    fcache = _FigureCache(out, formats)
+    drawn = {}
+    inst = {n: r.instability for n, r in results.items()}
+    accs = {n: (r.accuracy, r.dense) for n, r in results.items()}
+    for name, make, inputs in (
+        ("compare_instability", lambda: figs.compare_instability(inst, threshold),
+         (list(inst), *inst.values(), threshold)),
+        ("compare_accuracy", lambda: figs.compare_accuracy(accs),
+         (list(accs), *(a for a, _ in accs.values()), [d for _, d in accs.values()])),
+    ):
+        got = fcache.get(name, make, *inputs)
+        if got is not None:
+            drawn[name] = got
+    fcache.save()
+
+    import base64
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>lth analyze {html.escape(' '.join(experiments))}</title><style>{CSS}</style></head><body>",
+             f"<h1>Comparison: {html.escape(', '.join(experiments))}</h1>",
+             f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Each experiment's own "
+             f"report (<code>lth analyze NAME</code>) has its full tables.</p><ul>"]
+    for n in experiments:
+        parts.append(f"<li><b>{html.escape(n)}</b>: {html.escape(progress[n].summary())}</li>")
+    parts.append("</ul><h2>Figures</h2>")
+    for name, got in drawn.items():
+        b64 = base64.b64encode(got["png"]).decode("ascii")
+        files = ", ".join(f"{name}.{f}" for f in got)
+        parts.append(f"<h3>{html.escape(figs.TITLES[name])} <small>({files})</small></h3>"
+                     f"<img alt='{html.escape(figs.TITLES[name])}' src='data:image/png;base64,{b64}'>")
+    parts.append("<h2>Summaries</h2>")
+    for n in experiments:
+        tables, dense_line = keys[n]
+        parts.append(f"<h3>{html.escape(n)}</h3>")
+        for kt in tables:
+            parts.append(key_table_html(kt))
+        if dense_line:
+            parts.append(f"<p>{html.escape(dense_line)}.</p>")
+    parts.append("</body></html>")
+    out.write("report.html", "\n".join(parts).encode("utf-8"))
+    console.print(f"Report: {out.file('report.html')}")
+    return 0
