@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from conftest import DEMO, tiny_args, tree_digest
+from conftest import DEMO, lth_env, run_lth, tiny_args, tree_digest
 from orchestrator.cli import main
 from orchestrator.experiment import config_hash
 from orchestrator.planner import plan
@@ -160,6 +160,28 @@ def test_other_experiment_reuses_done_jobs(swept, capsys):
         order = [(key, "ascending"), ("split" if table == "instability" else "level", "ascending")]
         assert mine.num_rows == len(_plan().jobs) - 4 if table == "runs" else mine.num_rows == 4 * 2
         assert mine.sort_by(order).equals(theirs.sort_by(order))
+
+
+def test_rerun_with_nothing_left_answers_without_ray(swept, tmp_path):
+    """A rerun of a finished sweep (a second `make demo`) starts no Ray: it answers in seconds."""
+    store_dir, _ = swept
+    ray_parent = tmp_path / "ray"
+    ray_parent.mkdir()
+    proc = run_lth("run", DEMO, "--store", str(store_dir), *tiny_args(), env=lth_env(LTH_RAY_TMPDIR=str(ray_parent)))
+    assert proc.returncode == 0, proc.stderr
+    assert _ran(proc.stdout) == 0
+    assert list(ray_parent.iterdir()) == []  # no Ray session was ever made
+
+
+def test_unreachable_address_fails_at_once_writing_nothing(tmp_path):
+    """Nothing listens there: one line, exit 2, no store (ray.init alone would retry for minutes,
+    past the subprocess timeout)."""
+    store = tmp_path / "store"
+    proc = run_lth("run", DEMO, "--store", str(store), "--address", "127.0.0.1:1", *tiny_args(), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --address: no Ray cluster answers at 127.0.0.1:1 "
+                                                "(Connection refused)"]
+    assert not store.exists()
 
 
 # ---- W&B offline -------------------------------------------------------------------------
