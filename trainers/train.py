@@ -154,7 +154,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         with open(result_path) as f:
             return add_missing_rewind_points(job, out, result_from_json(json.load(f)), rt)
 
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
     model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed)
 
