@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from trainers.compiling import compile_by_default
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
 
 
@@ -119,7 +120,8 @@ class TrainSpec(_Model):
     eval_train_examples: int = Field(1024, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
-    compile: bool = False
+    # auto: trainers.compiling.COMPILE_BY_DEFAULT[model] (pending GPU measurement: eager for every model today)
+    compile: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -371,7 +373,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=t.compile,
+            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

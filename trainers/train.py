@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import checkpoint
+from trainers.compiling import compiled
 from trainers.data import DataInfo, open_data
 from trainers.evaluate import autocast_for, evaluate, to_model_input
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
@@ -178,7 +179,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model) if cfg.compile else model
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
