@@ -14,8 +14,8 @@ In steady state the host runs at most a few steps ahead of the device (the CUDA 
 so over a window of 100 iterations the clock is the device's pace to within that margin.
 
 The row names the path the run took: decode device, reader threads, and how many files each
-decoder took. Asking for CUDA and decoding anything on the CPU (or failing a file) is a fallback:
-the section then reports it and `benchmarks.run` exits non-zero.
+decoder took. Decoding any generated file other than in the device's batched call (on the CPU,
+one by one, or not at all) is a fallback: the section reports it and `benchmarks.run` exits 1.
 """
 from __future__ import annotations
 
@@ -166,7 +166,11 @@ def bench_imagenet_e2e(models: list[str], settings: Settings, cpus: int | None =
                 e2e += rates
             assert isinstance(bundle, FolderBundle)
             stats = bundle.stats.as_dict()
-            fell_back = settings.cuda and (stats["single"] + stats["cpu"] + stats["failed"] > 0 or stats["batched"] == 0)
+            # Generated files are all colour JPEGs: any other decoder is a fallback. A real folder
+            # (--data-dir) may hold a few CMYK or PNG files (ImageNet: about 23 in 1.28 M): 1% of them.
+            others = stats["single"] + stats["cpu"]
+            allowed = 0 if data_dir is None else 0.01 * (others + stats["batched"])
+            fell_back = stats["failed"] > 0 or stats["batched"] == 0 or others > allowed
             r_e2e, r_res = median(e2e), median(resident)
             rows.append({
                 "model": m, "image_size": case.image_size, "batch_size": case.batch_size, "files": case.files,

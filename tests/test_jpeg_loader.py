@@ -297,3 +297,25 @@ def test_train_opens_the_loader_with_the_runtimes_cpus(tmp_path, monkeypatch):
                                eval_train_examples=4), init_seed=0, data_seed=0)
     result = train_mod.train(job, TrainPaths(out_dir=str(tmp_path / "out")), Runtime(device=CPU, cpus=5))
     assert opened == [4] and result.end_iter == 2
+
+
+# ---- the benchmark names its path and fails on a fallback ------------------------------------
+
+
+def test_e2e_benchmark_reports_its_path_and_fails_on_a_fallback(tmp_path, capsys):
+    from benchmarks import run
+    from benchmarks.imagenet_e2e import write_jpeg_folder
+
+    made = write_jpeg_folder(str(tmp_path), train_files=96, val_files=4, classes=2)
+    assert made["files"] == 100 and 60 < made["mean_kb"] < 130  # ImageNet-like: about 93 kB at 400x350
+    args = ["--device", "cpu", "--sections", "imagenet_e2e", "--quick", "--models", "mlp_300_100", "--cpus", "3",
+            "--data-dir", str(tmp_path), "--repeats", "1"]
+    assert run.main(args) == 0
+    out = capsys.readouterr().out
+    assert "decode on cpu (batched decode_jpeg), 2 reader threads" in out and "| ok" in out
+    # Two PNGs in 96 files (2%) is more than a real ImageNet folder holds: a fallback, exit 1.
+    pngs = sorted((tmp_path / "train").rglob("*.JPEG"))[:2]
+    for p in pngs:
+        p.write_bytes(encode(photo(), fmt="PNG"))
+    assert run.main(args) == 1
+    assert "FELL BACK" in capsys.readouterr().out
