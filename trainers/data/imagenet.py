@@ -57,11 +57,6 @@ def image_sizes(cfg: DataConfig) -> tuple[int, int]:
     return size, eval_size
 
 
-def default_workers() -> int:
-    """Loader workers when the caller names none: from the CPUs this process may use."""
-    return loader_workers()
-
-
 def split_dirs(root: str | None) -> tuple[Path, Path]:
     if not root:
         raise ValueError("data.root must be set to the image folder (holding train/ and val/)")
@@ -244,5 +239,5 @@ class ImageFolderSource(DataSource):
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         info, train, test = self.scan_splits()
         size, eval_size = image_sizes(self.cfg)
-        workers = default_workers() if num_workers is None else num_workers
+        workers = loader_workers() if num_workers is None else num_workers
         return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers, self.cfg)
