@@ -82,7 +82,7 @@ def test_crops_depend_on_seed_and_image_size_only(tmp_path, monkeypatch):
     monkeypatch.setattr(imagenet, "crop_params", lambda s, h, w: seen.append((list(s), h, w)) or real(s, h, w))
     bundle = D.open_data(folder_cfg(tmp_path), CPU, num_workers=2)
     batches = take(bundle.train_stream(5, 4, 0), 4)  # 3 per epoch: crosses into epoch 1
-    assert len(seen) == 4
+    assert len(seen) >= 4  # the producer may have made a batch or two past the ones taken
     files = bundle.train.samples
     for it, ((x, y), (seeds, heights, widths)) in enumerate(zip(batches, seen)):
         epoch, step = divmod(it, 3)
@@ -219,13 +219,16 @@ def test_bad_files_in_a_folder_never_stop_the_stream(tmp_path, capfd):
     val = sorted((tmp_path / "val").rglob("*.jpg"))
     val[0].write_bytes(b"garbage")
     bundle = D.open_data(folder_cfg(tmp_path), CPU, num_workers=2)
-    batches = take(bundle.train_stream(0, 4, 0), 4)  # two epochs of 8 files: each file twice
-    assert [x.shape for x, _ in batches] == [(4, 3, 32, 32)] * 4
+    # Finite streams first (the training stream's producer runs ahead, so its counts are not exact).
+    ev_train = list(bundle.eval_batches("train", 4))  # each training file once
     ev = list(bundle.eval_batches("test", 8))
     stats = bundle.stats.as_dict()
     assert stats["failed_files"] == [str(train[2]), str(val[0])]
-    assert stats["failed"] == 3  # the truncated file in both epochs, the garbage once
-    assert stats["cpu"] == 4  # CMYK and PNG, in both epochs
+    assert (stats["failed"], stats["cpu"]) == (2, 2)  # truncated + garbage; CMYK + PNG
+    assert [x.shape for x, _ in ev_train] == [(4, 3, 32, 32)] * 2
+    batches = take(bundle.train_stream(0, 4, 0), 4)  # two epochs of 8 files: each file twice
+    assert [x.shape for x, _ in batches] == [(4, 3, 32, 32)] * 4
+    assert bundle.stats.as_dict()["failed_files"] == [str(train[2]), str(val[0])]
     err = capfd.readouterr().err
     assert err.count(str(train[2])) == 1 and str(val[0]) in err  # named once, not every epoch
     # The replaced example is the mean colour: zero after normalisation, up to the rounding of
@@ -339,5 +342,6 @@ def test_cuda_decode_draws_the_cpu_runs_crops(tmp_path, monkeypatch):
         ev = list(bundle.eval_batches("test", 3))
         assert [x.shape[0] for x, _ in ev] == [3, 1]
         stats = bundle.stats.as_dict()
-        assert stats["batched"] == 20 and stats["single"] == stats["cpu"] == stats["failed"] == 0
-    assert seen["cpu"] == seen["cuda"] and seen["cpu_labels"] == seen["cuda_labels"]
+        assert stats["batched"] >= 20 and stats["single"] == stats["cpu"] == stats["failed"] == 0
+    # The producers run ahead by different depths: compare the batches both streams handed over.
+    assert seen["cpu"][:4] == seen["cuda"][:4] and seen["cpu_labels"] == seen["cuda_labels"]
