@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from trainers.compiling import compile_by_default
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
 
 
@@ -120,7 +121,7 @@ class TrainSpec(_Model):
     eval_train_examples: int = Field(1024, gt=0, description='size of the fixed training subset on which train loss and accuracy are measured')
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description='arithmetic: fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)')
     channels_last: bool = Field(True, description='channels-last memory layout for convolutions (CUDA only)')
-    compile: bool = Field(False, description='torch.compile the model (CUDA only)')
+    compile: bool | Literal["auto"] = Field("auto", description='torch.compile the model (CUDA only); auto: trainers.compiling.COMPILE_BY_DEFAULT[model] (pending GPU measurement: eager for every model today)')
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -375,7 +376,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=t.compile,
+            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

@@ -193,7 +193,7 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
     job0, cfg, device = jobs[0], jobs[0].train, rt.device
     for p in paths:
         os.makedirs(p.out_dir, exist_ok=True)
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
 
     # --- starting points: each member's checkpoint, or its inputs, exactly as train() --------

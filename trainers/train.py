@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import checkpoint
+from trainers.compiling import compiled
 from trainers.data import DataInfo, open_data
 from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
@@ -162,7 +163,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         with open(result_path) as f:
             return add_missing_rewind_points(job, out, result_from_json(json.load(f)), rt)
 
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
     # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded on resume
     model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
@@ -187,7 +188,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model) if cfg.compile else model
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
