@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from trainers import checkpoint
 from trainers.data import DataInfo, open_data
-from trainers.evaluate import autocast_for, evaluate, to_model_input
+from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
 from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune
@@ -156,7 +156,8 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
 
     data = open_data(cfg.data, device, rt.data_cache)
     info = data.info
-    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed)
+    # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded on resume
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
 
     # --- starting point: a checkpoint of this very job, or the job's inputs -------------------
     fp = fingerprint(job)
@@ -226,7 +227,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
             group["lr"] = lr
         x, y = next(stream)
         with autocast_for(device, cfg.precision):
-            loss = F.cross_entropy(forward(to_model_input(x, channels_last)), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(forward(to_model_input(x, channels_last, cfg.precision)), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Pruned weights are zero and their gradients are masked, so SGD's and Adam's updates
