@@ -31,6 +31,7 @@ RUNS = pa.schema(
         ("host", pa.string()),
         ("node", pa.string()),
         ("device", pa.string()),
+        ("deterministic", pa.bool_()),  # kernels were deterministic; null: recorded before this column existed
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
     ]

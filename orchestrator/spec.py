@@ -120,6 +120,11 @@ class TrainSpec(_Model):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = Field(
+        True,
+        description="deterministic GPU kernels (cuDNN/cuBLAS, no autotuning): a job run twice gives the same "
+        "bits, so branch children differ only in data order; false trades that for speed",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -372,6 +377,7 @@ class ExperimentSpec(_Model):
             precision=t.precision,
             channels_last=t.channels_last,
             compile=t.compile,
+            deterministic=t.deterministic,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

@@ -76,6 +76,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp64: oracle runs
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
+    # Deterministic kernels (trainers/determinism.py): on a GPU, the same job gives the same bits.
+    # Part of the id: a non-deterministic run's weights are another result (the noise-floor pair).
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class TrainResult:
     mask_path: str
     saved_weights: dict[int, str]  # rewinding point -> path of W_k
     resumed_from: int | None = None  # iteration of the checkpoint this attempt resumed from
+    deterministic: bool | None = None  # whether the kernels were (None: a result written before this was recorded)
 
 
 @dataclass

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from trainers import checkpoint
+from trainers.determinism import applied, kernels
 from trainers.data import open_data
 from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
@@ -151,7 +152,8 @@ def train_packed(
             for i in todo:
                 results[i] = train(jobs[i], paths[i], dataclasses.replace(rt, on_metric=callbacks[i]))
         else:
-            packed = _train_pack([jobs[i] for i in todo], [paths[i] for i in todo], ckpts, rt, [callbacks[i] for i in todo], t_start)
+            with kernels(jobs[0].train.deterministic, rt.device):
+                packed = _train_pack([jobs[i] for i in todo], [paths[i] for i in todo], ckpts, rt, [callbacks[i] for i in todo], t_start)
             for i, r in zip(todo, packed):
                 results[i] = r
     return results  # type: ignore[return-value]
@@ -328,6 +330,7 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
             mask_path=os.path.join(out, MASK),
             saved_weights={s: os.path.join(out, rewind_file(s)) for s in job.save_iters},
             resumed_from=start if resumed else None,
+            deterministic=applied(cfg.deterministic, device),
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)

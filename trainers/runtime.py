@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from trainers.determinism import prepare_process
 from trainers.jobs import MetricRow
 
 
@@ -24,3 +25,7 @@ class Runtime:
     data_cache: dict[Any, Any] = field(default_factory=dict)
     # Called with each evaluation as it happens (live tracking); must not raise.
     on_metric: Callable[[MetricRow], None] | None = None
+
+    def __post_init__(self) -> None:
+        # before any CUDA work of this process (trainers/determinism.py says why)
+        prepare_process()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import checkpoint
+from trainers.determinism import applied, kernels
 from trainers.data import DataInfo, open_data
 from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
@@ -145,6 +146,11 @@ def lr_for(job: TrainJob, it: int) -> float:
 
 
 def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
+    with kernels(job.train.deterministic, rt.device):
+        return _train(job, paths, rt)
+
+
+def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     t_start = time.time()
     validate(job, paths)
     cfg, device, out = job.train, rt.device, paths.out_dir
@@ -263,6 +269,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         mask_path=os.path.join(out, MASK),
         saved_weights={k: os.path.join(out, rewind_file(k)) for k in job.save_iters},
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
+        deterministic=applied(cfg.deterministic, device),
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
