@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
 
@@ -37,6 +37,10 @@ class SpecError(Exception):
 
 # strict: a YAML string is not silently a number, a float not silently an int.
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# resources.pack: auto. Models whose step on a GPU is a few hundred tiny kernels (CIFAR-sized
+# and smaller), and the pack size the H100 anchor measured (BENCHMARKS.md, "Packing").
+SMALL_MODELS = ("mlp_", "cifar_")
+AUTO_PACK = 8
 
 
 class _Model(BaseModel):
@@ -209,21 +213,28 @@ class ResourcesSpec(_Model):
     gpus: float = Field(0, ge=0)
     cpus: float = Field(1, ge=0)
     memory_gb: float | None = Field(None, gt=0)
-    pack: int = Field(
-        1,
-        ge=1,
+    pack: Union[int, Literal["auto"]] = Field(
+        "auto",
         description="at most this many train jobs run together in one worker call (trainers.packed."
         "train_packed): ready jobs with the same TrainConfig, start and end iterations and learning-rate "
         "schedule (children of one branch point, the same level of several lineages); the pack shares "
-        "this job's gpus/cpus. 1: every job alone. Results are those of one-by-one training (bitwise "
-        "with pack_strategy sequential, up to float rounding with vmap)",
+        "this job's gpus/cpus. 1: every job alone. auto: AUTO_PACK on a GPU for a small model "
+        "(SMALL_MODELS), else 1. Results are those of one-by-one training (bitwise with pack_strategy "
+        "sequential, up to float rounding stacked)",
     )
-    pack_strategy: Literal["auto", "vmap", "sequential"] = Field(
+    pack_strategy: Literal["auto", "stacked", "sequential"] = Field(
         "auto",
-        description="how a pack trains: vmap (the K networks as one batched network: fewer, larger "
-        "kernels, the win for small models on a GPU), sequential (one after the other in the same "
-        "worker, sharing its data cache), auto (vmap on CUDA, sequential on CPU)",
+        description="how a pack trains: stacked (the K networks as one network: grouped convolutions, "
+        "fewer and larger kernels, the win for small models on a GPU), sequential (one after the other "
+        "in the same worker, sharing its data cache), auto (stacked on CUDA, sequential on CPU)",
     )
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_value(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be at least 1 or auto, got {v!r}")
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> "ResourcesSpec":
@@ -361,6 +372,15 @@ class ExperimentSpec(_Model):
 
     def data_config(self) -> DataConfig:
         return self.data.to_config()
+
+    def pack_size(self) -> int:
+        """resources.pack resolved: `auto` packs AUTO_PACK sibling jobs of a small model on a GPU
+        (one small network leaves a GPU mostly idle; BENCHMARKS.md), and nothing elsewhere."""
+        pack = self.resources.pack
+        if pack != "auto":
+            return int(pack)
+        small = self.model.startswith(SMALL_MODELS)
+        return AUTO_PACK if small and self.resources.gpus > 0 else 1
 
     def train_config(self) -> TrainConfig:
         t = self.train

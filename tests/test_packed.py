@@ -1,4 +1,4 @@
-"""Packed training (K networks in one vmap) against the oracle: the same jobs trained one by one."""
+"""Packed training (K networks as one stacked network) against the oracle: the same jobs trained one by one."""
 from __future__ import annotations
 
 import dataclasses
@@ -59,7 +59,7 @@ def same_results(packed, single, atol: float, rtol: float = 0.0) -> None:
 def test_packed_mlp_equals_one_by_one(tmp_path):
     jobs = [TrainJob(train=MLP, init_seed=s, data_seed=10 + s, save_iters=(0, 10)) for s in range(3)]
     paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}")) for i in range(3)]
-    packed = train_packed(jobs, paths, RT, strategy="vmap")
+    packed = train_packed(jobs, paths, RT, strategy="stacked")
     single = [train(j, TrainPaths(out_dir=str(tmp_path / f"s{i}")), RT) for i, j in enumerate(jobs)]
     same_results(packed, single, atol=1e-5, rtol=1e-4)
     # The members really differ (init and data order), and they learned.
@@ -80,7 +80,7 @@ def _pruned_children(tmp_path, cfg: TrainConfig, end_iter: int | None = None):
         return TrainPaths(out_dir=str(tmp_path / f"{tag}{i}"), parent_weights=dense.weights_path,
                           parent_mask=dense.mask_path, rewind_weights=dense.saved_weights[2])
 
-    packed = train_packed(jobs, [paths("p", i) for i in range(3)], RT, strategy="vmap")
+    packed = train_packed(jobs, [paths("p", i) for i in range(3)], RT, strategy="stacked")
     single = [train(j, paths("s", i), RT) for i, j in enumerate(jobs)]
     return dense, packed, single
 
@@ -141,12 +141,12 @@ def test_interrupted_pack_resumes_packed_or_one_by_one(tmp_path):
 
     paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}"), checkpoint_every_iters=3) for i in range(2)]
     with pytest.raises(Interrupt):
-        train_packed(jobs, paths, RT, on_metrics=[None, crash], strategy="vmap")
+        train_packed(jobs, paths, RT, on_metrics=[None, crash], strategy="stacked")
     # The checkpoints are train()'s own format: member 0 resumes alone, the pack resumes packed.
     shutil.copytree(paths[0].out_dir, tmp_path / "alone")
     alone = train(jobs[0], dataclasses.replace(paths[0], out_dir=str(tmp_path / "alone")), RT)
     assert alone.resumed_from == 3
-    resumed = train_packed(jobs, paths, RT, strategy="vmap")
+    resumed = train_packed(jobs, paths, RT, strategy="stacked")
     assert [r.resumed_from for r in resumed] == [3, 3]
     same_results(resumed, reference, atol=1e-9)
     same_results([alone], reference[:1], atol=1e-9)
@@ -179,7 +179,7 @@ def test_pruned_weights_stay_exactly_zero_mid_run(tmp_path, opt):
                           rewind_weights=dense.saved_weights[5])
 
     runs = [train(job, paths("single"), RT),
-            *train_packed([job, dataclasses.replace(job, data_seed=2)], [paths("p0"), paths("p1")], RT, strategy="vmap")]
+            *train_packed([job, dataclasses.replace(job, data_seed=2)], [paths("p0"), paths("p1")], RT, strategy="stacked")]
     start = checkpoint.load_weights(dense.saved_weights[5])
     for r in runs:
         mask = checkpoint.load_mask(r.mask_path)

@@ -173,6 +173,9 @@ class TrainResult:
     saved_weights: dict[int, str]  # rewinding point -> path of W_k
     resumed_from: int | None = None  # iteration of the checkpoint this attempt resumed from
     deterministic: bool | None = None  # whether the kernels were (None: a result written before this was recorded)
+    # How it trained: "single" (train()), "stacked" (packed as one network: trainers/packed.py) or
+    # "sequential" (a pack trained one by one, asked for or fallen back to: never silently).
+    strategy: str = "single"
 
 
 @dataclass
