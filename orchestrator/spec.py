@@ -124,6 +124,11 @@ class TrainSpec(_Model):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    cuda_graphs: bool = Field(
+        False,
+        description="capture each training step (forward, backward, masks, fused optimizer) as one CUDA "
+        "graph and replay it: one launch per step instead of hundreds, the win for small models; CUDA only",
+    )
     deterministic: bool = Field(
         True,
         description="deterministic GPU kernels (cuDNN/cuBLAS, no autotuning): a job run twice gives the same "
@@ -397,6 +402,7 @@ class ExperimentSpec(_Model):
             precision=t.precision,
             channels_last=t.channels_last,
             compile=t.compile,
+            cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
         )
 

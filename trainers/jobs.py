@@ -76,6 +76,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp64: oracle runs
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
+    cuda_graphs: bool = False  # capture the whole training step as a CUDA graph (trainers/graphed.py; CUDA only)
     # Deterministic kernels (trainers/determinism.py): on a GPU, the same job gives the same bits.
     # Part of the id: a non-deterministic run's weights are another result (the noise-floor pair).
     deterministic: bool = True

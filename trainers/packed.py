@@ -34,7 +34,8 @@ import torch
 from trainers import checkpoint
 from trainers.data import open_data
 from trainers.determinism import applied, kernels
-from trainers.evaluate import autocast_for, evaluate, param_dtype
+from trainers.graphed import make_step
+from trainers.evaluate import evaluate, param_dtype
 from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
 from trainers.pruning import MaskApplier, density
@@ -217,6 +218,11 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
         optimizer.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in ckpts], numbered))
         torch.set_rng_state(ckpts[0]["rng"]["cpu"])
     forward = torch.compile(net) if cfg.compile else net
+
+    def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return member_logits_loss(logits, y, K, cfg.label_smoothing)
+
+    step = make_step(forward, loss_of, net, optimizer, applier, device, cfg.precision, cfg.cuda_graphs)
     evaluator = model.to(device, memory_format=fmt)  # one member at a time, train()'s own evaluation
 
     def member(k: int) -> dict[str, torch.Tensor]:
@@ -265,19 +271,12 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
         save_rewind_points(it)
         if it == job0.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0):
             run_eval(it)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_for(job0, it)
         batches = [next(s) for s in streams]
         x = stack_inputs([b[0] for b in batches]).to(dtype)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.stack([b[1] for b in batches])
-        with autocast_for(device, cfg.precision):
-            loss = member_logits_loss(forward(x), y, K, cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        applier.apply_to_grads()  # as in train(): masked gradients keep pruned weights at zero
-        optimizer.step()
+        # as in train(): forward, backward, masked gradients (pruned weights stay zero), step
+        step(x, torch.stack([b[1] for b in batches]), lr_for(job0, it))
         done = it + 1
         by_iters = paths[0].checkpoint_every_iters > 0 and done % paths[0].checkpoint_every_iters == 0
         by_time = time.time() - last_ckpt_time >= paths[0].checkpoint_every_seconds
