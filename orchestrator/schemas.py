@@ -12,7 +12,7 @@ RUNS = pa.schema(
         ("experiment", pa.string()),
         ("job_id", pa.string()),
         ("parent_job_id", pa.string()),
-        ("role", pa.string()),  # "level" | "branch"
+        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child)
         ("replicate", pa.int64()),
         ("rewind_iter", pa.int64()),
         ("level", pa.int64()),

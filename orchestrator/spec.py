@@ -176,6 +176,12 @@ class BranchSpec(_Model):
     train_examples: int = Field(10_000, gt=0)
     bn_reset: bool = False
     bn_reset_batches: int = Field(8, gt=0)
+    noise_floor: bool = Field(
+        False,
+        description="add at each branch point a pair of children with the first branch seed, both run with "
+        "non-deterministic kernels: their barrier is what kernel noise alone produces, reported beside the "
+        "data-order barrier (on a CPU the pair is identical and its barrier 0)",
+    )
 
     @model_validator(mode="after")
     def _lists(self) -> "BranchSpec":

@@ -109,6 +109,10 @@ class TrainJob:
     finetune_lr: float = 1e-3  # finetune: the fixed learning rate
     reinit_seed: int | None = None  # control: same mask, fresh weights drawn from this seed
     prune_seed: int = 0  # random pruning control: which random mask
+    # 0: an ordinary job. 1, 2: the two runs of a noise-floor pair (sweep.branch.noise_floor):
+    # the same inputs and data seed with non-deterministic kernels; the tag changes nothing the
+    # job computes, it keeps the two runs' ids apart.
+    noise_replica: int = 0
 
     @property
     def stop_iter(self) -> int:
