@@ -41,6 +41,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "node": record["node"],
             "device": record["device"],
             "config_hash": meta.config_hash,
+            "deterministic": res.get("deterministic"),
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
         }

@@ -64,6 +64,7 @@ def test_sweep_end_to_end(swept):
         assert r["density"] == pytest.approx(train[r["job_id"]].meta.density, abs=1e-12)
         assert r["level"] == train[r["job_id"]].meta.level
         assert r["attempts"] == 1 and r["node"] and r["host"]
+        assert r["deterministic"] is True  # train.deterministic defaults to true (and a CPU always is)
         assert (store_dir / r["weights_path"]).is_file() and (store_dir / r["mask_path"]).is_file()
     by_level = {r["level"]: r["density"] for r in runs}
     assert by_level == pytest.approx({0: 1.0, 1: 0.5, 2: 0.25})

@@ -169,7 +169,23 @@ BAD = [
     ("batch larger than data", with_("train.batch_size", 5000), "train.batch_size", "larger than the training set"),
     ("controls without rewind", with_("pruning", {"retrain": ["finetune"], "controls": ["random_reinit"]}), "pruning.controls", "rewind"),
     ("wandb mode", with_("tracking", {"wandb": "sometimes"}), "tracking.wandb", "offline"),
+    ("pack 0", with_("resources", {"pack": 0}), "resources.pack", "at least 1 or auto"),
+    ("pack word", with_("resources", {"pack": "many"}), "resources.pack", "auto"),
+    ("pack strategy vmap (gone)", with_("resources", {"pack_strategy": "vmap"}), "resources.pack_strategy", "stacked"),
+    ("deterministic word", with_("train.deterministic", "sometimes"), "train.deterministic", "bool"),
 ]
+
+
+def test_pack_auto_packs_small_models_on_a_gpu_only():
+    spec = validate_spec(copy.deepcopy(BASE))
+    assert spec.resources.pack == "auto" and spec.pack_size() == 1  # mlp on CPU: nothing to fill
+    assert validate_spec(with_("resources", {"gpus": 0.25})).pack_size() == 8
+    big = with_("resources", {"gpus": 1})
+    big["model"], big["data"] = "resnet50", {"name": "synthetic", "image_size": 32, "num_classes": 10, "num_train": 256, "num_test": 64}
+    assert validate_spec(big).pack_size() == 1
+    assert validate_spec(with_("resources", {"gpus": 1, "pack": 3})).pack_size() == 3
+    cifar = load_spec(str(Path(CONFIGS[0]).parent / "cifar10_resnet20_lmc.yaml"))
+    assert cifar.resources.pack == "auto" and cifar.pack_size() == 8
 
 
 @pytest.mark.parametrize("what, data, field, words", BAD, ids=[b[0] for b in BAD])

@@ -50,6 +50,7 @@ class AnalysisResult:
     barrier_check: dict
     n_train_runs: int
     n_pairs: int
+    noise_floor: pa.Table | None = None  # sweep.branch.noise_floor: kernel noise's barrier
 
     def tables(self) -> list[tuple[str, str, pa.Table]]:
         """(file stem, title, table) of every table the analysis writes."""
@@ -72,6 +73,9 @@ class AnalysisResult:
                         self.retrain_comparison))
         out.append(("interpolation_path", "Error along the interpolation path (mean over pairs)",
                     self.interpolation_path))
+        if self.noise_floor is not None:
+            out.append(("noise_floor", "Noise floor: the barrier of kernel noise alone (same data seed, "
+                        "non-deterministic kernels) beside the data-order barrier", self.noise_floor))
         return out
 
 
@@ -80,7 +84,7 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     """The whole analysis from the three raw tables (file-free; tests call it directly)."""
     runs_m = T.add_mode(runs)
     barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation))
-    barriers = T.add_pair_mode(barriers, runs_m)
+    barriers, noise = T.split_noise_pairs(T.add_pair_mode(barriers, runs_m), runs_m)
     sparse = runs_m.filter(pc.greater(runs_m["level"], 0))
     rewind_iters = sorted(set(sparse["rewind_iter"].drop_null().to_pylist())
                           | set(barriers["rewind_iter"].drop_null().to_pylist()))
@@ -99,6 +103,7 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
         barrier_check=check,
         n_train_runs=runs.num_rows,
         n_pairs=pc.count_distinct(barriers["pair_id"]).as_py() if barriers.num_rows else 0,
+        noise_floor=T.noise_floor(barriers, noise),
     )
 
 

@@ -97,6 +97,28 @@ def add_pair_mode(barriers: pa.Table, runs_m: pa.Table) -> pa.Table:
     return out.drop_columns(["mode_a", "mode_b"]).append_column("mode", mode)
 
 
+def split_noise_pairs(barriers: pa.Table, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(data-order pairs, noise-floor pairs): a noise-floor pair's children have role "noise"
+    (sweep.branch.noise_floor); it measures kernel noise, not instability, so it is kept out of
+    every instability statistic."""
+    noise_ids = runs.filter(pc.equal(runs["role"], "noise"))["job_id"]
+    is_noise = pc.fill_null(pc.is_in(barriers["job_a"], value_set=noise_ids), False)
+    return barriers.filter(pc.invert(is_noise)), barriers.filter(is_noise)
+
+
+def noise_floor(barriers: pa.Table, noise: pa.Table) -> pa.Table | None:
+    """The barrier kernel noise alone produces beside the data-order barrier, per branch point
+    (rewind_iter, level) and split; None when the experiment has no noise-floor pairs."""
+    if noise.num_rows == 0:
+        return None
+    keys = ["rewind_iter", "level", "split"]
+    agg = noise.group_by(keys).aggregate([("barrier", "mean"), ("barrier", "max"), ("pair_id", "count")])
+    agg = agg.rename_columns(keys + ["noise_barrier_mean", "noise_barrier_max", "noise_pairs"])
+    data = barriers.group_by(keys).aggregate([("barrier", "mean"), ("pair_id", "count")])
+    data = data.rename_columns(keys + ["data_order_barrier_mean", "data_order_pairs"])
+    return agg.join(data, keys=keys, join_type="left outer").sort_by([(k, "ascending") for k in keys])
+
+
 def level_densities(*tables: pa.Table) -> dict[int, float]:
     """level -> density as observed (pruning is deterministic: one density per level)."""
     out: dict[int, float] = {}
