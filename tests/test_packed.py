@@ -162,6 +162,9 @@ def test_auto_on_cpu_trains_one_by_one_and_keeps_finished_members(tmp_path):
     alone = train(jobs[1], TrainPaths(out_dir=str(tmp_path / "alone")), RT)
     a, b = checkpoint.load_weights(results[1].weights_path), checkpoint.load_weights(alone.weights_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # a pack trained one by one says so: never reported as packed
+    fresh = train_packed(jobs, [TrainPaths(out_dir=str(tmp_path / f"f{i}")) for i in range(2)], RT)
+    assert [r.strategy for r in fresh] == ["sequential", "sequential"]
 
 
 @pytest.mark.parametrize("opt", [OptimizerConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
