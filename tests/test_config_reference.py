@@ -46,7 +46,7 @@ def test_show_config_prints_the_resolved_config(capsys):
     assert shown["train"]["iterations"] == 62400 and shown["train"]["epochs"] is None
     assert shown["train"]["schedule"]["milestones"] == [31200, 46800]
     assert shown["train"]["optimizer"]["lr"] == 0.05
-    assert shown["resources"]["pack"] == 1  # a default the file does not mention
+    assert shown["resources"]["pack"] == "auto"  # a default the file does not mention
     # What it prints is itself a config that resolves to the same spec.
     assert validate_spec(shown).model_dump() == load_spec(cfg, ["train.optimizer.lr=0.05"]).model_dump()
 
