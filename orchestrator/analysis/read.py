@@ -235,6 +235,22 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
     return prog
 
 
+def read_num_classes(store: Store, experiment: str) -> int | None:
+    """The number of classes of the experiment's data set (its stored spec.yaml), for the
+    chance error; None when the spec is absent or its data set cannot be described here."""
+    import yaml
+
+    from trainers.data import describe
+    from trainers.jobs import DataConfig
+
+    path = store.path("experiments", experiment, "spec.yaml")
+    try:
+        data = (yaml.safe_load(store.read_text(path)) or {}).get("data") or {}
+        return int(describe(DataConfig(**data)).num_classes)
+    except Exception:  # noqa: BLE001 - any unreadable spec or data set: no chance check
+        return None
+
+
 def read_config_text(store: Store, experiment: str) -> dict[str, str]:
     """Every small text file in STORE/experiments/<name>/ except the plan (config, spec...)."""
     d = store.path("experiments", experiment)
