@@ -61,12 +61,12 @@ def test_shipped_configs_load_and_round_trip():
 
 def test_epochs_resolve_to_iterations():
     cifar = load_spec(str(Path(CONFIGS[0]).parent / "cifar10_resnet20_lmc.yaml"))
-    per_epoch = 50_000 // 128  # 390
-    assert cifar.iterations == 160 * per_epoch == 62_400
-    assert cifar.train.schedule.milestones == [80 * per_epoch, 120 * per_epoch]
+    per_epoch = 391  # ceil(50,000 / 128), as open_lth counts an epoch
+    assert cifar.iterations == 160 * per_epoch == 62_560
+    assert cifar.train.schedule.milestones == [80 * per_epoch, 120 * per_epoch] == [31_280, 46_920]
     assert cifar.train.eval_every == 10 * per_epoch
     imnet = load_spec(str(Path(CONFIGS[0]).parent / "imagenet_resnet50_rewind.yaml"))
-    per_epoch = 1_281_167 // 1024  # 1251
+    per_epoch = 1252  # ceil(1,281,167 / 1024)
     assert imnet.iterations == 90 * per_epoch
     assert imnet.rewind_iters == [0, per_epoch, 2 * per_epoch, 5 * per_epoch]
     assert imnet.train.schedule.warmup_iters == 5 * per_epoch
