@@ -88,6 +88,10 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+# The column naming the job a row belongs to: a job's rows of a table are stored exactly once.
+KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id"}
+
+
 def file_schema(table: str) -> pa.Schema:
     """The columns stored inside part files (the partition column lives in the path)."""
     schema = TABLES[table]

@@ -303,11 +303,13 @@ class ExperimentSpec(_Model):
             raise _data_error(e) from None
         self._data_info = info
 
-        per_epoch = info.num_train // self.train.batch_size
-        if per_epoch < 1:
+        if info.num_train < self.train.batch_size:
             raise SpecError(
                 "train.batch_size", f"{self.train.batch_size} is larger than the training set ({info.num_train} examples)"
             )
+        # An epoch is ceil(N / B) iterations, as open_lth counts them (the last, partial batch is
+        # a step): CIFAR-10 at batch 128 has 391, so 160 epochs are 62,560 iterations.
+        per_epoch = -(-info.num_train // self.train.batch_size)
 
         def iters(epochs: float) -> int:
             return int(round(epochs * per_epoch))

@@ -26,7 +26,7 @@ from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
 from orchestrator.analysis.read import (
     INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
-    only_planned, plan_job_ids, read_config_text, read_progress, read_table,
+    only_planned, plan_job_ids, read_config_text, read_num_classes, read_progress, read_table,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -58,7 +58,8 @@ class AnalysisResult:
         out = [
             ("instability", "Instability: error barrier by mode, level, rewinding point and split",
              self.instability),
-            ("earliest_stable", "Earliest stable rewinding point per density", self.earliest_stable),
+            ("stability_onset", "Onset of stability: the smallest rewinding point from which every larger "
+             "one is stable, per density", self.earliest_stable),
             ("accuracy", "Test accuracy by density, rewinding point and retrain mode", self.accuracy),
             ("winning_tickets", "Smallest matching density per rewinding point (the winning ticket)",
              self.winning_tickets),
@@ -80,8 +81,9 @@ class AnalysisResult:
 
 
 def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
-            threshold: float) -> AnalysisResult:
-    """The whole analysis from the three raw tables (file-free; tests call it directly)."""
+            threshold: float, num_classes: int | None = None) -> AnalysisResult:
+    """The whole analysis from the three raw tables (file-free; tests call it directly).
+    `num_classes` sets the chance error (None: no cell is called at chance)."""
     runs_m = T.add_mode(runs)
     barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation))
     barriers, noise = T.split_noise_pairs(T.add_pair_mode(barriers, runs_m), runs_m)
@@ -89,12 +91,12 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     rewind_iters = sorted(set(sparse["rewind_iter"].drop_null().to_pylist())
                           | set(barriers["rewind_iter"].drop_null().to_pylist()))
     densities = T.level_densities(runs_m, barriers)
-    summary = T.instability_summary(barriers, threshold, rewind_iters, densities)
+    summary = T.instability_summary(barriers, threshold, rewind_iters, densities, num_classes)
     dense = T.dense_accuracy(runs_m)
     acc = T.accuracy_summary(runs_m, dense)
     return AnalysisResult(
         instability=summary,
-        earliest_stable=T.earliest_stable(summary),
+        earliest_stable=T.stability_onset(summary),  # the onset of stability (tables.py)
         accuracy=acc,
         winning_tickets=T.winning_tickets(acc),
         dense=dense,
@@ -270,7 +272,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
            only_planned(raw[2], "pair_id", planned)]
     clock.lap("read")
-    res = compute(*raw, threshold)
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
     clock.lap("compute")
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs)
     config = read_config_text(store, experiment)
