@@ -113,7 +113,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.raysession import AddressError, RayCluster, check_address, interrupt_exit_code, stop_on_sigterm
     from orchestrator.scheduler import RunOptions, Scheduler
-    from orchestrator.store import LockError, Store
+    from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
+    from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
     from orchestrator.worker import WorkerContext
 
@@ -137,8 +138,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # everything above only read; from here on the store is written
     stop_on_sigterm()
     store.makedirs("")
+    lock = ExperimentLock(store, spec.name, on_wait=lambda msg: print(msg, file=sys.stderr),
+                          stale_after=float(os.environ.get("LTH_LOCK_STALE_SECONDS", STALE_AFTER_SECONDS)))
     try:
-        with store.experiment_lock(spec.name):
+        with lock:
             jobs = {
                 job.id: {
                     "kind": job.kind,
@@ -179,6 +182,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:
+        if lock.lost is not None:
+            print(f"error: experiment {spec.name!r}: the lock was taken over by pid {lock.lost.get('pid')} on host "
+                  f"{lock.lost.get('host')}; this driver stopped", file=sys.stderr)
+            return EXIT_FAILED
         what, code = interrupt_exit_code(e)
         print(f"\n{what}: rerun `{_command_line(args)}` to resume (done jobs are kept)", file=sys.stderr)
         return code

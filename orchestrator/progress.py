@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator.lock import read_holder
 from orchestrator.store import Store
 
 
@@ -135,7 +136,7 @@ def store_counts(store: Store, experiment: str) -> Counts:
     failed = listing.failed() & ids
     running: set[str] = set()
     beat = store.heartbeat(experiment)
-    if beat and store.lock_holder(experiment) and time.time() - beat["time"] < HEARTBEAT_STALE_SECONDS:
+    if beat and read_holder(store, experiment) and time.time() - beat["time"] < HEARTBEAT_STALE_SECONDS:
         running = set(beat["running"]) & ids - done
     return Counts(
         total=len(ids),
@@ -153,8 +154,8 @@ def print_status(store: Store, names: list[str], console: Console | None = None)
         table.add_column(col, justify="left" if col in ("experiment", "driver") else "right")
     for name in names:
         c = store_counts(store, name)
-        holder = store.lock_holder(name)
-        driver = f"pid {holder['pid']} on {holder['host']}" if holder else "-"
+        holder = read_holder(store, name)
+        driver = f"pid {holder.get('pid')} on {holder.get('host')}" if holder is not None else "-"
         table.add_row(
             name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.resumable), str(c.total), driver
         )
