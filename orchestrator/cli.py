@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
-    from orchestrator.worker import WorkerContext
+    from orchestrator.worker import StorageError, WorkerContext, is_storage_error
 
     spec, plan = _load(args)
     spec.check_data()  # before anything is written
@@ -137,10 +137,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     # everything above only read; from here on the store is written
     stop_on_sigterm()
-    store.makedirs("")
     lock = ExperimentLock(store, spec.name, on_wait=lambda msg: print(msg, file=sys.stderr),
                           stale_after=float(os.environ.get("LTH_LOCK_STALE_SECONDS", STALE_AFTER_SECONDS)))
     try:
+        store.makedirs("")
         with lock:
             jobs = {
                 job.id: {
@@ -180,6 +180,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 summary = scheduler.run()
     except LockError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (StorageError, OSError) as e:
+        if isinstance(e, OSError) and not is_storage_error(e):
+            raise
+        reason = str(e) if isinstance(e, StorageError) else f"{e.strerror}: {e.filename}"
+        if hasattr(e, "cause"):  # raised in a worker: Ray's wrapper holds the worker's exception
+            reason = str(e.cause)
+        print(f"error: store {store.root}: {reason}; the sweep stopped at the first storage error (done jobs "
+              f"are kept): free space or make the store writable, then rerun `{_command_line(args)}`",
+              file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:
         if lock.lost is not None:

@@ -105,7 +105,10 @@ class ExperimentLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.release()
+        try:
+            self.release()
+        except OSError as e:  # a read-only store: the lock stays, and its pid is gone when we are
+            warnings.warn(f"experiment {self.name!r}: could not remove {self.store.path(self.rel)}: {e}", stacklevel=2)
 
     def acquire(self) -> None:
         pid = os.getpid()

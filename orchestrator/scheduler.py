@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from orchestrator.graph import Job, Plan
+from orchestrator.integrity import CorruptInput, set_aside
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import result_tables, write_job_rows
 from orchestrator.schemas import TABLES
-from orchestrator.store import Store
-from orchestrator.worker import JobRunner, WorkerContext
+from orchestrator.store import DONE, Store
+from orchestrator.worker import JobRunner, StorageError, WorkerContext
 
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
 HEARTBEAT_SECONDS = 10.0
@@ -125,13 +126,21 @@ class Scheduler:
         experiment sharing the store (equal work, equal id) are not redone."""
         experiment = self.plan.experiment
         have: dict[str, set[str]] = {}
-        for job_id in sorted(done):
+        for job_id in sorted(done):  # (a copy: done loses the jobs whose record is unreadable)
             job = self.plan.jobs[job_id]
             table = result_tables(job.kind)[0]
             if table not in have:
                 have[table] = self.store.parts(table, experiment)
             if job_id not in have[table]:
-                write_job_rows(self.store, experiment, job, self.store.done_record(job_id))
+                try:
+                    record = self.store.done_record(job_id)
+                except (ValueError, UnicodeDecodeError) as e:  # truncated or garbled: the job is not done
+                    aside = set_aside(self.store, job_id, DONE)
+                    self.progress.log(f"corrupt {Store.artifact(job_id, DONE)} ({type(e).__name__}: {e}): "
+                                      f"set aside as {aside}; the job runs again")
+                    done.discard(job_id)
+                    continue
+                write_job_rows(self.store, experiment, job, record)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -202,6 +211,38 @@ class Scheduler:
                     self.progress.counts.blocked += 1
                     stack.extend(children[child])
 
+        redone: dict[str, int] = defaultdict(int)
+        complete = set(done)  # done before this run, or by it
+
+        def redo_producer(cause: CorruptInput, group: tuple[str, ...]) -> None:
+            nonlocal remaining
+            producer = cause.producer
+            redone[producer] += 1
+            if producer not in jobs or redone[producer] > self.options.max_attempts:
+                for job_id in group:  # redoing did not help (or cannot): an ordinary failure
+                    self._retry_or_fail(job_id, f"corrupt input {cause}", ready, order, block_descendants)
+                return
+            aside = set_aside(self.store, producer, cause.name)
+            if cause.name != DONE:  # the artifacts are rebuilt only when its result is gone too
+                self.store.delete(Store.artifact(producer, "result.json"))
+                self.store.delete(Store.artifact(producer, DONE))
+            where = f"set aside as {aside}" if aside else "gone"
+            self.progress.log(f"corrupt {Store.artifact(producer, cause.name)} ({cause.reason}): {where}; "
+                              f"redoing {producer}")
+            if producer in complete:  # (not when a sibling already asked for it)
+                complete.discard(producer)
+                remaining += 1
+                self.progress.counts.done -= 1
+                heapq.heappush(ready, (-jobs[producer].priority, order[producer], producer))
+            for job_id in group:
+                attempts[job_id] -= 1  # it never ran: no attempt spent
+                waiting[job_id] = sum(1 for p in jobs[job_id].parents if p not in complete)
+                for p in jobs[job_id].parents:
+                    if p not in complete and job_id not in children[p]:
+                        children[p].append(job_id)
+                if waiting[job_id] == 0:
+                    heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
+
         try:
             while remaining > len(self.summary.failed) + len(self.summary.blocked):
                 now = time.time()
@@ -271,6 +312,12 @@ class Scheduler:
                             self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
                                                 block_descendants, packed=len(group) > 1)
                         continue
+                    except StorageError:
+                        raise  # every job would fail alike: stop the sweep (the CLI says why)
+                    except CorruptInput as exc:  # a damaged input: redo its producer, then the job
+                        idle.append(actor)
+                        redo_producer(getattr(exc, "cause", exc), group)
+                        continue
                     except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
                         idle.append(actor)
                         for job_id in group:
@@ -289,6 +336,9 @@ class Scheduler:
                         for table in result_tables(job.kind):
                             self._new_parts[table] += 1
                         self.summary.ran.append(job_id)
+                        complete.add(job_id)
+                        for note in record.get("notes", []):
+                            self.progress.log(f"note   {job_id}: {note}")
                         self.progress.counts.done += 1
                         remaining -= 1
                         self.progress.job_finished(job_id, _describe(job), time.time() - started)
@@ -302,7 +352,10 @@ class Scheduler:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-            self.store.write_heartbeat(self.plan.experiment, [])
+            try:
+                self.store.write_heartbeat(self.plan.experiment, [])
+            except OSError:
+                pass  # (a full or read-only store: the error that stopped the sweep is the one to tell)
             self.progress.stop()
         self._compact()  # failed jobs or not
         return self.summary

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import socket
@@ -26,8 +27,33 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from orchestrator.graph import Job
+from orchestrator.integrity import CorruptInput, checkpoint_problem, checksums, set_aside, verify_input
 from orchestrator.store import CHECKPOINT, DONE, FAILED, Store
 from orchestrator.tracking import JobTracker, TrackingSettings
+
+
+# the store or the scratch disk refused a write: every job would fail the same way
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+class StorageError(RuntimeError):
+    """A job could not write its files (a full disk, a read-only or forbidden store): not the
+    job's fault, and no retry helps; the driver stops the sweep."""
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+@contextlib.contextmanager
+def _storage_errors_named() -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if not is_storage_error(e):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        raise StorageError(f"{e.strerror or e}{where} (errno {errno.errorcode.get(e.errno, e.errno)})") from None
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,10 @@ class JobRunner:
         self.ctx = ctx
         self.store = Store(ctx.store_root)
         self.rt = Runtime()
+        # per job id, filled while it runs and put in its record: the sha256 of its artifacts,
+        # and what was done about a checkpoint that could not be resumed from
+        self._checksums: dict[str, dict[str, str]] = {}
+        self._notes: dict[str, list[str]] = {}
 
     def info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": str(self.rt.device)}
@@ -118,10 +148,11 @@ class JobRunner:
         tracker.start()
         self.rt.on_metric = _metric_callback(tracker, delay)
         try:
-            if self.store.is_remote:
-                result = self._run_staged(job)
-            else:
-                result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
+            with _storage_errors_named():
+                if self.store.is_remote:
+                    result = self._run_staged(job)
+                else:
+                    result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
         except BaseException:
             tracker.finish(failed=True)
             raise
@@ -147,7 +178,7 @@ class JobRunner:
         for tracker in trackers:
             tracker.start()
         try:
-            with contextlib.ExitStack() as staging:
+            with _storage_errors_named(), contextlib.ExitStack() as staging:
                 specs, paths = [], []
                 for job in jobs:
                     if self.store.is_remote:
@@ -157,11 +188,16 @@ class JobRunner:
                     spec, p = self._train_paths(job, out_dir, input_path)
                     specs.append(spec)
                     paths.append(p)
-                results = train_packed(
-                    specs, paths, self.rt,
-                    on_metrics=[_metric_callback(t, d) for t, d in zip(trackers, delays)],
-                    strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
-                )
+                with contextlib.ExitStack() as named:
+                    for job, p in zip(jobs, paths):
+                        named.enter_context(_inputs_named(job, p))
+                    results = train_packed(
+                        specs, paths, self.rt,
+                        on_metrics=[_metric_callback(t, d) for t, d in zip(trackers, delays)],
+                        strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
+                    )
+                for job, p in zip(jobs, paths):
+                    self._checksums[job.id] = _artifact_checksums(p.out_dir)
                 results = [_store_relative(job, dataclasses.asdict(r)) for job, r in zip(jobs, results)]
         except BaseException:
             for tracker in trackers:
@@ -186,14 +222,19 @@ class JobRunner:
     def _record(self, job: Job, result: dict[str, Any], tracker: JobTracker, started: float) -> dict[str, Any]:
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
         tracker.finish(summary)
-        return {
+        record = {
             "job_id": job.id,
             "kind": job.kind,
             "result": result,
             **self.info(),
             "device": result.get("device", str(self.rt.device)),
             "wall_seconds": time.time() - started,
+            "checksums": self._checksums.pop(job.id, {}),
         }
+        notes = self._notes.pop(job.id, [])
+        if notes:
+            record["notes"] = notes
+        return record
 
     # ---- running a job against local paths --------------------------------------------------
 
@@ -205,12 +246,41 @@ class JobRunner:
 
         if job.kind == "train":
             spec, paths = self._train_paths(job, out_dir, input_path)
-            return _store_relative(job, dataclasses.asdict(run_train_job(spec, paths, self.rt)))
+            with _inputs_named(job, paths):
+                result = run_train_job(spec, paths, self.rt)
+            self._checksums[job.id] = _artifact_checksums(out_dir)
+            return _store_relative(job, dataclasses.asdict(result))
         if job.kind == "interpolate":
             spec = localize_job_spec(job.spec)
-            inputs = {role: input_path(Store.artifact(src, name)) for role, (src, name) in job.inputs.items()}
-            return dataclasses.asdict(run_interpolate_job(spec, InterpolatePaths(**inputs), self.rt))
+            inputs = self._verified_inputs(job, input_path)
+            with _inputs_named(job, inputs):
+                return dataclasses.asdict(run_interpolate_job(spec, InterpolatePaths(**inputs), self.rt))
         raise ValueError(f"job {job.id}: unknown kind {job.kind!r}")
+
+    def _verified_inputs(self, job: Job, input_path: Any) -> dict[str, str]:
+        """{role: local path} of a job's inputs, each checked against its producer's checksum."""
+        inputs = {}
+        for role, (src, name) in job.inputs.items():
+            local = input_path(Store.artifact(src, name))
+            verify_input(self.store, src, name, local)
+            inputs[role] = local
+        return inputs
+
+    def _checkpoint_or_start_over(self, job: Job, out_dir: str) -> None:
+        """An in-job checkpoint that cannot be read is set aside: the job starts over."""
+        path = os.path.join(out_dir, CHECKPOINT)
+        if not os.path.exists(path):
+            return
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return
+        aside = f"{CHECKPOINT}.corrupt-{int(time.time())}"
+        os.replace(path, os.path.join(out_dir, aside))
+        if self.store.is_remote:  # the staged copy came from the store: set that one aside too
+            set_aside(self.store, job.id, CHECKPOINT)
+        self._notes.setdefault(job.id, []).append(
+            f"{CHECKPOINT} was unreadable ({problem}): set aside as {aside}, the job started over"
+        )
 
     def _train_paths(self, job: Job, out_dir: str, input_path: Any) -> tuple[Any, Any]:
         """The trainer's (TrainJob, TrainPaths) of a train job whose outputs go to `out_dir`."""
@@ -219,8 +289,9 @@ class JobRunner:
 
         # read the data set from this node's copy (LTH_DATA_CACHE); the id keeps the shared root
         spec = localize_job_spec(job.spec)
-        inputs = {role: input_path(Store.artifact(src, name)) for role, (src, name) in job.inputs.items()}
+        inputs = self._verified_inputs(job, input_path)
         os.makedirs(out_dir, exist_ok=True)
+        self._checkpoint_or_start_over(job, out_dir)
         paths = TrainPaths(
             out_dir=out_dir,
             checkpoint_every_iters=self.ctx.checkpoint_every_iters,
@@ -262,6 +333,29 @@ class JobRunner:
             shutil.rmtree(os.path.join(scratch, "in"), ignore_errors=True)
             raise
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _artifact_checksums(out_dir: str) -> dict[str, str]:
+    """sha256 of a finished train job's artifacts (weights, mask, rewinding points)."""
+    names = [n for n in os.listdir(out_dir) if n.endswith(".pt") and n != CHECKPOINT and not n.startswith(".")]
+    return checksums(out_dir, names)
+
+
+@contextlib.contextmanager
+def _inputs_named(job: Job, paths: Any) -> Iterator[None]:
+    """A loader error naming one of the job's input files (a record older than checksums, or a
+    file damaged since) becomes CorruptInput: its producer is redone, not this job retried."""
+    from trainers.checkpoint import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as e:
+        local = paths if isinstance(paths, dict) else dataclasses.asdict(paths)
+        for role, (src, name) in job.inputs.items():
+            path = local.get(role)
+            if isinstance(path, str) and path in str(e):
+                raise CorruptInput(src, name, str(e)) from None
+        raise
 
 
 def _metric_callback(tracker: JobTracker, delay: float) -> Callable[[Any], None]:
