@@ -185,8 +185,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if isinstance(e, OSError) and not is_storage_error(e):
             raise
         reason = str(e) if isinstance(e, StorageError) else f"{e.strerror}: {e.filename}"
-        if hasattr(e, "cause"):  # raised in a worker: Ray's wrapper holds the worker's exception
-            reason = str(e.cause)
+        if isinstance(getattr(e, "cause", None), StorageError):  # from a worker, inside Ray's wrapper
+            reason = str(e.cause)  # type: ignore[attr-defined]
         print(f"error: store {store.root}: {reason}; the sweep stopped at the first storage error (done jobs "
               f"are kept): free space or make the store writable, then rerun `{_command_line(args)}`",
               file=sys.stderr)

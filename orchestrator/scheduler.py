@@ -100,6 +100,7 @@ class Scheduler:
         self._new_parts: dict[str, int] = defaultdict(int)  # table -> part files since its compaction
         self._last_compact = time.time()
         self._done: set[str] | None = None  # prepare()
+        self._seen_notes: set[str] = set()  # worker notes shown once each
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -338,7 +339,9 @@ class Scheduler:
                         self.summary.ran.append(job_id)
                         complete.add(job_id)
                         for note in record.get("notes", []):
-                            self.progress.log(f"note   {job_id}: {note}")
+                            if note not in self._seen_notes:  # a W&B outage would repeat itself per job
+                                self._seen_notes.add(note)
+                                self.progress.log(f"note   {job_id}: {note}")
                         self.progress.counts.done += 1
                         remaining -= 1
                         self.progress.job_finished(job_id, _describe(job), time.time() - started)

@@ -45,12 +45,25 @@ def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
+def _storage_cause(exc: BaseException | None) -> OSError | None:
+    """The storage OSError behind `exc`, if any: torch.save's zip writer, for one, reports a
+    full disk as a RuntimeError raised while handling the OSError."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if is_storage_error(exc):
+            return exc  # type: ignore[return-value]
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 @contextlib.contextmanager
 def _storage_errors_named() -> Iterator[None]:
     try:
         yield
-    except OSError as e:
-        if not is_storage_error(e):
+    except Exception as exc:
+        e = _storage_cause(exc)
+        if e is None:
             raise
         where = f": {e.filename}" if e.filename else ""
         raise StorageError(f"{e.strerror or e}{where} (errno {errno.errorcode.get(e.errno, e.errno)})") from None
@@ -221,6 +234,8 @@ class JobRunner:
 
     def _record(self, job: Job, result: dict[str, Any], tracker: JobTracker, started: float) -> dict[str, Any]:
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+        if job.kind == "interpolate":
+            tracker.log_interpolation(result.get("rows", []), result.get("instability", []))
         tracker.finish(summary)
         record = {
             "job_id": job.id,
@@ -231,7 +246,7 @@ class JobRunner:
             "wall_seconds": time.time() - started,
             "checksums": self._checksums.pop(job.id, {}),
         }
-        notes = self._notes.pop(job.id, [])
+        notes = self._notes.pop(job.id, []) + tracker.problems
         if notes:
             record["notes"] = notes
         return record
