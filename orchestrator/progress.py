@@ -57,21 +57,28 @@ class SweepProgress:
     live: bool | None = None  # None: live rendering exactly when stdout is a terminal
     console: Console = field(default_factory=lambda: Console(stderr=False))
     counts: Counts = field(default_factory=Counts)
-    _job_times: list[float] = field(default_factory=list)
     _started: float = field(default_factory=time.time)
     _live: Live | None = None
     workers: int = 0
+    # work left, per job: (kind, units: a train job's iterations, an interpolation's alphas)
+    _work: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _spent: dict[str, list[float]] = field(default_factory=dict)  # kind -> [seconds, units] of finished jobs
 
     def __post_init__(self) -> None:
         if self.live is None:
             self.live = sys.stdout.isatty()
 
     def eta(self) -> str:
-        if not self._job_times or not self.workers:
+        """Seconds per unit of work of each kind, measured on the jobs finished so far, times the
+        units left, over the workers: a level of 40 iterations left counts 4x one of 10."""
+        if not self._spent or not self.workers:
             return "?"
-        mean = sum(self._job_times) / len(self._job_times)
-        left = self.counts.pending + self.counts.running
-        return _duration(mean * left / self.workers)
+        rates = {kind: sec / units for kind, (sec, units) in self._spent.items() if units > 0}
+        if not rates:
+            return "?"
+        fallback = max(rates.values())
+        left = sum(units * rates.get(kind, fallback) for kind, units in self._work.values())
+        return _duration(left / self.workers)
 
     def _render(self) -> Group:
         c = self.counts
@@ -88,14 +95,15 @@ class SweepProgress:
             ),
         )
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, work: dict[str, tuple[str, float]] | None = None) -> None:
         self.counts = Counts(total=total, done=done)
+        self._work = dict(work or {})
         self._started = time.time()
         if self.live:
             self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
             self._live.start()
         else:
-            print(f"[{self.experiment}] {total} jobs planned, {done} already done", flush=True)
+            self.log(f"{total} jobs planned, {done} already done")
 
     def refresh(self) -> None:
         if self._live is not None:
@@ -104,12 +112,16 @@ class SweepProgress:
     def log(self, line: str) -> None:
         if self._live is not None:
             self._live.console.print(line, markup=False, highlight=False)
-        else:
-            print(f"[{self.experiment}] {line}", flush=True)
+        else:  # a log file: every line says when
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.experiment}] {line}", flush=True)
 
-    def job_finished(self, job_id: str, what: str, seconds: float) -> None:
-        self._job_times.append(seconds)
-        self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total})")
+    def job_finished(self, job_id: str, what: str, seconds: float, result: str = "") -> None:
+        kind, units = self._work.pop(job_id, ("?", 0.0))
+        spent = self._spent.setdefault(kind, [0.0, 0.0])
+        spent[0] += seconds
+        spent[1] += units
+        tail = f": {result}" if result else ""
+        self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total}){tail}")
         self.refresh()
 
     def job_failed(self, job_id: str, attempt: int, final: bool, error: str) -> None:

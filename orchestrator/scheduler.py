@@ -177,7 +177,7 @@ class Scheduler:
             if n == 0:
                 heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
 
-        self.progress.start(total=len(jobs), done=len(done))
+        self.progress.start(total=len(jobs), done=len(done), work={j: _work(jobs[j]) for j in waiting})
         if not waiting:
             self.progress.stop()
             self._compact()
@@ -344,7 +344,7 @@ class Scheduler:
                                 self.progress.log(f"note   {job_id}: {note}")
                         self.progress.counts.done += 1
                         remaining -= 1
-                        self.progress.job_finished(job_id, _describe(job), time.time() - started)
+                        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
                         for child in children[job_id]:
                             waiting[child] -= 1
                             if waiting[child] == 0 and child not in self.summary.blocked:
@@ -445,6 +445,22 @@ class Scheduler:
 def _task_traceback(exc: BaseException) -> str:
     """The job's own traceback (a RayTaskError carries the remote one)."""
     return getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(exc))
+
+
+def _work(job: Job) -> tuple[str, float]:
+    """(kind, units of work) of a job, for the ETA: iterations to train, or points to evaluate."""
+    if job.kind == "train":
+        return "train", float(max(1, job.spec.stop_iter - job.spec.start_iter))
+    return job.kind, float(getattr(job.spec, "num_alphas", 1))
+
+
+def _key_result(record: dict[str, Any]) -> str:
+    """What a person wants to see on a job's done line."""
+    result = record.get("result") or {}
+    if record.get("kind") == "train" and "test_accuracy" in result:
+        return f"test accuracy {result['test_accuracy']:.4f}, density {result['density']:.4f}"
+    barriers = {i["split"]: i["barrier"] for i in result.get("instability", [])}
+    return ", ".join(f"{split} barrier {b:+.4f}" for split, b in sorted(barriers.items()))
 
 
 def _describe(job: Job) -> str:
