@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
     s.add_argument("config")
-    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed per experiment")
+    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
     s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table")
     s.add_argument("name")
     s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
@@ -241,9 +242,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_INPUT
         names = [args.name]
     if not names:
-        console.print(f"store {root!r} holds no experiment yet")
+        if args.json:
+            print("[]")
+        else:
+            console.print(f"store {root!r} holds no experiment yet")
         return EXIT_OK
-    print_status(store, names, console)
+    print_status(store, names, console, as_json=args.json)
     return EXIT_OK
 
 

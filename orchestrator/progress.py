@@ -5,6 +5,8 @@ Elsewhere (CI, log files, `nohup`): one plain line per finished or failed job.
 """
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -136,39 +138,92 @@ class SweepProgress:
             self._live = None
 
 
-HEARTBEAT_STALE_SECONDS = 120.0
+@dataclass
+class ExperimentStatus:
+    """Where an experiment stands, from the store alone (`lth status`)."""
+
+    name: str
+    counts: Counts
+    driver: dict | None  # the lock's holder: {host, pid, ...}, None when no driver runs
+    running: list[str]
+    failed: list[str]
+    blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
+
+    def as_json(self) -> dict:
+        c = self.counts
+        driver = None if self.driver is None else {"host": self.driver.get("host"), "pid": self.driver.get("pid")}
+        return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
+                "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
+                "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
+                "blocked_jobs": self.blocked}
 
 
-def store_counts(store: Store, experiment: str) -> Counts:
-    """done / running / pending / failed of an experiment, from the store alone."""
+def _driver_alive(holder: dict | None) -> bool:
+    """Whether the lock's holder still runs, as far as this host can tell: on its own host by
+    its pid; from elsewhere the lock's presence is all there is."""
+    if not holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    import psutil
+
+    return psutil.pid_exists(int(holder.get("pid", -1)))
+
+
+def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     planned = store.planned_jobs(experiment)
     listing = store.scan_artifacts()
     ids = set(planned)
     done = listing.done() & ids
-    failed = listing.failed() & ids
+    holder = read_holder(store, experiment)
     running: set[str] = set()
     beat = store.heartbeat(experiment)
-    if beat and read_holder(store, experiment) and time.time() - beat["time"] < HEARTBEAT_STALE_SECONDS:
-        running = set(beat["running"]) & ids - done
-    return Counts(
+    # the driver rewrites its heartbeat as jobs start and end; trusted while that driver holds the lock
+    if beat and holder and beat.get("pid") == holder.get("pid") and beat.get("host") == holder.get("host") \
+            and _driver_alive(holder):
+        running = set(beat.get("running", [])) & ids - done
+    else:
+        holder = holder if _driver_alive(holder) else None
+    failed = (listing.failed() & ids) - running
+    blocked: set[str] = set()
+    children: dict[str, list[str]] = {}
+    for job_id, info in planned.items():
+        for parent in info.get("parents", []):
+            children.setdefault(parent, []).append(job_id)
+    stack = sorted(failed)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in blocked and child not in done and child not in running:
+                blocked.add(child)
+                stack.append(child)
+    counts = Counts(
         total=len(ids),
         done=len(done),
         running=len(running),
-        failed=len(failed - running),
+        failed=len(failed),
+        blocked=len(blocked - failed),
         resumable=len((listing.checkpointed() & ids) - running),
     )
+    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed))
 
 
-def print_status(store: Store, names: list[str], console: Console | None = None) -> None:
+def store_counts(store: Store, experiment: str) -> Counts:
+    """done / running / pending / failed / blocked of an experiment, from the store alone."""
+    return experiment_status(store, experiment).counts
+
+
+def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:
+    statuses = [experiment_status(store, name) for name in names]
+    if as_json:
+        print(json.dumps([st.as_json() for st in statuses], indent=1))
+        return
     console = console or Console()
     table = Table(show_edge=False)
-    for col in ("experiment", "done", "running", "pending", "failed", "resumable", "total", "driver"):
+    for col in ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver"):
         table.add_column(col, justify="left" if col in ("experiment", "driver") else "right")
-    for name in names:
-        c = store_counts(store, name)
-        holder = read_holder(store, name)
-        driver = f"pid {holder.get('pid')} on {holder.get('host')}" if holder is not None else "-"
-        table.add_row(
-            name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.resumable), str(c.total), driver
-        )
+    for st in statuses:
+        c, holder = st.counts, st.driver
+        driver = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "-"
+        table.add_row(st.name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.blocked),
+                      str(c.resumable), str(c.total), driver)
     console.print(table)

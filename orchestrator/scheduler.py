@@ -199,6 +199,7 @@ class Scheduler:
         n_actors = 0
         attempts = self.summary.attempts
         last_pool = last_beat = 0.0
+        last_running: list[str] = []
         capacity = 0
         warned_capacity = False
         remaining = len(waiting)
@@ -281,8 +282,10 @@ class Scheduler:
                     self.progress.counts.running += len(group)
                 self.progress.refresh()
 
-                if now - last_beat >= HEARTBEAT_SECONDS:
-                    last_beat = now
+                running_now = sorted(j for g, _, _ in busy.values() for j in g)
+                # at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS
+                if now - last_beat >= HEARTBEAT_SECONDS or (running_now != last_running and now - last_beat >= 1.0):
+                    last_beat, last_running = now, running_now
                     self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
                     self._maybe_compact()
 

@@ -1,4 +1,4 @@
-"""What a sweep shows while it runs: ETA, done lines, timestamps (no Ray)."""
+"""What a sweep shows while it runs (ETA, done lines, timestamps) and `lth status` (no Ray)."""
 from __future__ import annotations
 
 import re
@@ -34,3 +34,45 @@ def test_log_lines_carry_a_timestamp_and_done_lines_the_key_result(capsys):
     interp = {"kind": "interpolate", "result": {"instability": [{"split": "test", "barrier": 0.0125},
                                                                 {"split": "train", "barrier": -0.001}]}}
     assert _key_result(interp) == "test barrier +0.0125, train barrier -0.0010"
+
+
+def _store_with(tmp_path, jobs: dict, done=(), failed=(), running=(), driver=None):
+    from orchestrator.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("e", "name: e\n", jobs)
+    for j in done:
+        store.write_done(j, {"job_id": j})
+    for j in failed:
+        store.write_failed(j, "boom", 3)
+    if driver is not None:
+        store.write_json("locks/e.lock", driver)
+        store.write_json("experiments/e/heartbeat.json", {**driver, "running": list(running), "time": 0.0})
+    return store
+
+
+def test_status_tells_running_pending_blocked_and_failed(tmp_path, capsys):
+    import json
+    import os
+    import socket
+
+    from orchestrator.cli import main
+    from orchestrator.progress import experiment_status
+
+    # a -> b -> c, a -> d; e alone. b failed (so c is blocked), d runs, e waits for a worker
+    jobs = {"a": {"parents": []}, "b": {"parents": ["a"]}, "c": {"parents": ["b"]}, "d": {"parents": ["a"]},
+            "e": {"parents": []}}
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    store = _store_with(tmp_path, jobs, done=["a"], failed=["b"], running=["d"], driver=me)
+    st = experiment_status(store, "e")
+    c = st.counts
+    assert (c.done, c.running, c.failed, c.blocked, c.pending, c.total) == (1, 1, 1, 1, 1, 5)
+    assert st.running == ["d"] and st.failed == ["b"] and st.blocked == ["c"]
+    assert main(["status", "e", "--json", "--store", store.root]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    assert out["blocked_jobs"] == ["c"] and out["running_jobs"] == ["d"] and out["driver"]["pid"] == os.getpid()
+    # the driver is gone (its pid no longer runs here): nothing is running, whatever the heartbeat says
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 7}
+    store = _store_with(tmp_path / "2", jobs, done=["a"], failed=["b"], running=["d"], driver=dead)
+    st = experiment_status(store, "e")
+    assert st.counts.running == 0 and st.driver is None and st.counts.pending == 2

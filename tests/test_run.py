@@ -84,8 +84,11 @@ def test_status_counts_from_the_store(swept, capsys):
     out = capsys.readouterr().out
     n = len(_plan().jobs)
     row = next(line for line in out.splitlines() if line.strip().startswith("demo"))
-    assert row.replace("│", " ").split()[1:8] == [str(n), "0", "0", "0", "0", str(n), "-"]  # done .. total, no driver
+    assert row.replace("│", " ").split()[1:9] == [str(n), "0", "0", "0", "0", "0", str(n), "-"]  # done .. total, no driver
     assert main(["status", "nope", "--store", str(store_dir)]) == 2
+    assert main(["status", "demo", "--json", "--store", str(store_dir)]) == 0
+    (status,) = json.loads(capsys.readouterr().out)
+    assert status["experiment"] == "demo" and status["done"] == status["total"] == n and status["driver"] is None
 
 
 def test_analyze_reads_the_sweep(swept, tmp_path, capsys):
