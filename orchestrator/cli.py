@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
+    s = sub.add_parser("logs", parents=[common], help="what a job printed, attempt by attempt")
+    s.add_argument("job_id", help="a job id or a unique prefix of one")
+    s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
     s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table")
     s.add_argument("name")
     s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
@@ -251,13 +254,43 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.store import FAILED, Store
+
+    root = _store_root(args)
+    store = Store(root)
+    if not store.exists(""):
+        print(f"error: --store: {root!r} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    listing = store.scan_artifacts().files
+    matches = sorted(j for j in listing if j.startswith(args.job_id))
+    if len(matches) != 1:
+        what = "no job" if not matches else f"{len(matches)} jobs ({', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''})"
+        print(f"error: job_id: {what} in store {root!r} start with {args.job_id!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    job_id = matches[0]
+    logs = sorted((n for n in listing[job_id] if n.startswith("attempt-") and n.endswith(".log")),
+                  key=lambda n: int(n[len("attempt-"):-len(".log")]))
+    if args.attempt is not None:
+        logs = [n for n in logs if n == f"attempt-{args.attempt}.log"]
+    if not logs:
+        print(f"job {job_id}: no log kept" + (f" for attempt {args.attempt}" if args.attempt else ""),
+              file=sys.stderr)
+        if FAILED in listing[job_id]:
+            print(store.read_json(store.artifact(job_id, FAILED)).get("traceback", ""), end="")
+        return EXIT_OK if args.attempt is None else EXIT_BAD_INPUT
+    for name in logs:
+        sys.stdout.write(store.read_bytes(store.artifact(job_id, name)).decode("utf-8", errors="replace"))
+    return EXIT_OK
+
+
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.analysis import analyze
 
     return analyze(_store_root(args), args.name, args.out, threshold=args.threshold, wandb_mode=args.wandb)
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": cmd_analyze}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "logs": cmd_logs, "analyze": cmd_analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

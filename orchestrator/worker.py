@@ -155,25 +155,30 @@ class JobRunner:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": str(self.rt.device)}
 
     def run(self, job: Job, attempt: int) -> dict[str, Any]:
-        started = time.time()
-        delay = self._injected_faults(job, attempt)
-        tracker = JobTracker(self.ctx.tracking, job, attempt)
-        tracker.start()
-        self.rt.on_metric = _metric_callback(tracker, delay)
-        try:
-            with _storage_errors_named():
-                if self.store.is_remote:
-                    result = self._run_staged(job)
-                else:
-                    result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
-        except BaseException:
-            tracker.finish(failed=True)
-            raise
-        finally:
-            self.rt.on_metric = None
-        return self._record(job, result, tracker, started)
+        with job_log(self.store, [job.id], attempt):
+            started = time.time()
+            delay = self._injected_faults(job, attempt)
+            tracker = JobTracker(self.ctx.tracking, job, attempt)
+            tracker.start()
+            self.rt.on_metric = _metric_callback(tracker, delay)
+            try:
+                with _storage_errors_named():
+                    if self.store.is_remote:
+                        result = self._run_staged(job)
+                    else:
+                        result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
+            except BaseException:
+                tracker.finish(failed=True)
+                raise
+            finally:
+                self.rt.on_metric = None
+            return self._record(job, result, tracker, started)
 
     def run_pack(self, jobs: list[Job], attempts: list[int]) -> list[dict[str, Any]]:
+        with job_log(self.store, [job.id for job in jobs], max(attempts, default=1)):
+            return self._run_pack(jobs, attempts)
+
+    def _run_pack(self, jobs: list[Job], attempts: list[int]) -> list[dict[str, Any]]:
         """Packable train jobs (the scheduler checked `packing_problem`) trained in one call;
         one record per job, in order, each as `run` returns it plus `pack_size` and
         `packed_with`. Any member's exception fails the whole call (the scheduler retries
@@ -348,6 +353,66 @@ class JobRunner:
             shutil.rmtree(os.path.join(scratch, "in"), ignore_errors=True)
             raise
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def log_name(attempt: int) -> str:
+    return f"attempt-{attempt}.log"
+
+
+@contextlib.contextmanager
+def job_log(store: Store, job_ids: list[str], attempt: int) -> Iterator[None]:
+    """Everything the job prints, warns or logs, and its traceback if it fails, kept as
+    `artifacts/<id>/attempt-<n>.log` (`lth logs`). On a local store the file is written as the
+    job goes, so it survives a killed worker; on a remote one it is uploaded at the end."""
+    import logging
+    import traceback as tb
+    import warnings
+
+    local = not store.is_remote
+    if local:
+        path = store.local_path(Store.artifact(job_ids[0], log_name(attempt)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:
+        fd, path = tempfile.mkstemp(prefix="lth-job-", suffix=".log")
+        os.close(fd)
+    f = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+
+    def note(text: str) -> None:
+        try:
+            f.write(text)
+        except OSError:
+            pass  # a full disk: the job's own error says so
+
+    note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} job {' '.join(job_ids)} attempt {attempt} "
+         f"on {socket.gethostname()} pid {os.getpid()}\n")
+    handler = logging.StreamHandler(f)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: note(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            yield
+        note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} finished\n")
+    except BaseException:
+        note(tb.format_exc())
+        note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} failed\n")
+        raise
+    finally:
+        root.removeHandler(handler)
+        try:
+            f.close()
+        except OSError:
+            pass
+        try:
+            for job_id in job_ids[1:] if local else job_ids:  # pack-mates (and remote stores) get a copy
+                store.upload(path, Store.artifact(job_id, log_name(attempt)))
+        except OSError:
+            pass  # the log is a convenience: never the reason a job fails
+        finally:
+            if not local:
+                os.remove(path)
 
 
 def _artifact_checksums(out_dir: str) -> dict[str, str]:

@@ -72,6 +72,9 @@ def test_failing_job_is_retried_then_failed_and_the_rest_finishes(reference, tmp
     failed = json.loads((store / "artifacts" / broken / "failed.json").read_text())
     assert failed["attempts"] == 2  # scheduler.max_attempts
     assert "injected failure" in failed["traceback"] and "RuntimeError" in failed["traceback"]
+    capsys.readouterr()
+    assert main(["logs", broken[:8], "--store", str(store)]) == 0  # each attempt's log, kept
+    assert capsys.readouterr().out.count("RuntimeError: LTH_FAULT_INJECT: injected failure") == 2
 
     blocked = set()
     frontier = {broken}
