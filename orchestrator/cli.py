@@ -84,13 +84,36 @@ def _print_plan(summary: dict, console: Console) -> None:
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.planner import summarize
 
-    _, plan = _load(args)
+    spec, plan = _load(args)
     summary = summarize(plan)
+    progress = _store_progress(args, spec, plan)
+    if progress is not None:
+        summary["store"] = progress
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         _print_plan(summary, console)
+        if progress is not None:
+            hours = progress["gpu_hours_left"]
+            console.print(
+                f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run; GPU-hours "
+                f"left: {'?' if hours is None else f'{hours:.2f}'} ({progress['gpu_hours_source']})",
+                highlight=False, soft_wrap=True,
+            )
     return EXIT_OK
+
+
+def _store_progress(args: argparse.Namespace, spec, plan) -> dict | None:
+    """What an existing store already holds of this plan (read only; None without a store)."""
+    from orchestrator.estimate import sweep_progress
+    from orchestrator.store import Store
+
+    store = Store(_store_root(args, spec.store))
+    if not store.exists(""):
+        return None
+    p = sweep_progress(plan, store)
+    return {"root": store.root, "done": p.done, "remaining": p.remaining, "gpu_hours_left": p.gpu_hours,
+            "gpu_hours_source": p.source}
 
 
 def _check_local_resources(spec) -> None:

@@ -76,3 +76,37 @@ def test_status_tells_running_pending_blocked_and_failed(tmp_path, capsys):
     store = _store_with(tmp_path / "2", jobs, done=["a"], failed=["b"], running=["d"], driver=dead)
     st = experiment_status(store, "e")
     assert st.counts.running == 0 and st.driver is None and st.counts.pending == 2
+
+
+def test_plan_against_a_store_tells_done_remaining_and_gpu_hours_from_measured_figures(tmp_path, capsys):
+    import json
+
+    from conftest import DEMO, tiny_args
+    from orchestrator.cli import main
+    from orchestrator.estimate import sweep_progress
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+
+    p = plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+    store = Store(str(tmp_path / "store"))
+    dense = next(j for j in p.jobs.values() if j.kind == "train" and not j.parents)
+    store.write_done(dense.id, {"job_id": dense.id})
+    results = tmp_path / "results"
+    results.mkdir()
+    # no GPU figure: pending, with the command that would measure it, never a guess
+    (results / "cpu.json").write_text(json.dumps({"device": "Intel Xeon", "training": [
+        {"model": dense.spec.train.model, "batch_size": dense.spec.train.batch_size, "images_per_s": {"ours_masked": 100.0}}]}))
+    progress = sweep_progress(p, store, str(results))
+    assert (progress.done, progress.remaining) == (1, len(p.jobs) - 1)
+    assert progress.gpu_hours is None and progress.source.startswith("pending: no GPU benchmark of")
+    # a GPU figure: images left / images per second
+    (results / "gpu.json").write_text(json.dumps({"device": "NVIDIA H100 (cuda)", "date": "d", "training": [
+        {"model": dense.spec.train.model, "batch_size": dense.spec.train.batch_size, "images_per_s": {"ours_masked": 1000.0}}]}))
+    progress = sweep_progress(p, store, str(results))
+    images = sum((j.spec.stop_iter - j.spec.start_iter) * j.spec.train.batch_size
+                 for j in p.jobs.values() if j.kind == "train" and j.id != dense.id)
+    assert progress.gpu_hours == images / 1000.0 / 3600 and "gpu.json" in progress.source
+    assert main(["plan", DEMO, "--json", "--store", store.root, *tiny_args()]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["store"]["done"] == 1 and out["store"]["remaining"] == len(p.jobs) - 1
