@@ -171,10 +171,19 @@ def _driver_alive(holder: dict | None) -> bool:
 
 
 def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
+    from orchestrator.rows import result_tables
+
     planned = store.planned_jobs(experiment)
     listing = store.scan_artifacts()
     ids = set(planned)
     done = listing.done() & ids
+    # done for this experiment only once its rows are there too: a job another experiment did, or
+    # one whose driver died between its done record and this experiment's rows, is not (lth run adds them)
+    kinds = {planned[j].get("kind") for j in done} - {None}
+    parts = {t: store.parts(t, experiment) for kind in kinds for t in result_tables(kind)}
+    unrecorded = {j for j in done if planned[j].get("kind")
+                  and any(j not in parts[t] for t in result_tables(planned[j]["kind"]))}
+    done -= unrecorded
     holder = read_holder(store, experiment)
     running: set[str] = set()
     beat = store.heartbeat(experiment)
@@ -205,11 +214,6 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
         resumable=len((listing.checkpointed() & ids) - running),
     )
     return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed))
-
-
-def store_counts(store: Store, experiment: str) -> Counts:
-    """done / running / pending / failed / blocked of an experiment, from the store alone."""
-    return experiment_status(store, experiment).counts
 
 
 def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:

@@ -292,25 +292,32 @@ def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1.5 MB tmpfs (the tiny sweep's store needs about 4 MB): a real full disk. Needs the
-    right to mount (root in a container that allows it); skipped elsewhere."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    """A tmpfs of the given size (the tiny sweep's store needs about 4 MB): a real full disk.
+    Needs the right to mount (root in a container that allows it); skipped elsewhere."""
+    mounted: list[Path] = []
 
-    def remount(options: str) -> None:
+    def mount(name: str, options: str) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    def remount(mnt: Path, options: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=True)
 
     try:
-        yield mnt, remount
+        yield mount, remount
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_or_read_only_store_stops_the_sweep_with_one_line(reference, small_disk, capsys):
-    mnt, remount = small_disk
+    mount, remount = small_disk
+    mnt = mount("disk", "size=1536k")
     store = mnt / "store"
     args = ["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]
     capsys.readouterr()
@@ -324,12 +331,15 @@ def test_full_or_read_only_store_stops_the_sweep_with_one_line(reference, small_
     done = _done(store)
     assert len(done) < len(_plan().jobs)
 
-    remount("ro")  # a read-only store: the same, before any job runs
-    assert main(args) == 1
+    read_only = mount("ro-disk", "size=1m")  # a read-only store: the same, before any job runs
+    (read_only / "store").mkdir()
+    remount(read_only, "ro")
+    ro_args = ["run", DEMO, "--store", str(read_only / "store"), *tiny_args("tracking.wandb=disabled")]
+    assert main(ro_args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Read-only file system" in err[0], err
 
-    remount("rw,size=64m")  # space is back: the sweep resumes and finishes, nothing redone
+    remount(mnt, "rw,size=64m")  # space is back: the sweep resumes and finishes, nothing redone
     started = time.time()
     assert main(args) == 0
     resumed = time.time() - started

@@ -67,6 +67,12 @@ def test_status_tells_running_pending_blocked_and_failed(tmp_path, capsys):
     st = experiment_status(store, "e")
     c = st.counts
     assert (c.done, c.running, c.failed, c.blocked, c.pending, c.total) == (1, 1, 1, 1, 1, 5)
+    # a train job with a done record but no rows in this experiment (its driver died between the
+    # two, or another experiment did it) is not done here: `lth run` has rows to write
+    jobs_f = {**jobs, "f": {"parents": [], "kind": "train"}}
+    store = _store_with(tmp_path / "1", jobs_f, done=["a", "f"], failed=["b"], running=["d"], driver=me)
+    assert experiment_status(store, "e").counts.done == 1
+    store = _store_with(tmp_path, jobs, done=["a"], failed=["b"], running=["d"], driver=me)
     assert st.running == ["d"] and st.failed == ["b"] and st.blocked == ["c"]
     assert main(["status", "e", "--json", "--store", store.root]) == 0
     (out,) = json.loads(capsys.readouterr().out)
