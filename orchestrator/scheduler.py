@@ -8,7 +8,10 @@ interrupted ones from their in-job checkpoints.
 Faults: a dead actor or node (the job's process is gone) and an exception raised by the job
 both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
 checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
-and its descendants are blocked; the rest of the sweep goes on.
+and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
+and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
+producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
+which every job would hit alike: the sweep stops at once and says so).
 
 Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
 pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
