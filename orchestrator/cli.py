@@ -134,11 +134,13 @@ def _check_local_resources(spec) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    import pyarrow.fs as pafs
     import yaml
 
     from orchestrator.planner import required_outputs
     from orchestrator.progress import SweepProgress
-    from orchestrator.raysession import AddressError, RayCluster, check_address, interrupt_exit_code, stop_on_sigterm
+    from orchestrator.raysession import (AddressError, RayCluster, check_address, interrupt_exit_code,
+                                         restore_sigterm, stop_on_sigterm)
     from orchestrator.scheduler import RunOptions, Scheduler
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
@@ -156,6 +158,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     store = Store(_store_root(args, spec.store))
+    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
+        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
     tracking = resolve_settings(
         spec.tracking.wandb,
         spec.tracking.project,
@@ -163,7 +168,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         None if store.is_remote else store.local_path(""),  # runs land in STORE/wandb/
     )
     # everything above only read; from here on the store is written
-    stop_on_sigterm()
+    previous_sigterm = stop_on_sigterm()
     lock = ExperimentLock(store, spec.name, on_wait=lambda msg: print(msg, file=sys.stderr),
                           stale_after=float(os.environ.get("LTH_LOCK_STALE_SECONDS", STALE_AFTER_SECONDS)))
     try:
@@ -226,6 +231,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         what, code = interrupt_exit_code(e)
         print(f"\n{what}: rerun `{_command_line(args)}` to resume (done jobs are kept)", file=sys.stderr)
         return code
+    finally:
+        restore_sigterm(previous_sigterm)
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
         f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"

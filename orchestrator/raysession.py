@@ -58,10 +58,18 @@ def interrupt_exit_code(exc: KeyboardInterrupt) -> tuple[str, int]:
     return f"stopped by {signal.Signals(signum).name}", 128 + signum
 
 
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM stops the driver like Ctrl-C does."""
+def stop_on_sigterm() -> Any:
+    """From now on SIGTERM stops the driver like Ctrl-C does. Returns the handler it replaced,
+    for `restore_sigterm` (the CLI called as a function must leave its caller's handler)."""
     _received.clear()
+    previous = signal.getsignal(signal.SIGTERM)
     _install()
+    return previous
+
+
+def restore_sigterm(previous: Any) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _install() -> None:

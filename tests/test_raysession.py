@@ -53,3 +53,31 @@ def test_embedded_ray_listens_on_loopback_only():
     assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), listening
     exposed = [entry for entry in listening if not _is_loopback(entry[1])]
     assert exposed == [], f"listening beyond loopback: {exposed}"
+
+
+def test_the_cli_leaves_its_callers_sigterm_handler(tmp_path):
+    """`main()` called as a function (a notebook, a test runner) restores the SIGTERM handler it
+    found: otherwise its caller could no longer be stopped by SIGTERM."""
+    import signal
+
+    from conftest import DEMO, tiny_args
+    from orchestrator.cli import main
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        import os
+        import socket
+
+        from orchestrator.lock import _process_started
+        from orchestrator.store import Store
+
+        store = Store(str(tmp_path / "store"))  # the experiment is locked by a live driver: this one
+        store.write_json("locks/demo.lock", {"host": socket.gethostname(), "pid": os.getpid(), "token": "t",
+                                             "started": _process_started(os.getpid()), "beat": 0})
+        assert main(["run", DEMO, "--store", store.root, *tiny_args("tracking.wandb=disabled")]) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
