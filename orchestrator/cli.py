@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                         "turned into iterations) as YAML, and nothing else")
     s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
     s.add_argument("config")
-    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed per experiment")
+    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
+    s = sub.add_parser("logs", parents=[common], help="what a job printed, attempt by attempt")
+    s.add_argument("job_id", help="a job id or a unique prefix of one")
+    s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
     s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
                                                          "with several names, a comparison on the same axes")
     s.add_argument("name", nargs="+")
@@ -97,13 +101,36 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         spec = load_spec(args.config, args.overrides)
         print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
         return EXIT_OK
-    _, plan = _load(args)
+    spec, plan = _load(args)
     summary = summarize(plan)
+    progress = _store_progress(args, spec, plan)
+    if progress is not None:
+        summary["store"] = progress
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         _print_plan(summary, console)
+        if progress is not None:
+            hours = progress["gpu_hours_left"]
+            console.print(
+                f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run; GPU-hours "
+                f"left: {'?' if hours is None else f'{hours:.2f}'} ({progress['gpu_hours_source']})",
+                highlight=False, soft_wrap=True,
+            )
     return EXIT_OK
+
+
+def _store_progress(args: argparse.Namespace, spec, plan) -> dict | None:
+    """What an existing store already holds of this plan (read only; None without a store)."""
+    from orchestrator.estimate import sweep_progress
+    from orchestrator.store import Store
+
+    store = Store(_store_root(args, spec.store))
+    if not store.exists(""):
+        return None
+    p = sweep_progress(plan, store)
+    return {"root": store.root, "done": p.done, "remaining": p.remaining, "gpu_hours_left": p.gpu_hours,
+            "gpu_hours_source": p.source}
 
 
 def _check_local_resources(spec) -> None:
@@ -124,16 +151,19 @@ def _check_local_resources(spec) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    import pyarrow.fs as pafs
     import yaml
 
     from orchestrator.experiment import check_against_store, config_hash
     from orchestrator.planner import required_outputs
     from orchestrator.progress import SweepProgress
-    from orchestrator.raysession import AddressError, RayCluster, check_address, interrupt_exit_code, stop_on_sigterm
+    from orchestrator.raysession import (AddressError, RayCluster, check_address, interrupt_exit_code,
+                                         restore_sigterm, stop_on_sigterm)
     from orchestrator.scheduler import RunOptions, Scheduler
-    from orchestrator.store import LockError, Store
+    from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
+    from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
-    from orchestrator.worker import WorkerContext
+    from orchestrator.worker import StorageError, WorkerContext, is_storage_error
 
     spec, plan = _load(args)
     spec.check_data()  # before anything is written
@@ -146,6 +176,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     store = Store(_store_root(args, spec.store))
+    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
+        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # an experiment is its name plus its config: one that changes a stored job is refused here
     check_against_store(store, spec, set(plan.jobs))
     tracking = resolve_settings(
@@ -155,10 +188,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         None if store.is_remote else store.local_path(""),  # runs land in STORE/wandb/
     )
     # everything above only read; from here on the store is written
-    stop_on_sigterm()
-    store.makedirs("")
+    previous_sigterm = stop_on_sigterm()
+    lock = ExperimentLock(store, spec.name, on_wait=lambda msg: print(msg, file=sys.stderr),
+                          stale_after=float(os.environ.get("LTH_LOCK_STALE_SECONDS", STALE_AFTER_SECONDS)))
     try:
-        with store.experiment_lock(spec.name):
+        store.makedirs("")
+        with lock:
             verdict = check_against_store(store, spec, set(plan.jobs))  # again: another driver may have run since
             console.print(verdict.message(spec.name), highlight=False, soft_wrap=True)
             jobs = {
@@ -203,10 +238,26 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except LockError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except (StorageError, OSError) as e:
+        if isinstance(e, OSError) and not is_storage_error(e):
+            raise
+        reason = str(e) if isinstance(e, StorageError) else f"{e.strerror}: {e.filename}"
+        if isinstance(getattr(e, "cause", None), StorageError):  # from a worker, inside Ray's wrapper
+            reason = str(e.cause)  # type: ignore[attr-defined]
+        print(f"error: store {store.root}: {reason}; the sweep stopped at the first storage error (done jobs "
+              f"are kept): free space or make the store writable, then rerun `{_command_line(args)}`",
+              file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt as e:
+        if lock.lost is not None:
+            print(f"error: experiment {spec.name!r}: the lock was taken over by pid {lock.lost.get('pid')} on host "
+                  f"{lock.lost.get('host')}; this driver stopped", file=sys.stderr)
+            return EXIT_FAILED
         what, code = interrupt_exit_code(e)
         print(f"\n{what}: rerun `{_command_line(args)}` to resume (done jobs are kept)", file=sys.stderr)
         return code
+    finally:
+        restore_sigterm(previous_sigterm)
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
         f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
@@ -249,9 +300,42 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_INPUT
         names = [args.name]
     if not names:
-        console.print(f"store {root!r} holds no experiment yet")
+        if args.json:
+            print("[]")
+        else:
+            console.print(f"store {root!r} holds no experiment yet")
         return EXIT_OK
-    print_status(store, names, console)
+    print_status(store, names, console, as_json=args.json)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.store import FAILED, Store
+
+    root = _store_root(args)
+    store = Store(root)
+    if not store.exists(""):
+        print(f"error: --store: {root!r} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    listing = store.scan_artifacts().files
+    matches = sorted(j for j in listing if j.startswith(args.job_id))
+    if len(matches) != 1:
+        what = "no job" if not matches else f"{len(matches)} jobs ({', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''})"
+        print(f"error: job_id: {what} in store {root!r} start with {args.job_id!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    job_id = matches[0]
+    logs = sorted((n for n in listing[job_id] if n.startswith("attempt-") and n.endswith(".log")),
+                  key=lambda n: int(n[len("attempt-"):-len(".log")]))
+    if args.attempt is not None:
+        logs = [n for n in logs if n == f"attempt-{args.attempt}.log"]
+    if not logs:
+        print(f"job {job_id}: no log kept" + (f" for attempt {args.attempt}" if args.attempt else ""),
+              file=sys.stderr)
+        if FAILED in listing[job_id]:
+            print(store.read_json(store.artifact(job_id, FAILED)).get("traceback", ""), end="")
+        return EXIT_OK if args.attempt is None else EXIT_BAD_INPUT
+    for name in logs:
+        sys.stdout.write(store.read_bytes(store.artifact(job_id, name)).decode("utf-8", errors="replace"))
     return EXIT_OK
 
 
@@ -280,7 +364,8 @@ def cmd_schema(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": cmd_analyze, "schema": cmd_schema}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "logs": cmd_logs, "analyze": cmd_analyze,
+            "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""Multi-node helpers: the per-node data cache, job slots per node, and when a lost driver's
-experiment lock may be taken over.
+"""Multi-node helpers: the per-node data cache and job slots per node (the experiment lock
+across hosts is orchestrator/lock.py).
 
 Per-node data cache: a data set lives once on the shared store (a directory every node mounts, or an object-store
 URL). Training reads it many times, so each node keeps its own local copy: the first job on a
@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 from trainers.jobs import DataConfig
 
@@ -151,35 +151,3 @@ def job_slots(nodes: list[dict], num_cpus: float, num_gpus: float, max_workers: 
             fits.append(int(res.get("GPU", 0.0) / num_gpus + eps))
         total += min(fits) if fits else 1
     return total if max_workers is None else min(total, max_workers)
-
-
-# ---- the experiment lock across hosts ----------------------------------------------------------
-
-# A driver writes the experiment's heartbeat every HEARTBEAT_SECONDS (10 s) while it runs; one
-# silent this long is gone (its head node restarted, its SLURM job was preempted).
-STALE_DRIVER_SECONDS = 180.0
-
-
-def driver_is_gone(
-    holder: dict,
-    heartbeat: dict | None,
-    *,
-    host: str,
-    now: float,
-    pid_alive: Callable[[int], bool],
-    stale_after: float = STALE_DRIVER_SECONDS,
-) -> bool:
-    """Whether the driver that holds an experiment's lock (`holder`: the lock's {host, pid,
-    time}) is gone, so a new driver may take the lock over and continue the sweep.
-
-    On the holder's own host, a pid that no longer runs is proof. From another host (the
-    driver of a Ray job whose head restarted as a new pod or node, a requeued SLURM job on
-    other nodes) there is no pid to check: the holder is gone when neither its lock nor its
-    heartbeat (`heartbeat`: {host, pid, time}) has shown life for `stale_after` seconds."""
-    pid = int(holder.get("pid", -1))
-    if holder.get("host") == host and not pid_alive(pid):
-        return True
-    last = float(holder.get("time", 0.0))
-    if heartbeat and heartbeat.get("host") == holder.get("host") and int(heartbeat.get("pid", -2)) == pid:
-        last = max(last, float(heartbeat.get("time", 0.0)))
-    return now - last > stale_after

@@ -5,6 +5,8 @@ Elsewhere (CI, log files, `nohup`): one plain line per finished or failed job.
 """
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator.lock import read_holder
 from orchestrator.store import Store
 
 
@@ -56,21 +59,28 @@ class SweepProgress:
     live: bool | None = None  # None: live rendering exactly when stdout is a terminal
     console: Console = field(default_factory=lambda: Console(stderr=False))
     counts: Counts = field(default_factory=Counts)
-    _job_times: list[float] = field(default_factory=list)
     _started: float = field(default_factory=time.time)
     _live: Live | None = None
     workers: int = 0
+    # work left, per job: (kind, units: a train job's iterations, an interpolation's alphas)
+    _work: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _spent: dict[str, list[float]] = field(default_factory=dict)  # kind -> [seconds, units] of finished jobs
 
     def __post_init__(self) -> None:
         if self.live is None:
             self.live = sys.stdout.isatty()
 
     def eta(self) -> str:
-        if not self._job_times or not self.workers:
+        """Seconds per unit of work of each kind, measured on the jobs finished so far, times the
+        units left, over the workers: a level of 40 iterations left counts 4x one of 10."""
+        if not self._spent or not self.workers:
             return "?"
-        mean = sum(self._job_times) / len(self._job_times)
-        left = self.counts.pending + self.counts.running
-        return _duration(mean * left / self.workers)
+        rates = {kind: sec / units for kind, (sec, units) in self._spent.items() if units > 0}
+        if not rates:
+            return "?"
+        fallback = max(rates.values())
+        left = sum(units * rates.get(kind, fallback) for kind, units in self._work.values())
+        return _duration(left / self.workers)
 
     def _render(self) -> Group:
         c = self.counts
@@ -87,14 +97,15 @@ class SweepProgress:
             ),
         )
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, work: dict[str, tuple[str, float]] | None = None) -> None:
         self.counts = Counts(total=total, done=done)
+        self._work = dict(work or {})
         self._started = time.time()
         if self.live:
             self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
             self._live.start()
         else:
-            print(f"[{self.experiment}] {total} jobs planned, {done} already done", flush=True)
+            self.log(f"{total} jobs planned, {done} already done")
 
     def refresh(self) -> None:
         if self._live is not None:
@@ -103,12 +114,16 @@ class SweepProgress:
     def log(self, line: str) -> None:
         if self._live is not None:
             self._live.console.print(line, markup=False, highlight=False)
-        else:
-            print(f"[{self.experiment}] {line}", flush=True)
+        else:  # a log file: every line says when
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.experiment}] {line}", flush=True)
 
-    def job_finished(self, job_id: str, what: str, seconds: float) -> None:
-        self._job_times.append(seconds)
-        self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total})")
+    def job_finished(self, job_id: str, what: str, seconds: float, result: str = "") -> None:
+        kind, units = self._work.pop(job_id, ("?", 0.0))
+        spent = self._spent.setdefault(kind, [0.0, 0.0])
+        spent[0] += seconds
+        spent[1] += units
+        tail = f": {result}" if result else ""
+        self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total}){tail}")
         self.refresh()
 
     def job_failed(self, job_id: str, attempt: int, final: bool, error: str) -> None:
@@ -123,39 +138,96 @@ class SweepProgress:
             self._live = None
 
 
-HEARTBEAT_STALE_SECONDS = 120.0
+@dataclass
+class ExperimentStatus:
+    """Where an experiment stands, from the store alone (`lth status`)."""
+
+    name: str
+    counts: Counts
+    driver: dict | None  # the lock's holder: {host, pid, ...}, None when no driver runs
+    running: list[str]
+    failed: list[str]
+    blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
+
+    def as_json(self) -> dict:
+        c = self.counts
+        driver = None if self.driver is None else {"host": self.driver.get("host"), "pid": self.driver.get("pid")}
+        return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
+                "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
+                "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
+                "blocked_jobs": self.blocked}
 
 
-def store_counts(store: Store, experiment: str) -> Counts:
-    """done / running / pending / failed of an experiment, from the store alone."""
+def _driver_alive(holder: dict | None) -> bool:
+    """Whether the lock's holder still runs, as far as this host can tell: on its own host by
+    its pid; from elsewhere the lock's presence is all there is."""
+    if not holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    import psutil
+
+    return psutil.pid_exists(int(holder.get("pid", -1)))
+
+
+def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
+    from orchestrator.rows import result_tables
+
     planned = store.planned_jobs(experiment)
     listing = store.scan_artifacts()
     ids = set(planned)
     done = listing.done() & ids
-    failed = listing.failed() & ids
+    # done for this experiment only once its rows are there too: a job another experiment did, or
+    # one whose driver died between its done record and this experiment's rows, is not (lth run adds them)
+    kinds = {planned[j].get("kind") for j in done} - {None}
+    parts = {t: store.stored_keys(t, experiment, finish_publish=False) for kind in kinds for t in result_tables(kind)}
+    unrecorded = {j for j in done if planned[j].get("kind")
+                  and any(j not in parts[t] for t in result_tables(planned[j]["kind"]))}
+    done -= unrecorded
+    holder = read_holder(store, experiment)
     running: set[str] = set()
     beat = store.heartbeat(experiment)
-    if beat and store.lock_holder(experiment) and time.time() - beat["time"] < HEARTBEAT_STALE_SECONDS:
-        running = set(beat["running"]) & ids - done
-    return Counts(
+    # the driver rewrites its heartbeat as jobs start and end; trusted while that driver holds the lock
+    if beat and holder and beat.get("pid") == holder.get("pid") and beat.get("host") == holder.get("host") \
+            and _driver_alive(holder):
+        running = set(beat.get("running", [])) & ids - done
+    else:
+        holder = holder if _driver_alive(holder) else None
+    failed = (listing.failed() & ids) - running
+    blocked: set[str] = set()
+    children: dict[str, list[str]] = {}
+    for job_id, info in planned.items():
+        for parent in info.get("parents", []):
+            children.setdefault(parent, []).append(job_id)
+    stack = sorted(failed)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in blocked and child not in done and child not in running:
+                blocked.add(child)
+                stack.append(child)
+    counts = Counts(
         total=len(ids),
         done=len(done),
         running=len(running),
-        failed=len(failed - running),
+        failed=len(failed),
+        blocked=len(blocked - failed),
         resumable=len((listing.checkpointed() & ids) - running),
     )
+    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed))
 
 
-def print_status(store: Store, names: list[str], console: Console | None = None) -> None:
+def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:
+    statuses = [experiment_status(store, name) for name in names]
+    if as_json:
+        print(json.dumps([st.as_json() for st in statuses], indent=1))
+        return
     console = console or Console()
     table = Table(show_edge=False)
-    for col in ("experiment", "done", "running", "pending", "failed", "resumable", "total", "driver"):
+    for col in ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver"):
         table.add_column(col, justify="left" if col in ("experiment", "driver") else "right")
-    for name in names:
-        c = store_counts(store, name)
-        holder = store.lock_holder(name)
-        driver = f"pid {holder['pid']} on {holder['host']}" if holder else "-"
-        table.add_row(
-            name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.resumable), str(c.total), driver
-        )
+    for st in statuses:
+        c, holder = st.counts, st.driver
+        driver = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "-"
+        table.add_row(st.name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.blocked),
+                      str(c.resumable), str(c.total), driver)
     console.print(table)

@@ -58,10 +58,18 @@ def interrupt_exit_code(exc: KeyboardInterrupt) -> tuple[str, int]:
     return f"stopped by {signal.Signals(signum).name}", 128 + signum
 
 
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM stops the driver like Ctrl-C does."""
+def stop_on_sigterm() -> Any:
+    """From now on SIGTERM stops the driver like Ctrl-C does. Returns the handler it replaced,
+    for `restore_sigterm` (the CLI called as a function must leave its caller's handler)."""
     _received.clear()
+    previous = signal.getsignal(signal.SIGTERM)
     _install()
+    return previous
+
+
+def restore_sigterm(previous: Any) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _install() -> None:
@@ -87,6 +95,22 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise AddressError(f"--address: no Ray cluster answers at {hostport} ({reason})") from None
 
 
+# Ray binds its servers (GCS, raylet, workers, agents) to every interface unless it believes it
+# runs without a cluster, which it reads from this variable when `ray` is first imported.
+_RAY_NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _keep_ray_on_loopback() -> None:
+    """Make the embedded Ray (this process, and through the environment every process it
+    starts) listen on 127.0.0.1 only."""
+    import sys
+
+    os.environ[_RAY_NO_CLUSTER] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray was imported already: it read the variable then
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 class RayCluster:
     """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
 
@@ -96,6 +120,8 @@ class RayCluster:
         self._temp_dir: str | None = None
 
     def __enter__(self) -> "RayCluster":
+        if not self.address:
+            _keep_ray_on_loopback()
         import ray
 
         if ray.is_initialized():  # a caller (a notebook, a test) owns the session

@@ -8,7 +8,10 @@ interrupted ones from their in-job checkpoints.
 Faults: a dead actor or node (the job's process is gone) and an exception raised by the job
 both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
 checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
-and its descendants are blocked; the rest of the sweep goes on.
+and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
+and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
+producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
+which every job would hit alike: the sweep stops at once and says so).
 
 Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
 pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
@@ -26,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from orchestrator.graph import Job, Plan
+from orchestrator.integrity import CorruptInput, set_aside
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import result_tables, write_job_rows
 from orchestrator.schemas import TABLES
-from orchestrator.store import Store
-from orchestrator.worker import JobRunner, WorkerContext
+from orchestrator.store import DONE, Store
+from orchestrator.worker import JobRunner, StorageError, WorkerContext
 
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
 HEARTBEAT_SECONDS = 10.0
@@ -96,6 +100,7 @@ class Scheduler:
         self._stored: dict[str, set[str]] = {}  # table -> jobs whose rows are staged or published
         self._last_publish = time.time()
         self._done: set[str] | None = None  # prepare()
+        self._seen_notes: set[str] = set()  # worker notes shown once each
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -122,10 +127,19 @@ class Scheduler:
         experiment sharing the store (equal work, equal id) are not redone."""
         experiment = self.plan.experiment
         self._stored = {table: self.store.stored_keys(table, experiment) for table in TABLES}
-        for job_id in sorted(done):
+        for job_id in sorted(done):  # (a copy: done loses the jobs whose record is unreadable)
             job = self.plan.jobs[job_id]
-            if any(job_id not in self._stored[t] for t in result_tables(job.kind)):
-                write_job_rows(self.store, experiment, job, self.store.done_record(job_id), self._stored)
+            if all(job_id in self._stored[t] for t in result_tables(job.kind)):
+                continue
+            try:
+                record = self.store.done_record(job_id)
+            except (ValueError, UnicodeDecodeError) as e:  # truncated or garbled: the job is not done
+                aside = set_aside(self.store, job_id, DONE)
+                self.progress.log(f"corrupt {Store.artifact(job_id, DONE)} ({type(e).__name__}: {e}): "
+                                  f"set aside as {aside}; the job runs again")
+                done.discard(job_id)
+                continue
+            write_job_rows(self.store, experiment, job, record, self._stored)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -161,7 +175,7 @@ class Scheduler:
             if n == 0:
                 heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
 
-        self.progress.start(total=len(jobs), done=len(done))
+        self.progress.start(total=len(jobs), done=len(done), work={j: _work(jobs[j]) for j in waiting})
         if not waiting:
             self.progress.stop()
             self._publish()
@@ -183,6 +197,7 @@ class Scheduler:
         n_actors = 0
         attempts = self.summary.attempts
         last_pool = last_beat = 0.0
+        last_running: list[str] = []
         capacity = 0
         warned_capacity = False
         remaining = len(waiting)
@@ -195,6 +210,38 @@ class Scheduler:
                     self.summary.blocked.add(child)
                     self.progress.counts.blocked += 1
                     stack.extend(children[child])
+
+        redone: dict[str, int] = defaultdict(int)
+        complete = set(done)  # done before this run, or by it
+
+        def redo_producer(cause: CorruptInput, group: tuple[str, ...]) -> None:
+            nonlocal remaining
+            producer = cause.producer
+            redone[producer] += 1
+            if producer not in jobs or redone[producer] > self.options.max_attempts:
+                for job_id in group:  # redoing did not help (or cannot): an ordinary failure
+                    self._retry_or_fail(job_id, f"corrupt input {cause}", ready, order, block_descendants)
+                return
+            aside = set_aside(self.store, producer, cause.name)
+            if cause.name != DONE:  # the artifacts are rebuilt only when its result is gone too
+                self.store.delete(Store.artifact(producer, "result.json"))
+                self.store.delete(Store.artifact(producer, DONE))
+            where = f"set aside as {aside}" if aside else "gone"
+            self.progress.log(f"corrupt {Store.artifact(producer, cause.name)} ({cause.reason}): {where}; "
+                              f"redoing {producer}")
+            if producer in complete:  # (not when a sibling already asked for it)
+                complete.discard(producer)
+                remaining += 1
+                self.progress.counts.done -= 1
+                heapq.heappush(ready, (-jobs[producer].priority, order[producer], producer))
+            for job_id in group:
+                attempts[job_id] -= 1  # it never ran: no attempt spent
+                waiting[job_id] = sum(1 for p in jobs[job_id].parents if p not in complete)
+                for p in jobs[job_id].parents:
+                    if p not in complete and job_id not in children[p]:
+                        children[p].append(job_id)
+                if waiting[job_id] == 0:
+                    heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
 
         try:
             while remaining > len(self.summary.failed) + len(self.summary.blocked):
@@ -233,8 +280,10 @@ class Scheduler:
                     self.progress.counts.running += len(group)
                 self.progress.refresh()
 
-                if now - last_beat >= HEARTBEAT_SECONDS:
-                    last_beat = now
+                running_now = sorted(j for g, _, _ in busy.values() for j in g)
+                # at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS
+                if now - last_beat >= HEARTBEAT_SECONDS or (running_now != last_running and now - last_beat >= 1.0):
+                    last_beat, last_running = now, running_now
                     self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
                     if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
                         self._publish()
@@ -266,6 +315,12 @@ class Scheduler:
                             self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
                                                 block_descendants, packed=len(group) > 1)
                         continue
+                    except StorageError:
+                        raise  # every job would fail alike: stop the sweep (the CLI says why)
+                    except CorruptInput as exc:  # a damaged input: redo its producer, then the job
+                        idle.append(actor)
+                        redo_producer(getattr(exc, "cause", exc), group)
+                        continue
                     except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
                         idle.append(actor)
                         for job_id in group:
@@ -282,9 +337,14 @@ class Scheduler:
                         write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
                         self.store.write_done(job_id, record)  # last: from now on the job is done
                         self.summary.ran.append(job_id)
+                        complete.add(job_id)
+                        for note in record.get("notes", []):
+                            if note not in self._seen_notes:  # a W&B outage would repeat itself per job
+                                self._seen_notes.add(note)
+                                self.progress.log(f"note   {job_id}: {note}")
                         self.progress.counts.done += 1
                         remaining -= 1
-                        self.progress.job_finished(job_id, _describe(job), time.time() - started)
+                        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
                         for child in children[job_id]:
                             waiting[child] -= 1
                             if waiting[child] == 0 and child not in self.summary.blocked:
@@ -295,7 +355,10 @@ class Scheduler:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-            self.store.write_heartbeat(self.plan.experiment, [])
+            try:
+                self.store.write_heartbeat(self.plan.experiment, [])
+            except OSError:
+                pass  # (a full or read-only store: the error that stopped the sweep is the one to tell)
             self.progress.stop()
             self._publish()  # failed jobs, interrupted or not: what is done becomes visible
         return self.summary
@@ -369,6 +432,22 @@ class Scheduler:
 def _task_traceback(exc: BaseException) -> str:
     """The job's own traceback (a RayTaskError carries the remote one)."""
     return getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(exc))
+
+
+def _work(job: Job) -> tuple[str, float]:
+    """(kind, units of work) of a job, for the ETA: iterations to train, or points to evaluate."""
+    if job.kind == "train":
+        return "train", float(max(1, job.spec.stop_iter - job.spec.start_iter))
+    return job.kind, float(getattr(job.spec, "num_alphas", 1))
+
+
+def _key_result(record: dict[str, Any]) -> str:
+    """What a person wants to see on a job's done line."""
+    result = record.get("result") or {}
+    if record.get("kind") == "train" and "test_accuracy" in result:
+        return f"test accuracy {result['test_accuracy']:.4f}, density {result['density']:.4f}"
+    barriers = {i["split"]: i["barrier"] for i in result.get("instability", [])}
+    return ", ".join(f"{split} barrier {b:+.4f}" for split, b in sorted(barriers.items()))
 
 
 def _describe(job: Job) -> str:

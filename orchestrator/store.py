@@ -30,7 +30,6 @@ import socket
 import tempfile
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -49,10 +48,6 @@ PUBLISHING = "publishing.json"  # a publish's intent: the batch file it writes, 
 PUBLISH_ROW_GROUP = 1 << 20  # rows per row group of a published file
 # Filesystems where a single write is atomic but a rename is a copy: write in place.
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
-
-
-class LockError(RuntimeError):
-    """Another live driver holds the experiment's lock."""
 
 
 @dataclass
@@ -269,7 +264,7 @@ class Store:
         return rel
 
     def staged_keys(self, table: str, experiment: str) -> set[str]:
-        self._finish_publish(table, experiment)
+        """The jobs with staged rows (a listing: changes nothing)."""
         return {n[: -len(".parquet")] for n in self.list_files(self._staging(table, experiment)) if n.endswith(".parquet")}
 
     def published_keys(self, table: str, experiment: str) -> set[str]:
@@ -281,10 +276,13 @@ class Store:
         t = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=self.fs).to_table(columns=[column])
         return set(pc.unique(t[column]).to_pylist())
 
-    def stored_keys(self, table: str, experiment: str) -> set[str]:
-        """The jobs whose rows of `table` are stored, staged or published: never stage them again."""
-        staged = self.staged_keys(table, experiment)  # first: it completes an interrupted publish
-        return staged | self.published_keys(table, experiment)
+    def stored_keys(self, table: str, experiment: str, finish_publish: bool = True) -> set[str]:
+        """The jobs whose rows of `table` are stored, staged or published: never stage them again.
+        By default it first completes an interrupted publish, which only the lock holder may do;
+        readers (`lth status`) pass finish_publish=False: the union is the same either way."""
+        if finish_publish:
+            self._finish_publish(table, experiment)
+        return self.staged_keys(table, experiment) | self.published_keys(table, experiment)
 
     def publish(self, table: str, experiment: str) -> int:
         """Move every staged file of a partition into ONE new published part file; returns how
@@ -402,66 +400,3 @@ class Store:
     def heartbeat(self, name: str) -> dict | None:
         rel = f"experiments/{name}/heartbeat.json"
         return self.read_json(rel) if self.exists(rel) else None
-
-    # ---- the experiment lock -----------------------------------------------------------------
-
-    def lock_holder(self, name: str) -> dict | None:
-        rel = f"locks/{name}.lock"
-        try:
-            return self.read_json(rel)
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
-            return None
-
-    def _create_lock(self, rel: str, info: dict) -> bool:
-        data = json.dumps(info).encode()
-        if self._posix:
-            path = self.path(rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
-        # Object stores have no exclusive create: check then put (a narrow race, documented).
-        if self.exists(rel):
-            return False
-        self.write_bytes(rel, data)
-        return True
-
-    @contextlib.contextmanager
-    def experiment_lock(self, name: str) -> Iterator[None]:
-        """One driver per experiment. The lock of a driver that is gone is taken over: a dead pid
-        on this host, or no sign of life for a while from another host (a restarted head node,
-        a requeued SLURM job): `orchestrator.cluster.driver_is_gone`."""
-        import psutil
-
-        from orchestrator.cluster import driver_is_gone
-
-        rel = f"locks/{name}.lock"
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-        if not self._create_lock(rel, me):
-            holder = self.lock_holder(name) or {}
-            host, pid = holder.get("host", "?"), holder.get("pid", -1)
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
-            if driver_is_gone(holder, self.heartbeat(name), host=me["host"], now=time.time(),
-                              pid_alive=psutil.pid_exists):
-                warnings.warn(
-                    f"experiment {name!r}: taking over the lock of driver pid {pid} on host {host} "
-                    "(not running any more)",
-                    stacklevel=3,
-                )
-                self.delete(rel)
-                if not self._create_lock(rel, me):
-                    raise LockError(f"experiment {name!r}: another driver took the lock at the same time")
-            else:
-                raise LockError(
-                    f"experiment {name!r} is being run by pid {pid} on host {host} since {since}; "
-                    f"if that driver is dead, delete {self.path(rel)} and run again"
-                )
-        try:
-            yield
-        finally:
-            if (self.lock_holder(name) or {}).get("pid") == me["pid"]:
-                self.delete(rel)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import netrc
 import os
+import socket
 import tempfile
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,19 +42,44 @@ def _has_api_key() -> bool:
         return False
 
 
+def _service_problem(timeout: float = 3.0) -> str | None:
+    """Why the W&B service cannot be reached from here (None: it answers). One TCP connection,
+    once per command: an unreachable service otherwise costs every job W&B's own retries."""
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host = url.hostname or "api.wandb.ai"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or type(e).__name__}"
+
+
+def decide_mode(mode: str) -> tuple[str, str | None]:
+    """(the W&B mode to use, a warning to show once or None): `online` becomes `offline` when
+    no API key is set (WANDB_API_KEY or `wandb login`'s netrc) or the service does not answer.
+    `lth run` and `lth analyze --wandb` decide alike."""
+    if mode != "online":
+        return mode, None
+    if not _has_api_key():
+        return "offline", ("W&B is online but no API key is set (WANDB_API_KEY or `wandb login`): "
+                           "logging offline instead; upload later with `wandb sync`")
+    problem = _service_problem()
+    if problem is not None:
+        return "offline", (f"W&B is online but its service does not answer ({problem}): logging offline "
+                           "instead; upload later with `wandb sync`")
+    return mode, None
+
+
 def resolve_settings(
     mode: str, project: str, entity: str | None, store_local_dir: str | None
 ) -> TrackingSettings:
     """The settings a sweep's jobs log with. `store_local_dir`: the store's directory, if local."""
     if mode not in ("online", "offline", "disabled"):
         raise ValueError(f"tracking.wandb: expected online, offline or disabled, got {mode!r}")
-    if mode == "online" and not _has_api_key():
-        warnings.warn(
-            "tracking.wandb is online but no W&B API key is set (WANDB_API_KEY or `wandb login`): "
-            "logging offline instead; upload later with `wandb sync`",
-            stacklevel=2,
-        )
-        mode = "offline"
+    mode, warning = decide_mode(mode)
+    if warning:
+        warnings.warn(f"tracking.wandb: {warning}", stacklevel=2)
     run_dir = os.environ.get("LTH_WANDB_DIR")
     if run_dir is None:
         run_dir = store_local_dir or os.path.join(tempfile.gettempdir(), "lth-wandb")
@@ -82,6 +109,28 @@ def job_config(job: Any, attempt: int) -> dict[str, Any]:
     return config
 
 
+def run_name(job: Any, attempt: int = 1) -> str:
+    """A W&B run name a person can read: r0-k50-L2-s1 (replicate, rewinding point, level, data
+    seed), prefixed by the role when it is not a level of the IMP lineage, and `-a2` for a retry."""
+    m = job.meta
+    if m is None:
+        name = f"{job.kind}-{job.id[:8]}"
+    elif job.kind == "interpolate":
+        name = f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
+    else:
+        name = f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
+        if m.role not in ("level", None):
+            name = f"{m.role}-{name}"
+    return name if attempt <= 1 else f"{name}-a{attempt}"
+
+
+def run_tags(job: Any) -> list[str]:
+    m = job.meta
+    if m is None:
+        return [job.kind]
+    return [t for t in (job.kind, m.role, f"k{m.rewind_iter}", f"L{m.level}", m.retrain) if t]
+
+
 class JobTracker:
     """The W&B run of one job attempt. Every method is safe to call when W&B is off or broken."""
 
@@ -90,9 +139,12 @@ class JobTracker:
         self.job = job
         self.attempt = attempt
         self.run = None
+        self.problems: list[str] = []  # W&B errors, for the job's record: the driver shows them
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        warnings.warn(f"W&B {what} failed for job {self.job.id} (the job goes on): {exc!r}", stacklevel=3)
+        message = f"W&B {what} failed (the job goes on): {type(exc).__name__}: {exc}"
+        self.problems.append(message)
+        warnings.warn(f"job {self.job.id}: {message}", stacklevel=3)
 
     def start(self) -> None:
         if self.settings.mode == "disabled":
@@ -109,7 +161,8 @@ class JobTracker:
                 dir=self.settings.dir,
                 group=meta.experiment if meta else None,
                 job_type=meta.role if meta else self.job.kind,
-                name=self.job.id,
+                name=run_name(self.job, self.attempt),
+                tags=run_tags(self.job),
                 id=f"{self.job.id}-{os.urandom(4).hex()}",  # one W&B run per attempt
                 config=job_config(self.job, self.attempt),
                 reinit="create_new",
@@ -135,6 +188,31 @@ class JobTracker:
             self.run.log(
                 {f"{row.split}/loss": row.loss, f"{row.split}/accuracy": row.accuracy}, step=int(row.iteration)
             )
+        except Exception as exc:  # noqa: BLE001
+            self._warn("log", exc)
+
+    def log_interpolation(self, rows: list[dict[str, Any]], instability: list[dict[str, Any]]) -> None:
+        """The interpolation path: error and loss along alpha (one step per alpha, per split, so
+        W&B draws the curve), the path as a table, and each split's barrier in the summary."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            alphas = sorted({r["alpha"] for r in rows})
+            for step, alpha in enumerate(alphas):
+                point: dict[str, Any] = {"alpha": alpha}
+                for r in rows:
+                    if r["alpha"] == alpha:
+                        point[f"{r['split']}/error"] = r["error"]
+                        point[f"{r['split']}/loss"] = r["loss"]
+                self.run.log(point, step=step)
+            columns = ["split", "alpha", "error", "loss"]
+            self.run.log({"interpolation": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])},
+                         step=len(alphas) - 1)
+            for inst in instability:
+                self.run.summary[f"{inst['split']}/barrier"] = inst["barrier"]
+                self.run.summary[f"{inst['split']}/max_error"] = inst["max_error"]
         except Exception as exc:  # noqa: BLE001
             self._warn("log", exc)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import socket
@@ -26,8 +27,46 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from orchestrator.graph import Job
+from orchestrator.integrity import CorruptInput, checkpoint_problem, checksums, set_aside, verify_input
 from orchestrator.store import CHECKPOINT, DONE, FAILED, Store
 from orchestrator.tracking import JobTracker, TrackingSettings
+
+
+# the store or the scratch disk refused a write: every job would fail the same way
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+class StorageError(RuntimeError):
+    """A job could not write its files (a full disk, a read-only or forbidden store): not the
+    job's fault, and no retry helps; the driver stops the sweep."""
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+def _storage_cause(exc: BaseException | None) -> OSError | None:
+    """The storage OSError behind `exc`, if any: torch.save's zip writer, for one, reports a
+    full disk as a RuntimeError raised while handling the OSError."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if is_storage_error(exc):
+            return exc  # type: ignore[return-value]
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+@contextlib.contextmanager
+def _storage_errors_named() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        e = _storage_cause(exc)
+        if e is None:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        raise StorageError(f"{e.strerror or e}{where} (errno {errno.errorcode.get(e.errno, e.errno)})") from None
 
 
 @dataclass(frozen=True)
@@ -107,29 +146,39 @@ class JobRunner:
         self.ctx = ctx
         self.store = Store(ctx.store_root)
         self.rt = Runtime(cpus=max(1, int(ctx.num_cpus)))
+        # per job id, filled while it runs and put in its record: the sha256 of its artifacts,
+        # and what was done about a checkpoint that could not be resumed from
+        self._checksums: dict[str, dict[str, str]] = {}
+        self._notes: dict[str, list[str]] = {}
 
     def info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": str(self.rt.device)}
 
     def run(self, job: Job, attempt: int) -> dict[str, Any]:
-        started = time.time()
-        delay = self._injected_faults(job, attempt)
-        tracker = JobTracker(self.ctx.tracking, job, attempt)
-        tracker.start()
-        self.rt.on_metric = _metric_callback(tracker, delay)
-        try:
-            if self.store.is_remote:
-                result = self._run_staged(job)
-            else:
-                result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
-        except BaseException:
-            tracker.finish(failed=True)
-            raise
-        finally:
-            self.rt.on_metric = None
-        return self._record(job, result, tracker, started)
+        with job_log(self.store, [job.id], attempt):
+            started = time.time()
+            delay = self._injected_faults(job, attempt)
+            tracker = JobTracker(self.ctx.tracking, job, attempt)
+            tracker.start()
+            self.rt.on_metric = _metric_callback(tracker, delay)
+            try:
+                with _storage_errors_named():
+                    if self.store.is_remote:
+                        result = self._run_staged(job)
+                    else:
+                        result = self._run(job, self.store.local_path(Store.artifact(job.id)), self.store.local_path)
+            except BaseException:
+                tracker.finish(failed=True)
+                raise
+            finally:
+                self.rt.on_metric = None
+            return self._record(job, result, tracker, started)
 
     def run_pack(self, jobs: list[Job], attempts: list[int]) -> list[dict[str, Any]]:
+        with job_log(self.store, [job.id for job in jobs], max(attempts, default=1)):
+            return self._run_pack(jobs, attempts)
+
+    def _run_pack(self, jobs: list[Job], attempts: list[int]) -> list[dict[str, Any]]:
         """Packable train jobs (the scheduler checked `packing_problem`) trained in one call;
         one record per job, in order, each as `run` returns it plus `pack_size` and
         `packed_with`. Any member's exception fails the whole call (the scheduler retries
@@ -147,7 +196,7 @@ class JobRunner:
         for tracker in trackers:
             tracker.start()
         try:
-            with contextlib.ExitStack() as staging:
+            with _storage_errors_named(), contextlib.ExitStack() as staging:
                 specs, paths = [], []
                 for job in jobs:
                     if self.store.is_remote:
@@ -157,11 +206,16 @@ class JobRunner:
                     spec, p = self._train_paths(job, out_dir, input_path)
                     specs.append(spec)
                     paths.append(p)
-                results = train_packed(
-                    specs, paths, self.rt,
-                    on_metrics=[_metric_callback(t, d) for t, d in zip(trackers, delays)],
-                    strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
-                )
+                with contextlib.ExitStack() as named:
+                    for job, p in zip(jobs, paths):
+                        named.enter_context(_inputs_named(job, p))
+                    results = train_packed(
+                        specs, paths, self.rt,
+                        on_metrics=[_metric_callback(t, d) for t, d in zip(trackers, delays)],
+                        strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
+                    )
+                for job, p in zip(jobs, paths):
+                    self._checksums[job.id] = _artifact_checksums(p.out_dir)
                 results = [_store_relative(job, dataclasses.asdict(r)) for job, r in zip(jobs, results)]
         except BaseException:
             for tracker in trackers:
@@ -185,15 +239,22 @@ class JobRunner:
 
     def _record(self, job: Job, result: dict[str, Any], tracker: JobTracker, started: float) -> dict[str, Any]:
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+        if job.kind == "interpolate":
+            tracker.log_interpolation(result.get("rows", []), result.get("instability", []))
         tracker.finish(summary)
-        return {
+        record = {
             "job_id": job.id,
             "kind": job.kind,
             "result": result,
             **self.info(),
             "device": result.get("device", str(self.rt.device)),
             "wall_seconds": time.time() - started,
+            "checksums": self._checksums.pop(job.id, {}),
         }
+        notes = self._notes.pop(job.id, []) + tracker.problems
+        if notes:
+            record["notes"] = notes
+        return record
 
     # ---- running a job against local paths --------------------------------------------------
 
@@ -205,12 +266,41 @@ class JobRunner:
 
         if job.kind == "train":
             spec, paths = self._train_paths(job, out_dir, input_path)
-            return _store_relative(job, dataclasses.asdict(run_train_job(spec, paths, self.rt)))
+            with _inputs_named(job, paths):
+                result = run_train_job(spec, paths, self.rt)
+            self._checksums[job.id] = _artifact_checksums(out_dir)
+            return _store_relative(job, dataclasses.asdict(result))
         if job.kind == "interpolate":
             spec = localize_job_spec(job.spec)
-            inputs = {role: input_path(Store.artifact(src, name)) for role, (src, name) in job.inputs.items()}
-            return dataclasses.asdict(run_interpolate_job(spec, InterpolatePaths(**inputs), self.rt))
+            inputs = self._verified_inputs(job, input_path)
+            with _inputs_named(job, inputs):
+                return dataclasses.asdict(run_interpolate_job(spec, InterpolatePaths(**inputs), self.rt))
         raise ValueError(f"job {job.id}: unknown kind {job.kind!r}")
+
+    def _verified_inputs(self, job: Job, input_path: Any) -> dict[str, str]:
+        """{role: local path} of a job's inputs, each checked against its producer's checksum."""
+        inputs = {}
+        for role, (src, name) in job.inputs.items():
+            local = input_path(Store.artifact(src, name))
+            verify_input(self.store, src, name, local)
+            inputs[role] = local
+        return inputs
+
+    def _checkpoint_or_start_over(self, job: Job, out_dir: str) -> None:
+        """An in-job checkpoint that cannot be read is set aside: the job starts over."""
+        path = os.path.join(out_dir, CHECKPOINT)
+        if not os.path.exists(path):
+            return
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return
+        aside = f"{CHECKPOINT}.corrupt-{int(time.time())}"
+        os.replace(path, os.path.join(out_dir, aside))
+        if self.store.is_remote:  # the staged copy came from the store: set that one aside too
+            set_aside(self.store, job.id, CHECKPOINT)
+        self._notes.setdefault(job.id, []).append(
+            f"{CHECKPOINT} was unreadable ({problem}): set aside as {aside}, the job started over"
+        )
 
     def _train_paths(self, job: Job, out_dir: str, input_path: Any) -> tuple[Any, Any]:
         """The trainer's (TrainJob, TrainPaths) of a train job whose outputs go to `out_dir`."""
@@ -219,8 +309,9 @@ class JobRunner:
 
         # read the data set from this node's copy (LTH_DATA_CACHE); the id keeps the shared root
         spec = localize_job_spec(job.spec)
-        inputs = {role: input_path(Store.artifact(src, name)) for role, (src, name) in job.inputs.items()}
+        inputs = self._verified_inputs(job, input_path)
         os.makedirs(out_dir, exist_ok=True)
+        self._checkpoint_or_start_over(job, out_dir)
         paths = TrainPaths(
             out_dir=out_dir,
             checkpoint_every_iters=self.ctx.checkpoint_every_iters,
@@ -262,6 +353,89 @@ class JobRunner:
             shutil.rmtree(os.path.join(scratch, "in"), ignore_errors=True)
             raise
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def log_name(attempt: int) -> str:
+    return f"attempt-{attempt}.log"
+
+
+@contextlib.contextmanager
+def job_log(store: Store, job_ids: list[str], attempt: int) -> Iterator[None]:
+    """Everything the job prints, warns or logs, and its traceback if it fails, kept as
+    `artifacts/<id>/attempt-<n>.log` (`lth logs`). On a local store the file is written as the
+    job goes, so it survives a killed worker; on a remote one it is uploaded at the end."""
+    import logging
+    import traceback as tb
+    import warnings
+
+    local = not store.is_remote
+    if local:
+        path = store.local_path(Store.artifact(job_ids[0], log_name(attempt)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:
+        fd, path = tempfile.mkstemp(prefix="lth-job-", suffix=".log")
+        os.close(fd)
+    f = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+
+    def note(text: str) -> None:
+        try:
+            f.write(text)
+        except OSError:
+            pass  # a full disk: the job's own error says so
+
+    note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} job {' '.join(job_ids)} attempt {attempt} "
+         f"on {socket.gethostname()} pid {os.getpid()}\n")
+    handler = logging.StreamHandler(f)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: note(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            yield
+        note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} finished\n")
+    except BaseException:
+        note(tb.format_exc())
+        note(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} failed\n")
+        raise
+    finally:
+        root.removeHandler(handler)
+        try:
+            f.close()
+        except OSError:
+            pass
+        try:
+            for job_id in job_ids[1:] if local else job_ids:  # pack-mates (and remote stores) get a copy
+                store.upload(path, Store.artifact(job_id, log_name(attempt)))
+        except OSError:
+            pass  # the log is a convenience: never the reason a job fails
+        finally:
+            if not local:
+                os.remove(path)
+
+
+def _artifact_checksums(out_dir: str) -> dict[str, str]:
+    """sha256 of a finished train job's artifacts (weights, mask, rewinding points)."""
+    names = [n for n in os.listdir(out_dir) if n.endswith(".pt") and n != CHECKPOINT and not n.startswith(".")]
+    return checksums(out_dir, names)
+
+
+@contextlib.contextmanager
+def _inputs_named(job: Job, paths: Any) -> Iterator[None]:
+    """A loader error naming one of the job's input files (a record older than checksums, or a
+    file damaged since) becomes CorruptInput: its producer is redone, not this job retried."""
+    from trainers.checkpoint import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as e:
+        local = paths if isinstance(paths, dict) else dataclasses.asdict(paths)
+        for role, (src, name) in job.inputs.items():
+            path = local.get(role)
+            if isinstance(path, str) and path in str(e):
+                raise CorruptInput(src, name, str(e)) from None
+        raise
 
 
 def _metric_callback(tracker: JobTracker, delay: float) -> Callable[[Any], None]:

@@ -72,6 +72,9 @@ def test_failing_job_is_retried_then_failed_and_the_rest_finishes(reference, tmp
     failed = json.loads((store / "artifacts" / broken / "failed.json").read_text())
     assert failed["attempts"] == 2  # scheduler.max_attempts
     assert "injected failure" in failed["traceback"] and "RuntimeError" in failed["traceback"]
+    capsys.readouterr()
+    assert main(["logs", broken[:8], "--store", str(store)]) == 0  # each attempt's log, kept
+    assert capsys.readouterr().out.count("RuntimeError: LTH_FAULT_INJECT: injected failure") == 2
 
     blocked = set()
     frontier = {broken}
@@ -235,3 +238,112 @@ def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, ray_tmp):
     assert proc.leftover == [], proc.leftover  # no Ray process outlives the driver
     assert os.listdir(ray_tmp) == []  # Ray's session directory is gone
     print(f"SIGTERM to the group: driver exited in {proc.stop_seconds:.1f}s")
+
+
+def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
+    """A finished sweep damaged three ways, then run again (as another experiment, whose rows
+    are written from the done records): a parent's weights truncated under a child that must
+    run again, a job's own checkpoint.pt truncated, an interpolation's done.json truncated.
+    The damaged parent is redone (its checksum gave it away), the job with the bad checkpoint
+    starts over, the unreadable record's job runs again; the results equal the undisturbed
+    sweep's, bit for bit, and every damaged file is kept aside."""
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    art = store / "artifacts"
+    dense = next(j for j in p.jobs.values() if j.kind == "train" and not j.parents)
+    child = next(j for j in p.jobs.values() if j.kind == "train" and j.parents == (dense.id,))
+    src, name = next(v for v in child.inputs.values() if v[0] == dense.id)
+    restart = next(j for j in p.jobs.values() if j.kind == "train" and j.meta.level == 2)
+    pair = next(j for j in p.jobs.values() if j.kind == "interpolate")
+    for job in (child, restart):  # not done any more: they must run again
+        for f in ("done.json", "result.json", "weights.pt"):
+            (art / job.id / f).unlink()
+    good = (art / dense.id / name).read_bytes()
+    (art / dense.id / name).write_bytes(good[: len(good) // 2])
+    (art / restart.id / "checkpoint.pt").write_bytes(good[:100])  # a torch zip cut short
+    record = (art / pair.id / "done.json").read_bytes()
+    (art / pair.id / "done.json").write_bytes(record[: len(record) // 2])
+
+    capsys.readouterr()
+    assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled", "name=demo_copy")]) == 0
+    out = capsys.readouterr().out
+    assert f"corrupt artifacts/{dense.id}/{name} (checksum mismatch" in out and f"redoing {dense.id}" in out
+    assert f"corrupt artifacts/{pair.id}/done.json" in out
+    assert f"note   {restart.id}: checkpoint.pt was unreadable" in out
+    for job_id, kept in ((dense.id, name), (restart.id, "checkpoint.pt"), (pair.id, "done.json")):
+        assert list((art / job_id).glob(f"{kept}.corrupt-*")), (job_id, kept)
+    assert (art / dense.id / name).read_bytes() == good  # rebuilt, bitwise
+    records = {j: json.loads((art / j / "done.json").read_text()) for j in p.jobs}
+    assert records[restart.id]["result"]["resumed_from"] is None  # started over
+    assert all(r["checksums"] for j, r in records.items() if p.jobs[j].kind == "train")
+    trains = [j for j in p.jobs if p.jobs[j].kind == "train"]
+    assert tree_digest(store, trains) == tree_digest(reference, trains)
+    ref = Store(str(reference))
+    mine = Store(str(store))
+    for table, key in (("runs", ["job_id"]), ("instability", ["pair_id", "split"])):
+        def rows(s: Store, experiment: str):
+            t = s.read_table(table, experiment)
+            t = t.drop_columns([c for c in ["experiment", *VOLATILE] if c in t.schema.names])
+            return t.sort_by([(k, "ascending") for k in key])
+
+        assert rows(mine, "demo_copy").equals(rows(ref, "demo")), table
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of the given size (the tiny sweep's store needs about 4 MB): a real full disk.
+    Needs the right to mount (root in a container that allows it); skipped elsewhere."""
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    def remount(mnt: Path, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=True)
+
+    try:
+        yield mount, remount
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_or_read_only_store_stops_the_sweep_with_one_line(reference, small_disk, capsys):
+    mount, remount = small_disk
+    mnt = mount("disk", "size=1536k")
+    store = mnt / "store"
+    args = ["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]
+    capsys.readouterr()
+    started = time.time()
+    assert main(args) == 1
+    stopped = time.time() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: store {store}: No space left on device"), err
+    assert "the sweep stopped at the first storage error" in err[0] and "rerun `lth run" in err[0]
+    assert not list(store.glob("artifacts/*/failed.json"))  # no job was charged for the disk
+    done = _done(store)
+    assert len(done) < len(_plan().jobs)
+
+    read_only = mount("ro-disk", "size=1m")  # a read-only store: the same, before any job runs
+    (read_only / "store").mkdir()
+    remount(read_only, "ro")
+    ro_args = ["run", DEMO, "--store", str(read_only / "store"), *tiny_args("tracking.wandb=disabled")]
+    assert main(ro_args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0], err
+
+    remount(mnt, "rw,size=64m")  # space is back: the sweep resumes and finishes, nothing redone
+    started = time.time()
+    assert main(args) == 0
+    resumed = time.time() - started
+    after = _done(store)
+    assert set(after) == set(_plan().jobs) and {j: after[j] for j in done} == done
+    _assert_same_results(store, reference)
+    print(f"full disk: stopped after {stopped:.1f}s with {len(done)} jobs done; resumed and finished in {resumed:.1f}s")

@@ -97,8 +97,11 @@ def test_status_counts_from_the_store(swept, capsys):
     out = capsys.readouterr().out
     n = len(_plan().jobs)
     row = next(line for line in out.splitlines() if line.strip().startswith("demo"))
-    assert row.replace("│", " ").split()[1:8] == [str(n), "0", "0", "0", "0", str(n), "-"]  # done .. total, no driver
+    assert row.replace("│", " ").split()[1:9] == [str(n), "0", "0", "0", "0", "0", str(n), "-"]  # done .. total, no driver
     assert main(["status", "nope", "--store", str(store_dir)]) == 2
+    assert main(["status", "demo", "--json", "--store", str(store_dir)]) == 0
+    (status,) = json.loads(capsys.readouterr().out)
+    assert status["experiment"] == "demo" and status["done"] == status["total"] == n and status["driver"] is None
 
 
 def test_analyze_reads_the_sweep(swept, tmp_path, capsys):
@@ -244,13 +247,21 @@ def test_wandb_offline_runs(swept):
                 items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item}
                 history.setdefault(items["_step"], {}).update(items)
         info["history"] = history
+        key = info["config"]["job_id"]
         # a job run again (the dense run that added w_20.pt) has a second, metric-less W&B run
-        if info["name"] not in runs or len(history) > len(runs[info["name"]]["history"]):
-            runs[info["name"]] = info
-    # one W&B run per job, named by its id (the growth test added level-3 jobs: their runs too)
+        if key not in runs or len(history) > len(runs[key]["history"]):
+            runs[key] = info
+    # one W&B run per job (the growth test added level-3 jobs: their runs too)
     assert set(p.jobs) <= set(runs) and len(runs) == len(list((store_dir / "artifacts").glob("*/done.json")))
     for job_id, job in p.jobs.items():
         run = runs[job_id]
+        m = job.meta
+        if job.kind == "train":  # a name a person can read, e.g. r0-k10-L1-s0
+            assert run["name"].endswith(f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"), run["name"]
+        else:  # the path along alpha, drawn by W&B: one step per alpha
+            assert run["name"] == f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
+            assert [run["history"][i]["alpha"] for i in sorted(run["history"])] == [0.0, 0.5, 1.0]
+            assert all(0 <= h["test/error"] <= 1 for h in run["history"].values())
         assert run["group"] == "demo"
         assert run["job_type"] == job.meta.role
         c = run["config"]

@@ -1,16 +1,13 @@
-"""The store: atomic writes, deterministic part files, Parquet round trips, the experiment lock."""
+"""The store: atomic writes, deterministic part files, Parquet round trips."""
 from __future__ import annotations
 
 import json
-import time
 import os
-import subprocess
-import sys
 
 import pytest
 
 from orchestrator.schemas import TABLES
-from orchestrator.store import LockError, Store
+from orchestrator.store import Store
 
 
 def _run_row(job_id: str, level: int, density: float) -> dict:
@@ -103,43 +100,6 @@ def test_done_and_failed_records(store):
     store.write_bytes("artifacts/j2/checkpoint.pt", b"x")
     listing = store.scan_artifacts()
     assert listing.done() == {"j1"} and listing.checkpointed() == {"j2"} and listing.failed() == set()
-
-
-def test_lock_conflict_and_release(store):
-    with store.experiment_lock("demo"):
-        holder = store.lock_holder("demo")
-        assert holder["pid"] == os.getpid()
-        with pytest.raises(LockError, match=rf"being run by pid {os.getpid()} on host"):
-            with store.experiment_lock("demo"):
-                pass
-        with store.experiment_lock("other"):  # other experiments are independent
-            pass
-    assert store.lock_holder("demo") is None
-    with store.experiment_lock("demo"):
-        pass
-
-
-def test_stale_lock_is_taken_over(tmp_path):
-    store = Store(str(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    import socket
-
-    (tmp_path / "locks").mkdir()
-    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid, "time": 0}))
-    with pytest.warns(UserWarning, match=f"pid {dead_pid}"):
-        with store.experiment_lock("demo"):
-            assert store.lock_holder("demo")["pid"] == os.getpid()
-    # a fresh lock held on another host is never taken over: that driver may be alive
-    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": time.time()}))
-    with pytest.raises(LockError, match="host elsewhere"):
-        with store.experiment_lock("demo"):
-            pass
-    # ... but one with no sign of life for long (a lost head node) is
-    (tmp_path / "locks/demo.lock").write_text(json.dumps({"host": "elsewhere", "pid": dead_pid, "time": 0}))
-    with pytest.warns(UserWarning, match="host elsewhere"):
-        with store.experiment_lock("demo"):
-            assert store.lock_holder("demo")["pid"] == os.getpid()
 
 
 def test_upload_download_round_trip(store, tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 
 import pyarrow as pa
 import yaml
@@ -30,9 +29,11 @@ def log_to_wandb(mode: str, experiment: str, config: dict[str, str], local_dir: 
     import wandb
     from PIL import Image
 
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        console.print("[yellow]warning:[/yellow] W&B online needs WANDB_API_KEY; logging offline")
-        mode = "offline"
+    from orchestrator.tracking import decide_mode
+
+    mode, warning = decide_mode(mode)  # as `lth run` decides: API key or netrc, and a reachable service
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     project, entity = _tracking_settings(config)
     run = wandb.init(project=project, entity=entity, group=experiment, job_type="analysis",
                      name=f"analysis-{experiment}", mode=mode, dir=local_dir,

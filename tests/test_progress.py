@@ -1,0 +1,118 @@
+"""What a sweep shows while it runs (ETA, done lines, timestamps) and `lth status` (no Ray)."""
+from __future__ import annotations
+
+import re
+
+from orchestrator.progress import SweepProgress
+from orchestrator.scheduler import _key_result
+
+
+def test_eta_is_weighted_by_the_work_left(capsys):
+    progress = SweepProgress("e", live=False)
+    # one 10-iteration job done in 10 s: 1 s per iteration; 80 iterations left on one worker
+    progress.start(total=4, done=0, work={"a": ("train", 10), "b": ("train", 40), "c": ("train", 40),
+                                          "p": ("interpolate", 3)})
+    progress.workers = 1
+    assert progress.eta() == "?"
+    progress.counts.done = 1
+    progress.job_finished("a", "level", 10.0)
+    # the interpolation's rate is unknown yet: counted at the slowest known rate (1 s per unit)
+    assert progress.eta() == "1m23s"  # (40 + 40 + 3) s; a mean over jobs would say 30 s
+    progress.workers = 2
+    assert progress.eta() == "0m42s"  # 41.5 s, rounded
+
+
+def test_log_lines_carry_a_timestamp_and_done_lines_the_key_result(capsys):
+    progress = SweepProgress("e", live=False)
+    progress.start(total=1, done=0, work={"j": ("train", 5)})
+    progress.counts.done = 1
+    record = {"kind": "train", "result": {"test_accuracy": 0.91234, "density": 0.25}}
+    progress.job_finished("j", "level r0 k0 L2", 3.0, _key_result(record))
+    lines = capsys.readouterr().out.splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[e\] ", line) for line in lines), lines
+    assert lines[-1].endswith("done   j level r0 k0 L2 in 3.0s (1/1): test accuracy 0.9123, density 0.2500")
+    interp = {"kind": "interpolate", "result": {"instability": [{"split": "test", "barrier": 0.0125},
+                                                                {"split": "train", "barrier": -0.001}]}}
+    assert _key_result(interp) == "test barrier +0.0125, train barrier -0.0010"
+
+
+def _store_with(tmp_path, jobs: dict, done=(), failed=(), running=(), driver=None):
+    from orchestrator.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("e", "name: e\n", jobs)
+    for j in done:
+        store.write_done(j, {"job_id": j})
+    for j in failed:
+        store.write_failed(j, "boom", 3)
+    if driver is not None:
+        store.write_json("locks/e.lock", driver)
+        store.write_json("experiments/e/heartbeat.json", {**driver, "running": list(running), "time": 0.0})
+    return store
+
+
+def test_status_tells_running_pending_blocked_and_failed(tmp_path, capsys):
+    import json
+    import os
+    import socket
+
+    from orchestrator.cli import main
+    from orchestrator.progress import experiment_status
+
+    # a -> b -> c, a -> d; e alone. b failed (so c is blocked), d runs, e waits for a worker
+    jobs = {"a": {"parents": []}, "b": {"parents": ["a"]}, "c": {"parents": ["b"]}, "d": {"parents": ["a"]},
+            "e": {"parents": []}}
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    store = _store_with(tmp_path, jobs, done=["a"], failed=["b"], running=["d"], driver=me)
+    st = experiment_status(store, "e")
+    c = st.counts
+    assert (c.done, c.running, c.failed, c.blocked, c.pending, c.total) == (1, 1, 1, 1, 1, 5)
+    # a train job with a done record but no rows in this experiment (its driver died between the
+    # two, or another experiment did it) is not done here: `lth run` has rows to write
+    jobs_f = {**jobs, "f": {"parents": [], "kind": "train"}}
+    store = _store_with(tmp_path / "1", jobs_f, done=["a", "f"], failed=["b"], running=["d"], driver=me)
+    assert experiment_status(store, "e").counts.done == 1
+    store = _store_with(tmp_path, jobs, done=["a"], failed=["b"], running=["d"], driver=me)
+    assert st.running == ["d"] and st.failed == ["b"] and st.blocked == ["c"]
+    assert main(["status", "e", "--json", "--store", store.root]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    assert out["blocked_jobs"] == ["c"] and out["running_jobs"] == ["d"] and out["driver"]["pid"] == os.getpid()
+    # the driver is gone (its pid no longer runs here): nothing is running, whatever the heartbeat says
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 7}
+    store = _store_with(tmp_path / "2", jobs, done=["a"], failed=["b"], running=["d"], driver=dead)
+    st = experiment_status(store, "e")
+    assert st.counts.running == 0 and st.driver is None and st.counts.pending == 2
+
+
+def test_plan_against_a_store_tells_done_remaining_and_gpu_hours_from_measured_figures(tmp_path, capsys):
+    import json
+
+    from conftest import DEMO, tiny_args
+    from orchestrator.cli import main
+    from orchestrator.estimate import sweep_progress
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+
+    p = plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+    store = Store(str(tmp_path / "store"))
+    dense = next(j for j in p.jobs.values() if j.kind == "train" and not j.parents)
+    store.write_done(dense.id, {"job_id": dense.id})
+    results = tmp_path / "results"
+    results.mkdir()
+    # no GPU figure: pending, with the command that would measure it, never a guess
+    (results / "cpu.json").write_text(json.dumps({"device": "Intel Xeon", "training": [
+        {"model": dense.spec.train.model, "batch_size": dense.spec.train.batch_size, "images_per_s": {"ours_masked": 100.0}}]}))
+    progress = sweep_progress(p, store, str(results))
+    assert (progress.done, progress.remaining) == (1, len(p.jobs) - 1)
+    assert progress.gpu_hours is None and progress.source.startswith("pending: no GPU benchmark of")
+    # a GPU figure: images left / images per second
+    (results / "gpu.json").write_text(json.dumps({"device": "NVIDIA H100 (cuda)", "date": "d", "training": [
+        {"model": dense.spec.train.model, "batch_size": dense.spec.train.batch_size, "images_per_s": {"ours_masked": 1000.0}}]}))
+    progress = sweep_progress(p, store, str(results))
+    images = sum((j.spec.stop_iter - j.spec.start_iter) * j.spec.train.batch_size
+                 for j in p.jobs.values() if j.kind == "train" and j.id != dense.id)
+    assert progress.gpu_hours == images / 1000.0 / 3600 and "gpu.json" in progress.source
+    assert main(["plan", DEMO, "--json", "--store", store.root, *tiny_args()]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["store"]["done"] == 1 and out["store"]["remaining"] == len(p.jobs) - 1

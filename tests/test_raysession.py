@@ -1,0 +1,83 @@
+"""The embedded Ray: every server it starts listens on loopback only."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from conftest import REPO, lth_env
+
+_LISTENERS = r'''
+import json, os, psutil, ray
+from orchestrator.raysession import RayCluster
+
+with RayCluster(None):
+    @ray.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    probe = Probe.remote()
+    ray.get(probe.pid.remote())  # a worker is up: its server listens too
+    found = []
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            for c in proc.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    found.append([proc.name(), c.laddr.ip, c.laddr.port])
+        except psutil.Error:
+            pass
+print(json.dumps(found))
+'''
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def test_embedded_ray_listens_on_loopback_only():
+    ray_tmp = tempfile.mkdtemp(prefix="lthr-", dir="/tmp")  # short: Ray's socket paths fit 107 bytes
+    try:
+        proc = subprocess.run([sys.executable, "-c", _LISTENERS], cwd=REPO, capture_output=True, text=True,
+                              timeout=240, env=lth_env(LTH_RAY_TMPDIR=ray_tmp))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listening = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = {name for name, _, _ in listening}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), listening
+    exposed = [entry for entry in listening if not _is_loopback(entry[1])]
+    assert exposed == [], f"listening beyond loopback: {exposed}"
+
+
+def test_the_cli_leaves_its_callers_sigterm_handler(tmp_path):
+    """`main()` called as a function (a notebook, a test runner) restores the SIGTERM handler it
+    found: otherwise its caller could no longer be stopped by SIGTERM."""
+    import signal
+
+    from conftest import DEMO, tiny_args
+    from orchestrator.cli import main
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        import os
+        import socket
+
+        from orchestrator.lock import _process_started
+        from orchestrator.store import Store
+
+        store = Store(str(tmp_path / "store"))  # the experiment is locked by a live driver: this one
+        store.write_json("locks/demo.lock", {"host": socket.gethostname(), "pid": os.getpid(), "token": "t",
+                                             "started": _process_started(os.getpid()), "beat": 0})
+        assert main(["run", DEMO, "--store", store.root, *tiny_args("tracking.wandb=disabled")]) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

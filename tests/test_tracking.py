@@ -1,0 +1,65 @@
+"""W&B tracking decisions, names and error reporting (real wandb, offline; no Ray)."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from conftest import DEMO, tiny_args
+from orchestrator.planner import plan
+from orchestrator.spec import load_spec
+from orchestrator.tracking import JobTracker, TrackingSettings, decide_mode, resolve_settings, run_name, run_tags
+
+
+def _plan():
+    return plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+
+
+def test_online_with_an_unreachable_service_falls_back_to_offline_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:1")  # nothing listens there
+    started = time.time()
+    with pytest.warns(UserWarning, match=r"service does not answer \(127\.0\.0\.1:1: Connection refused\)") as caught:
+        settings = resolve_settings("online", "p", None, str(tmp_path))
+    assert time.time() - started < 10  # one refused connection, not W&B's retries per job
+    assert settings.mode == "offline" and len(caught) == 1
+
+
+def test_online_without_a_key_is_offline_for_run_and_analyze_alike(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mode, warning = decide_mode("online")
+    assert mode == "offline" and "no API key" in warning
+    assert decide_mode("offline") == ("offline", None) and decide_mode("disabled") == ("disabled", None)
+    # a key in netrc counts, as `wandb login` leaves it (analyze once looked at WANDB_API_KEY only)
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:1")
+    mode, warning = decide_mode("online")
+    assert mode == "offline" and "does not answer" in warning  # the key was found; the service was not
+
+
+def test_run_names_are_readable_and_unique():
+    p = _plan()
+    names = {job_id: run_name(job) for job_id, job in p.jobs.items()}
+    assert len(set(names.values())) == len(names)
+    for job in p.jobs.values():
+        m = job.meta
+        if job.kind == "train" and m.role == "level":
+            assert names[job.id] == f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
+        assert re.fullmatch(r"([a-z]+-)?r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
+        assert {m.role, f"k{m.rewind_iter}", f"L{m.level}"} <= set(run_tags(job))
+    assert run_name(next(iter(p.jobs.values())), attempt=2).endswith("-a2")
+
+
+def test_a_wandb_error_in_a_job_is_kept_for_the_driver(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    job = next(iter(_plan().jobs.values()))
+    tracker = JobTracker(TrackingSettings(mode="offline", dir=str(not_a_dir / "wandb")), job, 1)
+    with pytest.warns(UserWarning, match="W&B init failed"):
+        tracker.start()
+    assert tracker.run is None and len(tracker.problems) == 1 and "init failed" in tracker.problems[0]
