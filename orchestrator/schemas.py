@@ -33,8 +33,8 @@ RUNS = pa.schema(
         ("host", pa.string()),
         ("node", pa.string()),
         ("device", pa.string()),
-        ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("deterministic", pa.bool_()),  # kernels were deterministic; null: recorded before this column existed
+        ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
     ]
