@@ -257,7 +257,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     clock = _Clock()
     # The scan cache lives with the store's reports, whatever --out says, so every later
     # analysis of this experiment (by anyone) reads only the newly written part files.
-    cache = ScanCache(store, store.path("reports", experiment, ".cache"))
+    cache = ScanCache(store, store.path("reports", experiment, ".cache"), deferred=True)
     raw = [read_table(store, "runs", experiment, RUNS_COLUMNS, cache),
            read_table(store, "instability", experiment, INSTABILITY_COLUMNS, cache),
            read_table(store, "interpolation", experiment, INTERPOLATION_COLUMNS, cache)]
@@ -278,7 +278,6 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                      f"the interpolation table (no instability row yet).")
     if progress.note:
         notes.append(progress.note)
-    notes += cache.warnings
 
     key, dense_line = key_tables(res, threshold, progress.planned_levels)
     print_key_tables(console, key, dense_line)
@@ -286,6 +285,11 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     for n in notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     clock.lap("summary")
+    cache.flush()
+    for w in cache.warnings:  # a read-only store: analyzed without a cache
+        console.print(f"[yellow]note:[/yellow] {w}")
+        notes.append(w)
+    clock.lap("scan cache")
 
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", experiment))
