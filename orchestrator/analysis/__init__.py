@@ -174,6 +174,7 @@ class _FigureCache:
         except (OSError, ValueError):
             self.keys = {}
         self.drawn, self.reused = [], []
+        self.seconds: dict[str, float] = {}
 
     @staticmethod
     def key(*inputs) -> str:
@@ -201,6 +202,7 @@ class _FigureCache:
                 return out
             except OSError:
                 pass
+        t0 = time.perf_counter()
         fig = make()
         if fig is None:
             self.keys.pop(name, None)
@@ -209,6 +211,7 @@ class _FigureCache:
             out = {fmt: figs.encode(fig, fmt) for fmt in self.formats}
         finally:
             figs.close(fig)
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
         for fmt, data in out.items():
             self.out.write(f"{name}.{fmt}", data)
         self.keys[name] = key
@@ -331,6 +334,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                                             "interpolation": raw[2].num_rows,
                                             "metrics (learning curves)": curve_table.num_rows},
         "figures_drawn": fcache.drawn, "figures_unchanged": fcache.reused,
+        "figure_seconds": fcache.seconds,
     }
     html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
                   figure_files, tables)
