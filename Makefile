@@ -20,9 +20,11 @@ FFCV_EXTRA = $(shell pkg-config --exists opencv4 libturbojpeg 2>/dev/null && ech
 
 install: $(STAMP)
 
-# uv itself, pinned, installed beside the project (no root, no change to the system Python).
+# uv itself, pinned, in a virtualenv of its own beside the project (no root, no change to the
+# system Python, works where the system Python is "externally managed").
 $(UV):
-	$(PYTHON) -m pip install -q --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
 # Exactly the versions in uv.lock; --locked fails if pyproject.toml and the lock disagree.
 $(STAMP): pyproject.toml uv.lock | $(UV)

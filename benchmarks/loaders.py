@@ -1,6 +1,7 @@
 """Data-loader throughput on the same generated data: the device-resident loader, torchvision's
 DataLoader and FFCV, for CIFAR-sized images (pad-crop + flip) and for ImageNet-style JPEG files
-(random-resized crop + flip at a low training resolution, as ffcv-imagenet trains).
+(random-resized crop + flip at a low training resolution, as ffcv-imagenet trains: our `imagenet`
+loader, which decodes on the benchmark's device, and FFCV's JPEG pipeline).
 
 Each loader delivers normalised float batches on the benchmark's device; images/s is the median
 over timed passes after one warmup batch. A loader that fails here is reported, not hidden.
@@ -137,7 +138,7 @@ def bench_loaders(settings: Settings) -> list[dict]:
         ni = classes * per_class
         count_i = max(3, ni // Bi - 2)
         folder_cfg = DataConfig(name="imagenet", root=str(folder), image_size=side, augment=True)
-        record(f"jpeg files {side}px", f"torchvision DataLoader + PIL ({workers} workers)",
+        record(f"jpeg files {side}px", f"ours: reader threads + decode_jpeg and crop on {device.type} ({workers} readers)",
                lambda: _rate(lambda: open_data(folder_cfg, device, {}, num_workers=workers).train_stream(0, Bi, 0),
                              count_i, Bi, device, passes))
         jpeg_dir = os.path.join(tmp, "ffcv_jpeg")

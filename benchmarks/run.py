@@ -7,7 +7,9 @@
 Sections: training ((a) plain loop, (b) our trainer, (c) our trainer at density 0.2, their
 ratios, TFLOP/s against the device's measured matmul rate), packing (K networks in one process
 vs one job), loaders (device-resident vs torchvision DataLoader vs FFCV), interpolation (31
-alphas, test + train). See BENCHMARKS.md for the numbers and the exact commands.
+alphas, test + train), and on request imagenet_e2e (our trainer on generated ImageNet-like JPEG
+files beside the same model on device-resident data; exits 1 when its decoding fell back). See
+BENCHMARKS.md for the numbers and the exact commands.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import torch
 
 from benchmarks.common import Settings, device_label, matmul_tflops
 
-SECTIONS = ("training", "packing", "loaders", "interpolation")
+SECTIONS = ("training", "packing", "loaders", "interpolation")  # the default run
+ON_REQUEST = ("imagenet_e2e",)  # generates thousands of JPEG files: only when named
 
 
 def _fmt(x, digits: int = 0) -> str:
@@ -73,6 +76,14 @@ def render(report: dict) -> str:
                  _fmt(r["evaluations_per_s"]), _fmt(r["seconds_full_size"], 1) + ("" if r["full_size_measured"] else " (extrapolated)")]]
         parts.append(_table("Interpolation job (test + train)", ["model", "alphas", "examples/split", "precision", "seconds",
                                                                  "evaluations/s", "s at 10k + 10k"], rows))
+    if report.get("imagenet_e2e"):
+        rows = [[r["model"], f"{r['image_size']}px b{r['batch_size']}", f"{r['files']} x {_fmt(r['mean_file_kb'], 0)} kB",
+                 _fmt(r["images_per_s_e2e"]), _fmt(r["images_per_s_resident"]), f"{r['ratio_e2e_vs_resident']:.2f}",
+                 "yes" if r["compile"] else "no", r["path"], " ".join(f"{k}={v}" for k, v in r["decoded"].items()),
+                 "FELL BACK" if r["fell_back"] else "ok"] for r in report["imagenet_e2e"]]
+        parts.append(_table("ImageNet end to end: JPEG files vs device-resident data, our trainer, same process",
+                            ["model", "input", "files", "JPEG img/s", "resident img/s", "ratio", "compile", "path",
+                             "files decoded", "path check"], rows))
     return "\n".join(parts)
 
 
@@ -87,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds of (a), (b), (c) (default: 2 on cpu, 3 on cuda)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine may be shared)")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--cpus", type=int, default=None, help="imagenet_e2e: CPUs the job is given (default: this process's)")
+    p.add_argument("--data-dir", default=None, help="imagenet_e2e: an existing image folder (train/, val/) instead of a generated one")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     sections = [s for s in a.sections.split(",") if s]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    unknown = sorted(set(sections) - set(SECTIONS) - set(ON_REQUEST))
     if unknown:
-        p.error(f"--sections: unknown {unknown} (valid: {', '.join(SECTIONS)})")
+        p.error(f"--sections: unknown {unknown} (valid: {', '.join(SECTIONS + ON_REQUEST)})")
+    if a.cpus is not None and a.cpus < 1:
+        p.error("--cpus must be >= 1")
     device = torch.device(a.device)
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(device=device, quick=a.quick, threads=a.threads, repeats=a.repeats)
     models = a.models.split(",") if a.models else (["cifar_resnet_20", "resnet18", "resnet50"] if settings.cuda
                                                     else ["cifar_resnet_20", "resnet18"])
+    e2e_models = a.models.split(",") if a.models else (["resnet50", "resnet18"] if settings.cuda else ["resnet18"])
     from trainers.models import MODELS
 
     bad = [m for m in models if m not in MODELS]
@@ -144,10 +160,21 @@ def main(argv: list[str] | None = None) -> int:
         log("interpolation")
         report["interpolation"] = bench_interpolation(settings)
 
+    if "imagenet_e2e" in sections:
+        from benchmarks.imagenet_e2e import bench_imagenet_e2e
+
+        log("imagenet_e2e")
+        report["imagenet_e2e"] = bench_imagenet_e2e(e2e_models, settings, cpus=a.cpus, compile=a.compile, data_dir=a.data_dir)
+
     print(render(report))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)
+    fell_back = [r["model"] for r in report.get("imagenet_e2e", []) if r["fell_back"]]
+    if fell_back:
+        print(f"benchmarks.run: imagenet_e2e fell back from batched decoding on {device} for {', '.join(fell_back)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

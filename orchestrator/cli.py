@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 2 bad input (config, arguments, missing data: the message names the
 field and the reason, and nothing is written to the store); 1 jobs failed after their retries
-(or another driver holds the experiment); 130 interrupted (Ctrl-C, SIGTERM).
+(or another driver holds the experiment); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM.
 """
 from __future__ import annotations
 
@@ -126,9 +126,11 @@ def _check_local_resources(spec) -> None:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     import yaml
 
+    from orchestrator.experiment import check_against_store, config_hash
     from orchestrator.planner import required_outputs
     from orchestrator.progress import SweepProgress
-    from orchestrator.scheduler import RayCluster, RunOptions, Scheduler, install_sigterm_as_interrupt
+    from orchestrator.raysession import AddressError, RayCluster, check_address, interrupt_exit_code, stop_on_sigterm
+    from orchestrator.scheduler import RunOptions, Scheduler
     from orchestrator.store import LockError, Store
     from orchestrator.tracking import resolve_settings
     from orchestrator.worker import WorkerContext
@@ -137,7 +139,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     spec.check_data()  # before anything is written
     if args.address is None:
         _check_local_resources(spec)
+    else:
+        try:
+            check_address(args.address)
+        except AddressError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     store = Store(_store_root(args, spec.store))
+    # an experiment is its name plus its config: one that changes a stored job is refused here
+    check_against_store(store, spec, set(plan.jobs))
     tracking = resolve_settings(
         spec.tracking.wandb,
         spec.tracking.project,
@@ -145,10 +155,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         None if store.is_remote else store.local_path(""),  # runs land in STORE/wandb/
     )
     # everything above only read; from here on the store is written
+    stop_on_sigterm()
     store.makedirs("")
-    install_sigterm_as_interrupt()
     try:
         with store.experiment_lock(spec.name):
+            verdict = check_against_store(store, spec, set(plan.jobs))  # again: another driver may have run since
+            console.print(verdict.message(spec.name), highlight=False, soft_wrap=True)
             jobs = {
                 job.id: {
                     "kind": job.kind,
@@ -158,7 +170,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 }
                 for job in plan.jobs.values()
             }
-            store.write_experiment(spec.name, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), jobs)
+            spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+            store.write_experiment(spec.name, spec_yaml, jobs)
+            # every config the experiment has had, by the config_hash its rows carry
+            store.write_bytes(f"experiments/{spec.name}/configs/{config_hash(spec)}.yaml", spec_yaml.encode())
             sched = spec.scheduler
             options = RunOptions(
                 address=args.address,
@@ -179,14 +194,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 ),
             )
             progress = SweepProgress(spec.name, console=console)
-            with RayCluster(args.address):
-                summary = Scheduler(plan, store, options, progress, required_outputs(plan)).run()
+            scheduler = Scheduler(plan, store, options, progress, required_outputs(plan))
+            if scheduler.prepare():
+                with RayCluster(args.address):
+                    summary = scheduler.run()
+            else:  # every job done: answer without starting (or joining) Ray
+                summary = scheduler.run()
     except LockError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun `lth run {args.config}` to resume (done jobs are kept)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        what, code = interrupt_exit_code(e)
+        print(f"\n{what}: rerun `{_command_line(args)}` to resume (done jobs are kept)", file=sys.stderr)
+        return code
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
         f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
@@ -197,6 +217,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         print(f"failed: {job_id}: {last} (traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
               file=sys.stderr)
     return summary.exit_code
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it (store, overrides and all), to rerun it."""
+    import shlex
+
+    return shlex.join(["lth", *args.argv])
+
+
+def _interrupt_exit_code(e: KeyboardInterrupt) -> int:
+    from orchestrator.raysession import interrupt_exit_code
+
+    return interrupt_exit_code(e)[1]
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -253,7 +286,9 @@ COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "analyze": c
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.spec import SpecError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     console = Console()
     try:
         return COMMANDS[args.command](args, console)
@@ -261,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        return _interrupt_exit_code(e)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ front. The graph (DESIGN.md "Jobs and the graph"):
     rewind        weights m_l * W_k (the dense run's w_<k>.pt), train k -> T.
     lr_rewind     the parent's final weights, LR schedule restarted at k, train k -> T.
     finetune      the parent's final weights, T - k more iterations at pruning.finetune_lr.
-    random_prune  (control) like rewind, but a random mask with magnitude pruning's per-layer
-                  counts (PruneConfig strategy "random", prune_seed from replicate and level).
+    random_prune  (control; open_lth's randomly_prune) at level l, IMP's mask of the same
+                  lineage at level l (the rewind job's mask.pt) shuffled within each layer
+                  (PruneConfig strategy "random", prune_seed from replicate, k and level), so
+                  per-layer densities equal IMP's for either strategy; weights m * W_k, train
+                  k -> T. These jobs do not chain among themselves.
     random_reinit (control; Frankle & Carbin's "random reinitialization") IMP's mask with
                   fresh weights: level l consumes the *rewind* lineage's level l-1 weights and
                   mask, so pruning them yields exactly the rewind lineage's mask m_l, and sets
@@ -35,6 +38,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
 from orchestrator.spec import ExperimentSpec, SpecError
@@ -71,13 +75,46 @@ def planned_densities(spec: ExperimentSpec) -> list[float]:
     total = sum(sizes.values())
     if total == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
+    _check_floor(sizes, spec)
     return [r / total for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
+
+
+def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
+    """Every prunable tensor keeps at least one weight at the last level: a level that empties
+    one trains a network with a layer of zeros (chance accuracy), which no sweep means to.
+
+    Layerwise pruning's per-tensor counts are known in advance. Global pruning's depend on the
+    trained weights, so the planner can only require as many survivors as there are prunable
+    tensors (necessary for one per tensor)."""
+    from trainers.pruning import prune_count
+
+    p = spec.pruning
+    layerwise = p.strategy == "magnitude_layerwise"
+    counts = dict(sizes)
+    floor = len(counts)
+    for level in range(1, p.levels + 1):
+        if layerwise:
+            counts = {n: c - prune_count(c, p.fraction) for n, c in counts.items()}
+            empty = [n for n, c in counts.items() if c < 1]
+            what = f"leaves no weight in {empty[0]}" if empty else ""
+        else:
+            left = sum(counts.values())
+            left -= prune_count(left, p.fraction)
+            counts = {"all": left}
+            what = f"leaves {left} weights for {floor} prunable tensors" if left < floor else ""
+        if what:
+            raise SpecError(
+                "pruning.levels",
+                f"{p.levels} levels of fraction {p.fraction} go below the floor of one weight per prunable "
+                f"tensor: level {level} {what}; at most {level - 1} levels",
+            )
 
 
 class _Builder:
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec
         self.name = spec.name
+        self.config_hash = config_hash(spec)
         self.cfg: TrainConfig = spec.train_config()  # ONE object: jobid memoises its plain form
         self.T = self.cfg.iterations
         self.ks = spec.rewind_iters
@@ -117,11 +154,13 @@ class _Builder:
             density=self.density[level],
             parent_job_id=parent,
             pair=pair,
+            config_hash=self.config_hash,
         )
 
     def build(self) -> dict[str, Job]:
         spec = self.spec
-        families = list(spec.pruning.retrain) + [c for c in spec.pruning.controls if c == "random_prune"]
+        families = list(spec.pruning.retrain)
+        random_prune = "random_prune" in spec.pruning.controls
         reinit = "random_reinit" in spec.pruning.controls
         branch_levels = set(spec.branch_levels)
         seeds = sorted(spec.sweep.branch.seeds)
@@ -168,6 +207,23 @@ class _Builder:
                                 ]
                                 self.pairs(children, r, k, level, strat)
                         parent = jid
+                if random_prune:
+                    for level in range(1, self.levels + 1):
+                        imp = rewind_chain[level]
+                        job = TrainJob(
+                            train=self.cfg,
+                            init_seed=r,
+                            data_seed=self.ds,
+                            start_iter=k,
+                            prune=self.prune_random,
+                            prune_seed=derived_seed("random_prune", r, k, level),
+                        )
+                        inputs = {"parent_mask": (imp, MASK), "rewind_weights": w_k}
+                        # parent_job_id: the previous level, as for every level job (the training
+                        # budget is then IMP's at this level); the mask comes from IMP's level l
+                        prev = rewind_chain[level - 1]
+                        meta = self.meta("level", r, k, level, self.ds, "rewind", "random", parent=prev)
+                        self.add("train", job, inputs, meta)
                 if reinit:
                     for level in range(1, self.levels + 1):
                         prev = rewind_chain[level - 1]
@@ -193,9 +249,6 @@ class _Builder:
         if family == "finetune":
             job = TrainJob(**base, retrain="finetune", finetune_lr=self.spec.pruning.finetune_lr)
             return job, parent_in, "finetune", self.prune.strategy
-        if family == "random_prune":
-            job = TrainJob(**{**base, "prune": self.prune_random}, prune_seed=derived_seed("random_prune", r, level))
-            return job, {**parent_in, "rewind_weights": w_k}, "rewind", "random"
         raise AssertionError(family)
 
     def pairs(self, children: list[str], r: int, k: int, level: int, strategy: str) -> None:

@@ -40,11 +40,13 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "host": record["host"],
             "node": record["node"],
             "device": record["device"],
+            "config_hash": meta.config_hash,
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
         }
         metrics = [
-            {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"]}
+            {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],
+             "config_hash": meta.config_hash}
             for m in res["metrics"]
         ]
         return {"runs": [run], "metrics": metrics}
@@ -59,6 +61,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "rewind_iter": meta.rewind_iter,
             "level": meta.level,
             "density": meta.density,
+            "config_hash": meta.config_hash,
         }
         interpolation = [
             {**common, "split": r["split"], "alpha": r["alpha"], "loss": r["loss"], "error": r["error"]}

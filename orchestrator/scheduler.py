@@ -19,10 +19,6 @@ one attempt, and members retry alone, so one broken job cannot take its pack-mat
 from __future__ import annotations
 
 import heapq
-import os
-import shutil
-import signal
-import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -79,43 +75,6 @@ def _actor_lost_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
 
 
-class RayCluster:
-    """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
-
-    def __init__(self, address: str | None):
-        self.address = address
-        self._owned = False
-        self._temp_dir: str | None = None
-
-    def __enter__(self) -> "RayCluster":
-        import ray
-
-        if ray.is_initialized():  # a caller (a notebook, a test) owns the session
-            return self
-        quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
-        if self.address:
-            # an existing cluster: its nodes must have lth-sweep installed (deploy/), and a
-            # store given as a local path must be a filesystem every node shares
-            ray.init(address=self.address, **({} if self.address.startswith("ray://") else quiet))
-        else:
-            # a private session directory: never collide with another user's /tmp/ray (short:
-            # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
-            self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
-            # The embedded cluster is this machine alone: keep its servers on loopback.
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
-                     _node_ip_address="127.0.0.1", **quiet)
-        self._owned = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import ray
-
-        if self._owned:
-            ray.shutdown()
-            if self._temp_dir:
-                shutil.rmtree(self._temp_dir, ignore_errors=True)
-
-
 class Scheduler:
     def __init__(
         self,
@@ -139,6 +98,7 @@ class Scheduler:
         self._pack_keys: dict[str, Any] = {}
         self._new_parts: dict[str, int] = defaultdict(int)  # table -> part files since its compaction
         self._last_compact = time.time()
+        self._done: set[str] | None = None  # prepare()
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -175,13 +135,20 @@ class Scheduler:
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def run(self) -> RunSummary:
-        import ray
+    def prepare(self) -> int:
+        """Read what is done (and write the rows of jobs another experiment did); returns how
+        many jobs are left to run. Needs no Ray: a sweep with nothing left never starts one."""
+        if self._done is None:
+            self._done = self._done_jobs()
+            self._backfill_rows(self._done)
+            self.summary.already_done = len(self._done)
+        return len(self.plan.jobs) - len(self._done)
 
+    def run(self) -> RunSummary:
+        self.prepare()
         jobs = self.plan.jobs
-        done = self._done_jobs()
-        self._backfill_rows(done)
-        self.summary.already_done = len(done)
+        done = self._done
+        assert done is not None
 
         children: dict[str, list[str]] = defaultdict(list)
         waiting: dict[str, int] = {}
@@ -205,6 +172,8 @@ class Scheduler:
             self.progress.stop()
             self._compact()
             return self.summary
+
+        import ray
 
         remote_cls = ray.remote(JobRunner).options(
             num_cpus=self.options.num_cpus,
@@ -429,12 +398,3 @@ def _describe(job: Job) -> str:
     if job.kind == "interpolate":
         return f"interpolate r{m.replicate} k{m.rewind_iter} L{m.level}"
     return f"{m.role} r{m.replicate} k{m.rewind_iter} L{m.level} seed{m.data_seed} {m.retrain}"
-
-
-def install_sigterm_as_interrupt() -> None:
-    """SIGTERM (a scheduler's preemption, `kill`) stops the driver like Ctrl-C: cleanly."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)

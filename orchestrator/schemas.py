@@ -2,6 +2,8 @@
 
 Tables live at STORE/results/<table>/experiment=<name>/part-*.parquet; `experiment` is the
 hive partition column, so it is part of the logical schema but not of the files' columns.
+Every table carries `config_hash` (orchestrator.experiment.config_hash): the resolved config
+the row was written under; STORE/experiments/<name>/configs/<hash>.yaml holds that config.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ RUNS = pa.schema(
         ("host", pa.string()),
         ("node", pa.string()),
         ("device", pa.string()),
+        ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
     ]
@@ -44,6 +47,7 @@ METRICS = pa.schema(
         ("split", pa.string()),
         ("loss", pa.float64()),
         ("accuracy", pa.float64()),
+        ("config_hash", pa.string()),
     ]
 )
 
@@ -60,7 +64,9 @@ _PAIR = [
     ("split", pa.string()),
 ]
 
-INTERPOLATION = pa.schema(_PAIR + [("alpha", pa.float64()), ("loss", pa.float64()), ("error", pa.float64())])
+INTERPOLATION = pa.schema(
+    _PAIR + [("alpha", pa.float64()), ("loss", pa.float64()), ("error", pa.float64()), ("config_hash", pa.string())]
+)
 
 INSTABILITY = pa.schema(
     _PAIR
@@ -69,6 +75,7 @@ INSTABILITY = pa.schema(
         ("error_b", pa.float64()),
         ("max_error", pa.float64()),
         ("barrier", pa.float64()),  # max_a error(a) - (error(0) + error(1)) / 2
+        ("config_hash", pa.string()),
     ]
 )
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from trainers.compiling import compile_by_default
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
 
 
@@ -36,7 +37,8 @@ class SpecError(Exception):
 
 
 # strict: a YAML string is not silently a number, a float not silently an int.
-_STRICT = ConfigDict(extra="forbid", strict=True)
+# allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Model(BaseModel):
@@ -116,10 +118,10 @@ class TrainSpec(_Model):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description='label smoothing of the cross-entropy loss (fraction)')
     eval_every: int | None = Field(None, ge=0, description='iterations between evaluations written to the metrics table; 0: only at the start and the end')
     eval_every_epochs: float | None = Field(None, ge=0, description='evaluation interval in epochs (resolved into eval_every; give one of the two)')
-    eval_train_examples: int = Field(1024, ge=0, description='size of the fixed training subset on which train loss and accuracy are measured')
+    eval_train_examples: int = Field(1024, gt=0, description='size of the fixed training subset on which train loss and accuracy are measured')
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description='arithmetic: fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)')
     channels_last: bool = Field(True, description='channels-last memory layout for convolutions (CUDA only)')
-    compile: bool = Field(False, description='torch.compile the model (CUDA only)')
+    compile: bool | Literal["auto"] = Field("auto", description='torch.compile the model (CUDA only); auto: trainers.compiling.COMPILE_BY_DEFAULT[model] (pending GPU measurement: eager for every model today)')
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -157,7 +159,9 @@ class PruningSpec(_Model):
 class BranchSpec(_Model):
     seeds: list[int] = Field(default_factory=list, description='data-order seeds of the children made at each branch point (instability analysis); empty: no branches')
     levels: Union[list[int], Literal["all"]] = Field("all", description='pruning levels at which to branch (0: dense), or all')
-    num_alphas: int = Field(31, ge=2, description='evenly spaced interpolation points in [0, 1] on the path between two children (both ends included)')
+    # 31 in Frankle et al. 2020; each point is one evaluation per split, so 1001 (a step of
+    # 0.001) is far beyond any resolution a barrier needs, and bounds a typo's cost.
+    num_alphas: int = Field(31, ge=2, le=1001, description='evenly spaced interpolation points in [0, 1] on the path between two children (both ends included)')
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"], min_length=1, description='data on which the interpolation path is evaluated: test, train')
     train_examples: int = Field(10_000, gt=0, description='training examples used to evaluate the interpolation path on train')
     bn_reset: bool = Field(False, description='recompute BatchNorm statistics at each interpolated point before evaluating it')
@@ -242,7 +246,8 @@ class TrackingSpec(_Model):
 
 
 class ExperimentSpec(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="experiment name: the key of the store's results and reports (letters, digits, _ . -)")
+    # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)")
     model: str = Field(description='network: a key of trainers.models.MODELS')
     data: DataSpec = Field(default_factory=DataSpec, description='the data set')
     train: TrainSpec = Field(description='training hyperparameters, shared by every job')
@@ -371,7 +376,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=t.compile,
+            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

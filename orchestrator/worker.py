@@ -106,7 +106,7 @@ class JobRunner:
         torch.set_num_threads(max(1, int(ctx.num_cpus)))
         self.ctx = ctx
         self.store = Store(ctx.store_root)
-        self.rt = Runtime()
+        self.rt = Runtime(cpus=max(1, int(ctx.num_cpus)))
 
     def info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": str(self.rt.device)}

@@ -141,8 +141,10 @@ def test_worker_killed_mid_job_resumes_from_its_checkpoint(reference, tmp_path, 
     _assert_same_results(store, reference)
 
 
-def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str) -> subprocess.Popen:
-    """Start `lth run` with every job slowed, send `sig` once `after_done` jobs are done."""
+def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str, group: bool = False) -> subprocess.Popen:
+    """Start `lth run` with every job slowed, send `sig` once `after_done` jobs are done (to the
+    driver's whole process group with `group`, as SLURM and `timeout` do). The process gets
+    `leftover`: the pids still in its group once it exited, and `stop_seconds`."""
     env = lth_env(LTH_FAULT_INJECT="delay::0.3", LTH_RAY_TMPDIR=ray_tmp)  # every job slow on its first attempt
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "run", DEMO, "--store", str(store),
@@ -154,8 +156,11 @@ def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str) -> su
         while len(_done(store)) < after_done and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        os.kill(proc.pid, sig)
+        sent = time.time()
+        (os.killpg if group else os.kill)(proc.pid, sig)
         proc.wait(timeout=60)
+        proc.stop_seconds = time.time() - sent  # type: ignore[attr-defined]
+        proc.leftover = _group_members(proc.pid, wait=10.0)  # type: ignore[attr-defined]
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -166,6 +171,22 @@ def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str) -> su
         except ProcessLookupError:
             pass
     return proc
+
+
+def _group_members(pgid: int, wait: float) -> list[str]:
+    """The processes left in a process group, after waiting up to `wait` seconds for them to go."""
+    deadline = time.time() + wait
+    while True:
+        left = []
+        for proc in psutil.process_iter(["pid", "name"]):
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{proc.pid} {proc.info['name']}")
+            except (ProcessLookupError, psutil.Error):
+                continue
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -198,3 +219,19 @@ def test_driver_killed_mid_sweep_loses_nothing(reference, tmp_path, ray_tmp):
     assert {j: after[j] for j in before} == before  # no finished job ran again
     assert not (store / "locks" / "demo.lock").exists()
     _assert_same_results(store, reference)
+
+
+def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, ray_tmp):
+    """What SLURM, Kubernetes and `timeout` do on preemption: SIGTERM to every process of the
+    driver's group (Ray's included). The driver stops as on Ctrl-C: exit 143, the lock released,
+    its Ray stopped and Ray's session directory removed; a rerun resumes."""
+    store = tmp_path / "store"
+    proc = _interrupt_sweep(store, signal.SIGTERM, after_done=1, ray_tmp=ray_tmp, group=True)
+    err = proc.stderr.read()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM: rerun `lth run " in err and "--store" in err  # the full command
+    assert "Traceback" not in err
+    assert not (store / "locks" / "demo.lock").exists()
+    assert proc.leftover == [], proc.leftover  # no Ray process outlives the driver
+    assert os.listdir(ray_tmp) == []  # Ray's session directory is gone
+    print(f"SIGTERM to the group: driver exited in {proc.stop_seconds:.1f}s")

@@ -260,10 +260,11 @@ def test_priorities():
     p = plan(spec)
     T, L = 400, 3
     dense = [j for j in p.jobs.values() if j.spec.__class__ is TrainJob and j.spec.prune is None and not j.inputs]
-    # longest path below a dense run: itself, then L levels of the k = 0 lineage
-    assert all(j.priority == T + L * T for j in dense)
+    # longest path below a dense run: itself, L levels of the k = 0 lineage, then the random
+    # pruning control of level L (it takes IMP's level-L mask)
+    assert all(j.priority == T + (L + 1) * T for j in dense)
     for job in p.jobs.values():
-        if job.kind == "train" and job.meta.level == L:
+        if job.kind == "train" and job.meta.level == L and job.meta.prune_strategy == "random":
             assert job.priority == job.spec.stop_iter - job.spec.start_iter  # a leaf
     bf = plan(make(**{"scheduler": {"priority": "breadth_first"}}))
     assert all(j.priority == -j.meta.level for j in bf.jobs.values())

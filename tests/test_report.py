@@ -32,6 +32,8 @@ def with_plan(root: Path, rows: dict, levels: int, experiment: str = EXP) -> Non
     """A jobs.json as `lth run` writes it, whose lineages have `levels` pruning levels."""
     plan = {r["job_id"]: {"kind": "train", "role": r["role"], "level": r["level"], "parents": []}
             for r in rows["runs"]}
+    plan.update({r["pair_id"]: {"kind": "interpolate", "parents": [r["job_a"], r["job_b"]]}
+                 for r in rows["instability"]})  # analyze reads only the plan's jobs
     plan["extra-level"] = {"kind": "train", "role": "level", "level": levels, "parents": []}
     d = root / "experiments" / experiment
     d.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from conftest import DEMO, tiny_args, tree_digest
+from conftest import DEMO, lth_env, run_lth, tiny_args, tree_digest
 from orchestrator.cli import main
+from orchestrator.experiment import config_hash
 from orchestrator.planner import plan
 from orchestrator.schemas import TABLES
 from orchestrator.spec import load_spec
@@ -48,9 +50,12 @@ def test_sweep_end_to_end(swept):
     assert set(p.jobs) <= set(_done_mtimes(store_dir))
     # the four tables, exactly the documented columns
     tables = {name: store.read_table(name, "demo") for name in TABLES}
+    spec_hash = config_hash(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
     for name, table in tables.items():
         assert table.schema.names == TABLES[name].names, name
         assert table.num_rows > 0, name
+        assert set(table.column("config_hash").to_pylist()) == {spec_hash}, name
+    assert (store_dir / "experiments/demo/configs" / f"{spec_hash}.yaml").is_file()
     train = {j.id: j for j in p.jobs.values() if j.kind == "train"}
     pairs = {j.id: j for j in p.jobs.values() if j.kind == "interpolate"}
     runs = tables["runs"].to_pylist()
@@ -76,6 +81,12 @@ def test_sweep_end_to_end(swept):
     assert sorted(set(interp.column("alpha").to_pylist())) == [0.0, 0.5, 1.0]
     # the experiment's plan is in the store, so `lth status` needs nothing else
     assert set(json.loads((store_dir / "experiments/demo/jobs.json").read_text())) == set(p.jobs)
+    # files honour the umask (Ray workers inherit it): colleagues on a shared store can read them
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.relative_to(store_dir).as_posix(): f.stat().st_mode & 0o777
+             for f in store_dir.rglob("*") if f.is_file() and f.parts[-2] != "locks"}
+    assert modes and {m for m in modes.values()} == {0o666 & ~umask}, modes
 
 
 def test_status_counts_from_the_store(swept, capsys):
@@ -149,6 +160,28 @@ def test_other_experiment_reuses_done_jobs(swept, capsys):
         order = [(key, "ascending"), ("split" if table == "instability" else "level", "ascending")]
         assert mine.num_rows == len(_plan().jobs) - 4 if table == "runs" else mine.num_rows == 4 * 2
         assert mine.sort_by(order).equals(theirs.sort_by(order))
+
+
+def test_rerun_with_nothing_left_answers_without_ray(swept, tmp_path):
+    """A rerun of a finished sweep (a second `make demo`) starts no Ray: it answers in seconds."""
+    store_dir, _ = swept
+    ray_parent = tmp_path / "ray"
+    ray_parent.mkdir()
+    proc = run_lth("run", DEMO, "--store", str(store_dir), *tiny_args(), env=lth_env(LTH_RAY_TMPDIR=str(ray_parent)))
+    assert proc.returncode == 0, proc.stderr
+    assert _ran(proc.stdout) == 0
+    assert list(ray_parent.iterdir()) == []  # no Ray session was ever made
+
+
+def test_unreachable_address_fails_at_once_writing_nothing(tmp_path):
+    """Nothing listens there: one line, exit 2, no store (ray.init alone would retry for minutes,
+    past the subprocess timeout)."""
+    store = tmp_path / "store"
+    proc = run_lth("run", DEMO, "--store", str(store), "--address", "127.0.0.1:1", *tiny_args(), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --address: no Ray cluster answers at 127.0.0.1:1 "
+                                                "(Connection refused)"]
+    assert not store.exists()
 
 
 # ---- W&B offline -------------------------------------------------------------------------
@@ -252,6 +285,13 @@ def test_remote_store_stand_in(swept, tmp_path, capsys):
         (["model=resnet9000"], "model"),
         (["resources.gpus=64"], "resources.gpus"),  # a local Ray can never fit the job
         (["resources.cpus=100000"], "resources.cpus"),
+        (["pruning.levels=18"], "pruning.levels"),  # the demo's MLP is empty past level 15
+        (["train.eval_train_examples=0"], "train.eval_train_examples"),
+        (["train.optimizer.lr=.inf"], "train.optimizer.lr"),
+        (["pruning.finetune_lr=.nan"], "pruning.finetune_lr"),
+        (["sweep.branch.num_alphas=100000000"], "sweep.branch.num_alphas"),
+        (["name=."], "name"),
+        (["name=.."], "name"),
     ],
 )
 def test_bad_config_exit_2_and_nothing_written(tmp_path, capsys, sets, field):

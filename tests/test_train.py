@@ -198,3 +198,45 @@ def test_a_new_rewinding_point_is_added_without_touching_what_is_stored(tmp_path
     stopped = run(TrainJob(train=CFG, init_seed=0, data_seed=1, end_iter=25), tmp_path / "stopped")
     assert_bitwise(weights(grown.saved_weights[25]), weights(stopped.weights_path))
     assert first.test_accuracy == grown.test_accuracy
+
+
+def _pt_bytes(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix == ".pt"}
+
+
+def test_adding_k0_to_a_finished_dense_run_equals_planning_it_from_the_start(tmp_path):
+    """The sweep grew k = 0 after its dense run saved only k > 0: W_0 is the initialisation,
+    with no iteration to replay (a replay to iteration 0 was refused: start 0, end 0)."""
+    grown_dir, full_dir = tmp_path / "grown", tmp_path / "full"
+    run(TrainJob(train=CFG, init_seed=0, data_seed=1, save_iters=(25,)), grown_dir)
+    grown = run(TrainJob(train=CFG, init_seed=0, data_seed=1, save_iters=(0, 25)), grown_dir)
+    full = run(TrainJob(train=CFG, init_seed=0, data_seed=1, save_iters=(0, 25)), full_dir)
+    assert set(grown.saved_weights) == {0, 25}
+    assert _pt_bytes(grown_dir) == _pt_bytes(full_dir)  # weights.pt, mask.pt, w_0.pt, w_25.pt
+
+
+def test_a_rewinding_point_added_while_the_dense_run_is_interrupted(tmp_path):
+    """The sweep grew k = 5 (before the checkpoint) and k = 50 (after it) while its dense run
+    was interrupted at iteration 40: the run resumes its own checkpoint (save_iters is not part
+    of its fingerprint, as it is not part of its id), saves W_50 on the way and replays W_5."""
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_at_40(row):
+        if row.iteration == 40:
+            raise Interrupt
+
+    out, full_dir = tmp_path / "interrupted", tmp_path / "full"
+    paths = TrainPaths(out_dir=str(out), checkpoint_every_iters=7)
+    first = TrainJob(train=CFG, init_seed=2, data_seed=5, save_iters=(25,))
+    with pytest.raises(Interrupt):
+        run_train_job(first, paths, Runtime(device=torch.device("cpu"), on_metric=crash_at_40))
+    grown = dataclasses.replace(first, save_iters=(5, 25, 50))
+    resumed = run_train_job(grown, paths, RT)
+    assert resumed.resumed_from == 35
+    full = run(grown, full_dir)
+    assert set(resumed.saved_weights) == {5, 25, 50}
+    assert _pt_bytes(out) == _pt_bytes(full_dir)
+    assert [dataclasses.astuple(m) for m in resumed.metrics] == [dataclasses.astuple(m) for m in full.metrics]
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no replay directory left behind

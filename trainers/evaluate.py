@@ -9,14 +9,22 @@ import torch.nn.functional as F
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA unless fp32 is asked for; CPU runs stay fp32 (bitwise reproducible)."""
+    """bf16 autocast on CUDA unless fp32 or fp64 is asked for; CPU runs stay fp32 (bitwise reproducible)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def to_model_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype a model's weights are held in: float64 only for `fp64` (CPU oracle runs, where
+    two code paths that sum in another order must agree to float64 rounding), else float32."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def to_model_input(x: torch.Tensor, channels_last: bool, precision: str = "auto") -> torch.Tensor:
+    if precision == "fp64" and x.is_floating_point():
+        x = x.to(torch.float64)
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -38,7 +46,8 @@ def evaluate(
     count = 0
     with autocast_for(device, precision):
         for x, y in batches:
-            logits = model(to_model_input(x, channels_last)).float()
+            logits = model(to_model_input(x, channels_last, precision))
+            logits = logits.double() if precision == "fp64" else logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             count += y.numel()

@@ -84,7 +84,7 @@ def interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> In
     check_pair(wa, wb, paths)
     mask = checkpoint.load_mask(paths.mask) if paths.mask else {}
 
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     channels_last = cfg.channels_last and device.type == "cuda"
     model = build_model(cfg.model, data.info.input_shape, data.info.num_classes, seed=0)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -73,7 +73,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     eval_every: int = 0  # iterations between evaluations; 0: only at the start and end
     eval_train_examples: int = 1024  # fixed subset of the training set for train metrics
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp64: oracle runs
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
 

@@ -37,13 +37,13 @@ from torch.func import functional_call, stack_module_state
 
 from trainers import checkpoint
 from trainers.data import open_data
-from trainers.evaluate import autocast_for, evaluate
+from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
 from trainers.pruning import MaskApplier, density
 from trainers.runtime import Runtime
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, build_optimizer, device_name, fingerprint, lr_for, rewind_file, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, build_optimizer, device_name, fingerprint, lr_for, rewind_file, saved_rewind_points, starting_point, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -173,11 +173,11 @@ def vmap_supported(job: TrainJob, rt: Runtime) -> bool:
     cfg = job.train
     info = open_data(cfg.data, rt.device, rt.data_cache).info
     try:
-        model = build_model(cfg.model, info.input_shape, info.num_classes, seed=0).to(rt.device)
+        model = build_model(cfg.model, info.input_shape, info.num_classes, seed=0).to(rt.device, param_dtype(cfg.precision))
         params, buffers = stack_module_state([model, model])
         params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         forward, _ = _functional_forward(model)
-        x = torch.randn(2, 2, *info.input_shape, device=rt.device)
+        x = torch.randn(2, 2, *info.input_shape, device=rt.device, dtype=param_dtype(cfg.precision))
         with autocast_for(rt.device, cfg.precision):
             forward(params, {n: b.detach() for n, b in buffers.items()}, x).float().sum().backward()
     except Exception as e:  # a missing batching rule raises RuntimeError/NotImplementedError
@@ -193,14 +193,14 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
     job0, cfg, device = jobs[0], jobs[0].train, rt.device
     for p in paths:
         os.makedirs(p.out_dir, exist_ok=True)
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
 
     # --- starting points: each member's checkpoint, or its inputs, exactly as train() --------
     models, masks, metrics = [], [], []
     resumed = ckpts[0] is not None
     for job, p, ckpt in zip(jobs, paths, ckpts):
-        model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed)
+        model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
         if ckpt is not None:
             weights, mask, rows = ckpt["model"], ckpt["mask"], [MetricRow(**m) for m in ckpt["metrics"]]
         else:
@@ -285,7 +285,7 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
         for group in optimizer.param_groups:
             group["lr"] = lr_for(job0, it)
         batches = [next(s) for s in streams]
-        x = torch.stack([b[0] for b in batches])
+        x = to_model_input(torch.stack([b[0] for b in batches]), False, cfg.precision)
         y = torch.stack([b[1] for b in batches])
         with autocast_for(device, cfg.precision):
             logits = forward(params, buffers, x)  # (K, B, classes)
@@ -326,12 +326,12 @@ def _train_pack(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[dict 
             device=device_name(device),
             weights_path=os.path.join(out, WEIGHTS),
             mask_path=os.path.join(out, MASK),
-            saved_weights={s: os.path.join(out, rewind_file(s)) for s in job.save_iters},
+            saved_weights=saved_rewind_points(job, out),
             resumed_from=start if resumed else None,
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)
         if os.path.exists(ckpt_path):
             os.unlink(ckpt_path)
-        results.append(result)
+        results.append(add_missing_rewind_points(job, out, result, rt))  # a k added mid-run
     return results

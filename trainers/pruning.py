@@ -115,10 +115,13 @@ def prune_count(remaining: int, fraction: float) -> int:
 def planned_remaining(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[int]:
     """Remaining prunable weights at levels 0..levels (dense first), with no tensor at all.
 
-    Equals what repeated `prune` calls produce from a full mask: global and random remove
-    ceil(p * r) of the total; layerwise removes ceil(p * r_i) from each tensor.
+    Equals what repeated `prune` calls produce from a full mask: global removes ceil(p * r) of
+    the total; layerwise removes ceil(p * r_i) from each tensor. (The random control keeps the
+    magnitude strategy's counts: `shuffle_within_layers`.)
     """
     _check_strategy(cfg.strategy)
+    if cfg.strategy == "random":
+        raise ValueError("planned_remaining: the random control has the counts of the magnitude strategy it shuffles")
     _check_fraction(cfg.fraction)
     if int(levels) < 0:
         raise ValueError(f"levels must be >= 0, got {levels!r}")
@@ -210,7 +213,9 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
     """The mask of level l+1 from level l's final `weights` (a state_dict) and its `mask`.
 
     Only the mask's tensors are considered (others in `weights`, e.g. biases, are ignored).
-    `seed` only matters for the `random` control. Returns new CPU bool tensors.
+    `random` (the random-pruning control) does not prune: `mask` is IMP's mask of the level
+    and comes back shuffled within each layer (`shuffle_within_layers`; `weights` and the
+    fraction are unused). `seed` only matters for it. Returns new CPU bool tensors.
     """
     _check_strategy(cfg.strategy)
     _check_fraction(cfg.fraction)
@@ -231,17 +236,21 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
             out[k] = new.reshape(m.shape)
         return out
 
-    # random control: the per-layer survivor counts magnitude_global would give, but which
-    # survivors stay is a uniform draw among the current survivors of each layer.
-    keep = {k: int(m.count_nonzero()) for k, m in _global_magnitude(weights, mask, cfg.fraction).items()}
+    return shuffle_within_layers(mask, seed)
+
+
+def shuffle_within_layers(mask: Mask, seed: int) -> Mask:
+    """The random-pruning control (open_lth's `randomly_prune`): each tensor keeps exactly as
+    many weights as in `mask`, at positions drawn uniformly over the whole tensor, so per-layer
+    densities equal the given mask's whatever strategy made it. One generator seeded by `seed`
+    draws the tensors in mask order."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
     out = {}
     for k, m in mask.items():
-        alive_idx = m.reshape(-1).nonzero().squeeze(1)
-        chosen = alive_idx[torch.randperm(alive_idx.numel(), generator=gen)[: keep[k]]]
+        keep = int(m.count_nonzero())
         new = torch.zeros(m.numel(), dtype=torch.bool)
-        new[chosen] = True
+        new[torch.randperm(m.numel(), generator=gen)[:keep]] = True
         out[k] = new.reshape(m.shape)
     return out
 

@@ -2,7 +2,8 @@
 
 A Ray actor, a benchmark or a test makes one `Runtime` and passes it to every job it runs;
 it owns the device and the in-process cache of loaded data sets, so the second job of an
-actor that uses the same data does not load it again.
+actor that uses the same data does not load it again, and knows how many CPUs the job was given
+(the scheduler's allotment), from which the file loaders size their worker pools.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from trainers.data.workers import loader_workers
 from trainers.jobs import MetricRow
 
 
@@ -24,3 +26,9 @@ class Runtime:
     data_cache: dict[Any, Any] = field(default_factory=dict)
     # Called with each evaluation as it happens (live tracking); must not raise.
     on_metric: Callable[[MetricRow], None] | None = None
+    # CPUs this job may use (Ray's num_cpus for the actor); None: those the process may run on.
+    cpus: int | None = None
+
+    def loader_workers(self) -> int:
+        """Reader threads of file-based data sets for this job (trainers/data/workers.py)."""
+        return loader_workers(self.cpus)

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from trainers import checkpoint
+from trainers.compiling import compiled
 from trainers.data import DataInfo, open_data
-from trainers.evaluate import autocast_for, evaluate, to_model_input
+from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
-from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune
+from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune, shuffle_within_layers
 from trainers.runtime import Runtime
 from trainers.schedule import lr_at
 
@@ -44,9 +45,13 @@ def fingerprint(job: TrainJob) -> str:
     """Identifies the job a checkpoint belongs to (the orchestrator's job id also covers inputs).
 
     The data set's location (data.root) is left out: a job re-queued on another node reads the
-    same data set from that node's own copy (orchestrator/cluster.py), at another path."""
+    same data set from that node's own copy (orchestrator/cluster.py), at another path. So are
+    the rewinding points (save_iters), as in the job id: a sweep that gains a k while its dense
+    run is interrupted resumes that run, and any W_k before the checkpoint is replayed at the end
+    (`add_missing_rewind_points`)."""
     fields = dataclasses.asdict(job)
     fields["train"]["data"].pop("root", None)
+    fields.pop("save_iters", None)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -69,7 +74,9 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
     if job.prune is not None:
         if not 0.0 < job.prune.fraction < 1.0:
             raise ValueError(f"prune.fraction: must be in (0, 1), got {job.prune.fraction}")
-        if paths.parent_weights is None or paths.parent_mask is None:
+        if job.prune.strategy == "random" and paths.parent_mask is None:
+            raise ValueError("paths: the random-pruning control needs parent_mask (IMP's mask of its level)")
+        if job.prune.strategy != "random" and (paths.parent_weights is None or paths.parent_mask is None):
             raise ValueError("paths: a pruning job needs parent_weights and parent_mask")
     if job.retrain in ("lr_rewind", "finetune") and job.prune is not None and paths.parent_weights is None:
         raise ValueError(f"paths.parent_weights: retrain={job.retrain} starts from the parent's weights")
@@ -96,7 +103,9 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
         mask = _restrict(checkpoint.load_mask(paths.parent_mask), names, paths.parent_mask)
 
     parent = checkpoint.load_weights(paths.parent_weights) if paths.parent_weights else None
-    if job.prune is not None:
+    if job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
+        mask = shuffle_within_layers(mask, job.prune_seed)
+    elif job.prune is not None:
         mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
 
     if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
@@ -154,9 +163,10 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         with open(result_path) as f:
             return add_missing_rewind_points(job, out, result_from_json(json.load(f)), rt)
 
-    data = open_data(cfg.data, device, rt.data_cache)
+    data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
-    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed)
+    # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded on resume
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
 
     # --- starting point: a checkpoint of this very job, or the job's inputs -------------------
     fp = fingerprint(job)
@@ -178,7 +188,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model) if cfg.compile else model
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
@@ -226,7 +236,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
             group["lr"] = lr
         x, y = next(stream)
         with autocast_for(device, cfg.precision):
-            loss = F.cross_entropy(forward(to_model_input(x, channels_last)), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(forward(to_model_input(x, channels_last, cfg.precision)), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Pruned weights are zero and their gradients are masked, so SGD's and Adam's updates
@@ -260,13 +270,14 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         device=device_name(device),
         weights_path=os.path.join(out, WEIGHTS),
         mask_path=os.path.join(out, MASK),
-        saved_weights={k: os.path.join(out, rewind_file(k)) for k in job.save_iters},
+        saved_weights=saved_rewind_points(job, out),
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
-    return result
+    # a rewinding point added while this run was interrupted past it: replay up to it
+    return add_missing_rewind_points(job, out, result, rt)
 
 
 def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: Runtime) -> TrainResult:
@@ -279,15 +290,31 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
     missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
     if not missing:
         return result
-    scratch = os.path.join(out, ".replay")
-    replay = dataclasses.replace(job, end_iter=missing[-1], save_iters=tuple(missing))
-    train(replay, TrainPaths(out_dir=scratch), dataclasses.replace(rt, on_metric=None))  # not this job's metrics
-    for k in missing:
-        os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
-    shutil.rmtree(scratch)
-    result.saved_weights = {k: os.path.join(out, rewind_file(k)) for k in sorted(set(result.saved_weights) | set(missing))}
+    if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
+        # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)
+        from trainers.data import describe
+
+        info = describe(job.train.data)
+        model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)
+        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(0)))
+        missing = missing[1:]
+    if missing:
+        scratch = os.path.join(out, ".replay")
+        shutil.rmtree(scratch, ignore_errors=True)  # an earlier replay that died: its checkpoint is not ours
+        replay = dataclasses.replace(job, end_iter=missing[-1], save_iters=tuple(missing))
+        train(replay, TrainPaths(out_dir=scratch), dataclasses.replace(rt, on_metric=None))  # not this job's metrics
+        for k in missing:
+            os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
+        shutil.rmtree(scratch)
+    result.saved_weights = saved_rewind_points(job, out)
     checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
     return result
+
+
+def saved_rewind_points(job: TrainJob, out: str) -> dict[int, str]:
+    """The W_k files this job's directory holds, among its rewinding points."""
+    paths = {k: os.path.join(out, rewind_file(k)) for k in sorted(job.save_iters)}
+    return {k: p for k, p in paths.items() if os.path.exists(p)}
 
 
 def device_name(device: torch.device) -> str:

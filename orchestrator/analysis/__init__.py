@@ -26,7 +26,7 @@ from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
 from orchestrator.analysis.read import (
     INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
-    read_config_text, read_progress, read_table,
+    only_planned, plan_job_ids, read_config_text, read_progress, read_table,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -264,6 +264,9 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     raw = [read_table(store, "runs", experiment, RUNS_COLUMNS, cache),
            read_table(store, "instability", experiment, INSTABILITY_COLUMNS, cache),
            read_table(store, "interpolation", experiment, INTERPOLATION_COLUMNS, cache)]
+    planned = plan_job_ids(store, experiment)  # the current plan's jobs only
+    raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
+           only_planned(raw[2], "pair_id", planned)]
     clock.lap("read")
     res = compute(*raw, threshold)
     clock.lap("compute")

@@ -13,6 +13,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -179,6 +180,25 @@ def _read_listed(store: Store, table: str, experiment: str, columns: list[str],
     if cache is not None and (new or manifest != current):
         cache.save(table, t, current)
     return t
+
+
+def plan_job_ids(store: Store, experiment: str) -> set[str] | None:
+    """The job ids of the experiment's current plan (jobs.json); None when there is none."""
+    path = store.path("experiments", experiment, "jobs.json")
+    if not store.exists(path):
+        return None
+    try:
+        return {jid for jid, _ in _plan_entries(json.loads(store.read_text(path)))}
+    except (ValueError, OSError):
+        return None  # read_progress reports the unreadable plan
+
+
+def only_planned(t: pa.Table, column: str, ids: set[str] | None) -> pa.Table:
+    """The rows of jobs in the plan: a store written before experiments were checked for a
+    changed config may hold rows of another config under the same name."""
+    if ids is None:
+        return t
+    return t.filter(pc.is_in(t[column], value_set=pa.array(sorted(ids), pa.string())))
 
 
 @dataclass

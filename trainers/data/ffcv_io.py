@@ -224,9 +224,9 @@ def _decode_all(path: Path, num_workers: int) -> tuple[Tensor, Tensor]:
 
 
 def _workers(num_workers: int | None) -> int:
-    from trainers.data.imagenet import default_workers
+    from trainers.data.workers import loader_workers
 
-    return default_workers() if num_workers is None else max(1, num_workers)
+    return loader_workers() if num_workers is None else max(1, num_workers)
 
 
 class FfcvCifarSource(DataSource):

@@ -1,31 +1,40 @@
 """ImageNet-style image folders (root/train/<class>/*, root/val/<class>/*), streamed from files.
 
+The CPU only reads bytes: a pool of reader threads (as many as the job's CPUs allow, workers.py)
+reads each batch's files ahead of time, and one producer thread decodes them on the training
+device (nvJPEG on CUDA, libjpeg-turbo on the CPU: jpeg.py, with CPU fallbacks for the files
+nvJPEG cannot take) and crops, resizes, flips and normalises them there (prefetch.py).
+
 Training: random-resized crop (area 0.08-1, aspect 3/4-4/3) to image_size and a horizontal flip;
 evaluation: resize the shorter side to eval_image_size (default round(image_size * 8/7)) and
-centre-crop image_size. Files are decoded by DataLoader workers; a batch sampler hands each
-worker (example index, per-position seed), and the worker draws the crop and flip from a
-torch.Generator seeded with it, so the batches are a pure function of (data_seed, epoch,
-position) whatever the number of workers. Workers return uint8; the device normalises.
-With progressive resizing (data.min_res/max_res) the keys also carry the epoch's crop side.
+centre-crop image_size. The crop and flip of the example at position p of epoch e come from a
+CPU generator seeded with order.sample_seed(data_seed, e, p) and the decoded image's size
+(ResizedCropFlip.uniforms/boxes), so the batches are a pure function of (data_seed, epoch,
+position) whatever the number of workers or the decode device; a resumed stream recomputes its
+epoch's plan and continues it. With progressive resizing (data.min_res/max_res) each batch's plan
+also carries the epoch's crop side.
 """
 from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from trainers.data import order
 from trainers.data.bundle import Batch, DataBundle, DataInfo, DataSource, check_eval_args, check_stream_args
+from trainers.data.jpeg import DecodeStats, decode_batch
+from trainers.data.prefetch import Prefetcher
 from trainers.data.resident import ResizedCropFlip
 from trainers.data.resolution import train_resolution
+from trainers.data.workers import loader_workers
 from trainers.jobs import DataConfig
 
 MEAN = (0.485, 0.456, 0.406)
@@ -46,10 +55,6 @@ def image_sizes(cfg: DataConfig) -> tuple[int, int]:
     if eval_size < size:
         raise ValueError(f"data.eval_image_size ({eval_size}) must be >= data.image_size ({size})")
     return size, eval_size
-
-
-def default_workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
 def split_dirs(root: str | None) -> tuple[Path, Path]:
@@ -81,52 +86,79 @@ def scan(folder: Path, class_to_idx: dict[str, int] | None = None) -> tuple[list
     return sorted(mapping, key=mapping.get), samples
 
 
-class FolderImages(Dataset):
-    """Decodes one image; the key is (index, seed, side): seed None means the evaluation transform,
-    side None the configured image_size (else the training side of progressive resizing)."""
+@dataclass(frozen=True)
+class Plan:
+    """One batch, decided before any file is read: which examples, the per-position seeds of
+    their crops (None: the evaluation view) and the side (None: the configured image_size)."""
 
-    def __init__(self, samples: list[tuple[str, int]], size: int, eval_size: int):
-        self.samples = samples
-        self.size = size
-        self.eval_size = eval_size
+    indices: tuple[int, ...]
+    seeds: tuple[int | None, ...]
+    side: int | None
 
-    def __len__(self) -> int:
-        return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int | None, int | None]) -> tuple[Tensor, int]:
-        index, seed, side = key
-        size = self.size if side is None else side
-        path, label = self.samples[index]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-        if seed is None:
-            # The evaluation view (the same fraction of the image at any side).
-            resize = self.eval_size if side is None else round(side * self.eval_size / self.size)
-            img = TF.center_crop(TF.resize(img, resize), [size, size])
+def crop_params(seeds: list[int], heights: list[int], widths: list[int]) -> dict[str, Tensor]:
+    """The random-resized crops and flips of one batch (CPU float64 boxes, bool flips): one
+    generator per position, so a crop depends on its position's seed and its image's size only."""
+    draws = [_CROP.uniforms(torch.Generator().manual_seed(s), 1) for s in seeds]
+    u = torch.cat([d[0] for d in draws])
+    flip = torch.cat([d[1] for d in draws])
+    return _CROP.boxes(u, flip, torch.tensor(heights, dtype=torch.float64), torch.tensor(widths, dtype=torch.float64))
+
+
+def train_plans(n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool,
+                cfg: DataConfig) -> Iterator[Plan]:
+    """The training stream's batches from iteration start_iter on, forever."""
+    epoch, step = divmod(start_iter, ipe)
+    while True:
+        perm = order.epoch_permutation(data_seed, epoch, n).tolist()
+        side = train_resolution(cfg, epoch)
+        for s in range(step, ipe):
+            positions = range(s * batch_size, (s + 1) * batch_size)
+            seeds = tuple(order.sample_seed(data_seed, epoch, p) if augment else None for p in positions)
+            yield Plan(tuple(perm[p] for p in positions), seeds, side)
+        epoch, step = epoch + 1, 0
+
+
+class FolderTransform:
+    """Decoded images of one batch -> the normalised float batch on the device."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: int, eval_size: int, device: torch.device, stats: DecodeStats):
+        self.samples, self.size, self.eval_size = samples, size, eval_size
+        self.device, self.stats = device, stats
+        self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0)
+
+    def paths(self, plan: Plan) -> list[str]:
+        return [self.samples[i][0] for i in plan.indices]
+
+    def crop(self, images: list[Tensor], seeds: list[int], side: int) -> Tensor:
+        p = crop_params(seeds, [im.shape[1] for im in images], [im.shape[2] for im in images])
+        boxes = torch.stack([p["i"], p["j"], p["h"], p["w"]], 1).to(torch.int64).tolist()
+        out = torch.empty(len(images), 3, side, side, device=self.device)
+        for k, (im, (i, j, h, w)) in enumerate(zip(images, boxes)):
+            out[k] = F.interpolate(im[None, :, i : i + h, j : j + w].float(), size=(side, side), mode="bilinear",
+                                   antialias=True, align_corners=False)[0]
+        flip = p["flip"].to(self.device).view(-1, 1, 1, 1)
+        return torch.where(flip, out.flip(-1), out)
+
+    def centre(self, images: list[Tensor], side: int) -> Tensor:
+        # The evaluation view: the same fraction of the image at any side.
+        resize = self.eval_size if side == self.size else round(side * self.eval_size / self.size)
+        out = torch.empty(len(images), 3, side, side, device=self.device)
+        for k, im in enumerate(images):
+            out[k] = TF.center_crop(TF.resize(im[None].float(), [resize], antialias=True), [side, side])[0]
+        return out
+
+    def __call__(self, plan: Plan, contents: list) -> Batch:
+        paths = self.paths(plan)
+        images = decode_batch(contents, paths, self.device, self.stats, MEAN)
+        side = self.size if plan.side is None else plan.side
+        if plan.seeds and plan.seeds[0] is not None:
+            x = self.crop(images, list(plan.seeds), side)
         else:
-            p = _CROP.draw(torch.Generator().manual_seed(seed), 1, img.height, img.width)
-            img = TF.resized_crop(img, int(p["i"]), int(p["j"]), int(p["h"]), int(p["w"]), [size, size], antialias=True)
-            if bool(p["flip"]):
-                img = TF.hflip(img)
-        return TF.pil_to_tensor(img), label
-
-
-class _TrainKeys:
-    """Batch sampler of the training stream: batches of (index, per-position seed), forever."""
-
-    def __init__(self, n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool, cfg: DataConfig):
-        self.n, self.seed, self.b, self.start, self.ipe, self.augment = n, data_seed, batch_size, start_iter, ipe, augment
-        self.cfg = cfg
-
-    def __iter__(self) -> Iterator[list[tuple[int, int | None, int | None]]]:
-        epoch, step = divmod(self.start, self.ipe)
-        while True:
-            perm = order.epoch_permutation(self.seed, epoch, self.n).tolist()
-            side = train_resolution(self.cfg, epoch)
-            for s in range(step, self.ipe):
-                positions = range(s * self.b, (s + 1) * self.b)
-                yield [(perm[p], order.sample_seed(self.seed, epoch, p) if self.augment else None, side) for p in positions]
-            epoch, step = epoch + 1, 0
+            x = self.centre(images, side)
+        y = torch.tensor([self.samples[i][1] for i in plan.indices], dtype=torch.int64).to(self.device)
+        return (x - self._mean) * self._inv_std, y
 
 
 class FolderBundle(DataBundle):
@@ -134,39 +166,40 @@ class FolderBundle(DataBundle):
                  device: torch.device, num_workers: int, cfg: DataConfig):
         self.info = info
         self.cfg = cfg
-        self.train = FolderImages(train, size, eval_size)
-        self.test = FolderImages(test, size, eval_size)
-        self.augment = augment
         self.device = torch.device(device)
-        self.num_workers = num_workers
-        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255.0)
+        self.stats = DecodeStats(device=str(self.device))
+        self.train = FolderTransform(train, size, eval_size, self.device, self.stats)
+        self.test = FolderTransform(test, size, eval_size, self.device, self.stats)
+        self.augment = augment
+        self.num_workers = max(1, num_workers)  # reader threads (0, "in the main process", means one)
+        self.depth = 3 if self.device.type == "cuda" else 2  # finished batches held ahead of the loop
 
-    def _loader(self, dataset: FolderImages, batches) -> Iterator[Batch]:
-        cuda = self.device.type == "cuda"
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, pin_memory=cuda,
-                            prefetch_factor=4 if self.num_workers else None)
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=cuda)
-            y = y.to(self.device, non_blocking=cuda)
-            yield (x.float() - self._mean) * self._inv_std, y
+    def _batches(self, transform: FolderTransform, plans) -> Iterator[Batch]:
+        # A generator, so no thread starts before the first batch is asked for, and closing it
+        # (or dropping it) stops the prefetcher.
+        prefetcher = Prefetcher(plans, transform.paths, transform, self.num_workers, self.depth, self.device)
+        try:
+            yield from prefetcher
+        finally:
+            prefetcher.close()
 
     def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator[Batch]:
         check_stream_args(start_iter)
         ipe = self.iterations_per_epoch(batch_size)
         # Without augmentation (seed None) training images get the evaluation transform.
-        keys = _TrainKeys(len(self.train), data_seed, batch_size, start_iter, ipe, self.augment, self.cfg)
-        return self._loader(self.train, keys)
+        plans = train_plans(self.info.num_train, data_seed, batch_size, start_iter, ipe, self.augment, self.cfg)
+        return self._batches(self.train, plans)
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
         if split == "test":
             count = check_eval_args(split, batch_size, max_examples, self.info.num_test, "test")
-            dataset, idx = self.test, list(range(count))
+            transform, idx = self.test, list(range(count))
         else:
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
-            dataset, idx = self.train, order.eval_train_subset(self.info.num_train, max_examples).tolist()
-        keys = [[(i, None, None) for i in idx[lo : lo + batch_size]] for lo in range(0, len(idx), batch_size)]
-        return self._loader(dataset, keys)
+            transform, idx = self.train, order.eval_train_subset(self.info.num_train, max_examples).tolist()
+        plans = [Plan(tuple(idx[lo : lo + batch_size]), (None,) * len(idx[lo : lo + batch_size]), None)
+                 for lo in range(0, len(idx), batch_size)]
+        return self._batches(transform, plans)
 
 
 class ImageFolderSource(DataSource):
@@ -206,5 +239,5 @@ class ImageFolderSource(DataSource):
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         info, train, test = self.scan_splits()
         size, eval_size = image_sizes(self.cfg)
-        workers = default_workers() if num_workers is None else num_workers
+        workers = loader_workers() if num_workers is None else num_workers
         return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers, self.cfg)

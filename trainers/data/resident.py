@@ -68,10 +68,24 @@ class ResizedCropFlip:
     attempts: int = 10
 
     def draw(self, gen: torch.Generator, n: int, height: int, width: int) -> dict[str, Tensor]:
+        u, flip = self.uniforms(gen, n)
+        return self.boxes(u, flip, torch.full((n,), height, dtype=torch.float64), torch.full((n,), width, dtype=torch.float64))
+
+    def uniforms(self, gen: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
+        """The random draws of n crops, (u (n, attempts, 4) float64, flip (n,) bool): they need
+        no image size, so file loaders draw them before decoding (jpeg_folder.py)."""
         u = torch.rand(n, self.attempts, 4, generator=gen, dtype=torch.float64)
         flip = torch.rand(n, generator=gen) < 0.5
-        area = height * width
-        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
+        return u, flip
+
+    def boxes(self, u: Tensor, flip: Tensor, height: Tensor, width: Tensor) -> dict[str, Tensor]:
+        """Crop boxes from `uniforms`' draws for images of the given heights and widths (float64,
+        one per crop): the rule of torchvision's RandomResizedCrop, vectorised over images of
+        different sizes. All float64 on the CPU, so every decode device gets the same boxes."""
+        height = height.to(torch.float64)[:, None]
+        width = width.to(torch.float64)[:, None]
+        n = len(u)
+        target = height * width * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
         log_lo, log_hi = torch.log(torch.tensor(self.ratio, dtype=torch.float64))
         aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
         w = torch.round(torch.sqrt(target * aspect))
@@ -81,21 +95,19 @@ class ResizedCropFlip:
         pick = first.clamp(min=0)[:, None]
         h_sel = h.gather(1, pick)[:, 0]
         w_sel = w.gather(1, pick)[:, 0]
+        height, width = height[:, 0], width[:, 0]
         i = torch.floor(u[..., 2].gather(1, pick)[:, 0] * (height - h_sel + 1))
         j = torch.floor(u[..., 3].gather(1, pick)[:, 0] * (width - w_sel + 1))
         # Fallback (no attempt fit): the largest centred crop with an allowed aspect ratio.
         in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            fw, fh = width, round(width / self.ratio[0])
-        elif in_ratio > self.ratio[1]:
-            fh, fw = height, round(height * self.ratio[1])
-        else:
-            fw, fh = width, height
+        too_tall, too_wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+        fw = torch.where(too_wide, torch.round(height * self.ratio[1]), width)
+        fh = torch.where(too_tall, torch.round(width / self.ratio[0]), height)
         none = first < 0
-        h_sel = torch.where(none, float(fh), h_sel)
-        w_sel = torch.where(none, float(fw), w_sel)
-        i = torch.where(none, float((height - fh) // 2), i)
-        j = torch.where(none, float((width - fw) // 2), j)
+        h_sel = torch.where(none, fh, h_sel)
+        w_sel = torch.where(none, fw, w_sel)
+        i = torch.where(none, torch.floor((height - fh) / 2), i)
+        j = torch.where(none, torch.floor((width - fw) / 2), j)
         return {"i": i, "j": j, "h": h_sel, "w": w_sel, "flip": flip}
 
     def apply(self, x: Tensor, params: dict[str, Tensor], size: int | None = None) -> Tensor:
