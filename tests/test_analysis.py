@@ -385,9 +385,11 @@ def test_partial_store_marks_missing_cells(tmp_path):
     rows["runs"] = [r for r in rows["runs"]
                     if not (r["retrain"] == "finetune" and r["level"] == 3)]
     write_store(tmp_path, rows)
-    plan = [r["job_id"] for r in build_sweep()[0]["runs"]]  # the full plan's train jobs
+    full = build_sweep()[0]
+    plan = [r["job_id"] for r in full["runs"]]  # the full plan's train jobs
+    pairs = {r["pair_id"]: {"kind": "interpolate"} for r in full["instability"]}
     (tmp_path / "experiments" / EXP).mkdir(parents=True)
-    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps({j: {"kind": "train"} for j in plan}))
+    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps({**{j: {"kind": "train"} for j in plan}, **pairs}))
     (tmp_path / "experiments" / EXP / "config.yaml").write_text("name: toy\nmodel: mlp_300_100\n")
     for jid in plan[:10]:
         (tmp_path / "artifacts" / jid).mkdir(parents=True)
@@ -410,8 +412,8 @@ def test_partial_store_marks_missing_cells(tmp_path):
     assert line.split(",")[header.index('"acc_mean_pct"')] == ""
     html = (out / "report.html").read_text()
     assert "class=\"missing\">—</td>" in html
-    assert f"10/{len(plan)} jobs done" in html and "mlp_300_100" in html
-    assert f"10/{len(plan)} jobs done" in console.file.getvalue()
+    assert f"10/{len(plan) + len(pairs)} jobs done" in html and "mlp_300_100" in html
+    assert f"10/{len(plan) + len(pairs)} jobs done" in console.file.getvalue()
     # --out given: the store gets only the scan cache
     assert [p.name for p in (tmp_path / "reports" / EXP).iterdir()] == [".cache"]
 
