@@ -3,14 +3,14 @@
     python benchmarks/bench_analyze.py                       # synthetic store: 10M metrics rows,
                                                              # ~1M interpolation rows, many files
     python benchmarks/bench_analyze.py --files 20000         # more, smaller files
-    python benchmarks/bench_analyze.py --files 16000 --compact   # as `lth run` leaves it
+    python benchmarks/bench_analyze.py --files 100           # as a long `lth run` leaves it
     python benchmarks/bench_analyze.py --store S --experiment demo   # an existing store (demo)
 
 The synthetic store is written in a temporary directory (kept with --keep DIR) the way the
 store lays it out: results/<table>/experiment=<name>/part-*.parquet, rows spread evenly over
---files files per large table (the store itself writes one part file per job: 16000 files is
-that layout at this size; --compact then merges each table's files the way the driver of
-`lth run` does at the end of a sweep, Store.compact). Generation is vectorized (numpy + pyarrow). The first timed run is
+--files files per large table (the driver of `lth run` publishes one file per table every
+PUBLISH_EVERY_SECONDS (orchestrator/scheduler.py) and at its end, so a sweep of about three
+hours leaves about 100). Generation is vectorized (numpy + pyarrow). The first timed run is
 cold (no scan cache), the next ones warm (see orchestrator/analysis/read.py ScanCache).
 """
 from __future__ import annotations
@@ -33,8 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from orchestrator.schemas import TABLES, file_schema  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.schemas import file_schema  # noqa: E402
 
 EXP = "bench"
 T_ITERS = 4000
@@ -148,14 +147,6 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
     }
 
 
-def compact(store: str, experiment: str) -> None:
-    """Every table's part files merged into one, as the driver of `lth run` leaves them."""
-    t0 = time.perf_counter()
-    merged = {t: Store(store).compact(t, experiment, min_files=1) for t in TABLES}
-    print(f"compacted in {time.perf_counter() - t0:.1f}s: "
-          + ", ".join(f"{t} {n} files" for t, n in merged.items()))
-
-
 DUCKDB_SQL = """
 WITH inst AS (SELECT * FROM read_parquet($inst)),
 interp AS (SELECT pair_id, split, max(error) AS max_error,
@@ -256,13 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", type=int, default=15)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="write the synthetic store here and keep it")
-    ap.add_argument("--compact", action="store_true",
-                    help="compact every table first (Store.compact), as `lth run` leaves a store")
     args = ap.parse_args(argv)
 
     if args.store:
-        if args.compact:
-            compact(args.store, args.experiment)
         times = time_analyze(args.store, args.experiment, args.repeat)
         _report(times)
         return 0
@@ -275,8 +262,6 @@ def main(argv=None) -> int:
         n_files = sum(1 for _ in root.rglob("*.parquet"))
         print(f"store {root}: generated in {gen:.1f}s, {n_files} files, "
               + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-        if args.compact:
-            compact(str(root), EXP)
         times = time_analyze(str(root), EXP, args.repeat)
         _report(times)
     finally:

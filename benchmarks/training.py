@@ -218,26 +218,64 @@ def model_step_flops(cfg: TrainConfig, rt: Runtime) -> float:
 # ---- packing ---------------------------------------------------------------------------------
 
 
-def bench_packing(case: Case, settings: Settings, k: int) -> dict:
-    """Aggregate images/s of K networks packed in one process vs one unpacked job, interleaved."""
+@dataclass(frozen=True)
+class PackRow:
+    k: int  # networks trained at once (1: one job, train())
+    cuda_graphs: bool
+    deterministic: bool
+
+
+def pack_rows(ks: list[int], settings: Settings) -> list[PackRow]:
+    """One job and each K, eager and (on CUDA) with CUDA graphs, deterministic on and off."""
+    graphs = (False, True) if settings.cuda else (False,)
+    return [PackRow(k, g, d) for d in (True, False) for k in (1, *ks) for g in graphs]
+
+
+def bench_packing(case: Case, settings: Settings, ks: list[int]) -> dict:
+    """Aggregate images/s of K networks trained as one stacked network, of one job, eager and with
+    CUDA graphs, deterministic kernels on and off, and of the plain loop (the anchor), in this
+    one process. Each row states the path its results say ran; `fell_back` lists any row whose
+    path is not the one asked for (benchmarks.run then exits 1)."""
     p = plan(settings)
     rt = Runtime(device=settings.device)
-    cfg = train_config(case, settings, iterations=(p.windows + 1) * p.window, eval_every=p.window, compile=False)
-    single, packed = [], []
+    rows = pack_rows(ks, settings)
+    secs: dict[PackRow, list[float]] = {r: [] for r in rows}
+    paths: dict[PackRow, set[str]] = {r: set() for r in rows}
+    anchor: list[float] = []
+    base = dataclasses.replace(train_config(case, settings, iterations=(p.windows + 1) * p.window, eval_every=p.window,
+                                            compile=False), precision="bf16" if settings.cuda else "fp32")
     with tempfile.TemporaryDirectory(prefix="lth-bench-pack-") as tmp:
-        for r in range(p.repeats):
-            single += trainer_run(cfg, rt, p, os.path.join(tmp, f"single{r}"), None)
-            clock = EvalClock()
-            jobs = [TrainJob(train=cfg, init_seed=m, data_seed=m) for m in range(k)]
-            paths = [TrainPaths(out_dir=os.path.join(tmp, f"pack{r}_{m}"), checkpoint_every_seconds=NO_CHECKPOINTS)
-                     for m in range(k)]
-            train_packed(jobs, paths, rt, on_metrics=[clock] * k, strategy="vmap")
-            packed += clock.iteration_seconds(p.window, members=k)
+        for r in range(p.repeats):  # interleaved rounds: a slow phase of the machine hits every row
+            anchor += plain_loop(base, rt, p)
+            for row in rows:
+                cfg = dataclasses.replace(base, cuda_graphs=row.cuda_graphs, deterministic=row.deterministic)
+                clock = EvalClock()
+                tag = f"{r}_k{row.k}_g{int(row.cuda_graphs)}_d{int(row.deterministic)}"
+                jobs = [TrainJob(train=cfg, init_seed=m, data_seed=m) for m in range(row.k)]
+                outs = [TrainPaths(out_dir=os.path.join(tmp, f"{tag}_{m}"), checkpoint_every_seconds=NO_CHECKPOINTS)
+                        for m in range(row.k)]
+                if row.k == 1:
+                    results = [train(jobs[0], outs[0], dataclasses.replace(rt, on_metric=clock))]
+                else:
+                    results = train_packed(jobs, outs, rt, on_metrics=[clock] * row.k, strategy="stacked")
+                paths[row] |= {f"{res.strategy}, {'CUDA graphs' if row.cuda_graphs else 'eager'}, "
+                               f"deterministic kernels: {res.deterministic}" for res in results}
+                secs[row] += clock.iteration_seconds(p.window, members=row.k)
     B = case.batch_size
-    one, agg = B / median(single), k * B / median(packed)
+    plain_ips = B / median(anchor)
+    out_rows = []
+    fell_back = []
+    for row in rows:
+        want = "single" if row.k == 1 else "stacked"
+        if {pth.split(",")[0] for pth in paths[row]} != {want}:
+            fell_back.append(f"K={row.k}: asked {want}, ran {sorted(paths[row])}")
+        ips = row.k * B / median(secs[row])
+        out_rows.append({
+            "k": row.k, "cuda_graphs": row.cuda_graphs, "deterministic": row.deterministic,
+            "path": "; ".join(sorted(paths[row])), "images_per_s": ips, "vs_plain_loop": ips / plain_ips,
+            "samples": secs[row],
+        })
     return {
-        "model": case.model, "image_size": case.image_size, "batch_size": B, "k": k,
-        "speedup_best_windows": k * min(single) / min(packed),
-        "images_per_s_one_job": one, "images_per_s_packed_aggregate": agg, "speedup_vs_one_job": agg / one,
-        "samples": {"single": single, "packed": packed},
+        "model": case.model, "image_size": case.image_size, "batch_size": B, "precision": base.precision,
+        "plain_loop_images_per_s": plain_ips, "plain_loop_samples": anchor, "rows": out_rows, "fell_back": fell_back,
     }

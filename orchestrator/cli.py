@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 memory_gb=spec.resources.memory_gb,
                 max_attempts=sched.max_attempts,
                 max_workers=sched.max_workers,
-                pack=spec.resources.pack,
+                pack=spec.pack_size(),
                 worker=WorkerContext(
                     store_root=store.root,
                     tracking=tracking,

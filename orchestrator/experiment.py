@@ -13,7 +13,9 @@ before it writes anything (`check_against_store`):
 
 `config_hash` identifies the resolved config in every Parquet row. It covers the fields that
 decide what the jobs compute; where and how they run (resources, scheduler, tracking, store)
-is left out, so a run with more workers is still the same config.
+is left out, so a run with more workers is still the same config, and so is the name (the
+partition already says which experiment a row belongs to; a fork of an equal config under
+another name has equal rows).
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ _GROWS_AS_NUMBER = {"pruning.levels"}
 
 
 def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
-    """The resolved config minus the runtime sections, as plain JSON data."""
+    """The resolved config minus its name and the runtime sections, as plain JSON data."""
     data = spec.model_dump(mode="json")
+    data.pop("name", None)
     for section in RUNTIME_SECTIONS:
         data.pop(section, None)
     return data

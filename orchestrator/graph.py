@@ -17,7 +17,7 @@ JobKind = Literal["train", "interpolate"]
 @dataclass(frozen=True)
 class JobMeta:
     experiment: str
-    role: Literal["level", "branch", "interpolate"]
+    role: Literal["level", "branch", "noise", "interpolate"]  # noise: a noise-floor child
     replicate: int
     rewind_iter: int
     level: int

@@ -11,6 +11,11 @@ added `k` needs (`orchestrator.planner.required_outputs` lists what each job mus
 
 Nothing else that does not change the output (experiment name, paths, checkpoint frequency,
 resources) is part of a job description, so none of it reaches the id.
+
+Two fields reach the id on purpose: `train.deterministic` (non-deterministic kernels give other
+weights on a GPU) and a train job's `noise_replica`, which changes nothing the job computes but
+keeps apart the two otherwise identical runs of a noise-floor pair (sweep.branch.noise_floor),
+whose difference is the point of running them.
 """
 from __future__ import annotations
 

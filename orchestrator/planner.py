@@ -27,6 +27,10 @@ front. The graph (DESIGN.md "Jobs and the graph"):
   seed is the dense run itself.
 - Interpolate: one job per pair of children of a (replicate, k, level), children in seed
   order (so adding seeds keeps the old pairs' ids).
+- Noise floor (sweep.branch.noise_floor): at each branch point, two more children (role
+  "noise") with the first branch seed, the branch's inputs, non-deterministic kernels and
+  noise_replica 1 and 2, and one interpolate job for that pair: its barrier is kernel noise
+  alone. Interpolated with the same (deterministic) evaluation as every pair.
 
 Replicates are named by their init seed (JobMeta.replicate = init seed). The dense run's
 meta has rewind_iter 0 (it serves every k).
@@ -116,6 +120,8 @@ class _Builder:
         self.name = spec.name
         self.config_hash = config_hash(spec)
         self.cfg: TrainConfig = spec.train_config()  # ONE object: jobid memoises its plain form
+        self.cfg_noisy: TrainConfig = replace(self.cfg, deterministic=False)  # the noise-floor pairs'
+        self.noise_floor = spec.sweep.branch.noise_floor
         self.T = self.cfg.iterations
         self.ks = spec.rewind_iters
         self.ds = spec.sweep.data_seed
@@ -172,6 +178,10 @@ class _Builder:
                 w_k = (dense, rewind_file(k))
                 if 0 in branch_levels:
                     children = []
+                    if self.noise_floor and seeds:
+                        self.noise_pair(TrainJob(train=self.cfg, init_seed=r, data_seed=seeds[0], start_iter=k),
+                                        {"rewind_weights": w_k, "parent_mask": (dense, MASK)},
+                                        r, k, 0, "rewind", strategy, dense)
                     for s in seeds:
                         if s == self.ds and k == 0:
                             children.append(dense)
@@ -206,6 +216,8 @@ class _Builder:
                                     for s in seeds
                                 ]
                                 self.pairs(children, r, k, level, strat)
+                                if self.noise_floor and seeds:
+                                    self.noise_pair(replace(job, data_seed=seeds[0]), inputs, r, k, level, retrain, strat, parent)
                         parent = jid
                 if random_prune:
                     for level in range(1, self.levels + 1):
@@ -250,6 +262,16 @@ class _Builder:
             job = TrainJob(**base, retrain="finetune", finetune_lr=self.spec.pruning.finetune_lr)
             return job, parent_in, "finetune", self.prune.strategy
         raise AssertionError(family)
+
+    def noise_pair(self, child: TrainJob, inputs: dict, r: int, k: int, level: int, retrain: str, strategy: str,
+                   parent: str) -> None:
+        """Two runs of `child` with non-deterministic kernels, and their interpolation."""
+        twins = [
+            self.add("train", replace(child, train=self.cfg_noisy, noise_replica=i), inputs,
+                     self.meta("noise", r, k, level, child.data_seed, retrain, strategy, parent=parent))
+            for i in (1, 2)
+        ]
+        self.pairs(twins, r, k, level, strategy)
 
     def pairs(self, children: list[str], r: int, k: int, level: int, strategy: str) -> None:
         for i, a in enumerate(children):

@@ -41,6 +41,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "node": record["node"],
             "device": record["device"],
             "config_hash": meta.config_hash,
+            "deterministic": res.get("deterministic"),
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
         }
@@ -86,7 +87,14 @@ def result_tables(kind: str) -> tuple[str, ...]:
     return ("runs", "metrics") if kind == "train" else ("interpolation", "instability")
 
 
-def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, Any]) -> None:
-    """One part file per table named after the job: rewriting it after a crash never duplicates."""
+def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, Any],
+                   stored: dict[str, set[str]]) -> None:
+    """Stage the job's rows of each table that does not hold them yet (`stored`: table -> the
+    jobs whose rows are staged or published, updated here). A job's rows are written once:
+    a rerun (a dense run that gains a rewinding point, a job finished again after a crash
+    before its done record) never writes them a second time."""
     for table, rows in job_rows(job, record).items():
-        store.write_rows(table, experiment, rows, part=job.id)
+        if job.id in stored[table]:
+            continue
+        store.stage_rows(table, experiment, rows, key=job.id)
+        stored[table].add(job.id)

@@ -34,7 +34,7 @@ from orchestrator.worker import JobRunner, WorkerContext
 
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
 HEARTBEAT_SECONDS = 10.0
-COMPACT_EVERY_SECONDS = 600.0  # during a sweep, compact a table at most this often
+PUBLISH_EVERY_SECONDS = 120.0  # staged rows become visible in results/ at least this often
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,6 @@ class RunOptions:
     max_workers: int | None = None
     worker: WorkerContext | None = None
     pack: int = 1  # train jobs per actor call (resources.pack); 1: every job alone
-    # part files (one per job) a partition collects before the driver merges them into one
-    # (Store.compact): at the end of the sweep, and every COMPACT_EVERY_SECONDS during it
-    compact_min_files: int = 64
 
 
 @dataclass
@@ -96,8 +93,8 @@ class Scheduler:
             raise ValueError(f"RunOptions.pack must be at least 1, got {options.pack}")
         self._solo: set[str] = set()  # jobs never packed (retries of failed packs, reruns)
         self._pack_keys: dict[str, Any] = {}
-        self._new_parts: dict[str, int] = defaultdict(int)  # table -> part files since its compaction
-        self._last_compact = time.time()
+        self._stored: dict[str, set[str]] = {}  # table -> jobs whose rows are staged or published
+        self._last_publish = time.time()
         self._done: set[str] | None = None  # prepare()
 
     # ---- startup: what is done, what is missing --------------------------------------------
@@ -124,14 +121,11 @@ class Scheduler:
         """Rows in this experiment for jobs it did not run itself: jobs done by another
         experiment sharing the store (equal work, equal id) are not redone."""
         experiment = self.plan.experiment
-        have: dict[str, set[str]] = {}
+        self._stored = {table: self.store.stored_keys(table, experiment) for table in TABLES}
         for job_id in sorted(done):
             job = self.plan.jobs[job_id]
-            table = result_tables(job.kind)[0]
-            if table not in have:
-                have[table] = self.store.parts(table, experiment)
-            if job_id not in have[table]:
-                write_job_rows(self.store, experiment, job, self.store.done_record(job_id))
+            if any(job_id not in self._stored[t] for t in result_tables(job.kind)):
+                write_job_rows(self.store, experiment, job, self.store.done_record(job_id), self._stored)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -170,7 +164,7 @@ class Scheduler:
         self.progress.start(total=len(jobs), done=len(done))
         if not waiting:
             self.progress.stop()
-            self._compact()
+            self._publish()
             return self.summary
 
         import ray
@@ -242,7 +236,8 @@ class Scheduler:
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
                     self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
-                    self._maybe_compact()
+                    if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
+                        self._publish()
 
                 if not busy and not starting:
                     time.sleep(0.5)
@@ -284,10 +279,8 @@ class Scheduler:
                             raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
                         job = jobs[job_id]
                         record["attempts"] = attempts[job_id]
-                        write_job_rows(self.store, self.plan.experiment, job, record)
+                        write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
                         self.store.write_done(job_id, record)  # last: from now on the job is done
-                        for table in result_tables(job.kind):
-                            self._new_parts[table] += 1
                         self.summary.ran.append(job_id)
                         self.progress.counts.done += 1
                         remaining -= 1
@@ -304,28 +297,15 @@ class Scheduler:
                     pass
             self.store.write_heartbeat(self.plan.experiment, [])
             self.progress.stop()
-        self._compact()  # failed jobs or not
+            self._publish()  # failed jobs, interrupted or not: what is done becomes visible
         return self.summary
 
-    # ---- compaction ------------------------------------------------------------------------
-
-    def _maybe_compact(self) -> None:
-        """During a long sweep: merge the tables that collected many part files, at most every
-        COMPACT_EVERY_SECONDS (counted, not listed: no directory listing per loop)."""
-        if time.time() - self._last_compact < COMPACT_EVERY_SECONDS:
-            return
-        if max(self._new_parts.values(), default=0) >= self.options.compact_min_files:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Merge each table's part files of this experiment into one (Store.compact). Safe here:
-        this driver holds the experiment lock and is the only writer of its rows."""
+    def _publish(self) -> None:
+        """Each table's staged rows of this experiment into one published file (Store.publish).
+        Safe here: this driver holds the experiment lock and is the only writer of its rows."""
         for table in TABLES:
-            merged = self.store.compact(table, self.plan.experiment, min_files=self.options.compact_min_files)
-            if merged:
-                self.progress.log(f"compact {table}: merged {merged} part files into one")
-        self._new_parts.clear()
-        self._last_compact = time.time()
+            self.store.publish(table, self.plan.experiment)
+        self._last_publish = time.time()
 
     def _retry_or_fail(self, job_id: str, error: str, ready: list, order: dict, block: Callable[[str], None],
                        packed: bool = False) -> None:

@@ -14,7 +14,7 @@ RUNS = pa.schema(
         ("experiment", pa.string()),
         ("job_id", pa.string()),
         ("parent_job_id", pa.string()),
-        ("role", pa.string()),  # "level" | "branch"
+        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child)
         ("replicate", pa.int64()),
         ("rewind_iter", pa.int64()),
         ("level", pa.int64()),
@@ -34,6 +34,7 @@ RUNS = pa.schema(
         ("node", pa.string()),
         ("device", pa.string()),
         ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
+        ("deterministic", pa.bool_()),  # kernels were deterministic; null: recorded before this column existed
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
     ]
@@ -85,6 +86,10 @@ TABLES: dict[str, pa.Schema] = {
     "interpolation": INTERPOLATION,
     "instability": INSTABILITY,
 }
+
+
+# The column naming the job a row belongs to: a job's rows of a table are stored exactly once.
+KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id"}
 
 
 def file_schema(table: str) -> pa.Schema:

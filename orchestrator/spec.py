@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.compiling import compile_by_default
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
@@ -39,6 +39,10 @@ class SpecError(Exception):
 # strict: a YAML string is not silently a number, a float not silently an int.
 # allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+# resources.pack: auto. Models whose step on a GPU is a few hundred tiny kernels (CIFAR-sized
+# and smaller), and the pack size the H100 anchor measured (BENCHMARKS.md, "Packing").
+SMALL_MODELS = ("mlp_", "cifar_")
+AUTO_PACK = 8
 
 
 class _Model(BaseModel):
@@ -122,6 +126,16 @@ class TrainSpec(_Model):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description='arithmetic: fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)')
     channels_last: bool = Field(True, description='channels-last memory layout for convolutions (CUDA only)')
     compile: bool | Literal["auto"] = Field("auto", description='torch.compile the model (CUDA only); auto: trainers.compiling.COMPILE_BY_DEFAULT[model] (pending GPU measurement: eager for every model today)')
+    cuda_graphs: bool = Field(
+        False,
+        description="capture each training step (forward, backward, masks, fused optimizer) as one CUDA "
+        "graph and replay it: one launch per step instead of hundreds, the win for small models; CUDA only",
+    )
+    deterministic: bool = Field(
+        True,
+        description="deterministic GPU kernels (cuDNN/cuBLAS, no autotuning): a job run twice gives the same "
+        "bits, so branch children differ only in data order; false trades that for speed",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -166,6 +180,12 @@ class BranchSpec(_Model):
     train_examples: int = Field(10_000, gt=0, description='training examples used to evaluate the interpolation path on train')
     bn_reset: bool = Field(False, description='recompute BatchNorm statistics at each interpolated point before evaluating it')
     bn_reset_batches: int = Field(8, gt=0, description='training batches used for each BatchNorm reset')
+    noise_floor: bool = Field(
+        False,
+        description="add at each branch point a pair of children with the first branch seed, both run with "
+        "non-deterministic kernels: their barrier is what kernel noise alone produces, reported beside the "
+        "data-order barrier (on a CPU the pair is identical and its barrier 0)",
+    )
 
     @model_validator(mode="after")
     def _lists(self) -> "BranchSpec":
@@ -208,21 +228,28 @@ class ResourcesSpec(_Model):
     gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between jobs')
     cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
     memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
-    pack: int = Field(
-        1,
-        ge=1,
+    pack: Union[int, Literal["auto"]] = Field(
+        "auto",
         description="at most this many train jobs run together in one worker call (trainers.packed."
         "train_packed): ready jobs with the same TrainConfig, start and end iterations and learning-rate "
         "schedule (children of one branch point, the same level of several lineages); the pack shares "
-        "this job's gpus/cpus. 1: every job alone. Results are those of one-by-one training (bitwise "
-        "with pack_strategy sequential, up to float rounding with vmap)",
+        "this job's gpus/cpus. 1: every job alone. auto: AUTO_PACK on a GPU for a small model "
+        "(SMALL_MODELS), else 1. Results are those of one-by-one training (bitwise with pack_strategy "
+        "sequential, up to float rounding stacked)",
     )
-    pack_strategy: Literal["auto", "vmap", "sequential"] = Field(
+    pack_strategy: Literal["auto", "stacked", "sequential"] = Field(
         "auto",
-        description="how a pack trains: vmap (the K networks as one batched network: fewer, larger "
-        "kernels, the win for small models on a GPU), sequential (one after the other in the same "
-        "worker, sharing its data cache), auto (vmap on CUDA, sequential on CPU)",
+        description="how a pack trains: stacked (the K networks as one network: grouped convolutions, "
+        "fewer and larger kernels, the win for small models on a GPU), sequential (one after the other "
+        "in the same worker, sharing its data cache), auto (stacked on CUDA, sequential on CPU)",
     )
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_value(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"must be at least 1 or auto, got {v!r}")
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> "ResourcesSpec":
@@ -276,11 +303,13 @@ class ExperimentSpec(_Model):
             raise _data_error(e) from None
         self._data_info = info
 
-        per_epoch = info.num_train // self.train.batch_size
-        if per_epoch < 1:
+        if info.num_train < self.train.batch_size:
             raise SpecError(
                 "train.batch_size", f"{self.train.batch_size} is larger than the training set ({info.num_train} examples)"
             )
+        # An epoch is ceil(N / B) iterations, as open_lth counts them (the last, partial batch is
+        # a step): CIFAR-10 at batch 128 has 391, so 160 epochs are 62,560 iterations.
+        per_epoch = -(-info.num_train // self.train.batch_size)
 
         def iters(epochs: float) -> int:
             return int(round(epochs * per_epoch))
@@ -362,6 +391,15 @@ class ExperimentSpec(_Model):
     def data_config(self) -> DataConfig:
         return self.data.to_config()
 
+    def pack_size(self) -> int:
+        """resources.pack resolved: `auto` packs AUTO_PACK sibling jobs of a small model on a GPU
+        (one small network leaves a GPU mostly idle; BENCHMARKS.md), and nothing elsewhere."""
+        pack = self.resources.pack
+        if pack != "auto":
+            return int(pack)
+        small = self.model.startswith(SMALL_MODELS)
+        return AUTO_PACK if small and self.resources.gpus > 0 else 1
+
     def train_config(self) -> TrainConfig:
         t = self.train
         return TrainConfig(
@@ -377,6 +415,8 @@ class ExperimentSpec(_Model):
             precision=t.precision,
             channels_last=t.channels_last,
             compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
+            cuda_graphs=t.cuda_graphs,
+            deterministic=t.deterministic,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

@@ -8,8 +8,16 @@ to a local scratch directory and upload the outputs (trainers only ever see loca
 Every write is atomic: a temporary name that readers ignore (leading "."), then a rename (on a
 local or POSIX filesystem) or a single PUT (object stores, where a PUT is already atomic). A
 job is done only when `artifacts/<id>/done.json` exists, and the driver writes it after the job's
-artifacts and Parquet rows. The driver also compacts a partition's per-job part files into
-one (`Store.compact`); readers list a partition only through `partition_listing`.
+artifacts and Parquet rows.
+
+Rows are staged, then published (`stage_rows`, `publish`): a finished job's rows go to
+`staging/<table>/experiment=<name>/<job>.parquet`, outside `results/`, and the driver publishes
+the staged rows of a table as ONE new `results/.../part-*.parquet` file every few minutes and at
+the end of a run. A published file is never rewritten or merged, and a job's rows are staged
+once (a job whose rows are stored is never staged again), so a raw scan of `results/<table>`
+(pyarrow.dataset, DuckDB) sees every published row exactly once at every instant; a publish
+that dies after writing its file is finished by the next one, which deletes the staged files
+the intent record (`publishing.json`) lists instead of publishing them again.
 """
 from __future__ import annotations
 
@@ -27,19 +35,18 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from orchestrator.schemas import TABLES, file_schema
+from orchestrator.schemas import KEY_COLUMN, TABLES, file_schema
 
 DONE = "done.json"
 FAILED = "failed.json"
 CHECKPOINT = "checkpoint.pt"
-# Compacted part files: `lth.merged` in their Parquet metadata lists the part file names they replace.
-COMPACTED_PREFIX = "part-compacted-"
-MERGED_KEY = b"lth.merged"
-COMPACT_ROW_GROUP = 1 << 20  # rows per row group of a compacted file
+PUBLISHING = "publishing.json"  # a publish's intent: the batch file it writes, the staged files it replaces
+PUBLISH_ROW_GROUP = 1 << 20  # rows per row group of a published file
 # Filesystems where a single write is atomic but a rename is a copy: write in place.
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
 
@@ -227,93 +234,96 @@ class Store:
             raise ValueError(f"unknown table {table!r}: expected one of {sorted(TABLES)}")
         return f"results/{table}/experiment={experiment}"
 
-    def write_rows(self, table: str, experiment: str, rows: list[dict], part: str) -> str:
-        """Write `rows` as part file `part-<part>.parquet`, replacing any file of that name.
+    @staticmethod
+    def _staging(table: str, experiment: str) -> str:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}: expected one of {sorted(TABLES)}")
+        return f"staging/{table}/experiment={experiment}"
 
-        Naming the part after the job makes result writing idempotent: a driver that dies
-        between a job's rows and its done record rewrites the same file, never a duplicate.
-        Once a compaction has merged `part-<part>.parquet`, a file of that name is a leftover
-        that readers skip: the merged rows stay the job's rows.
-        """
-        rel = f"{self._partition(table, experiment)}/part-{part}.parquet"
+    @staticmethod
+    def _parquet_bytes(table: str, rows: list[dict]) -> bytes:
         schema = file_schema(table)
         columns = {name: [row[name] for row in rows] for name in schema.names}
-        data = pa.Table.from_pydict(columns, schema=schema)
         buf = io.BytesIO()
-        pq.write_table(data, buf)
-        self.write_bytes(rel, buf.getvalue())
+        pq.write_table(pa.Table.from_pydict(columns, schema=schema), buf)
+        return buf.getvalue()
+
+    def write_rows(self, table: str, experiment: str, rows: list[dict], part: str) -> str:
+        """Publish `rows` at once as part file `part-<part>.parquet` (replacing a file of that
+        name). The driver stages a job's rows instead (`stage_rows`); this is for rows written
+        outside a sweep (tests, imports)."""
+        rel = f"{self._partition(table, experiment)}/part-{part}.parquet"
+        self.write_bytes(rel, self._parquet_bytes(table, rows))
         return rel
 
     def append(self, table: str, experiment: str, rows: list[dict]) -> str:
         """A new part file with a fresh name (for rows that belong to no single job)."""
         return self.write_rows(table, experiment, rows, uuid.uuid4().hex)
 
-    # ---- compaction: many small part files become one ---------------------------------------
-    #
-    # A compacted file `part-compacted-<uuid>.parquet` names, in its Parquet key-value metadata
-    # `lth.merged`, every part file it replaces (transitively: the lists of the compacted files
-    # it merged too). Readers list a partition through `partition_files`, which drops every
-    # merged name, so a compaction that dies after writing its file and before deleting the
-    # merged parts never shows a row twice; the next compaction deletes the leftovers.
+    # ---- staging and publishing: each row once for raw readers, at every instant -------------
 
-    def _partition_state(self, table: str, experiment: str) -> tuple[list[pafs.FileInfo], set[str]]:
-        """(every part file of the partition, the names some compacted file there merged)."""
-        base = self.path(self._partition(table, experiment))
-        infos = [
-            i
-            for i in self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
-        ]
-        merged: set[str] = set()
-        for info in infos:
-            if info.base_name.startswith(COMPACTED_PREFIX):
-                merged.update(self._merged_names(info.path))
-        return sorted(infos, key=lambda i: i.base_name), merged
+    def stage_rows(self, table: str, experiment: str, rows: list[dict], key: str) -> str:
+        """The rows of job `key`, staged for the next `publish` (raw readers do not see them yet)."""
+        rel = f"{self._staging(table, experiment)}/{key}.parquet"
+        self.write_bytes(rel, self._parquet_bytes(table, rows))
+        return rel
 
-    def _merged_names(self, path: str) -> list[str]:
-        try:
-            meta = pq.read_schema(path, filesystem=self.fs).metadata or {}
-            return json.loads(meta[MERGED_KEY])
-        except FileNotFoundError:
-            raise  # deleted by a compaction since the listing: the caller lists again
-        except (KeyError, ValueError, OSError, pa.ArrowException) as e:
-            raise ValueError(f"compacted part file {path}: unreadable {MERGED_KEY.decode()} metadata ({e})") from e
+    def staged_keys(self, table: str, experiment: str) -> set[str]:
+        self._finish_publish(table, experiment)
+        return {n[: -len(".parquet")] for n in self.list_files(self._staging(table, experiment)) if n.endswith(".parquet")}
 
-    def partition_listing(self, table: str, experiment: str) -> list[pafs.FileInfo]:
-        """The live part files of one partition (FileInfo: fs path, size, mtime): every
-        `part-*.parquet` minus those a compacted file has merged. Every reader lists this way."""
-        infos, merged = self._partition_state(table, experiment)
-        return [i for i in infos if i.base_name not in merged]
+    def published_keys(self, table: str, experiment: str) -> set[str]:
+        """The jobs (KEY_COLUMN of the table) with published rows: one column of every file."""
+        paths = [i.path for i in self.partition_listing(table, experiment)]
+        if not paths:
+            return set()
+        column = KEY_COLUMN[table]
+        t = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=self.fs).to_table(columns=[column])
+        return set(pc.unique(t[column]).to_pylist())
 
-    def partition_files(self, table: str, experiment: str) -> list[str]:
-        """The live part files of one partition as store-relative paths (`partition_listing`)."""
-        prefix = self._partition(table, experiment)
-        return [f"{prefix}/{i.base_name}" for i in self.partition_listing(table, experiment)]
+    def stored_keys(self, table: str, experiment: str) -> set[str]:
+        """The jobs whose rows of `table` are stored, staged or published: never stage them again."""
+        staged = self.staged_keys(table, experiment)  # first: it completes an interrupted publish
+        return staged | self.published_keys(table, experiment)
 
-    def compact(self, table: str, experiment: str, min_files: int = 64) -> int:
-        """Merge the live part files of a partition into one compacted file once there are at
-        least `min_files` of them; returns how many were merged (0: nothing done).
+    def publish(self, table: str, experiment: str) -> int:
+        """Move every staged file of a partition into ONE new published part file; returns how
+        many were published (0: nothing staged).
 
-        Only the one driver holding the experiment's lock (the only writer of its rows) may call
-        this: two concurrent compactions, or a compaction racing a part write, could lose rows.
-        Crash-safe at every step: the compacted file is written atomically and lists what it
-        replaces, and only then are the merged files (and leftovers of an earlier compaction
-        that died before its deletes) deleted.
+        Only the driver holding the experiment's lock (the only writer of its rows) calls this.
+        The intent record is written first and lists the batch file and the staged files; the
+        batch file is written atomically; then the staged files and the intent are deleted. A
+        crash before the batch file leaves the staged files to the next publish; a crash after
+        it leaves the intent, and the next publish (or `stored_keys`) deletes the staged files
+        it lists rather than publishing them twice.
         """
-        infos, merged = self._partition_state(table, experiment)
-        live = [i for i in infos if i.base_name not in merged]
-        if len(live) < max(min_files, 1):
+        self._finish_publish(table, experiment)
+        staging = self._staging(table, experiment)
+        names = [n for n in self.list_files(staging) if n.endswith(".parquet")]
+        if not names:
             return 0
-        names = sorted(merged | {i.base_name for i in live})
+        batch = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        self.write_json(f"{staging}/{PUBLISHING}", {"batch": batch, "staged": names})
         schema = file_schema(table)
-        scanner = ds.dataset([i.path for i in live], schema=schema, format="parquet", filesystem=self.fs).scanner()
-        rel = f"{self._partition(table, experiment)}/{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
-        self._write_compacted(rel, schema.with_metadata({MERGED_KEY: json.dumps(names).encode()}), scanner)
-        for info in infos:  # the merged files and the leftovers of an interrupted compaction
-            self.delete(info.path[len(self.base) + 1 :])
-        return len(live)
+        scanner = ds.dataset([self.path(f"{staging}/{n}") for n in names], schema=schema, format="parquet",
+                             filesystem=self.fs).scanner()
+        self._write_batches(f"{self._partition(table, experiment)}/{batch}", schema, scanner)
+        self._finish_publish(table, experiment)
+        return len(names)
 
-    def _write_compacted(self, rel: str, schema: pa.Schema, scanner: ds.Scanner) -> None:
+    def _finish_publish(self, table: str, experiment: str) -> None:
+        """Complete or roll back a publish that was interrupted (see `publish`)."""
+        staging = self._staging(table, experiment)
+        intent_rel = f"{staging}/{PUBLISHING}"
+        if not self.exists(intent_rel):
+            return
+        intent = self.read_json(intent_rel)
+        if self.exists(f"{self._partition(table, experiment)}/{intent['batch']}"):
+            for name in intent["staged"]:  # published: the staged copies are leftovers
+                self.delete(f"{staging}/{name}")
+        self.delete(intent_rel)
+
+    def _write_batches(self, rel: str, schema: pa.Schema, scanner: ds.Scanner) -> None:
         # Batches come one per small file: gather them into row groups of a useful size.
         with self._atomic_output(rel) as f, pq.ParquetWriter(f, schema) as writer:
             pending: list[pa.RecordBatch] = []
@@ -321,17 +331,25 @@ class Store:
             for batch in scanner.to_batches():
                 pending.append(batch)
                 rows += batch.num_rows
-                if rows >= COMPACT_ROW_GROUP:
+                if rows >= PUBLISH_ROW_GROUP:
                     writer.write_table(pa.Table.from_batches(pending, schema=schema))
                     pending, rows = [], 0
             writer.write_table(pa.Table.from_batches(pending, schema=schema))
 
-    def parts(self, table: str, experiment: str) -> set[str]:
-        """The part names (`part-<name>.parquet` -> name) of one partition, those merged into a
-        compacted file included: the jobs whose rows are already stored."""
-        infos, merged = self._partition_state(table, experiment)
-        names = merged | {i.base_name for i in infos}
-        return {n[len("part-") : -len(".parquet")] for n in names if not n.startswith(COMPACTED_PREFIX)}
+    def partition_listing(self, table: str, experiment: str) -> list[pafs.FileInfo]:
+        """The published part files of one partition (FileInfo: fs path, size, mtime), by name."""
+        base = self.path(self._partition(table, experiment))
+        infos = [
+            i
+            for i in self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+        ]
+        return sorted(infos, key=lambda i: i.base_name)
+
+    def partition_files(self, table: str, experiment: str) -> list[str]:
+        """The published part files of one partition as store-relative paths."""
+        prefix = self._partition(table, experiment)
+        return [f"{prefix}/{i.base_name}" for i in self.partition_listing(table, experiment)]
 
     def read_table(self, table: str, experiment: str | None = None) -> pa.Table:
         """Every row of `table` (of one experiment, or of all), each exactly once."""

@@ -2,7 +2,7 @@
 
 An actor lives for the whole sweep, so its device and its data cache serve every job it runs.
 `run` runs one job; `run_pack` runs several packable train jobs in one call
-(trainers.packed.train_packed, when `resources.pack` > 1) and returns one record per job.
+(trainers.packed.train_packed, when the resolved `resources.pack` is > 1) and returns one record per job.
 Jobs exchange store paths, never tensors: inputs are read from the store (copied to a local
 scratch directory first when the store is remote) and outputs written back to
 `artifacts/<job_id>/`. The actor returns a JSON-able record; the driver alone writes results.

@@ -259,25 +259,51 @@ def _barrier_rows(cells):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def test_earliest_stable_rule_on_known_inputs():
+def test_onset_of_stability_on_known_inputs():
     cells = {
         (1, 0): [0.10, 0.08], (1, 100): [0.01, 0.015], (1, 500): [0.001],  # -> 100
         (2, 0): [0.10], (2, 500): [0.01, 0.012],  # k=100 not measured -> 500, partial
         (3, 0): [0.2], (3, 100): [0.05], (3, 500): [0.03, 0.025],  # never stable
         (4, 0): [0.019, 0.0205],  # mean 0.01975 < 0.02: stable at k = 0 though one pair is not
+        (5, 0): [0.001], (5, 100): [0.05], (5, 500): [0.001],  # non-monotone: onset 500, not 0
+        (6, 0): [0.001], (6, 100): [0.001], (6, 500): [0.05],  # unstable at the largest k: none
     }
     summary = T.instability_summary(_barrier_rows(cells), 0.02, [0, 100, 500], {})
-    got = {r["level"]: (r["earliest_stable_iter"], r["complete"], r["rewind_iters_measured"])
-           for r in T.earliest_stable(summary).to_pylist()}
-    assert got == {1: (100, True, 3), 2: (500, False, 2), 3: (None, True, 3), 4: (0, True, 1)}
+    got = {r["level"]: (r["onset_iter"], r["complete"], r["rewind_iters_measured"])
+           for r in T.stability_onset(summary).to_pylist()}
+    assert got == {1: (100, True, 3), 2: (500, False, 2), 3: (None, True, 3), 4: (0, False, 1),
+                   5: (500, True, 3), 6: (None, True, 3)}
     cell = [r for r in summary.to_pylist() if (r["level"], r["rewind_iter"]) == (4, 0)][0]
     assert cell["frac_stable"] == 0.5 and cell["stable"] is True
     missing = [r for r in summary.to_pylist() if (r["level"], r["rewind_iter"]) == (2, 100)][0]
     assert missing["n_pairs"] == 0 and missing["barrier_mean"] is None
     assert missing["density"] == pytest.approx(0.64)  # known from the level's other cells
     # The threshold is a parameter: at 0.01 level 1 only becomes stable at k = 500.
-    s = T.earliest_stable(T.instability_summary(_barrier_rows(cells), 0.01, [0, 100, 500], {}))
-    assert [r["earliest_stable_iter"] for r in s.to_pylist() if r["level"] == 1] == [500]
+    s = T.stability_onset(T.instability_summary(_barrier_rows(cells), 0.01, [0, 100, 500], {}))
+    assert [r["onset_iter"] for r in s.to_pylist() if r["level"] == 1] == [500]
+
+
+def test_chance_level_cells_are_never_stable():
+    """Networks at chance (endpoint error near 1 - 1/C) have a flat path, hence a tiny barrier:
+    that is not stability, and such a sweep must not report k = 0 as the onset."""
+    rows = _barrier_rows({(1, 0): [0.001], (1, 100): [0.001]}).to_pylist()
+    for r in rows:  # ten classes: chance error 0.9; these endpoints sit at 0.895
+        if r["rewind_iter"] == 0:
+            r.update(error_a=0.895, error_b=0.895, max_error=0.896)
+    t = pa.Table.from_pylist(rows, schema=_barrier_rows({}).schema)
+    summary = T.instability_summary(t, 0.02, [0, 100], {}, num_classes=10)
+    by_k = {r["rewind_iter"]: r for r in summary.to_pylist()}
+    assert by_k[0]["at_chance"] is True and by_k[0]["stable"] is False
+    assert by_k[100]["at_chance"] is False and by_k[100]["stable"] is True
+    assert [r["onset_iter"] for r in T.stability_onset(summary).to_pylist()] == [100]
+    # without the number of classes nothing is called at chance
+    unknown = T.instability_summary(t, 0.02, [0, 100], {})
+    assert [r["onset_iter"] for r in T.stability_onset(unknown).to_pylist()] == [0]
+
+
+def test_definitions_say_what_the_dense_std_measures():
+    doc = T.__doc__
+    assert "dense standard deviation" in doc and "init seed" in doc and "data-order seed" in doc
 
 
 def _acc_runs(dense_accs, sparse):
@@ -357,7 +383,7 @@ def test_analyze_writes_tables_figures_and_report(tmp_path):
     check_instability(written(out / "instability.parquet"), expected_instability(rows, pair_mode),
                       tol=WRITTEN_TOL)
     check_accuracy(written(out / "accuracy.parquet"), expected_accuracy(rows), tol=WRITTEN_TOL)
-    stems = ["instability", "earliest_stable", "accuracy", "winning_tickets", "dense",
+    stems = ["instability", "stability_onset", "accuracy", "winning_tickets", "dense",
              "retrain_comparison", "interpolation_path"]
     for stem in stems:
         assert pq.read_table(out / f"{stem}.parquet").equals(
@@ -387,9 +413,10 @@ def test_partial_store_marks_missing_cells(tmp_path):
     write_store(tmp_path, rows)
     full = build_sweep()[0]
     plan = [r["job_id"] for r in full["runs"]]  # the full plan's train jobs
-    pairs = {r["pair_id"]: {"kind": "interpolate"} for r in full["instability"]}
+    pairs = sorted({r["pair_id"] for r in full["instability"]})  # and its interpolate jobs
     (tmp_path / "experiments" / EXP).mkdir(parents=True)
-    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps({**{j: {"kind": "train"} for j in plan}, **pairs}))
+    (tmp_path / "experiments" / EXP / "jobs.json").write_text(json.dumps(
+        {**{j: {"kind": "train"} for j in plan}, **{p: {"kind": "interpolate"} for p in pairs}}))
     (tmp_path / "experiments" / EXP / "config.yaml").write_text("name: toy\nmodel: mlp_300_100\n")
     for jid in plan[:10]:
         (tmp_path / "artifacts" / jid).mkdir(parents=True)

@@ -42,11 +42,12 @@ def test_show_config_prints_the_resolved_config(capsys):
     cfg = str(ROOT / "configs" / "cifar10_resnet20_lmc.yaml")
     assert cli.main(["plan", cfg, "--show-config", "--set", "train.optimizer.lr=0.05"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    # Epochs are resolved into iterations (160 x (50000 // 128) = 62,400), defaults filled.
-    assert shown["train"]["iterations"] == 62400 and shown["train"]["epochs"] is None
-    assert shown["train"]["schedule"]["milestones"] == [31200, 46800]
+    # Epochs are resolved into iterations (160 x ceil(50000 / 128) = 160 x 391 = 62,560, as
+    # open_lth counts them), defaults filled.
+    assert shown["train"]["iterations"] == 62560 and shown["train"]["epochs"] is None
+    assert shown["train"]["schedule"]["milestones"] == [31280, 46920]
     assert shown["train"]["optimizer"]["lr"] == 0.05
-    assert shown["resources"]["pack"] == 1  # a default the file does not mention
+    assert shown["resources"]["pack_strategy"] == "auto"  # a default the file does not mention
     # What it prints is itself a config that resolves to the same spec.
     assert validate_spec(shown).model_dump() == load_spec(cfg, ["train.optimizer.lr=0.05"]).model_dump()
 

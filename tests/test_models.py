@@ -76,8 +76,23 @@ def test_cifar_vgg_layers(depth, convs):
     model = meta_model(f"cifar_vgg_{depth}", (3, 32, 32), 10)
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == convs
-    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
+    # the lottery-ticket CIFAR VGG: four max-pools (32 -> 2), then the average pool; conv biases
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
     assert model.fc.in_features == 512 and model.fc.out_features == 10
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_20", "cifar_vgg_16"])
+def test_cifar_batchnorm_scales_start_uniform_in_0_1(name):
+    """open_lth's default batchnorm_init 'uniform' for its CIFAR networks: scales ~ U(0, 1)."""
+    model = build_model(name, (3, 32, 32), 10, seed=0)
+    scales = torch.cat([m.weight.detach() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    shifts = torch.cat([m.bias.detach() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert bool(((scales >= 0) & (scales < 1)).all()) and bool((shifts == 0).all())
+    # U(0, 1) has mean 1/2 and standard deviation 1/sqrt(12); with n draws the sample mean is
+    # within 5 standard errors of 1/2 except with probability < 1e-6
+    n = scales.numel()
+    assert abs(float(scales.mean()) - 0.5) < 5 / math.sqrt(12 * n)
 
 
 def test_torchvision_models_are_the_real_ones():

@@ -1,8 +1,8 @@
 """`lth run` with `resources.pack` > 1: sibling train jobs trained together in one actor call.
 
 Packing must not change results: with pack_strategy sequential, every artifact is bitwise the
-unpacked sweep's and every table row equal (but for wall time, host, node and attempts); with
-vmap (the K networks as one batched network) the numbers agree up to float rounding.
+unpacked sweep's and every table row equal (but for wall time, host, node and attempts); stacked
+(the K networks as one network) the numbers agree up to float rounding.
 """
 from __future__ import annotations
 
@@ -88,13 +88,16 @@ def test_sequential_packs_equal_the_unpacked_sweep_bitwise(unpacked, tmp_path, m
         assert _rows(store, table).equals(_rows(unpacked, table)), table
 
 
-def test_vmap_packs_match_the_unpacked_sweep(unpacked, tmp_path):
+def test_stacked_packs_match_the_unpacked_sweep(unpacked, tmp_path):
     p = _plan()
     store = tmp_path / "store"
-    assert _sweep(store, "resources.pack=3", "resources.pack_strategy=vmap") == 0
+    assert _sweep(store, "resources.pack=3", "resources.pack_strategy=stacked") == 0
     records = _records(store)
     assert set(records) == set(p.jobs)
-    _assert_packs_are_siblings(_packs(records))
+    packs = _packs(records)
+    _assert_packs_are_siblings(packs)
+    # the packs really trained as one network (a fallback would say "sequential")
+    assert {records[j]["result"]["strategy"] for pack in packs for j in pack} == {"stacked"}
     runs = {r["job_id"]: r for r in Store(str(store)).read_table("runs", "demo").to_pylist()}
     ref = {r["job_id"]: r for r in Store(str(unpacked)).read_table("runs", "demo").to_pylist()}
     assert set(runs) == set(ref)

@@ -35,26 +35,36 @@ def ramp(**kw) -> DataConfig:
 
 def test_schedule_hand_values():
     ffcv16 = ramp(min_res=160, max_res=192, start_ramp_epoch=11, end_ramp_epoch=13)
-    # Epoch 12 is halfway (176), rounded down to a multiple of 32: still 160.
-    assert [train_resolution(ffcv16, e) for e in (0, 5, 11, 12, 13, 14, 100)] == [160, 160, 160, 160, 192, 192, 192]
+    # Epoch 12 is halfway (176 = 5.5 x 32), rounded to the nearest multiple of 32, ties to even
+    # as ffcv-imagenet's np.round: 192.
+    assert [train_resolution(ffcv16, e) for e in (0, 5, 11, 12, 13, 14, 100)] == [160, 160, 160, 192, 192, 192, 192]
     wide = ramp(min_res=64, max_res=256, start_ramp_epoch=2, end_ramp_epoch=6)
-    # 64 + 192 * (e - 2) / 4 = 112, 160, 208 -> 96, 160, 192
-    assert [train_resolution(wide, e) for e in range(8)] == [64, 64, 64, 96, 160, 192, 256, 256]
+    # 64 + 192 * (e - 2) / 4 = 112 (3.5 x 32), 160 (5 x 32), 208 (6.5 x 32) -> 128, 160, 192
+    assert [train_resolution(wide, e) for e in range(8)] == [64, 64, 64, 128, 160, 192, 256, 256]
+    # the same values as ffcv-imagenet's float formula, computed independently
+    import numpy as np
+
+    def ffcv(e, lo, hi, a, b):
+        return lo if e <= a else hi if e >= b else int(np.round(np.interp([e], [a, b], [lo, hi])[0] / 32)) * 32
+
+    for cfg, args in ((ffcv16, (160, 192, 11, 13)), (wide, (64, 256, 2, 6))):
+        assert [train_resolution(cfg, e) for e in range(20)] == [ffcv(e, *args) for e in range(20)]
     # Endpoints that are not multiples of 32 are kept exactly; inside the ramp the side stays in range.
     odd = ramp(min_res=100, max_res=300, start_ramp_epoch=0, end_ramp_epoch=10)
     assert train_resolution(odd, 0) == 100 and train_resolution(odd, 10) == 300
-    assert [train_resolution(odd, e) for e in (1, 2, 5, 9)] == [100, 128, 192, 256]
+    assert [train_resolution(odd, e) for e in (1, 2, 5, 9)] == [128, 128, 192, 288]
     step = ramp(min_res=64, max_res=128, start_ramp_epoch=3, end_ramp_epoch=3)
     assert [train_resolution(step, e) for e in (2, 3, 4)] == [64, 128, 128]
     assert train_resolution(ramp(), 7) is None  # no ramp: the data set's fixed size
 
 
 def test_schedule_matches_a_float_interpolation():
-    # Independent oracle: numpy's linear interpolation, floored to 32, clipped to the range.
+    # Independent oracle: numpy's linear interpolation, rounded to 32 (np.round: ties to even,
+    # as ffcv-imagenet), clipped to the range.
     cfg = ramp(min_res=96, max_res=416, start_ramp_epoch=3, end_ramp_epoch=40)
     for e in range(50):
         x = np.interp(e, [3, 40], [96, 416])
-        want = 416 if e >= 40 else 96 if e <= 3 else int(np.clip(np.floor(x / 32) * 32, 96, 416))
+        want = 416 if e >= 40 else 96 if e <= 3 else int(np.clip(np.round(x / 32) * 32, 96, 416))
         assert train_resolution(cfg, e) == want, e
 
 
@@ -169,7 +179,7 @@ def test_spec_takes_the_ramp_and_names_bad_fields():
     spec = load_spec(str(CONFIGS / "imagenet_resnet18_ffcv.yaml"))
     data = spec.data_config()
     assert (data.min_res, data.max_res, data.start_ramp_epoch, data.end_ramp_epoch) == (160, 192, 11, 13)
-    assert [train_resolution(data, e) for e in (0, 12, 13, 15)] == [160, 160, 192, 192]
+    assert [train_resolution(data, e) for e in (0, 12, 13, 15)] == [160, 192, 192, 192]  # 176 rounds to 192
     cases = [
         (["data.max_res=128"], "data.min_res", "larger than"),
         (["data.end_ramp_epoch=5"], "data.end_ramp_epoch", "before"),

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pytest
 
 from conftest import DEMO, lth_env, run_lth, tiny_args, tree_digest
@@ -64,6 +65,7 @@ def test_sweep_end_to_end(swept):
         assert r["density"] == pytest.approx(train[r["job_id"]].meta.density, abs=1e-12)
         assert r["level"] == train[r["job_id"]].meta.level
         assert r["attempts"] == 1 and r["node"] and r["host"]
+        assert r["deterministic"] is True  # train.deterministic defaults to true (and a CPU always is)
         assert (store_dir / r["weights_path"]).is_file() and (store_dir / r["mask_path"]).is_file()
     by_level = {r["level"]: r["density"] for r in runs}
     assert by_level == pytest.approx({0: 1.0, 1: 0.5, 2: 0.25})
@@ -143,6 +145,14 @@ def test_rerun_runs_nothing_and_growth_runs_only_new_jobs(swept, capsys):
     assert f"{dense.id}/w_20.pt" in digest
     runs = Store(str(store_dir)).read_table("runs", "demo")
     assert runs.num_rows == sum(1 for j in wider.jobs.values() if j.kind == "train")
+    # the documented raw read: each job's row once; the rerun dense run's row was not written
+    # again (it keeps the config_hash of the config it was first written under)
+    raw = ds.dataset(str(store_dir / "results" / "runs"), partitioning="hive").to_table().to_pylist()
+    assert sorted(r["job_id"] for r in raw) == sorted(j.id for j in wider.jobs.values() if j.kind == "train")
+    first = config_hash(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+    assert next(r for r in raw if r["job_id"] == dense.id)["config_hash"] == first
+    assert {r["config_hash"] for r in raw} == {first, grown.jobs[next(iter(new))].meta.config_hash,
+                                               wider.jobs[dense.id].meta.config_hash}
 
 
 def test_other_experiment_reuses_done_jobs(swept, capsys):
@@ -154,8 +164,11 @@ def test_other_experiment_reuses_done_jobs(swept, capsys):
     assert _ran(capsys.readouterr().out) == 0
     store = Store(str(store_dir))
     for table, key in (("runs", "job_id"), ("instability", "pair_id")):
-        mine = store.read_table(table, "demo_copy").drop_columns(["experiment"])
-        theirs = store.read_table(table, "demo").drop_columns(["experiment"])
+        # wall_seconds: demo's dense run was finished again when demo grew a rewinding point; its
+        # done record (which demo_copy's rows come from) has the rerun's time, its demo row the first
+        drop = ["experiment", "wall_seconds"] if table == "runs" else ["experiment"]
+        mine = store.read_table(table, "demo_copy").drop_columns(drop)
+        theirs = store.read_table(table, "demo").drop_columns(drop)
         theirs = theirs.filter(pc.is_in(theirs.column(key), mine.column(key)))
         order = [(key, "ascending"), ("split" if table == "instability" else "level", "ascending")]
         assert mine.num_rows == len(_plan().jobs) - 4 if table == "runs" else mine.num_rows == 4 * 2

@@ -61,12 +61,12 @@ def test_shipped_configs_load_and_round_trip():
 
 def test_epochs_resolve_to_iterations():
     cifar = load_spec(str(Path(CONFIGS[0]).parent / "cifar10_resnet20_lmc.yaml"))
-    per_epoch = 50_000 // 128  # 390
-    assert cifar.iterations == 160 * per_epoch == 62_400
-    assert cifar.train.schedule.milestones == [80 * per_epoch, 120 * per_epoch]
+    per_epoch = 391  # ceil(50,000 / 128), as open_lth counts an epoch
+    assert cifar.iterations == 160 * per_epoch == 62_560
+    assert cifar.train.schedule.milestones == [80 * per_epoch, 120 * per_epoch] == [31_280, 46_920]
     assert cifar.train.eval_every == 10 * per_epoch
     imnet = load_spec(str(Path(CONFIGS[0]).parent / "imagenet_resnet50_rewind.yaml"))
-    per_epoch = 1_281_167 // 1024  # 1251
+    per_epoch = 1252  # ceil(1,281,167 / 1024)
     assert imnet.iterations == 90 * per_epoch
     assert imnet.rewind_iters == [0, per_epoch, 2 * per_epoch, 5 * per_epoch]
     assert imnet.train.schedule.warmup_iters == 5 * per_epoch
@@ -169,7 +169,23 @@ BAD = [
     ("batch larger than data", with_("train.batch_size", 5000), "train.batch_size", "larger than the training set"),
     ("controls without rewind", with_("pruning", {"retrain": ["finetune"], "controls": ["random_reinit"]}), "pruning.controls", "rewind"),
     ("wandb mode", with_("tracking", {"wandb": "sometimes"}), "tracking.wandb", "offline"),
+    ("pack 0", with_("resources", {"pack": 0}), "resources.pack", "at least 1 or auto"),
+    ("pack word", with_("resources", {"pack": "many"}), "resources.pack", "auto"),
+    ("pack strategy vmap (gone)", with_("resources", {"pack_strategy": "vmap"}), "resources.pack_strategy", "stacked"),
+    ("deterministic word", with_("train.deterministic", "sometimes"), "train.deterministic", "bool"),
 ]
+
+
+def test_pack_auto_packs_small_models_on_a_gpu_only():
+    spec = validate_spec(copy.deepcopy(BASE))
+    assert spec.resources.pack == "auto" and spec.pack_size() == 1  # mlp on CPU: nothing to fill
+    assert validate_spec(with_("resources", {"gpus": 0.25})).pack_size() == 8
+    big = with_("resources", {"gpus": 1})
+    big["model"], big["data"] = "resnet50", {"name": "synthetic", "image_size": 32, "num_classes": 10, "num_train": 256, "num_test": 64}
+    assert validate_spec(big).pack_size() == 1
+    assert validate_spec(with_("resources", {"gpus": 1, "pack": 3})).pack_size() == 3
+    cifar = load_spec(str(Path(CONFIGS[0]).parent / "cifar10_resnet20_lmc.yaml"))
+    assert cifar.resources.pack == "auto" and cifar.pack_size() == 8
 
 
 @pytest.mark.parametrize("what, data, field, words", BAD, ids=[b[0] for b in BAD])
@@ -196,3 +212,30 @@ def test_model_validate_directly_gives_spec_errors_too():
         validate_spec(bad)
     assert info.value.field == "sweep.rewind_iters[1]"
     assert isinstance(validate_spec(copy.deepcopy(BASE)), ExperimentSpec)
+
+
+PAPER_CONFIGS = ["cifar10_resnet20_lmc.yaml", "cifar10_vgg16_imp.yaml", "imagenet_resnet50_rewind.yaml",
+                 "imagenet_resnet18_ffcv.yaml"]
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_every_hyperparameter_of_a_paper_config_states_its_source(name):
+    """Each key line carries a comment, or sits right under a comment line (a block's source)."""
+    lines = (Path(CONFIGS[0]).parent / name).read_text().splitlines()
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if not text or text.startswith("#") or text.endswith(":"):
+            continue  # comments, and section headers (data:, train:, ...)
+        commented = "#" in line or (i > 0 and lines[i - 1].strip().startswith("#"))
+        assert commented, f"{name}:{i + 1}: {text!r} states no source"
+
+
+def test_paper_configs_match_the_papers():
+    cfg = {n: load_spec(str(Path(CONFIGS[0]).parent / n)) for n in PAPER_CONFIGS}
+    resnet20 = cfg["cifar10_resnet20_lmc.yaml"]
+    assert resnet20.pruning.ignore == []  # open_lth's cifar_resnet_20 prunes fc
+    assert cfg["cifar10_vgg16_imp.yaml"].pruning.ignore == ["fc.weight"]  # its VGG does not
+    for n in ("cifar10_resnet20_lmc.yaml", "cifar10_vgg16_imp.yaml", "imagenet_resnet50_rewind.yaml"):
+        assert cfg[n].train.precision == "fp32", n  # the papers trained in fp32
+    ffcv = cfg["imagenet_resnet18_ffcv.yaml"]
+    assert ffcv.train.optimizer.decay_norm_and_bias is False  # ffcv's bn_wd 0

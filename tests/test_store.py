@@ -19,7 +19,8 @@ def _run_row(job_id: str, level: int, density: float) -> dict:
         "level": level, "data_seed": 0, "retrain": "rewind", "prune_strategy": "magnitude_global",
         "density": density, "start_iter": 0, "end_iter": 10, "test_loss": 1.5, "test_accuracy": 0.5,
         "train_loss": 1.25, "train_accuracy": 0.625, "wall_seconds": 3.0, "attempts": 1, "host": "h",
-        "node": "n", "device": "cpu", "weights_path": f"artifacts/{job_id}/weights.pt",
+        "node": "n", "device": "cpu", "config_hash": "c0", "deterministic": True,
+        "weights_path": f"artifacts/{job_id}/weights.pt",
         "mask_path": f"artifacts/{job_id}/mask.pt",
     }
 
@@ -65,7 +66,7 @@ def test_part_named_by_job_is_idempotent(store):
     assert first == second == "results/runs/experiment=e/part-a.parquet"
     assert store.read_bytes(second) == before
     assert store.read_table("runs", "e").num_rows == 1
-    assert store.parts("runs", "e") == {"a"}
+    assert store.published_keys("runs", "e") == {"a"}
     store.append("runs", "e", [_run_row("z", 2, 0.64)])
     assert store.read_table("runs", "e").num_rows == 2
 
@@ -87,7 +88,7 @@ def test_atomic_write_leaves_no_temporaries_and_readers_skip_them(tmp_path):
     # a temporary left by a writer killed mid-write is invisible to readers
     (part_dir / ".tmp-deadbeef-part-b.parquet").write_bytes(b"PAR1 truncated")
     assert store.read_table("runs", "e").num_rows == 1
-    assert store.parts("runs", "e") == {"a"}
+    assert store.published_keys("runs", "e") == {"a"}
 
 
 def test_done_and_failed_records(store):
@@ -161,7 +162,7 @@ def test_experiment_plan_and_heartbeat(store):
     assert store.heartbeat("demo")["running"] == ["a"]
 
 
-# ---- compaction ------------------------------------------------------------------------------
+# ---- staging and publishing: raw readers see each row once, at every instant ------------------
 
 
 def _rows(table) -> list[tuple]:
@@ -169,9 +170,19 @@ def _rows(table) -> list[tuple]:
     return sorted(tuple(sorted(r.items(), key=lambda kv: kv[0])) for r in table.to_pylist())
 
 
-def _write_jobs(store: Store, ids, experiment: str = "e") -> None:
+def _stage_jobs(store: Store, ids, experiment: str = "e") -> None:
     for i, job in enumerate(ids):
-        store.write_rows("runs", experiment, [_run_row(job, i, 0.5**i), _run_row(f"{job}-b", i, 0.5**i)], part=job)
+        store.stage_rows("runs", experiment, [_run_row(job, i, 0.5**i), _run_row(job, i + 1, 0.5**i)], key=job)
+
+
+def _raw(root) -> list[str]:
+    """The documented reading path (README "Results"): a hive dataset over results/<table>."""
+    import pyarrow.dataset as ds
+
+    path = os.path.join(str(root), "results", "runs")
+    if not os.path.isdir(path):
+        return []
+    return sorted(ds.dataset(path, partitioning="hive").to_table().column("job_id").to_pylist())
 
 
 def _analysis_rows(root: str, experiment: str = "e") -> list[tuple]:
@@ -180,131 +191,93 @@ def _analysis_rows(root: str, experiment: str = "e") -> list[tuple]:
     return _rows(read_table(AnalysisStore.open(root), "runs", experiment, RUNS_COLUMNS))
 
 
-def _merged_list(store: Store, rel: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return json.loads(pq.read_schema(store.path(rel), filesystem=store.fs).metadata[b"lth.merged"])
-
-
-def test_compaction_merges_parts_and_keeps_every_row(store):
+def test_staged_rows_are_invisible_until_published_as_one_file(store):
     ids = [f"j{i}" for i in range(6)]
-    _write_jobs(store, ids)
+    _stage_jobs(store, ids)
     store.write_rows("runs", "other", [_run_row("x", 0, 1.0)], part="x")
-    before = _rows(store.read_table("runs", "e"))
-    assert store.compact("runs", "e", min_files=7) == 0  # below the threshold: untouched
-    assert len(store.partition_files("runs", "e")) == 6
-    assert store.compact("runs", "e", min_files=6) == 6
-    [compacted] = store.partition_files("runs", "e")
-    assert compacted.startswith("results/runs/experiment=e/part-compacted-")
-    assert store.list_files("results/runs/experiment=e") == [compacted.rsplit("/", 1)[1]]  # parts deleted
-    assert sorted(_merged_list(store, compacted)) == sorted(f"part-{j}.parquet" for j in ids)
-    assert _rows(store.read_table("runs", "e")) == before and len(before) == 12
-    assert store.parts("runs", "e") == set(ids)  # merged jobs still count as stored
+    assert store.read_table("runs", "e").num_rows == 0  # staged: not published yet
+    assert store.staged_keys("runs", "e") == set(ids) == store.stored_keys("runs", "e")
+    assert store.publish("runs", "e") == 6
+    [published] = store.partition_files("runs", "e")
+    assert published.startswith("results/runs/experiment=e/part-")
+    assert store.staged_keys("runs", "e") == set() and store.list_files("staging/runs/experiment=e") == []
+    assert sorted(store.read_table("runs", "e").column("job_id").to_pylist()) == sorted(ids * 2)
+    assert store.published_keys("runs", "e") == set(ids) == store.stored_keys("runs", "e")
+    assert store.publish("runs", "e") == 0  # nothing staged: no new file
     assert store.read_table("runs").num_rows == 13  # the other experiment is untouched
-    assert store.partition_files("runs", "other") == ["results/runs/experiment=other/part-x.parquet"]
+    _stage_jobs(store, ["k0"])
+    assert store.publish("runs", "e") == 1
+    assert len(store.partition_files("runs", "e")) == 2  # a published file is never rewritten
 
 
-def test_crash_between_compacted_file_and_deletes_shows_no_row_twice(tmp_path, monkeypatch):
-    from orchestrator.analysis.read import RUNS_COLUMNS
-
+@pytest.mark.parametrize("crash_at", ["before_batch", "after_batch", "after_one_delete"])
+def test_publish_killed_at_any_step_shows_each_row_once(tmp_path, monkeypatch, crash_at):
+    """A raw pyarrow scan of results/runs, taken right after the crash and after the next
+    publish, holds every job's rows exactly once or (before the batch file) not yet."""
     store = Store(str(tmp_path))
     ids = [f"j{i}" for i in range(5)]
-    _write_jobs(store, ids)
-    before = _rows(store.read_table("runs", "e"))
+    _stage_jobs(store, ids)
+    real_delete, real_atomic = store.delete, store._atomic_output
     deleted = []
 
-    def crash_after_two(rel):  # the driver dies after the compacted file and two deletes
-        if len(deleted) == 2:
+    def crash_delete(rel):
+        if crash_at == "after_batch" or (crash_at == "after_one_delete" and deleted):
             raise KeyboardInterrupt
         deleted.append(rel)
-        os.remove(store.path(rel))
+        real_delete(rel)
 
-    monkeypatch.setattr(store, "delete", crash_after_two)
+    def crash_atomic(rel):
+        if rel.startswith("results/"):
+            raise KeyboardInterrupt
+        return real_atomic(rel)
+
+    if crash_at == "before_batch":
+        monkeypatch.setattr(store, "_atomic_output", crash_atomic)
+    else:
+        monkeypatch.setattr(store, "delete", crash_delete)
     with pytest.raises(KeyboardInterrupt):
-        store.compact("runs", "e", min_files=2)
+        store.publish("runs", "e")
     monkeypatch.undo()
-    part_dir = tmp_path / "results/runs/experiment=e"
-    assert len(list(part_dir.glob("part-compacted-*.parquet"))) == 1
-    assert len(list(part_dir.glob("part-j*.parquet"))) == 3  # leftovers of the merged parts
-    assert _rows(store.read_table("runs", "e")) == before
-    assert _analysis_rows(str(tmp_path)) == _rows(store.read_table("runs", "e").select(RUNS_COLUMNS))
-    assert len(_analysis_rows(str(tmp_path))) == 10
-    assert store.parts("runs", "e") == set(ids)
-    # the next compaction (with a new part) deletes the leftovers and keeps every row once
-    _write_jobs(store, ["k0"])
-    assert store.compact("runs", "e", min_files=2) == 2
-    assert [p.name for p in part_dir.iterdir()] == [p.name for p in part_dir.glob("part-compacted-*")]
-    assert len(list(part_dir.iterdir())) == 1
-    assert store.read_table("runs", "e").num_rows == 12
+    expected = sorted(ids * 2)
+    assert _raw(tmp_path) == ([] if crash_at == "before_batch" else expected)
+    assert store.stored_keys("runs", "e") == set(ids)  # staged or published: never staged again
+    assert _raw(tmp_path) == ([] if crash_at == "before_batch" else expected)
+    _stage_jobs(store, ["k0"])
+    store.publish("runs", "e")
+    assert _raw(tmp_path) == sorted(expected + ["k0", "k0"])
     assert len(_analysis_rows(str(tmp_path))) == 12
+    assert store.list_files("staging/runs/experiment=e") == []  # leftovers and the intent are gone
 
 
-def test_compacting_twice_carries_the_merged_list(store):
-    _write_jobs(store, ["a", "b", "c"])
-    assert store.compact("runs", "e", min_files=2) == 3
-    [first] = store.partition_files("runs", "e")
-    _write_jobs(store, ["d", "e2"])
-    assert store.compact("runs", "e", min_files=3) == 3  # the first compacted file + 2 parts
-    [second] = store.partition_files("runs", "e")
-    assert second != first and not store.exists(first)
-    assert sorted(_merged_list(store, second)) == sorted(
-        [first.rsplit("/", 1)[1]] + [f"part-{j}.parquet" for j in ["a", "b", "c", "d", "e2"]])
-    ids = store.read_table("runs", "e").column("job_id").to_pylist()
-    assert sorted(ids) == sorted(j + s for j in ["a", "b", "c", "d", "e2"] for s in ["", "-b"])
-    assert store.parts("runs", "e") == {"a", "b", "c", "d", "e2"}
-
-
-def test_rerun_after_compaction_writes_no_duplicate_rows(tmp_path):
-    """The scheduler's backfill (Scheduler._backfill_rows) writes a done job's rows only when
-    parts() lacks it; a leftover part rewritten after a compaction stays hidden too."""
+def test_unreadable_published_file_is_named(tmp_path):
     store = Store(str(tmp_path))
-    ids = [f"j{i}" for i in range(4)]
-    _write_jobs(store, ids)
-    store.compact("runs", "e", min_files=2)
-    for job in ids:  # a rerun of the finished sweep: backfill what parts() lacks
-        if job not in store.parts("runs", "e"):
-            _write_jobs(store, [job])
-    assert len(store.list_files("results/runs/experiment=e")) == 1
-    _write_jobs(store, ["j0"])  # even a rewrite of a merged job's part is never read twice
-    assert store.read_table("runs", "e").num_rows == 8
-    assert len(_analysis_rows(str(tmp_path))) == 8
+    store.write_rows("runs", "e", [_run_row("a", 0, 1.0)], part="a")
+    store.write_bytes("results/runs/experiment=e/part-bad.parquet", b"not parquet")
+    with pytest.raises(Exception, match="part-bad.parquet"):
+        store.published_keys("runs", "e")
 
 
-def test_unreadable_compacted_file_is_named(tmp_path):
-    store = Store(str(tmp_path))
-    _write_jobs(store, ["a"])
-    store.write_bytes("results/runs/experiment=e/part-compacted-bad.parquet", b"not parquet")
-    with pytest.raises(ValueError, match="part-compacted-bad.parquet"):
-        store.partition_files("runs", "e")
-
-
-def test_sweep_compacts_its_tables_and_rerun_adds_nothing(ray_session, tmp_path, monkeypatch, capsys):
-    """`lth run` end to end with a small compaction threshold: the driver leaves one compacted
-    file per table, every row once, and a rerun writes no part file."""
-    import functools
-
-    import orchestrator.scheduler as scheduler
+def test_sweep_publishes_its_rows_and_a_rerun_writes_nothing(ray_session, tmp_path, capsys):
+    """`lth run` end to end: one published file per table, every row once in a raw scan, no
+    staged file left; a rerun writes no file."""
     from conftest import DEMO, tiny_args
     from orchestrator.cli import main
     from orchestrator.planner import plan
     from orchestrator.spec import load_spec
 
-    monkeypatch.setattr(scheduler, "RunOptions", functools.partial(scheduler.RunOptions, compact_min_files=2))
     extra = ("pruning.levels=1", "sweep.rewind_iters=[0]", "sweep.branch.levels=[1]", "tracking.wandb=disabled")
     root = tmp_path / "store"
     assert main(["run", DEMO, "--store", str(root), *tiny_args(*extra)]) == 0
     sets = [a for a in tiny_args(*extra) if a != "--set"]
     train = sorted(j.id for j in plan(load_spec(DEMO, sets)).jobs.values() if j.kind == "train")
     store = Store(str(root))
-    for table in ("runs", "metrics"):  # one part per train job: compacted
-        [only] = store.list_files(f"results/{table}/experiment=demo")
-        assert only.startswith("part-compacted-")
-        assert store.parts(table, "demo") == set(train)
-    runs = store.read_table("runs", "demo")
-    assert sorted(runs.column("job_id").to_pylist()) == train
+    for table in TABLES:
+        assert len(store.list_files(f"results/{table}/experiment=demo")) == 1, table
+        assert store.list_files(f"staging/{table}/experiment=demo") == [], table
+    assert _raw(root) == train
     listing = {t: store.list_files(f"results/{t}/experiment=demo") for t in TABLES}
     capsys.readouterr()
     assert main(["run", DEMO, "--store", str(root), *tiny_args(*extra)]) == 0
     assert "ran 0 jobs" in capsys.readouterr().out
     assert {t: store.list_files(f"results/{t}/experiment=demo") for t in TABLES} == listing
-    assert sorted(store.read_table("runs", "demo").column("job_id").to_pylist()) == train
+    assert _raw(root) == train

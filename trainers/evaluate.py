@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA unless fp32 or fp64 is asked for; CPU runs stay fp32 (bitwise reproducible)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 

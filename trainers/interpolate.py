@@ -12,6 +12,7 @@ import torch
 
 from trainers import checkpoint
 from trainers.data import open_data
+from trainers.determinism import kernels
 from trainers.evaluate import evaluate
 from trainers.jobs import Instability, InterpolateJob, InterpolatePaths, InterpolateResult, InterpolationRow
 from trainers.models import build_model
@@ -73,6 +74,11 @@ def _eval_source(data, split: str, batch_size: int, limit: int | None):
 
 
 def interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> InterpolateResult:
+    with kernels(job.train.deterministic, rt.device):
+        return _interpolate(job, paths, rt)
+
+
+def _interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> InterpolateResult:
     t_start = time.time()
     if job.num_alphas < 2:
         raise ValueError(f"num_alphas: need at least 2 points, got {job.num_alphas}")

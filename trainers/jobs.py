@@ -76,6 +76,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp64: oracle runs
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
+    cuda_graphs: bool = False  # capture the whole training step as a CUDA graph (trainers/graphed.py; CUDA only)
+    # Deterministic kernels (trainers/determinism.py): on a GPU, the same job gives the same bits.
+    # Part of the id: a non-deterministic run's weights are another result (the noise-floor pair).
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ class TrainJob:
     finetune_lr: float = 1e-3  # finetune: the fixed learning rate
     reinit_seed: int | None = None  # control: same mask, fresh weights drawn from this seed
     prune_seed: int = 0  # random pruning control: which random mask
+    # 0: an ordinary job. 1, 2: the two runs of a noise-floor pair (sweep.branch.noise_floor):
+    # the same inputs and data seed with non-deterministic kernels; the tag changes nothing the
+    # job computes, it keeps the two runs' ids apart.
+    noise_replica: int = 0
 
     @property
     def stop_iter(self) -> int:
@@ -169,6 +177,10 @@ class TrainResult:
     mask_path: str
     saved_weights: dict[int, str]  # rewinding point -> path of W_k
     resumed_from: int | None = None  # iteration of the checkpoint this attempt resumed from
+    deterministic: bool | None = None  # whether the kernels were (None: a result written before this was recorded)
+    # How it trained: "single" (train()), "stacked" (packed as one network: trainers/packed.py) or
+    # "sequential" (a pack trained one by one, asked for or fallen back to: never silently).
+    strategy: str = "single"
 
 
 @dataclass

@@ -39,6 +39,19 @@ def _init_conv_linear(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _init_lottery_cifar(module: nn.Module) -> None:
+    """The initialisation of the CIFAR networks of the lottery-ticket papers (open_lth's
+    defaults for cifar_resnet and cifar_vgg: model_init kaiming_normal, batchnorm_init
+    uniform): Conv/Linear weights He-normal (fan-in, ReLU gain); their biases keep PyTorch's
+    default draw; BatchNorm scales drawn from U(0, 1), shifts 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
+
+
 # ---- LeNet-300-100 ---------------------------------------------------------------------------
 
 
@@ -103,7 +116,7 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(ch, num_classes)
-        _init_conv_linear(self)
+        _init_lottery_cifar(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.relu(self.bn(self.conv(x))))
@@ -111,12 +124,14 @@ class CifarResNet(nn.Module):
 
 
 # ---- VGG with BatchNorm for 32x32 inputs -----------------------------------------------------
+# The lottery-ticket CIFAR VGGs (Frankle & Carbin 2019; open_lth's cifar_vgg): convolutions
+# with biases, four 2x2 max-pools (32 -> 2), then a 2x2 average pool and one linear layer.
 
 _VGG_CONFIGS: dict[int, tuple[int | str, ...]] = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
     19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"),
+         512, 512, 512, 512),
 }
 
 
@@ -131,13 +146,13 @@ class CifarVGG(nn.Module):
                 # on 32x32 it is the ordinary 2x2 max-pool.
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             else:
-                layers += [nn.Conv2d(ch, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)),
+                layers += [nn.Conv2d(ch, int(v), 3, padding=1, bias=True), nn.BatchNorm2d(int(v)),
                            nn.ReLU(inplace=True)]
                 ch = int(v)
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # 1x1 already for 32x32; makes larger inputs work
+        self.pool = nn.AdaptiveAvgPool2d(1)  # the 2x2 average pool on 32x32; other sizes work too
         self.fc = nn.Linear(512, num_classes)
-        _init_conv_linear(self)
+        _init_lottery_cifar(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from trainers.data.workers import loader_workers
+from trainers.determinism import prepare_process
 from trainers.jobs import MetricRow
 
 
@@ -32,3 +33,7 @@ class Runtime:
     def loader_workers(self) -> int:
         """Reader threads of file-based data sets for this job (trainers/data/workers.py)."""
         return loader_workers(self.cpus)
+
+    def __post_init__(self) -> None:
+        # before any CUDA work of this process (trainers/determinism.py says why)
+        prepare_process()

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from trainers import checkpoint
 from trainers.compiling import compiled
 from trainers.data import DataInfo, open_data
-from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
+from trainers.determinism import applied, kernels
+from trainers.evaluate import evaluate, param_dtype, to_model_input
+from trainers.graphed import make_step
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
 from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune, shuffle_within_layers
@@ -154,6 +156,11 @@ def lr_for(job: TrainJob, it: int) -> float:
 
 
 def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
+    with kernels(job.train.deterministic, rt.device):
+        return _train(job, paths, rt)
+
+
+def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     t_start = time.time()
     validate(job, paths)
     cfg, device, out = job.train, rt.device, paths.out_dir
@@ -189,6 +196,11 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
     forward = compiled(model) if cfg.compile else model
+
+    def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+
+    step = make_step(forward, loss_of, model, optimizer, masks, device, cfg.precision, cfg.cuda_graphs)
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
@@ -231,19 +243,9 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     model.train()
     for it in range(start, job.stop_iter):
         hooks_at(it)
-        lr = lr_for(job, it)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         x, y = next(stream)
-        with autocast_for(device, cfg.precision):
-            loss = F.cross_entropy(forward(to_model_input(x, channels_last, cfg.precision)), y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # Pruned weights are zero and their gradients are masked, so SGD's and Adam's updates
-        # of them (decay and momentum included) are exactly zero: no weight mask after the step
-        # is needed, which halves the mask work (tests/test_packed.py checks the zeros mid-run).
-        masks.apply_to_grads()
-        optimizer.step()
+        # forward, backward, gradient masks (pruned weights stay exactly zero), optimizer step
+        step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it))
         done = it + 1
         by_iters = paths.checkpoint_every_iters > 0 and done % paths.checkpoint_every_iters == 0
         by_time = time.time() - last_ckpt_time >= paths.checkpoint_every_seconds
@@ -272,6 +274,7 @@ def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         mask_path=os.path.join(out, MASK),
         saved_weights=saved_rewind_points(job, out),
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
+        deterministic=applied(cfg.deterministic, device),
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):

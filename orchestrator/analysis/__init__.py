@@ -26,7 +26,7 @@ from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
 from orchestrator.analysis.read import (
     INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
-    only_planned, plan_job_ids, read_config_text, read_progress, read_table,
+    only_planned, plan_job_ids, read_config_text, read_num_classes, read_progress, read_table,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -50,6 +50,7 @@ class AnalysisResult:
     barrier_check: dict
     n_train_runs: int
     n_pairs: int
+    noise_floor: pa.Table | None = None  # sweep.branch.noise_floor: kernel noise's barrier
 
     def tables(self) -> list[tuple[str, str, pa.Table]]:
         """(file stem, title, table) of every table the analysis writes."""
@@ -57,7 +58,8 @@ class AnalysisResult:
         out = [
             ("instability", "Instability: error barrier by mode, level, rewinding point and split",
              self.instability),
-            ("earliest_stable", "Earliest stable rewinding point per density", self.earliest_stable),
+            ("stability_onset", "Onset of stability: the smallest rewinding point from which every larger "
+             "one is stable, per density", self.earliest_stable),
             ("accuracy", "Test accuracy by density, rewinding point and retrain mode", self.accuracy),
             ("winning_tickets", "Smallest matching density per rewinding point (the winning ticket)",
              self.winning_tickets),
@@ -72,25 +74,29 @@ class AnalysisResult:
                         self.retrain_comparison))
         out.append(("interpolation_path", "Error along the interpolation path (mean over pairs)",
                     self.interpolation_path))
+        if self.noise_floor is not None:
+            out.append(("noise_floor", "Noise floor: the barrier of kernel noise alone (same data seed, "
+                        "non-deterministic kernels) beside the data-order barrier", self.noise_floor))
         return out
 
 
 def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
-            threshold: float) -> AnalysisResult:
-    """The whole analysis from the three raw tables (file-free; tests call it directly)."""
+            threshold: float, num_classes: int | None = None) -> AnalysisResult:
+    """The whole analysis from the three raw tables (file-free; tests call it directly).
+    `num_classes` sets the chance error (None: no cell is called at chance)."""
     runs_m = T.add_mode(runs)
     barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation))
-    barriers = T.add_pair_mode(barriers, runs_m)
+    barriers, noise = T.split_noise_pairs(T.add_pair_mode(barriers, runs_m), runs_m)
     sparse = runs_m.filter(pc.greater(runs_m["level"], 0))
     rewind_iters = sorted(set(sparse["rewind_iter"].drop_null().to_pylist())
                           | set(barriers["rewind_iter"].drop_null().to_pylist()))
     densities = T.level_densities(runs_m, barriers)
-    summary = T.instability_summary(barriers, threshold, rewind_iters, densities)
+    summary = T.instability_summary(barriers, threshold, rewind_iters, densities, num_classes)
     dense = T.dense_accuracy(runs_m)
     acc = T.accuracy_summary(runs_m, dense)
     return AnalysisResult(
         instability=summary,
-        earliest_stable=T.earliest_stable(summary),
+        earliest_stable=T.stability_onset(summary),  # the onset of stability (tables.py)
         accuracy=acc,
         winning_tickets=T.winning_tickets(acc),
         dense=dense,
@@ -99,6 +105,7 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
         barrier_check=check,
         n_train_runs=runs.num_rows,
         n_pairs=pc.count_distinct(barriers["pair_id"]).as_py() if barriers.num_rows else 0,
+        noise_floor=T.noise_floor(barriers, noise),
     )
 
 
@@ -268,7 +275,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
            only_planned(raw[2], "pair_id", planned)]
     clock.lap("read")
-    res = compute(*raw, threshold)
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
     clock.lap("compute")
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs)
     config = read_config_text(store, experiment)

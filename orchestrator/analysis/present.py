@@ -59,7 +59,7 @@ def header(name: str) -> str:
     for suffix, unit in (("_pct", " (%)"), ("_pp", " (pp)")):
         if name.endswith(suffix):
             return name[: -len(suffix)].replace("_", " ") + unit
-    return {"rewind_iter": "k", "earliest_stable_iter": "earliest stable k"}.get(name, name.replace("_", " "))
+    return {"rewind_iter": "k", "onset_iter": "onset of stability (k)"}.get(name, name.replace("_", " "))
 
 
 # ---- the summary ----------------------------------------------------------------------------
@@ -112,10 +112,10 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
             e = earliest.get((lv, split))
             if e is None:
                 row.append(MISSING)
-            elif e["earliest_stable_iter"] is None:
+            elif e["onset_iter"] is None:
                 row.append("none" if e["complete"] else "none yet")
             else:
-                row.append(f"{e['earliest_stable_iter']}" + ("" if e["complete"] else " (partial)"))
+                row.append(f"{e['onset_iter']}" + ("" if e["complete"] else " (partial)"))
             flags.append(False)
             tab.rows.append(row)
             tab.stable.append(flags)

@@ -1,8 +1,8 @@
 """Reading one experiment out of the store: Parquet scans, the plan, the progress, the config.
 
-Each table is read in ONE pyarrow dataset scan of the experiment's live part files (listed by
-`orchestrator.store.Store.partition_listing`: a sweep's driver compacts the per-job files, and
-the listing hides files a compacted one replaces), with a column projection, so the cost grows
+Each table is read in ONE pyarrow dataset scan of the experiment's published part files (listed
+by `orchestrator.store.Store.partition_listing`; a sweep's driver publishes its staged rows in
+batches, and a published file is never rewritten), with a column projection, so the cost grows
 with this experiment's rows, not with every file the store holds. The `metrics` table is
 never read: no table or figure of the analysis needs the training curves. A scan cache
 (`ScanCache`) makes a re-analysis of a running sweep read only the part files written since.
@@ -90,10 +90,10 @@ def known_experiments(store: Store) -> list[str]:
 class ScanCache:
     """A per-table Parquet copy of the rows already read, with the manifest of the part files
     it holds (name -> [size, mtime]) in its schema metadata, so data and manifest are
-    replaced together. Between compactions a sweep's store holds one part file per job, so a
-    cold read pays a per-file cost; with the cache a later analysis reads only the parts
-    written since. A part that changed or vanished since (a rewrite, a compaction)
-    invalidates the cache: the table is re-read."""
+    replaced together. A long sweep publishes many files, so a cold read pays a per-file
+    cost; with the cache a later analysis reads only the parts published since. A part that
+    changed or vanished since (a store edited by hand) invalidates the cache: the table is
+    re-read."""
 
     KEY = b"lth.analysis.manifest"
 
@@ -153,9 +153,8 @@ def _scan(store: Store, table: str, paths: list[str], columns: list[str]) -> pa.
 def read_table(store: Store, table: str, experiment: str, columns: list[str],
                cache: ScanCache | None = None) -> pa.Table:
     """All rows of `table` for `experiment`, only `columns`; an empty table when none exist."""
-    # The store's listing: finished part files only, minus those a compacted file replaces.
-    # A compaction by the running sweep's driver may delete files between this listing and
-    # the scan: then list again.
+    # The store's listing: published part files only. A file deleted between this listing
+    # and the scan (a store edited by hand) makes the scan list again.
     for _ in range(2):
         with contextlib.suppress(FileNotFoundError):
             return _read_listed(store, table, experiment, columns, cache)
@@ -253,6 +252,22 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
             prog.done += 1
             prog.done_by_kind[k] = prog.done_by_kind.get(k, 0) + 1
     return prog
+
+
+def read_num_classes(store: Store, experiment: str) -> int | None:
+    """The number of classes of the experiment's data set (its stored spec.yaml), for the
+    chance error; None when the spec is absent or its data set cannot be described here."""
+    import yaml
+
+    from trainers.data import describe
+    from trainers.jobs import DataConfig
+
+    path = store.path("experiments", experiment, "spec.yaml")
+    try:
+        data = (yaml.safe_load(store.read_text(path)) or {}).get("data") or {}
+        return int(describe(DataConfig(**data)).num_classes)
+    except Exception:  # noqa: BLE001 - any unreadable spec or data set: no chance check
+        return None
 
 
 def read_config_text(store: Store, experiment: str) -> dict[str, str]:

@@ -28,9 +28,16 @@ DEFINITIONS = [
                       "on the path minus the mean of the two end points' errors."),
     ("Stable", "A cell (mode, density, k, split) is stable when its mean barrier over replicates and "
                "pairs is below the threshold (2 pp unless --threshold says otherwise; Frankle et al. 2020)."),
-    ("Onset of stability", "Per density: the earliest stable rewinding point k of the sweep's grid; "
-                           "'partial' while a smaller k is not measured yet, 'none' when no measured "
-                           "k is stable."),
+    ("Onset of stability", "Per density: the smallest measured rewinding point k from which every "
+                           "larger measured k is stable (a stable k followed by an unstable one is not "
+                           "an onset); 'partial' while a k of the grid is not measured yet, 'none' when "
+                           "the largest measured k is not stable."),
+    ("At chance", "A cell whose end points' mean error is within the threshold of chance (1 − 1/C for "
+                  "C classes) is never stable: networks that learned nothing have no barrier to measure."),
+    ("Dense standard deviation", "The sample standard deviation of the dense networks' test accuracy "
+                                 "over replicates. Replicates differ only in their init seed (every "
+                                 "lineage trains with the sweep's one data-order seed), so it measures "
+                                 "the spread due to initialisation alone."),
     ("Matching the dense network", "A sparse network matches when its mean test accuracy is at least "
                                    "the dense networks' mean minus one sample standard deviation "
                                    "over replicates."),

@@ -8,11 +8,20 @@ Definitions (the ones the report states):
 - a (mode, level, rewind point, split) cell is *stable* when its mean barrier over replicates
   and pairs is below the threshold (0.02 = 2 percentage points, Frankle et al. 2020);
   a pair is stable when its own barrier is below it.
-- earliest stable rewinding point: the smallest measured k whose cell is stable; `complete`
-  is false when a smaller k of the sweep's grid has no measurement yet (partial sweep).
+- a cell is *at chance* when the mean error of its endpoints is within the threshold of the
+  chance error 1 - 1/C (C classes): networks that learned nothing have no barrier to measure,
+  so such a cell is never stable.
+- onset of stability (DESIGN.md): the smallest measured k from which every larger measured k
+  is stable; none when the largest measured k is not stable. A sweep stable at k = 0, unstable
+  at 100 and stable from 500 has its onset at 500, not 0. `complete` is false while some k of
+  the sweep's grid has no measurement yet (a later one could still break the run of stable
+  points, an earlier one extend it).
+- dense standard deviation: the sample standard deviation of the dense networks' test
+  accuracy over replicates. Replicates differ only in their init seed (a sweep trains every
+  lineage with one data-order seed, sweep.data_seed), so it measures the spread due to the
+  initialisation alone, not due to data order.
 - a sparse network *matches* the dense one when its mean test accuracy is at least the dense
-  mean minus one (sample) standard deviation over replicates (with one dense replicate, the
-  standard deviation is taken as 0). The winning ticket of a (mode, k) is the smallest
+  mean minus one dense standard deviation (with one dense replicate, it is taken as 0). The winning ticket of a (mode, k) is the smallest
   matching density.
 - training budget of a run: the sum of (end_iter - start_iter) over it and all its ancestors
   (parent_job_id chain down to the dense run): dense T, plus (T - k) per pruning level for
@@ -97,6 +106,28 @@ def add_pair_mode(barriers: pa.Table, runs_m: pa.Table) -> pa.Table:
     return out.drop_columns(["mode_a", "mode_b"]).append_column("mode", mode)
 
 
+def split_noise_pairs(barriers: pa.Table, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(data-order pairs, noise-floor pairs): a noise-floor pair's children have role "noise"
+    (sweep.branch.noise_floor); it measures kernel noise, not instability, so it is kept out of
+    every instability statistic."""
+    noise_ids = runs.filter(pc.equal(runs["role"], "noise"))["job_id"]
+    is_noise = pc.fill_null(pc.is_in(barriers["job_a"], value_set=noise_ids), False)
+    return barriers.filter(pc.invert(is_noise)), barriers.filter(is_noise)
+
+
+def noise_floor(barriers: pa.Table, noise: pa.Table) -> pa.Table | None:
+    """The barrier kernel noise alone produces beside the data-order barrier, per branch point
+    (rewind_iter, level) and split; None when the experiment has no noise-floor pairs."""
+    if noise.num_rows == 0:
+        return None
+    keys = ["rewind_iter", "level", "split"]
+    agg = noise.group_by(keys).aggregate([("barrier", "mean"), ("barrier", "max"), ("pair_id", "count")])
+    agg = agg.rename_columns(keys + ["noise_barrier_mean", "noise_barrier_max", "noise_pairs"])
+    data = barriers.group_by(keys).aggregate([("barrier", "mean"), ("pair_id", "count")])
+    data = data.rename_columns(keys + ["data_order_barrier_mean", "data_order_pairs"])
+    return agg.join(data, keys=keys, join_type="left outer").sort_by([(k, "ascending") for k in keys])
+
+
 def level_densities(*tables: pa.Table) -> dict[int, float]:
     """level -> density as observed (pruning is deterministic: one density per level)."""
     out: dict[int, float] = {}
@@ -126,21 +157,24 @@ def _complete(agg: pa.Table, keys: list[str], grid: list[tuple], schema: pa.Sche
 
 
 def instability_summary(barriers: pa.Table, threshold: float, rewind_iters: list[int],
-                        densities: dict[int, float]) -> pa.Table:
-    """Barrier statistics per (mode, level, rewind_iter, split) over replicates and pairs."""
+                        densities: dict[int, float], num_classes: int | None = None) -> pa.Table:
+    """Barrier statistics per (mode, level, rewind_iter, split) over replicates and pairs.
+    `num_classes` (None: unknown) defines the chance error that marks a cell `at_chance`."""
     keys = ["mode", "level", "rewind_iter", "split"]
     b = barriers.filter(pc.is_valid(barriers["barrier"]))
     b = b.append_column("is_stable", pc.less(b["barrier"], threshold).cast(pa.float64()))
+    b = b.append_column("end_error", pc.divide(pc.add(b["error_a"], b["error_b"]), 2.0))
     agg = b.group_by(keys).aggregate([
         ("density", "mean"), ("barrier", "mean"), ("barrier", "stddev", STD),
         ("barrier", "count"), ("replicate", "count_distinct"), ("is_stable", "mean"),
+        ("end_error", "mean"),
     ]).rename_columns(keys + ["density", "barrier_mean", "barrier_std", "n_pairs",
-                              "n_replicates", "frac_stable"])
+                              "n_replicates", "frac_stable", "end_error_mean"])
     schema = pa.schema([("mode", pa.string()), ("level", pa.int64()), ("density", pa.float64()),
                         ("rewind_iter", pa.int64()), ("split", pa.string()),
                         ("barrier_mean", pa.float64()), ("barrier_std", pa.float64()),
                         ("n_pairs", pa.int64()), ("n_replicates", pa.int64()),
-                        ("frac_stable", pa.float64())])
+                        ("frac_stable", pa.float64()), ("end_error_mean", pa.float64())])
     # Grid: per mode, the levels it branched at x every rewind point x every split seen.
     splits = sorted(set(b["split"].to_pylist()))
     grid = []
@@ -152,14 +186,19 @@ def instability_summary(barriers: pa.Table, threshold: float, rewind_iters: list
     density = [d if d is not None else densities.get(lv)
                for d, lv in zip(out["density"].to_pylist(), out["level"].to_pylist())]
     out = out.set_column(2, "density", pa.array(density, pa.float64()))
-    stable = pc.less(out["barrier_mean"], threshold)
+    if num_classes:
+        at_chance = pc.greater_equal(out["end_error_mean"], (1.0 - 1.0 / num_classes) - threshold)
+    else:
+        at_chance = pc.if_else(pc.is_valid(out["end_error_mean"]), False, pa.scalar(None, pa.bool_()))
+    out = out.append_column("at_chance", at_chance)
+    stable = pc.and_(pc.less(out["barrier_mean"], threshold), pc.invert(at_chance))
     out = out.append_column("stable", stable)
     return out.sort_by([("mode", "ascending"), ("split", "ascending"), ("level", "ascending"),
                         ("rewind_iter", "ascending")])
 
 
-def earliest_stable(summary: pa.Table) -> pa.Table:
-    """Per (mode, level, density, split): the earliest stable rewinding point (see module doc)."""
+def stability_onset(summary: pa.Table) -> pa.Table:
+    """Per (mode, level, density, split): the onset of stability (see the module doc)."""
     rows: dict[tuple, list[tuple[int, bool | None]]] = {}
     density: dict[tuple, float | None] = {}
     for r in summary.select(["mode", "level", "density", "split", "rewind_iter", "stable"]).to_pylist():
@@ -169,21 +208,17 @@ def earliest_stable(summary: pa.Table) -> pa.Table:
             density[key] = r["density"]
     out = []
     for (mode, level, split), cells in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
-        cells.sort()
-        earliest, complete = None, True
-        for k, stable in cells:
-            if stable is None:
-                complete = False  # a not-yet-measured point could be the earliest
-            elif stable:
-                earliest = k
+        measured = sorted((k, s) for k, s in cells if s is not None)
+        onset = None
+        for k, stable in reversed(measured):  # walk down from the largest k while stable
+            if not stable:
                 break
+            onset = k
         out.append({"mode": mode, "level": level, "density": density[(mode, level, split)],
-                    "split": split,
-                    "earliest_stable_iter": earliest, "complete": complete,
-                    "rewind_iters_measured": sum(s is not None for _, s in cells),
-                    "rewind_iters_total": len(cells)})
+                    "split": split, "onset_iter": onset, "complete": len(measured) == len(cells),
+                    "rewind_iters_measured": len(measured), "rewind_iters_total": len(cells)})
     schema = pa.schema([("mode", pa.string()), ("level", pa.int64()), ("density", pa.float64()),
-                        ("split", pa.string()), ("earliest_stable_iter", pa.int64()),
+                        ("split", pa.string()), ("onset_iter", pa.int64()),
                         ("complete", pa.bool_()), ("rewind_iters_measured", pa.int64()),
                         ("rewind_iters_total", pa.int64())])
     return pa.Table.from_pylist(out, schema=schema)

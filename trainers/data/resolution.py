@@ -2,11 +2,13 @@
 crops as a pure function of (data config, epoch).
 
 The side grows linearly from `min_res` (at `start_ramp_epoch` and before) to `max_res` (at
-`end_ramp_epoch` and after), rounded down to a multiple of RESOLUTION_STEP inside the ramp and
+`end_ramp_epoch` and after), rounded to the nearest multiple of RESOLUTION_STEP inside the ramp and
 kept within [min_res, max_res]. A function of the epoch only: a resumed run sees the same side
 at the same iteration. Evaluation never changes size (image_size / eval_image_size).
 """
 from __future__ import annotations
+
+from fractions import Fraction
 
 from trainers.jobs import DataConfig
 
@@ -60,6 +62,8 @@ def train_resolution(cfg: DataConfig, epoch: int) -> int | None:
         return hi
     if epoch <= a:
         return lo
-    # Integer arithmetic: no float rounding can make two machines disagree on a side.
-    side = lo + (hi - lo) * (epoch - a) // (b - a)
-    return min(hi, max(lo, side // RESOLUTION_STEP * RESOLUTION_STEP))
+    # Exact rational arithmetic (no float rounding can make two machines disagree on a side),
+    # rounded to the NEAREST multiple of the step, ties to even, as ffcv-imagenet's
+    # np.round(np.interp(...) / 32) * 32 does.
+    side = Fraction(lo) + Fraction((hi - lo) * (epoch - a), b - a)
+    return min(hi, max(lo, round(side / RESOLUTION_STEP) * RESOLUTION_STEP))
