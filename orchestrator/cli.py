@@ -50,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
     s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
                                                          "with several names, a comparison on the same axes")
-    s.add_argument("name", nargs="+")
+    s.add_argument("name", nargs="+", help="experiment name; two or more: a comparison")
     s.add_argument("--format", default="png", metavar="png,pdf,svg",
                    help="figure file formats, comma-separated (png is always written: the report embeds it)")
-    s.add_argument("--out", help="output directory (default: STORE/reports/NAME)")
+    s.add_argument("--out", help="output directory (default: STORE/reports/NAME, or STORE/reports/compare/A-vs-B)")
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="also publish the report to W&B")

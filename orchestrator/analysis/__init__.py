@@ -181,6 +181,7 @@ class _FigureCache:
         except (OSError, ValueError):
             self.keys = {}
         self.drawn, self.reused = [], []
+        self.seconds: dict[str, float] = {}
 
     @staticmethod
     def key(*inputs) -> str:
@@ -208,6 +209,7 @@ class _FigureCache:
                 return out
             except OSError:
                 pass
+        t0 = time.perf_counter()
         fig = make()
         if fig is None:
             self.keys.pop(name, None)
@@ -216,6 +218,7 @@ class _FigureCache:
             out = {fmt: figs.encode(fig, fmt) for fmt in self.formats}
         finally:
             figs.close(fig)
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
         for fmt, data in out.items():
             self.out.write(f"{name}.{fmt}", data)
         self.keys[name] = key
@@ -264,7 +267,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     clock = _Clock()
     # The scan cache lives with the store's reports, whatever --out says, so every later
     # analysis of this experiment (by anyone) reads only the newly written part files.
-    cache = ScanCache(store, store.path("reports", experiment, ".cache"))
+    cache = ScanCache(store, store.path("reports", experiment, ".cache"), deferred=True)
     raw = [read_table(store, "runs", experiment, RUNS_COLUMNS, cache),
            read_table(store, "instability", experiment, INSTABILITY_COLUMNS, cache),
            read_table(store, "interpolation", experiment, INTERPOLATION_COLUMNS, cache)]
@@ -288,7 +291,6 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                      f"the interpolation table (no instability row yet).")
     if progress.note:
         notes.append(progress.note)
-    notes += cache.warnings
 
     key, dense_line = key_tables(res, threshold, progress.planned_levels)
     print_key_tables(console, key, dense_line)
@@ -296,6 +298,11 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     for n in notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     clock.lap("summary")
+    cache.flush()
+    for w in cache.warnings:  # a read-only store: analyzed without a cache
+        console.print(f"[yellow]note:[/yellow] {w}")
+        notes.append(w)
+    clock.lap("scan cache")
 
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", experiment))
@@ -337,6 +344,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                                             "interpolation": raw[2].num_rows,
                                             "metrics (learning curves)": curve_table.num_rows},
         "figures_drawn": fcache.drawn, "figures_unchanged": fcache.reused,
+        "figure_seconds": fcache.seconds,
     }
     html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
                   figure_files, tables)

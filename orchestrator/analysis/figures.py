@@ -91,9 +91,11 @@ def rewind_axis(ax, ks: list[int]) -> None:
     ax.set_xlabel("rewinding iteration k")
 
 
-def sensible_ylim(ax, values, floor: float | None = None, include: tuple[float, ...] = ()) -> None:
+def sensible_ylim(ax, values, floor: float | None = None, include: tuple[float, ...] = (),
+                  ceiling: float | None = None) -> None:
     """A flat or empty panel (every error 0, say) gets a readable range instead of
-    matplotlib's ±0.04 around the value; `floor` keeps a non-negative quantity above it."""
+    matplotlib's ±0.04 around the value; `floor` and `ceiling` bound a quantity that cannot
+    leave them (a percentage), however wide its ± std band."""
     flat = np.concatenate([np.ravel(np.asarray(a, dtype=float)) for a in values] or [np.zeros(0)])
     v = np.concatenate([flat[np.isfinite(flat)], np.asarray(include, dtype=float)])
     if v.size == 0:
@@ -108,6 +110,8 @@ def sensible_ylim(ax, values, floor: float | None = None, include: tuple[float, 
     lo, hi = lo - 0.08 * span, hi + 0.08 * span
     if floor is not None and lo < floor:
         lo = floor - 0.05 * (hi - floor)  # a point at the floor stays off the frame
+    if ceiling is not None and hi > ceiling:
+        hi = ceiling + 0.05 * (ceiling - lo)
     ax.set_ylim(lo, hi)
 
 
@@ -192,7 +196,7 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
             if i == len(splits) - 1:
                 ax.set_xlabel("interpolation α")
         for ax in axes[i]:
-            sensible_ylim(ax, ys, floor=0.0)
+            sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
         axes[i][0].set_ylabel(f"{split} error (%)")
     _legend_right(fig, axes[0][0])
     fig.suptitle(f"Error along the linear path between two children ({mode}; mean ± std over pairs)", fontsize=11)
@@ -257,7 +261,7 @@ def accuracy_vs_density(acc: pa.Table, dense: dict) -> Figure | None:
         ax.grid(alpha=0.3)
         if kind == "k":  # other lines than the mode panels: a legend of its own, below
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
-    sensible_ylim(axes.flat[0], ys)
+    sensible_ylim(axes.flat[0], ys, floor=0.0, ceiling=100.0)
     _legend_right(fig, axes.flat[0])
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
@@ -286,12 +290,12 @@ def learning_curves(curves: pa.Table) -> Figure | None:
             ys += [y - s, y + s]
             d = c["density"][0].as_py()
             label = "dense" if lv == 0 else density_label(d, lv)
-            line, = ax.plot(x, y, marker="o", ms=3, label=label)
+            line, = ax.plot(x, y, marker="o" if len(x) <= 40 else None, ms=3, label=label)
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("training iteration")
         ax.set_title(f"{split} set")
         ax.grid(alpha=0.3)
-    sensible_ylim(axes[0][0], ys)
+    sensible_ylim(axes[0][0], ys, floor=0.0, ceiling=100.0)
     axes[0][0].set_ylabel("accuracy (%)")
     _legend_right(fig, axes[0][0])
     k_text = f"sparse levels rewound to k = {ks[0]}" if len(ks) == 1 else "sparse levels"
@@ -371,7 +375,7 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]]) -> Figure | None:
         _density_axis(ax, [d for t, _ in tables.values() for d in t["density"].to_pylist()])
         ax.set_title(f"k = {k}", fontsize=10)
         ax.grid(alpha=0.3)
-    sensible_ylim(axes[0][0], ys)
+    sensible_ylim(axes[0][0], ys, floor=0.0, ceiling=100.0)
     axes[0][0].set_ylabel("test accuracy (%)")
     _legend_right(fig, axes[0][0])
     fig.suptitle("Test accuracy against the weights remaining, by experiment (mean ± std over replicates)", fontsize=11)

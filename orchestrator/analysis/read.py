@@ -97,9 +97,12 @@ class ScanCache:
 
     KEY = b"lth.analysis.manifest"
 
-    def __init__(self, store: Store, directory: str):
-        self.store, self.dir = store, directory
+    def __init__(self, store: Store, directory: str, deferred: bool = False):
+        # deferred: `save` only remembers the table; `flush` writes it (lth analyze flushes
+        # after printing the summary, so writing the cache never delays it).
+        self.store, self.dir, self.deferred = store, directory, deferred
         self.warnings: list[str] = []
+        self._pending: dict[str, tuple[pa.Table, dict]] = {}
 
     def _path(self, table: str) -> str:
         return f"{self.dir}/{table}.parquet"
@@ -118,6 +121,17 @@ class ScanCache:
         return t.replace_schema_metadata(None), manifest
 
     def save(self, table: str, t: pa.Table, manifest: dict) -> None:
+        if self.deferred:
+            self._pending[table] = (t, manifest)
+            return
+        self._write(table, t, manifest)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for table, (t, manifest) in pending.items():
+            self._write(table, t, manifest)
+
+    def _write(self, table: str, t: pa.Table, manifest: dict) -> None:
         path = self._path(table)
         tmp = f"{self.dir}/.{table}.parquet.tmp"
         try:
