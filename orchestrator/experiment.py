@@ -115,10 +115,10 @@ def check_against_store(store, spec: ExperimentSpec, planned_ids: set[str]) -> V
     if not gone:
         added = len(planned_ids - old_ids)
         return Verdict("grows" if added else "same", added)
-    old_config = yaml.safe_load(store.read_bytes(spec_rel)) if store.exists(spec_rel) else {}
-    for section in RUNTIME_SECTIONS:
-        (old_config or {}).pop(section, None)
-    changes = changed_fields(old_config or {}, identity_config(spec))
+    old_config = (yaml.safe_load(store.read_bytes(spec_rel)) if store.exists(spec_rel) else None) or {}
+    for key in ("name", *RUNTIME_SECTIONS):  # what identity_config leaves out: never a "change"
+        old_config.pop(key, None)
+    changes = changed_fields(old_config, identity_config(spec))
     how = (
         "to keep the stored results, run the stored config again (or one that only adds work); "
         f"to change it, fork under a new name (--set name={name}-2; jobs equal to stored ones are reused) "

@@ -40,6 +40,7 @@ def test_changed_config_is_refused_naming_old_and_new_values_and_writing_nothing
     assert rc == 2, err
     assert "train.optimizer.lr: changed from 0.05 to 0.04" in err
     assert "pruning.levels" not in err  # growth is not a change
+    assert "name: changed" not in err  # the name is the experiment, not a field of its config
     assert "--set name=" in err and "--store" in err  # how to fork or start over
     assert _digest(tmp_path / "store") == before
 

@@ -109,16 +109,26 @@ def test_packed_conv_children_one_fp32_step_equals_one_by_one(tmp_path):
     passes through at most ~21 layers (19 convolutions, BatchNorm, the head) of reductions of at
     most 1024 terms (batch 16 x 8 x 8 positions for a weight gradient; 64 x 9 for a
     convolution), so each tensor's change over the step (w1 - w0: the update, or BatchNorm's
-    statistics moving) is off by at most 21 * 1024 * u of its size, plus one rounding of w0."""
+    statistics moving) is off by at most 21 * 1024 * u of its size, plus one rounding of w0.
+
+    That bound uses the step's size in place of the sum of the magnitudes of its terms, which
+    holds only where the terms do not cancel. BatchNorm's affine gradients are sums of dy * x_hat
+    and of dy over a channel, and x_hat has zero mean: they cancel by construction (measured: a
+    bn.weight step 1.1e-2 whose float32 result differs by 2.7e-5 between two summation orders,
+    2x the bound). Those tensors are left to the float64 test above, which checks them to 1e-9."""
     dense, packed, single = _pruned_children(tmp_path, CONV, end_iter=3)
     rel = 21 * 1024 * 2.0**-24
     start = checkpoint.load_weights(dense.saved_weights[2])
     for p, s in zip(packed, single):
         a, b = checkpoint.load_weights(p.weights_path), checkpoint.load_weights(s.weights_path)
         assert list(a) == list(b)
+        bn_affine = {f"{m[: -len('running_mean')]}{w}" for m in a if m.endswith("running_mean") for w in ("weight", "bias")}
+        assert bn_affine  # the model has BatchNorm: the exclusion below is of real tensors
         for k in a:
             if not a[k].is_floating_point():
                 assert torch.equal(a[k], b[k]), k
+                continue
+            if k in bn_affine:
                 continue
             step = (b[k] - start[k]).abs().max().item()
             tol = rel * step + 2.0**-24 * start[k].abs().max().item()

@@ -183,7 +183,9 @@ def test_rerun_with_nothing_left_answers_without_ray(swept, tmp_path):
     store_dir, _ = swept
     ray_parent = tmp_path / "ray"
     ray_parent.mkdir()
-    proc = run_lth("run", DEMO, "--store", str(store_dir), *tiny_args(), env=lth_env(LTH_RAY_TMPDIR=str(ray_parent)))
+    # the config as stored (other tests of this module grow the experiment)
+    stored = str(store_dir / "experiments" / "demo" / "spec.yaml")
+    proc = run_lth("run", stored, "--store", str(store_dir), env=lth_env(LTH_RAY_TMPDIR=str(ray_parent)))
     assert proc.returncode == 0, proc.stderr
     assert _ran(proc.stdout) == 0
     assert list(ray_parent.iterdir()) == []  # no Ray session was ever made
