@@ -421,6 +421,11 @@ def test_partial_store_marks_missing_cells(tmp_path):
     for jid in plan[:10]:
         (tmp_path / "artifacts" / jid).mkdir(parents=True)
         (tmp_path / "artifacts" / jid / "done.json").write_text("{}")
+    # Done elsewhere (another experiment sharing the store) but without rows here: not done here.
+    unrecorded = sorted({r["job_id"] for r in full["runs"]} - {r["job_id"] for r in rows["runs"]})[0]
+    assert unrecorded not in plan[:10]
+    (tmp_path / "artifacts" / unrecorded).mkdir(parents=True)
+    (tmp_path / "artifacts" / unrecorded / "done.json").write_text("{}")
     out = tmp_path / "custom-out"
     console = Console(file=io.StringIO(), width=200)
     assert analyze(str(tmp_path), EXP, out_dir=str(out), console=console) == 0

@@ -277,7 +277,8 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     clock.lap("read")
     res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
     clock.lap("compute")
-    progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs)
+    recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
+    progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs, recorded)
     config = read_config_text(store, experiment)
 
     notes = []

@@ -15,7 +15,8 @@ import pyarrow.fs as pafs
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, figures as figs
 from orchestrator.analysis.present import key_tables, print_key_tables
 from orchestrator.analysis.read import (
-    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, read_progress, read_table,
+    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, only_planned, plan_job_ids,
+    read_progress, read_table,
 )
 from orchestrator.analysis.report import CSS, key_table_html
 
@@ -41,9 +42,13 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         raw = [read_table(store, "runs", name, RUNS_COLUMNS, cache),
                read_table(store, "instability", name, INSTABILITY_COLUMNS, cache),
                read_table(store, "interpolation", name, INTERPOLATION_COLUMNS, cache)]
+        planned = plan_job_ids(store, name)  # the current plan's jobs only, as analyze reads them
+        raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
+               only_planned(raw[2], "pair_id", planned)]
         res = compute(*raw, threshold)
         results[name] = res
-        progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs)
+        recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
+        progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs, recorded)
         keys[name] = key_tables(res, threshold, progress[name].planned_levels)
         console.rule(f"{name}: {progress[name].summary()}")
         print_key_tables(console, *keys[name])

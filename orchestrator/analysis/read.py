@@ -227,7 +227,12 @@ def _plan_entries(obj) -> list[tuple[str, str | None]]:
     return [(str(jid), desc.get("kind")) for jid, desc in obj.items()]
 
 
-def read_progress(store: Store, experiment: str, done_train: int, done_pairs: int) -> Progress:
+def read_progress(store: Store, experiment: str, done_train: int, done_pairs: int,
+                  recorded: set[str] | None = None) -> Progress:
+    """Jobs of the plan done. `recorded`: the jobs with rows in this experiment's tables; a job
+    with a completion record counts only when its rows are there too (a job another experiment
+    sharing the store did, or one whose driver died before this experiment's rows, is not done
+    for this experiment until `lth run` writes them)."""
     plan_path = store.path("experiments", experiment, "jobs.json")
     prog = Progress(planned=None, done=None, done_train=done_train, done_pairs=done_pairs,
                     plan_path=plan_path)
@@ -248,7 +253,7 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
     for (jid, kind), info in zip(entries, infos):
         k = kind or "job"
         prog.planned_by_kind[k] = prog.planned_by_kind.get(k, 0) + 1
-        if info.type == pafs.FileType.File:
+        if info.type == pafs.FileType.File and (recorded is None or jid in recorded):
             prog.done += 1
             prog.done_by_kind[k] = prog.done_by_kind.get(k, 0) + 1
     return prog
