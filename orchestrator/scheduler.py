@@ -445,9 +445,10 @@ def _key_result(record: dict[str, Any]) -> str:
     """What a person wants to see on a job's done line."""
     result = record.get("result") or {}
     if record.get("kind") == "train" and "test_accuracy" in result:
-        return f"test accuracy {result['test_accuracy']:.4f}, density {result['density']:.4f}"
+        # the report's units: percent, and percentage points for barriers
+        return f"test accuracy {100 * result['test_accuracy']:.2f}%, density {100 * result['density']:.3g}%"
     barriers = {i["split"]: i["barrier"] for i in result.get("instability", [])}
-    return ", ".join(f"{split} barrier {b:+.4f}" for split, b in sorted(barriers.items()))
+    return ", ".join(f"{split} barrier {100 * b:+.2f} pp" for split, b in sorted(barriers.items()))
 
 
 def _describe(job: Job) -> str:

@@ -30,10 +30,10 @@ def test_log_lines_carry_a_timestamp_and_done_lines_the_key_result(capsys):
     progress.job_finished("j", "level r0 k0 L2", 3.0, _key_result(record))
     lines = capsys.readouterr().out.splitlines()
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[e\] ", line) for line in lines), lines
-    assert lines[-1].endswith("done   j level r0 k0 L2 in 3.0s (1/1): test accuracy 0.9123, density 0.2500")
+    assert lines[-1].endswith("done   j level r0 k0 L2 in 3.0s (1/1): test accuracy 91.23%, density 25%")
     interp = {"kind": "interpolate", "result": {"instability": [{"split": "test", "barrier": 0.0125},
                                                                 {"split": "train", "barrier": -0.001}]}}
-    assert _key_result(interp) == "test barrier +0.0125, train barrier -0.0010"
+    assert _key_result(interp) == "test barrier +1.25 pp, train barrier -0.10 pp"
 
 
 def _store_with(tmp_path, jobs: dict, done=(), failed=(), running=(), driver=None):
