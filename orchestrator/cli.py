@@ -283,14 +283,23 @@ def _interrupt_exit_code(e: KeyboardInterrupt) -> int:
     return interrupt_exit_code(e)[1]
 
 
-def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from orchestrator.progress import print_status
+def _existing_store(args: argparse.Namespace):
+    """(root, the Store) of --store, or (root, None) after saying that it does not exist."""
     from orchestrator.store import Store
 
     root = _store_root(args)
     store = Store(root)
     if not store.exists(""):
         print(f"error: --store: {root!r} does not exist", file=sys.stderr)
+        return root, None
+    return root, store
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.progress import print_status
+
+    root, store = _existing_store(args)
+    if store is None:
         return EXIT_BAD_INPUT
     names = store.experiments()
     if args.name:
@@ -310,12 +319,10 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from orchestrator.store import FAILED, Store
+    from orchestrator.store import FAILED
 
-    root = _store_root(args)
-    store = Store(root)
-    if not store.exists(""):
-        print(f"error: --store: {root!r} does not exist", file=sys.stderr)
+    root, store = _existing_store(args)
+    if store is None:
         return EXIT_BAD_INPUT
     listing = store.scan_artifacts().files
     matches = sorted(j for j in listing if j.startswith(args.job_id))
