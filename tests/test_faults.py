@@ -153,6 +153,10 @@ def _interrupt_sweep(store: Path, sig: int, after_done: int, ray_tmp: str, group
         [sys.executable, "-m", "orchestrator.cli", "run", DEMO, "--store", str(store),
          *tiny_args("tracking.wandb=disabled")],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # A person's Ctrl-C reaches a driver whose SIGINT is at its default. A test suite started
+        # in the background by a script inherits SIGINT ignored (POSIX, for asynchronous commands),
+        # and Python then keeps ignoring it: give the driver the terminal's disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 180
