@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import multiprocessing
 import os
 import tempfile
 import time
@@ -92,7 +93,8 @@ def write_jpeg_folder(root: str, train_files: int, val_files: int, classes: int 
             folder.mkdir(parents=True, exist_ok=True)
             jobs.append((str(folder / f"{split}_{i:08d}.JPEG"), i + (0 if split == "train" else 10**7)))
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn: the parent has usually initialised CUDA and torch's thread pools, which fork breaks.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             sizes = list(pool.map(_one_jpeg, jobs, chunksize=64))
     else:
         sizes = [_one_jpeg(j) for j in jobs]
