@@ -46,9 +46,11 @@ gpu-test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# The config field reference, generated from orchestrator/spec.py (a test checks it is current).
+# Generated files, each checked by a test: the config field reference (from orchestrator/spec.py)
+# and the models' weight counts the planner reads without torch (from trainers/models.py).
 docs: $(STAMP)
 	$(BIN)/python -m orchestrator.config_reference > docs/config-reference.md
+	$(BIN)/python -m trainers.model_catalog --write
 
 # After editing dependencies in pyproject.toml: re-resolve and commit uv.lock.
 lock: | $(UV)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.common import Settings, median
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.data.bundle import DataBundle
 from trainers.data.imagenet import FolderBundle
 from trainers.data.workers import available_cpus

@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import Settings
 from trainers import checkpoint
 from trainers.api import run_interpolate_job
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.jobs import DataConfig, InterpolateJob, InterpolatePaths, TrainConfig
 from trainers.models import build_model
 from trainers.runtime import Runtime

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Settings, median, sync
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.data.export import write_image_folder
 from trainers.data.ffcv_io import write_beton
 from trainers.jobs import DataConfig

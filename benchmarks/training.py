@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import EvalClock, Settings, median, step_flops, sync
 from trainers import checkpoint
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.evaluate import autocast_for
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, TrainConfig, TrainJob, TrainPaths
 from trainers.models import build_model

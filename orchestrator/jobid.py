@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
 from trainers.jobs import TrainJob
@@ -51,25 +53,55 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+_json_str = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str
+
+
+def _scalar(v: Any) -> str | None:
+    """canonical_json(v) for the scalars job descriptions are made of (None for anything else)."""
+    t = type(v)
+    if t is str:
+        return _json_str(v)
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is float and math.isfinite(v):
+        return float.__repr__(v)  # what json writes for a finite float
+    if v is None:
+        return "null"
+    return None  # nan/inf (json raises, allow_nan=False), containers, dataclasses, subclasses
+
+
 class _Encoder:
     """canonical_json(_plain(obj)), with the text of nested dataclasses memoised by identity:
     one TrainConfig object serves every job of a plan, so it is encoded once, not 100,000
-    times. Equal output to the plain path is a test (tests/test_planner.py)."""
+    times; scalars and each dataclass type's sorted field names are written without a
+    json.dumps call each. Equal output to the plain path is a test (tests/test_planner.py)."""
 
     def __init__(self, max_size: int = 1024) -> None:
         # id(obj) -> (obj, text): holding obj keeps its id from being reused while cached.
         self._memo: dict[int, tuple[Any, str]] = {}
         self._max_size = max_size
+        self._fields: dict[type, list[tuple[str, str]]] = {}  # type -> [(field, its JSON key)], sorted
+
+    def _field_keys(self, cls: type) -> list[tuple[str, str]]:
+        keys = self._fields.get(cls)
+        if keys is None:
+            skip = _EXCLUDED.get(cls, ())
+            names = sorted(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+            keys = self._fields[cls] = [(n, json.dumps(n) + ":") for n in names]
+        return keys
 
     def __call__(self, obj: Any, memo: bool = True) -> str:
+        text = _scalar(obj)
+        if text is not None:
+            return text
         if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
             return canonical_json(_plain(obj))
         hit = self._memo.get(id(obj)) if memo else None
         if hit is not None and hit[0] is obj:
             return hit[1]
-        skip = _EXCLUDED.get(type(obj), ())
-        names = sorted(f.name for f in dataclasses.fields(obj) if f.name not in skip)
-        text = "{" + ",".join(f"{json.dumps(n)}:{self(getattr(obj, n))}" for n in names) + "}"
+        text = "{" + ",".join(key + self(getattr(obj, n)) for n, key in self._field_keys(type(obj))) + "}"
         if memo:
             if len(self._memo) >= self._max_size:
                 self._memo.clear()
@@ -88,6 +120,8 @@ def job_id(kind: str, spec: Any, inputs: Mapping[str, tuple[str, str]]) -> str:
 
 def job_payload(kind: str, spec: Any, inputs: Mapping[str, tuple[str, str]]) -> str:
     """The exact text `job_id` hashes: canonical_json([kind, plain spec, inputs])."""
-    ins = canonical_json({str(r): [str(p), str(f)] for r, (p, f) in inputs.items()})
+    ins = "{" + ",".join(
+        f"{_json_str(str(r))}:[{_json_str(str(p))},{_json_str(str(f))}]" for r, (p, f) in sorted(inputs.items())
+    ) + "}"  # canonical_json({role: [parent, file]}), written directly: one per job of a 100k-job plan
     # A train job's own description is unique to it: memoising it would only evict the shared parts.
     return f"[{json.dumps(str(kind))},{_encode(spec, memo=not isinstance(spec, TrainJob))},{ins}]"

@@ -47,6 +47,8 @@ from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
 from orchestrator.spec import ExperimentSpec, SpecError
 from trainers.jobs import InterpolateJob, TrainConfig, TrainJob
+from trainers.model_catalog import conv_linear_weights
+from trainers.prune_counts import planned_remaining, prune_count, select_prunable
 
 WEIGHTS = "weights.pt"
 MASK = "mask.pt"
@@ -63,17 +65,15 @@ def derived_seed(tag: str, *values: int) -> int:
 
 
 def planned_densities(spec: ExperimentSpec) -> list[float]:
-    """Density at levels 0..L, from the model's shapes alone (no weights are allocated)."""
-    from trainers.models import meta_model
-    from trainers.pruning import planned_remaining, prunable_sizes
-
+    """Density at levels 0..L, from the model's weight counts alone (model_catalog.py: no model
+    is built and torch is not imported where the catalog holds the model and data shape)."""
     info = spec.data_info
     try:
-        model = meta_model(spec.model, tuple(info.input_shape), int(info.num_classes))
+        weights = conv_linear_weights(spec.model, tuple(info.input_shape), int(info.num_classes))
     except ValueError as e:
         raise SpecError("model", f"{spec.model!r} cannot take {spec.data.name!r} data: {e}") from None
     try:
-        sizes = prunable_sizes(model, spec.pruning.ignore)
+        sizes = {n: weights[n] for n in select_prunable(list(weights), spec.pruning.ignore)}
     except ValueError as e:
         raise SpecError("pruning.ignore", str(e)) from None
     total = sum(sizes.values())
@@ -90,8 +90,6 @@ def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
     Layerwise pruning's per-tensor counts are known in advance. Global pruning's depend on the
     trained weights, so the planner can only require as many survivors as there are prunable
     tensors (necessary for one per tensor)."""
-    from trainers.pruning import prune_count
-
     p = spec.pruning
     layerwise = p.strategy == "magnitude_layerwise"
     counts = dict(sizes)

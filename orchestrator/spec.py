@@ -50,7 +50,7 @@ class _Model(BaseModel):
 
 
 class DataSpec(_Model):
-    name: str = Field("digits", description='data set: a key of trainers.data.DATASETS (digits, synthetic, cifar10, cifar100, imagenet, ffcv_cifar, ffcv_imagenet)')
+    name: str = Field("digits", description='data set: a key of trainers.data.catalog.DESCRIPTIONS (digits, synthetic, cifar10, cifar100, imagenet, ffcv_cifar, ffcv_imagenet)')
     root: str | None = Field(None, description='directory holding the data: cifar-10-batches-py/, an ImageFolder tree, or train.beton/test.beton (ffcv_*); unused by digits and synthetic')
     image_size: int | None = Field(None, gt=0, description='image side in pixels: synthetic images; imagenet/ffcv_imagenet crop side (training too, unless min_res is set)')
     eval_image_size: int | None = Field(None, gt=0, description='imagenet: pixels of the shorter side before the centre crop at evaluation (default image_size * 8/7)')
@@ -290,13 +290,14 @@ class ExperimentSpec(_Model):
     @model_validator(mode="after")
     def _resolve(self) -> "ExperimentSpec":
         """Cross-field checks, and epochs -> iterations (needs the data set's size)."""
-        from trainers.data import DATASETS, describe
-        from trainers.models import MODELS
+        from trainers.data.catalog import DESCRIPTIONS, describe, valid_names
+        from trainers.model_catalog import model_names
 
-        if self.model not in MODELS:
-            raise SpecError("model", f"unknown model {self.model!r}; valid names: {', '.join(sorted(MODELS))}")
-        if self.data.name not in DATASETS:
-            raise SpecError("data.name", f"unknown data set {self.data.name!r}; valid names: {', '.join(sorted(DATASETS))}")
+        models = model_names()
+        if self.model not in models:
+            raise SpecError("model", f"unknown model {self.model!r}; valid names: {', '.join(sorted(models))}")
+        if self.data.name not in DESCRIPTIONS:
+            raise SpecError("data.name", f"unknown data set {self.data.name!r}; valid names: {valid_names()}")
         try:
             info = describe(self.data.to_config())
         except (ValueError, KeyError, TypeError) as e:
@@ -424,7 +425,7 @@ class ExperimentSpec(_Model):
 
     def check_data(self) -> None:
         """The data is present and readable (for `lth run`; `lth plan` does not need it)."""
-        from trainers.data import check_available
+        from trainers.data.sources import check_available
 
         try:
             check_available(self.data_config())

@@ -10,7 +10,7 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
-import trainers.data as D
+import trainers.data.sources as D
 from trainers.data import order
 from trainers.data.export import write_cifar_dir, write_image_folder
 from trainers.data.resident import PadCropFlip, ResizedCropFlip

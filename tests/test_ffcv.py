@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-import trainers.data as D
+import trainers.data.sources as D
 from trainers.data import order
 from trainers.data.export import write_cifar_dir, write_image_folder
 from trainers.data.ffcv_io import main, write_beton

@@ -8,7 +8,7 @@ import torch
 
 from trainers import checkpoint
 from trainers.api import run_interpolate_job, run_train_job
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.evaluate import evaluate
 from trainers.interpolate import barrier, recompute_bn_stats
 from trainers.jobs import DataConfig, InterpolateJob, InterpolatePaths, OptimizerConfig, TrainConfig, TrainJob, TrainPaths

@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import trainers.data as D
+import trainers.data.sources as D
 from trainers.data import imagenet, order
 from trainers.data.export import write_image_folder
 from trainers.data.jpeg import DecodeStats, decode_batch, jpeg_components

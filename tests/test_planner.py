@@ -298,3 +298,26 @@ def test_plan_time_errors_name_the_field():
     with pytest.raises(SpecError) as info:
         plan(make(model="resnet18"))  # image model, flat digits
     assert info.value.field == "model" and "digits" in info.value.reason
+
+
+def test_fast_encoder_writes_every_scalar_as_json_does():
+    """jobid's scalar fast path against json.dumps itself: escapes, unicode, signs, exponents,
+    -0.0, big ints, bools (an int subclass) and None; nan is refused like json's allow_nan=False."""
+    from orchestrator.jobid import _Encoder, _plain
+
+    @dataclasses.dataclass(frozen=True)
+    class Scalars:
+        s: str = 'a"b\\c\n\u00e9\u2603'
+        i: int = -12345678901234567890
+        f: float = 0.30000000000000004
+        g: float = 1e-05
+        z: float = -0.0
+        b: bool = True
+        n: None = None
+        t: tuple = (1, 2.5, "x", False)
+
+    enc = _Encoder()
+    for obj in (Scalars(), Scalars(s="", i=0, f=1e300, g=-2.5e-300, z=0.0, b=False)):
+        assert enc(obj) == canonical_json(_plain(obj))
+    with pytest.raises(ValueError):
+        enc(Scalars(f=float("nan")))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import trainers.data as D
+import trainers.data.sources as D
 from orchestrator.spec import SpecError, load_spec
 from trainers.data.export import write_image_folder
 from trainers.data.resident import ResizedCropFlip

@@ -18,9 +18,10 @@ import getpass
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 DATA_CACHE_ENV = "LTH_DATA_CACHE"  # the node-local directory orchestrator/cluster.py copies data sets into
@@ -72,6 +73,8 @@ class _TimedFirstStep:
 
 def compiled(model: torch.nn.Module, log: Callable[[str], None] | None = None) -> _TimedFirstStep:
     """torch.compile(model) with its cache on node-local disk and its first step timed."""
+    import torch  # here, not at the top: the planner reads COMPILE_BY_DEFAULT without torch
+
     cache = inductor_cache_dir()
     os.makedirs(cache, exist_ok=True)
     os.environ.setdefault(CACHE_ENV, cache)  # Inductor reads it when it first writes a cache entry

@@ -11,7 +11,7 @@ import time
 import torch
 
 from trainers import checkpoint
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.determinism import kernels
 from trainers.evaluate import evaluate
 from trainers.jobs import Instability, InterpolateJob, InterpolatePaths, InterpolateResult, InterpolationRow

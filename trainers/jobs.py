@@ -19,7 +19,7 @@ PruneStrategy = Literal["magnitude_global", "magnitude_layerwise", "random"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # key of trainers.data.DATASETS
+    name: str = "digits"  # key of trainers.data.catalog.DESCRIPTIONS
     root: str | None = None  # directory: cifar batches, ImageFolder, or train.beton/test.beton (ffcv_*)
     image_size: int | None = None  # synthetic: side; imagenet/ffcv_imagenet: crop side (training: unless min_res is set)
     eval_image_size: int | None = None  # imagenet: shorter side resized to this, then centre crop (default image_size * 8/7)

@@ -32,7 +32,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from trainers import checkpoint
-from trainers.data import open_data
+from trainers.data.sources import open_data
 from trainers.determinism import applied, kernels
 from trainers.graphed import make_step
 from trainers.evaluate import evaluate, param_dtype

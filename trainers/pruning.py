@@ -12,51 +12,45 @@
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
-from fractions import Fraction
 from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from trainers.jobs import PruneConfig
+from trainers.prune_counts import (  # noqa: F401  (the counting half, re-exported: one import for callers)
+    STRATEGIES,
+    check_fraction,
+    check_strategy,
+    planned_densities,
+    planned_remaining,
+    prune_count,
+    select_prunable,
+)
 
 Mask = dict[str, torch.Tensor]
-
-STRATEGIES = ("magnitude_global", "magnitude_layerwise", "random")
 
 
 # ---- which tensors -------------------------------------------------------------------------
 
 
-def _candidate_names(model: nn.Module) -> set[str]:
-    names = set()
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(
-            getattr(mod, "weight", None), nn.Parameter
-        ):
-            names.add(f"{mod_name}.weight" if mod_name else "weight")
-    return names
+def candidate_names(model: nn.Module) -> list[str]:
+    """The weight of every Conv/Linear module, in state_dict order: what pruning may touch
+    (model_catalog.py records these per model, for planning without torch)."""
+    kinds = {
+        f"{mod_name}.weight" if mod_name else "weight"
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(getattr(mod, "weight", None), nn.Parameter)
+    }
+    return [n for n, _ in model.named_parameters() if n in kinds]
 
 
 def prunable_names(model: nn.Module, ignore: Iterable[str] = ()) -> list[str]:
-    """Conv/Linear weight names minus `ignore` (fnmatch patterns), in state_dict order.
-
-    A pattern that matches no Conv/Linear weight is almost surely a typo that would silently
-    change the experiment, so it is an error.
-    """
-    ignore = tuple(ignore)
-    candidates = _candidate_names(model)
-    ordered = [n for n, _ in model.named_parameters() if n in candidates]
-    for pattern in ignore:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in ordered):
-            raise ValueError(
-                f"prune ignore pattern {pattern!r} matches no Conv/Linear weight of the model; "
-                f"prunable weights are e.g. {', '.join(ordered[:3])} ... {', '.join(ordered[-2:])}"
-            )
-    return [n for n in ordered if not any(fnmatch.fnmatchcase(n, p) for p in ignore)]
+    """Conv/Linear weight names minus `ignore` (fnmatch patterns), in state_dict order; a pattern
+    that matches nothing is an error (prune_counts.select_prunable)."""
+    return select_prunable(candidate_names(model), ignore)
 
 
 def prunable_sizes(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, int]:
@@ -95,62 +89,7 @@ def masked_weights(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[str,
     return {k: (v * mask[k].to(v.device, v.dtype) if k in mask else v.clone()) for k, v in weights.items()}
 
 
-# ---- how many ------------------------------------------------------------------------------
-
-
-def _check_fraction(fraction: float) -> Fraction:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction):
-        raise ValueError(f"prune fraction must be a number in (0, 1), got {fraction!r}")
-    if not 0 < fraction < 1:
-        raise ValueError(f"prune fraction must be in (0, 1) (exclusive), got {fraction!r}")
-    # The decimal the user wrote, exactly: with floats, ceil(0.07 * 100) would be 8, not 7.
-    return Fraction(repr(float(fraction)))
-
-
-def prune_count(remaining: int, fraction: float) -> int:
-    """ceil(fraction * remaining), computed exactly."""
-    return math.ceil(_check_fraction(fraction) * int(remaining))
-
-
-def planned_remaining(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[int]:
-    """Remaining prunable weights at levels 0..levels (dense first), with no tensor at all.
-
-    Equals what repeated `prune` calls produce from a full mask: global removes ceil(p * r) of
-    the total; layerwise removes ceil(p * r_i) from each tensor. (The random control keeps the
-    magnitude strategy's counts: `shuffle_within_layers`.)
-    """
-    _check_strategy(cfg.strategy)
-    if cfg.strategy == "random":
-        raise ValueError("planned_remaining: the random control has the counts of the magnitude strategy it shuffles")
-    _check_fraction(cfg.fraction)
-    if int(levels) < 0:
-        raise ValueError(f"levels must be >= 0, got {levels!r}")
-    counts = [int(s) for s in sizes.values()]
-    if any(c < 0 for c in counts):
-        raise ValueError(f"sizes must be non-negative, got {dict(sizes)!r}")
-    out = [sum(counts)]
-    for _ in range(int(levels)):
-        if cfg.strategy == "magnitude_layerwise":
-            counts = [c - prune_count(c, cfg.fraction) for c in counts]
-            out.append(sum(counts))
-        else:
-            out.append(out[-1] - prune_count(out[-1], cfg.fraction))
-    return out
-
-
-def planned_densities(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[float]:
-    total = sum(int(s) for s in sizes.values())
-    if total == 0:
-        raise ValueError("sizes: no prunable weights")
-    return [r / total for r in planned_remaining(sizes, cfg, levels)]
-
-
 # ---- pruning -------------------------------------------------------------------------------
-
-
-def _check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"prune strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
 def _check_keys(weights: Mapping[str, torch.Tensor], mask: Mask) -> None:
@@ -217,8 +156,8 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
     and comes back shuffled within each layer (`shuffle_within_layers`; `weights` and the
     fraction are unused). `seed` only matters for it. Returns new CPU bool tensors.
     """
-    _check_strategy(cfg.strategy)
-    _check_fraction(cfg.fraction)
+    check_strategy(cfg.strategy)
+    check_fraction(cfg.fraction)
     _check_keys(weights, mask)
     if not mask:
         raise ValueError("mask is empty: no prunable tensors")

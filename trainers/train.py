@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from trainers import checkpoint
 from trainers.compiling import compiled
-from trainers.data import DataInfo, open_data
+from trainers.data.sources import DataInfo, open_data
 from trainers.determinism import applied, kernels
 from trainers.evaluate import evaluate, param_dtype, to_model_input
 from trainers.graphed import make_step
@@ -295,7 +295,7 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
         return result
     if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
         # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)
-        from trainers.data import describe
+        from trainers.data.catalog import describe
 
         info = describe(job.train.data)
         model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)

@@ -264,7 +264,7 @@ def read_num_classes(store: Store, experiment: str) -> int | None:
     chance error; None when the spec is absent or its data set cannot be described here."""
     import yaml
 
-    from trainers.data import describe
+    from trainers.data.catalog import describe
     from trainers.jobs import DataConfig
 
     path = store.path("experiments", experiment, "spec.yaml")

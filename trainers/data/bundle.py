@@ -13,17 +13,12 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from trainers.data.catalog import DataInfo, describe
 from trainers.jobs import DataConfig
 
 Batch = tuple[Tensor, Tensor]
 
 
-@dataclass(frozen=True)
-class DataInfo:
-    input_shape: tuple[int, ...]  # one example, without the batch dimension (C, H, W) or (F,)
-    num_classes: int
-    num_train: int
-    num_test: int
 
 
 class DataBundle(ABC):
@@ -56,9 +51,9 @@ class DataSource(ABC):
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
 
-    @abstractmethod
     def describe(self) -> DataInfo:
-        """Shape and counts, without reading the data (the planner may not have it)."""
+        """Shape and counts, without reading the data (catalog.py: the planner may not have it)."""
+        return describe(self.cfg)
 
     @abstractmethod
     def check(self) -> None:

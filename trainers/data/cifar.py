@@ -8,7 +8,6 @@ order, "labels" / "fine_labels").
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,54 +15,11 @@ import torch
 from torch import Tensor
 
 from trainers.data import order
-from trainers.data.bundle import DataBundle, DataInfo, DataSource
+from trainers.data.bundle import DataBundle, DataSource
+from trainers.data.catalog import CIFAR_LAYOUTS as LAYOUTS, CIFAR_SHAPE as SHAPE, CifarLayout, DataInfo
+from trainers.data.catalog import cifar_batches_dir as batches_dir
 from trainers.data.resident import ResidentBundle, standard_augmentation
 from trainers.jobs import DataConfig
-
-SHAPE = (3, 32, 32)
-NUM_TRAIN = 50_000
-NUM_TEST = 10_000
-
-
-@dataclass(frozen=True)
-class CifarLayout:
-    num_classes: int
-    folder: str  # the batches folder inside the usual parent directory
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: str
-    meta_file: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-CIFAR10 = CifarLayout(
-    10, "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels",
-    "batches.meta", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-)
-CIFAR100 = CifarLayout(
-    100, "cifar-100-python", ("train",), ("test",), "fine_labels",
-    "meta", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-)
-LAYOUTS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
-
-
-def batches_dir(root: str | None, layout: CifarLayout, field: str = "data.root") -> Path:
-    """The folder holding the batch files: root itself or root/<folder>."""
-    if not root:
-        raise ValueError(f"{field} must be set to the directory holding {layout.folder}/")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise FileNotFoundError(f"{field}: directory {base} does not exist")
-    for candidate in (base, base / layout.folder):
-        if all((candidate / f).is_file() for f in layout.train_files + layout.test_files):
-            return candidate
-    missing = [f for f in layout.train_files + layout.test_files if not (base / layout.folder / f).is_file()]
-    raise FileNotFoundError(
-        f"{field}: no CIFAR-{layout.num_classes} batch files in {base} or {base / layout.folder} "
-        f"(missing {', '.join(missing)}; expected torchvision's python format)"
-    )
-
 
 def _get(entry: dict, key: str, path: Path):
     # Real CIFAR pickles are Python 2 pickles: read with latin1 they have str keys, with
@@ -112,12 +68,6 @@ class CifarSource(DataSource):
         test = subset(*read_batches(folder, self.layout.test_files, self.layout), self.cfg.num_test, self.cfg.seed, "test")
         return train, test
 
-    def describe(self) -> DataInfo:
-        if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
-            train, test = self._load()  # the actual counts (exported benchmark sets are smaller)
-            return DataInfo(SHAPE, self.layout.num_classes, len(train[1]), len(test[1]))
-        return DataInfo(SHAPE, self.layout.num_classes, self.cfg.num_train or NUM_TRAIN, self.cfg.num_test or NUM_TEST)
-
     def check(self) -> None:
         batches_dir(self.cfg.root, self.layout)
 
@@ -129,3 +79,9 @@ class CifarSource(DataSource):
             augmentation=standard_augmentation(32) if self.cfg.augment else None,
             mean=self.layout.mean, std=self.layout.std,
         )
+
+
+def counted_info(cfg: DataConfig) -> DataInfo:
+    """The DataInfo of the batch files under cfg.root, counted (catalog.describe calls this)."""
+    train, test = CifarSource(cfg)._load()
+    return DataInfo(SHAPE, LAYOUTS[cfg.name].num_classes, len(train[1]), len(test[1]))

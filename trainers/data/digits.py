@@ -4,18 +4,12 @@ from __future__ import annotations
 import torch
 
 from trainers.data import order
-from trainers.data.bundle import DataBundle, DataInfo, DataSource
+from trainers.data.bundle import DataBundle, DataSource
+from trainers.data.catalog import DIGITS_EXAMPLES as NUM_EXAMPLES, DIGITS_TRAIN as NUM_TRAIN
 from trainers.data.resident import ResidentBundle
-
-NUM_EXAMPLES = 1797
-NUM_TEST = 360
-NUM_TRAIN = NUM_EXAMPLES - NUM_TEST
 
 
 class DigitsSource(DataSource):
-    def describe(self) -> DataInfo:
-        return DataInfo((64,), 10, NUM_TRAIN, NUM_TEST)
-
     def check(self) -> None:
         pass  # part of scikit-learn: always available
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainers.data import order
 from trainers.data.bundle import DataInfo
-from trainers.data.cifar import CIFAR10, CIFAR100
+from trainers.data.catalog import CIFAR10, CIFAR100
 from trainers.data.synthetic import generate
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -41,15 +41,14 @@ import torch
 from torch import Tensor
 
 from trainers.data import order
-from trainers.data.bundle import Batch, DataBundle, DataInfo, DataSource, check_eval_args, check_stream_args
+from trainers.data.bundle import Batch, DataBundle, DataSource, check_eval_args, check_stream_args
+from trainers.data.catalog import BETON_INFO_FILE, BETON_SPLITS, IMAGENET_MEAN, IMAGENET_STD, DataInfo, beton_paths, image_sizes
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
 from trainers.data.resolution import train_resolution
 from trainers.jobs import DataConfig
 
-SPLITS = ("train", "test")
-INFO_FILE = "info.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = BETON_SPLITS
+INFO_FILE = BETON_INFO_FILE
 
 
 def _import_ffcv():
@@ -98,7 +97,7 @@ class _FileImages:
 
 def _source_splits(cfg: DataConfig) -> tuple[DataInfo, dict[str, object], bool]:
     """(info, {split: indexable (image, label) pairs}, small images?) of the data set to convert."""
-    from trainers.data import DATASETS, valid_names
+    from trainers.data.sources import DATASETS, valid_names
 
     if cfg.name not in DATASETS:
         raise ValueError(f"unknown data set {cfg.name!r}; valid names: {valid_names()}")
@@ -159,19 +158,6 @@ def write_beton(
 # ---- reading -------------------------------------------------------------------------------
 
 
-def beton_paths(root: str | None, field: str = "data.root") -> dict[str, Path]:
-    if not root:
-        raise ValueError(f"{field} must be set to the directory holding train.beton and test.beton")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise FileNotFoundError(f"{field}: directory {base} does not exist")
-    paths = {s: base / f"{s}.beton" for s in SPLITS}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{field}: missing {', '.join(missing)} (write them with lth-beton)")
-    return paths
-
-
 def _reader(path: Path):
     _import_ffcv()
     from ffcv.reader import Reader
@@ -186,13 +172,8 @@ def _reader(path: Path):
     return reader
 
 
-def _beton_info(paths: dict[str, Path], image_shape: tuple[int, ...] | None, num_classes: int | None) -> DataInfo:
-    """DataInfo from info.json, else from the betons' headers (sample counts, labels, sizes)."""
-    meta_path = paths["train"].parent / INFO_FILE
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())["info"]
-        shape = image_shape or tuple(meta["input_shape"])
-        return DataInfo(shape, num_classes or meta["num_classes"], meta["num_train"], meta["num_test"])
+def header_info(paths: dict[str, Path], image_shape: tuple[int, ...] | None, num_classes: int | None) -> DataInfo:
+    """DataInfo from the betons' headers (sample counts, labels, sizes): betons without info.json."""
     readers = {s: _reader(p) for s, p in paths.items()}
     labels = readers["train"].metadata["f1"]
     if image_shape is None:
@@ -230,15 +211,6 @@ def _workers(num_workers: int | None) -> int:
 
 
 class FfcvCifarSource(DataSource):
-    def describe(self) -> DataInfo:
-        if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
-            try:
-                info = _beton_info(beton_paths(self.cfg.root), None, self.cfg.num_classes)
-                return replace(info, num_train=self.cfg.num_train or info.num_train, num_test=self.cfg.num_test or info.num_test)
-            except (FileNotFoundError, ImportError):
-                pass
-        return DataInfo((3, 32, 32), self.cfg.num_classes or 10, self.cfg.num_train or 50_000, self.cfg.num_test or 10_000)
-
     def check(self) -> None:
         beton_paths(self.cfg.root)
         _import_ffcv()
@@ -273,8 +245,6 @@ class FfcvCifarSource(DataSource):
 class FfcvLoaderBundle(DataBundle):
     def __init__(self, info: DataInfo, paths: dict[str, Path], cfg: DataConfig, device: torch.device, num_workers: int,
                  train_indices: np.ndarray, test_indices: np.ndarray):
-        from trainers.data.imagenet import image_sizes
-
         self.info = info
         self.paths = paths
         self.cfg = cfg
@@ -351,19 +321,8 @@ class FfcvLoaderBundle(DataBundle):
 
 class FfcvImagenetSource(DataSource):
     def _image_shape(self) -> tuple[int, int, int]:
-        from trainers.data.imagenet import image_sizes
-
         size, _ = image_sizes(self.cfg)
         return (3, size, size)
-
-    def describe(self) -> DataInfo:
-        if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
-            try:
-                info = _beton_info(beton_paths(self.cfg.root), self._image_shape(), self.cfg.num_classes)
-                return replace(info, num_train=self.cfg.num_train or info.num_train, num_test=self.cfg.num_test or info.num_test)
-            except (FileNotFoundError, ImportError):
-                pass
-        return DataInfo(self._image_shape(), self.cfg.num_classes or 1000, self.cfg.num_train or 1_281_167, self.cfg.num_test or 50_000)
 
     def check(self) -> None:
         self._image_shape()
@@ -388,7 +347,7 @@ class FfcvImagenetSource(DataSource):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.data import valid_names
+    from trainers.data.catalog import valid_names
 
     p = argparse.ArgumentParser(prog="lth-beton", description="Write a data set to FFCV .beton files (train.beton, test.beton, info.json).")
     p.add_argument("--data", required=True, help=f"source data set: {valid_names()}")

@@ -29,7 +29,8 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from trainers.data import order
-from trainers.data.bundle import Batch, DataBundle, DataInfo, DataSource, check_eval_args, check_stream_args
+from trainers.data.bundle import Batch, DataBundle, DataSource, check_eval_args, check_stream_args
+from trainers.data.catalog import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, DataInfo, image_sizes, split_dirs
 from trainers.data.jpeg import DecodeStats, decode_batch
 from trainers.data.prefetch import Prefetcher
 from trainers.data.resident import ResizedCropFlip
@@ -37,37 +38,7 @@ from trainers.data.resolution import train_resolution
 from trainers.data.workers import loader_workers
 from trainers.jobs import DataConfig
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_SIZE = 224
-NUM_CLASSES = 1000
-NUM_TRAIN = 1_281_167
-NUM_TEST = 50_000
 _CROP = ResizedCropFlip()
-
-
-def image_sizes(cfg: DataConfig) -> tuple[int, int]:
-    """(training crop side, eval resize side)."""
-    size = cfg.image_size or DEFAULT_IMAGE_SIZE
-    eval_size = cfg.eval_image_size or round(size * 8 / 7)
-    if size < 8:
-        raise ValueError(f"data.image_size must be >= 8, got {size}")
-    if eval_size < size:
-        raise ValueError(f"data.eval_image_size ({eval_size}) must be >= data.image_size ({size})")
-    return size, eval_size
-
-
-def split_dirs(root: str | None) -> tuple[Path, Path]:
-    if not root:
-        raise ValueError("data.root must be set to the image folder (holding train/ and val/)")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise FileNotFoundError(f"data.root: directory {base} does not exist")
-    dirs = base / "train", base / "val"
-    for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"data.root: {d} does not exist (expected {base}/train/<class>/ and {base}/val/<class>/)")
-    return dirs
 
 
 def scan(folder: Path, class_to_idx: dict[str, int] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
@@ -217,12 +188,6 @@ class ImageFolderSource(DataSource):
         size, _ = image_sizes(self.cfg)
         return DataInfo((3, size, size), len(classes), len(train), len(test)), train, test
 
-    def describe(self) -> DataInfo:
-        size, _ = image_sizes(self.cfg)
-        if self.cfg.root and Path(self.cfg.root).expanduser().is_dir():
-            return self.scan_splits()[0]
-        return DataInfo((3, size, size), self.cfg.num_classes or NUM_CLASSES, self.cfg.num_train or NUM_TRAIN, self.cfg.num_test or NUM_TEST)
-
     def check(self) -> None:
         image_sizes(self.cfg)
         for folder in split_dirs(self.cfg.root):
@@ -241,3 +206,8 @@ class ImageFolderSource(DataSource):
         size, eval_size = image_sizes(self.cfg)
         workers = loader_workers() if num_workers is None else num_workers
         return FolderBundle(info, train, test, size, eval_size, self.cfg.augment, device, workers, self.cfg)
+
+
+def scanned_info(cfg: DataConfig) -> DataInfo:
+    """The DataInfo of the image folder under cfg.root, scanned (catalog.describe calls this)."""
+    return ImageFolderSource(cfg).scan_splits()[0]

@@ -14,32 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainers.data import order
-from trainers.data.bundle import DataBundle, DataInfo, DataSource
+from trainers.data.bundle import DataBundle, DataSource
+from trainers.data.catalog import DataInfo, synthetic_info
 from trainers.data.resolution import progressive, train_resolution
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
 from trainers.jobs import DataConfig
 
-DEFAULT_IMAGE_SIZE = 32
-DEFAULT_NUM_CLASSES = 10
-DEFAULT_NUM_TRAIN = 5000
-DEFAULT_NUM_TEST = 1000
 _LOW_RES = 4  # side of the random patterns before upsampling: sets how smooth they are
 _CHUNK = 2048  # examples per generation chunk (fixed: the data must not depend on it)
-
-
-def synthetic_info(cfg: DataConfig) -> DataInfo:
-    side = cfg.image_size or DEFAULT_IMAGE_SIZE
-    info = DataInfo(
-        (cfg.channels, side, side),
-        cfg.num_classes or DEFAULT_NUM_CLASSES,
-        cfg.num_train or DEFAULT_NUM_TRAIN,
-        cfg.num_test or DEFAULT_NUM_TEST,
-    )
-    for name, value, least in (("image_size", side, 8), ("channels", cfg.channels, 1), ("num_classes", info.num_classes, 2),
-                               ("num_train", info.num_train, 1), ("num_test", info.num_test, 1)):
-        if value < least:
-            raise ValueError(f"data.{name} must be >= {least} for synthetic data, got {value}")
-    return info
 
 
 def generate(info: DataInfo, seed: int) -> tuple[Tensor, Tensor]:
@@ -74,9 +56,6 @@ def generate(info: DataInfo, seed: int) -> tuple[Tensor, Tensor]:
 
 
 class SyntheticSource(DataSource):
-    def describe(self) -> DataInfo:
-        return synthetic_info(self.cfg)
-
     def check(self) -> None:
         synthetic_info(self.cfg)
 

@@ -1,0 +1,251 @@
+"""What each data set is, without loading it and without importing torch: the per-example shape,
+the number of classes and the split sizes (`describe`), the constants behind them, and where a
+data set's files sit under data.root.
+
+The spec and the planner need only this, so `lth plan` never imports torch. The loaders
+(sources.py and the modules it registers) read their shapes and layouts from here: one
+description per data set. Where the files are present (cifar and imagenet folders, betons
+without info.json), the true counts come from the files, through the loader.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from trainers.data.resolution import check_resolution
+from trainers.jobs import DataConfig
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    input_shape: tuple[int, ...]  # one example, without the batch dimension (C, H, W) or (F,)
+    num_classes: int
+    num_train: int
+    num_test: int
+
+
+# ---- digits (scikit-learn) ------------------------------------------------------------------
+
+DIGITS_EXAMPLES = 1797
+DIGITS_TEST = 360
+DIGITS_TRAIN = DIGITS_EXAMPLES - DIGITS_TEST
+
+
+def _digits(cfg: DataConfig) -> DataInfo:
+    return DataInfo((64,), 10, DIGITS_TRAIN, DIGITS_TEST)
+
+
+# ---- synthetic images -----------------------------------------------------------------------
+
+SYNTHETIC_IMAGE_SIZE = 32
+SYNTHETIC_NUM_CLASSES = 10
+SYNTHETIC_NUM_TRAIN = 5000
+SYNTHETIC_NUM_TEST = 1000
+
+
+def synthetic_info(cfg: DataConfig) -> DataInfo:
+    side = cfg.image_size or SYNTHETIC_IMAGE_SIZE
+    info = DataInfo(
+        (cfg.channels, side, side),
+        cfg.num_classes or SYNTHETIC_NUM_CLASSES,
+        cfg.num_train or SYNTHETIC_NUM_TRAIN,
+        cfg.num_test or SYNTHETIC_NUM_TEST,
+    )
+    for name, value, least in (("image_size", side, 8), ("channels", cfg.channels, 1), ("num_classes", info.num_classes, 2),
+                               ("num_train", info.num_train, 1), ("num_test", info.num_test, 1)):
+        if value < least:
+            raise ValueError(f"data.{name} must be >= {least} for synthetic data, got {value}")
+    return info
+
+
+# ---- CIFAR (torchvision's python batches) ---------------------------------------------------
+
+CIFAR_SHAPE = (3, 32, 32)
+CIFAR_NUM_TRAIN = 50_000
+CIFAR_NUM_TEST = 10_000
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    num_classes: int
+    folder: str  # the batches folder inside the usual parent directory
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    meta_file: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR10 = CifarLayout(
+    10, "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels",
+    "batches.meta", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+)
+CIFAR100 = CifarLayout(
+    100, "cifar-100-python", ("train",), ("test",), "fine_labels",
+    "meta", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+)
+CIFAR_LAYOUTS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+
+
+def cifar_batches_dir(root: str | None, layout: CifarLayout, field: str = "data.root") -> Path:
+    """The folder holding the batch files: root itself or root/<folder>."""
+    if not root:
+        raise ValueError(f"{field} must be set to the directory holding {layout.folder}/")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"{field}: directory {base} does not exist")
+    for candidate in (base, base / layout.folder):
+        if all((candidate / f).is_file() for f in layout.train_files + layout.test_files):
+            return candidate
+    missing = [f for f in layout.train_files + layout.test_files if not (base / layout.folder / f).is_file()]
+    raise FileNotFoundError(
+        f"{field}: no CIFAR-{layout.num_classes} batch files in {base} or {base / layout.folder} "
+        f"(missing {', '.join(missing)}; expected torchvision's python format)"
+    )
+
+
+def _cifar(cfg: DataConfig) -> DataInfo:
+    if _root_is_dir(cfg):
+        from trainers.data.cifar import counted_info
+
+        return counted_info(cfg)  # the actual counts (exported benchmark sets are smaller)
+    layout = CIFAR_LAYOUTS[cfg.name]
+    return DataInfo(CIFAR_SHAPE, layout.num_classes, cfg.num_train or CIFAR_NUM_TRAIN, cfg.num_test or CIFAR_NUM_TEST)
+
+
+# ---- ImageNet-shaped image folders ----------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_IMAGE_SIZE = 224
+IMAGENET_NUM_CLASSES = 1000
+IMAGENET_NUM_TRAIN = 1_281_167
+IMAGENET_NUM_TEST = 50_000
+
+
+def image_sizes(cfg: DataConfig) -> tuple[int, int]:
+    """(training crop side, eval resize side)."""
+    size = cfg.image_size or IMAGENET_IMAGE_SIZE
+    eval_size = cfg.eval_image_size or round(size * 8 / 7)
+    if size < 8:
+        raise ValueError(f"data.image_size must be >= 8, got {size}")
+    if eval_size < size:
+        raise ValueError(f"data.eval_image_size ({eval_size}) must be >= data.image_size ({size})")
+    return size, eval_size
+
+
+def split_dirs(root: str | None) -> tuple[Path, Path]:
+    if not root:
+        raise ValueError("data.root must be set to the image folder (holding train/ and val/)")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"data.root: directory {base} does not exist")
+    dirs = base / "train", base / "val"
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"data.root: {d} does not exist (expected {base}/train/<class>/ and {base}/val/<class>/)")
+    return dirs
+
+
+def _imagenet(cfg: DataConfig) -> DataInfo:
+    size, _ = image_sizes(cfg)
+    if _root_is_dir(cfg):
+        from trainers.data.imagenet import scanned_info
+
+        return scanned_info(cfg)
+    return DataInfo((3, size, size), cfg.num_classes or IMAGENET_NUM_CLASSES, cfg.num_train or IMAGENET_NUM_TRAIN,
+                    cfg.num_test or IMAGENET_NUM_TEST)
+
+
+# ---- FFCV betons ----------------------------------------------------------------------------
+
+BETON_SPLITS = ("train", "test")
+BETON_INFO_FILE = "info.json"  # written beside the betons by lth-beton: the DataInfo, readable without ffcv
+
+
+def beton_paths(root: str | None, field: str = "data.root") -> dict[str, Path]:
+    if not root:
+        raise ValueError(f"{field} must be set to the directory holding train.beton and test.beton")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"{field}: directory {base} does not exist")
+    paths = {s: base / f"{s}.beton" for s in BETON_SPLITS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{field}: missing {', '.join(missing)} (write them with lth-beton)")
+    return paths
+
+
+def beton_info(paths: dict[str, Path], image_shape: tuple[int, ...] | None, num_classes: int | None) -> DataInfo:
+    """DataInfo from info.json, else from the betons' headers (sample counts, labels, sizes)."""
+    meta_path = paths["train"].parent / BETON_INFO_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())["info"]
+        shape = image_shape or tuple(meta["input_shape"])
+        return DataInfo(shape, num_classes or meta["num_classes"], meta["num_train"], meta["num_test"])
+    from trainers.data.ffcv_io import header_info  # needs ffcv
+
+    return header_info(paths, image_shape, num_classes)
+
+
+def _ffcv(cfg: DataConfig, image_shape: tuple[int, ...] | None, default: DataInfo) -> DataInfo:
+    if _root_is_dir(cfg):
+        try:
+            info = beton_info(beton_paths(cfg.root), image_shape, cfg.num_classes)
+            return replace(info, num_train=cfg.num_train or info.num_train, num_test=cfg.num_test or info.num_test)
+        except (FileNotFoundError, ImportError):
+            pass
+    return default
+
+
+def _ffcv_cifar(cfg: DataConfig) -> DataInfo:
+    return _ffcv(cfg, None, DataInfo(CIFAR_SHAPE, cfg.num_classes or 10, cfg.num_train or CIFAR_NUM_TRAIN,
+                                     cfg.num_test or CIFAR_NUM_TEST))
+
+
+def _ffcv_imagenet(cfg: DataConfig) -> DataInfo:
+    size, _ = image_sizes(cfg)
+    shape = (3, size, size)
+    return _ffcv(cfg, shape, DataInfo(shape, cfg.num_classes or IMAGENET_NUM_CLASSES, cfg.num_train or IMAGENET_NUM_TRAIN,
+                                      cfg.num_test or IMAGENET_NUM_TEST))
+
+
+# ---- the catalog ----------------------------------------------------------------------------
+
+
+def _root_is_dir(cfg: DataConfig) -> bool:
+    return bool(cfg.root) and Path(cfg.root).expanduser().is_dir()
+
+
+# name -> DataInfo of a configured data set. sources.DATASETS registers a loader under every
+# name here (a test checks the two agree).
+DESCRIPTIONS: dict[str, Callable[[DataConfig], DataInfo]] = {
+    "digits": _digits,
+    "synthetic": synthetic_info,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagenet": _imagenet,
+    "ffcv_cifar": _ffcv_cifar,
+    "ffcv_imagenet": _ffcv_imagenet,
+}
+
+
+def valid_names() -> str:
+    return ", ".join(sorted(DESCRIPTIONS))
+
+
+def check_config(cfg: DataConfig) -> None:
+    if not isinstance(cfg, DataConfig):
+        raise TypeError(f"expected a DataConfig, got {type(cfg).__name__}")
+    if cfg.name not in DESCRIPTIONS:
+        raise ValueError(f"data.name: unknown data set {cfg.name!r}; valid names: {valid_names()}")
+    check_resolution(cfg)
+
+
+def describe(cfg: DataConfig) -> DataInfo:
+    """Shape and counts without loading (the planner's machine may lack the data)."""
+    check_config(cfg)
+    return DESCRIPTIONS[cfg.name](cfg)
