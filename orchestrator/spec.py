@@ -425,7 +425,7 @@ class ExperimentSpec(_Model):
 
     def check_data(self) -> None:
         """The data is present and readable (for `lth run`; `lth plan` does not need it)."""
-        from trainers.data.sources import check_available
+        from trainers.data.catalog import check_available
 
         try:
             check_available(self.data_config())

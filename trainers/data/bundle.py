@@ -7,13 +7,12 @@ pure function of (data_seed, iteration) and deterministic evaluation batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from trainers.data.catalog import DataInfo, describe
+from trainers.data.catalog import DataInfo, check_available, describe
 from trainers.jobs import DataConfig
 
 Batch = tuple[Tensor, Tensor]
@@ -55,9 +54,9 @@ class DataSource(ABC):
         """Shape and counts, without reading the data (catalog.py: the planner may not have it)."""
         return describe(self.cfg)
 
-    @abstractmethod
     def check(self) -> None:
-        """Raise FileNotFoundError/ValueError naming the path when the data is missing or malformed."""
+        """Raise FileNotFoundError/ValueError naming the path when the data is missing (catalog.py)."""
+        check_available(self.cfg)
 
     @abstractmethod
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:

@@ -1,15 +1,17 @@
 """What each data set is, without loading it and without importing torch: the per-example shape,
-the number of classes and the split sizes (`describe`), the constants behind them, and where a
-data set's files sit under data.root.
+the number of classes and the split sizes (`describe`), the constants behind them, where a data
+set's files sit under data.root, and a cheap check that they are there (`check_available`).
 
-The spec and the planner need only this, so `lth plan` never imports torch. The loaders
+The spec, the planner and `lth run`'s pre-flight need only this, so they never import torch. The loaders
 (sources.py and the modules it registers) read their shapes and layouts from here: one
 description per data set. Where the files are present (cifar and imagenet folders, betons
 without info.json), the true counts come from the files, through the loader.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -150,6 +152,24 @@ def split_dirs(root: str | None) -> tuple[Path, Path]:
     return dirs
 
 
+# Image files the folder loader reads (imagenet.scan hands these to torchvision's make_dataset).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _check_imagenet(cfg: DataConfig) -> None:
+    image_sizes(cfg)
+    for folder in split_dirs(cfg.root):
+        # Cheap: the first class folder holding an image is enough (a full scan takes a while on ImageNet).
+        classes = sorted((d for d in os.scandir(folder) if d.is_dir()), key=lambda d: d.name)
+        if not classes:
+            raise FileNotFoundError(f"{folder}: empty image folder (no class sub-directories)")
+        has_image = any(
+            f.name.lower().endswith(IMAGE_EXTENSIONS) for d in classes[:10] for f in itertools.islice(os.scandir(d.path), 100)
+        )
+        if not has_image:
+            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its first class folders")
+
+
 def _imagenet(cfg: DataConfig) -> DataInfo:
     size, _ = image_sizes(cfg)
     if _root_is_dir(cfg):
@@ -201,6 +221,15 @@ def _ffcv(cfg: DataConfig, image_shape: tuple[int, ...] | None, default: DataInf
     return default
 
 
+def _check_ffcv(cfg: DataConfig) -> None:
+    if cfg.name == "ffcv_imagenet":
+        image_sizes(cfg)
+    beton_paths(cfg.root)
+    from trainers.data.ffcv_io import import_ffcv  # the betons are there: can this machine read them?
+
+    import_ffcv()
+
+
 def _ffcv_cifar(cfg: DataConfig) -> DataInfo:
     return _ffcv(cfg, None, DataInfo(CIFAR_SHAPE, cfg.num_classes or 10, cfg.num_train or CIFAR_NUM_TRAIN,
                                      cfg.num_test or CIFAR_NUM_TEST))
@@ -233,6 +262,18 @@ DESCRIPTIONS: dict[str, Callable[[DataConfig], DataInfo]] = {
 }
 
 
+# name -> a cheap check that the data is there (FileNotFoundError/ValueError naming the path).
+CHECKS: dict[str, Callable[[DataConfig], object]] = {
+    "digits": lambda cfg: None,  # part of scikit-learn: always there
+    "synthetic": synthetic_info,
+    "cifar10": lambda cfg: cifar_batches_dir(cfg.root, CIFAR_LAYOUTS[cfg.name]),
+    "cifar100": lambda cfg: cifar_batches_dir(cfg.root, CIFAR_LAYOUTS[cfg.name]),
+    "imagenet": _check_imagenet,
+    "ffcv_cifar": _check_ffcv,
+    "ffcv_imagenet": _check_ffcv,
+}
+
+
 def valid_names() -> str:
     return ", ".join(sorted(DESCRIPTIONS))
 
@@ -249,3 +290,9 @@ def describe(cfg: DataConfig) -> DataInfo:
     """Shape and counts without loading (the planner's machine may lack the data)."""
     check_config(cfg)
     return DESCRIPTIONS[cfg.name](cfg)
+
+
+def check_available(cfg: DataConfig) -> None:
+    """The data is present and readable, cheaply (for `lth run`; `lth plan` does not need it)."""
+    check_config(cfg)
+    CHECKS[cfg.name](cfg)

@@ -68,9 +68,6 @@ class CifarSource(DataSource):
         test = subset(*read_batches(folder, self.layout.test_files, self.layout), self.cfg.num_test, self.cfg.seed, "test")
         return train, test
 
-    def check(self) -> None:
-        batches_dir(self.cfg.root, self.layout)
-
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         train, test = self._load()
         info = DataInfo(SHAPE, self.layout.num_classes, len(train[1]), len(test[1]))

@@ -10,9 +10,6 @@ from trainers.data.resident import ResidentBundle
 
 
 class DigitsSource(DataSource):
-    def check(self) -> None:
-        pass  # part of scikit-learn: always available
-
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         from sklearn.datasets import load_digits
 

@@ -51,7 +51,7 @@ SPLITS = BETON_SPLITS
 INFO_FILE = BETON_INFO_FILE
 
 
-def _import_ffcv():
+def import_ffcv():
     try:
         import ffcv  # noqa: F401
         from ffcv import fields, loader, reader, transforms, writer  # noqa: F401
@@ -127,7 +127,7 @@ def write_beton(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Convert the data set `cfg` to out_dir/{train,test}.beton (+ info.json); returns the paths."""
-    _import_ffcv()
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -159,7 +159,7 @@ def write_beton(
 
 
 def _reader(path: Path):
-    _import_ffcv()
+    import_ffcv()
     from ffcv.reader import Reader
 
     try:
@@ -211,13 +211,9 @@ def _workers(num_workers: int | None) -> int:
 
 
 class FfcvCifarSource(DataSource):
-    def check(self) -> None:
-        beton_paths(self.cfg.root)
-        _import_ffcv()
-
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         paths = beton_paths(self.cfg.root)
-        _import_ffcv()
+        import_ffcv()
         workers = _workers(num_workers)
         train = _decode_all(paths["train"], workers)
         test = _decode_all(paths["test"], workers)
@@ -323,11 +319,6 @@ class FfcvImagenetSource(DataSource):
     def _image_shape(self) -> tuple[int, int, int]:
         size, _ = image_sizes(self.cfg)
         return (3, size, size)
-
-    def check(self) -> None:
-        self._image_shape()
-        beton_paths(self.cfg.root)
-        _import_ffcv()
 
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         paths = beton_paths(self.cfg.root)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from trainers.data.bundle import Batch, DataBundle, DataSource
-from trainers.data.catalog import DataInfo, check_config, describe, valid_names
+from trainers.data.catalog import DataInfo, check_available, check_config, describe, valid_names
 from trainers.data.cifar import CifarSource
 from trainers.data.digits import DigitsSource
 from trainers.data.ffcv_io import FfcvCifarSource, FfcvImagenetSource
@@ -39,10 +39,6 @@ DATASETS: dict[str, Callable[[DataConfig], DataSource]] = {
 def source(cfg: DataConfig) -> DataSource:
     check_config(cfg)
     return DATASETS[cfg.name](cfg)
-
-
-def check_available(cfg: DataConfig) -> None:
-    source(cfg).check()
 
 
 def open_data(cfg: DataConfig, device: torch.device, cache: dict[Any, Any] | None = None, *,

@@ -18,7 +18,6 @@ from trainers.data.bundle import DataBundle, DataSource
 from trainers.data.catalog import DataInfo, synthetic_info
 from trainers.data.resolution import progressive, train_resolution
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
-from trainers.jobs import DataConfig
 
 _LOW_RES = 4  # side of the random patterns before upsampling: sets how smooth they are
 _CHUNK = 2048  # examples per generation chunk (fixed: the data must not depend on it)
@@ -56,9 +55,6 @@ def generate(info: DataInfo, seed: int) -> tuple[Tensor, Tensor]:
 
 
 class SyntheticSource(DataSource):
-    def check(self) -> None:
-        synthetic_info(self.cfg)
-
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:
         info = synthetic_info(self.cfg)
         images, labels = generate(info, self.cfg.seed)
