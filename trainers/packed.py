@@ -94,10 +94,10 @@ def stacking_problem(job: TrainJob, rt: Runtime) -> str | None:
     """Why the job's model cannot train stacked (None when it can); checked once per Runtime."""
     cfg = job.train
     info = open_data(cfg.data, rt.device, rt.data_cache).info
-    key = ("stack_problem", cfg.model, tuple(info.input_shape), info.num_classes)
-    if key not in rt.data_cache:
-        rt.data_cache[key] = stack_problem(cfg.model, tuple(info.input_shape), info.num_classes)
-    return rt.data_cache[key]
+    key = (cfg.model, tuple(info.input_shape), info.num_classes)
+    if key not in rt.stacking_checks:
+        rt.stacking_checks[key] = stack_problem(*key)
+    return rt.stacking_checks[key]
 
 
 def train_packed(

@@ -25,6 +25,9 @@ def default_device() -> torch.device:
 class Runtime:
     device: torch.device = field(default_factory=default_device)
     data_cache: dict[Any, Any] = field(default_factory=dict)
+    # (model, input shape, classes) -> why it cannot train stacked, or None (stacked.stack_problem
+    # builds and runs the model to find out: once per process, not once per pack).
+    stacking_checks: dict[tuple[str, tuple[int, ...], int], str | None] = field(default_factory=dict)
     # Called with each evaluation as it happens (live tracking); must not raise.
     on_metric: Callable[[MetricRow], None] | None = None
     # CPUs this job may use (Ray's num_cpus for the actor); None: those the process may run on.
