@@ -88,11 +88,39 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     if not sep or not host or not port.isdigit():
         raise AddressError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            reply = _http2_greeting(conn)
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise AddressError(f"--address: no Ray cluster answers at {hostport} ({reason})") from None
+    if reply is None:
+        raise AddressError(
+            f"--address: {hostport} accepts connections but is not a Ray cluster (it does not speak gRPC); "
+            "give the head node's GCS port (ray start --head prints it; 6379 by default) or ray://HOST:10001 "
+            "for Ray Client, not the dashboard's (8265)"
+        )
+
+
+# The HTTP/2 client preface and an empty SETTINGS frame. Ray's GCS and its Ray Client server are
+# gRPC servers, which answer with a SETTINGS frame of their own; anything else (the dashboard's
+# HTTP/1.1, an unrelated service) leaves ray.init retrying for minutes, so it is refused here.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
+def _http2_greeting(conn: socket.socket) -> bytes | None:
+    """The server's first HTTP/2 frame header when it is a SETTINGS frame, else None."""
+    conn.sendall(_H2_PREFACE)
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return None
+            header += chunk
+    except (socket.timeout, ConnectionError):
+        return None
+    return header if header[3] == _H2_SETTINGS else None
 
 
 # Ray binds its servers (GCS, raylet, workers, agents) to every interface unless it believes it

@@ -202,6 +202,35 @@ def test_unreachable_address_fails_at_once_writing_nothing(tmp_path):
     assert not store.exists()
 
 
+@pytest.mark.parametrize("server", ["http", "silent"])
+def test_an_address_that_is_not_ray_fails_at_once_writing_nothing(tmp_path, server):
+    """Something listens but is not Ray: an HTTP/1 server (the dashboard's port is the usual
+    mistake) or one that accepts and says nothing. ray.init would retry for minutes on either."""
+    import http.server
+    import socket
+    import threading
+
+    if server == "http":
+        srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        port = srv.server_address[1]
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        stop = srv.shutdown
+    else:
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)  # the kernel completes the handshake; nobody ever reads or writes
+        port = lsock.getsockname()[1]
+        stop = lsock.close
+    store = tmp_path / "store"
+    try:
+        proc = run_lth("run", DEMO, "--store", str(store), "--address", f"127.0.0.1:{port}", *tiny_args(), timeout=60)
+    finally:
+        stop()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: --address: 127.0.0.1:{port} accepts connections but is not a Ray cluster")
+    assert not store.exists()
+
+
 # ---- W&B offline -------------------------------------------------------------------------
 
 
