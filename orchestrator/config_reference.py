@@ -30,7 +30,8 @@ included) replaces the base's. `--set KEY=VALUE` overrides any field below by it
 
 Units: lengths and points in training are in iterations (SGD steps) unless the field name
 says epochs; an `*_epochs` field is resolved into its iteration twin (epochs x
-(training examples // batch size), rounded) and never reaches the plan. Fractions are in
+ceil(training examples / batch size), rounded: the last, partial batch of an epoch is a step)
+and never reaches the plan. Fractions are in
 [0, 1].
 """
 

@@ -103,7 +103,7 @@ def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
             left = sum(counts.values())
             left -= prune_count(left, p.fraction)
             counts = {"all": left}
-            what = f"leaves {left} weights for {floor} prunable tensors" if left < floor else ""
+            what = f"leaves {left} weight{'s' if left != 1 else ''} for {floor} prunable tensors" if left < floor else ""
         if what:
             raise SpecError(
                 "pruning.levels",
@@ -339,7 +339,8 @@ def summarize(plan: Plan) -> dict:
             if m.level == 0 and m.role == "level":
                 dense += 1
             if m.level >= 1 and m.role == "level":
-                family = "random_prune" if m.prune_strategy == "random" else m.retrain
+                # named as the config names them: pruning.retrain modes and pruning.controls
+                family = "random_prune" if m.prune_strategy == "random" else "random_reinit" if m.retrain == "reinit" else m.retrain
                 by_family[family] += 1
                 lineages.add((m.replicate, m.rewind_iter, family))
             if m.prune_strategy != "random" and m.retrain != "reinit":

@@ -166,10 +166,15 @@ class RayCluster:
             self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
             main = threading.current_thread() is threading.main_thread()
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
+            # The workers' temporary files go inside the session directory, which is removed at the
+            # end: W&B leaves a socket directory and media/artifact directories in $TMPDIR per
+            # process, which a worker that is stopped (not exited) never removes.
+            worker_tmp = os.path.join(self._temp_dir, "tmp")
+            os.makedirs(worker_tmp)
             try:
                 # the embedded cluster is this machine alone: its servers stay on loopback
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
-                         _node_ip_address=LOOPBACK, **quiet)
+                         _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
                 self._owned = True
                 _install()  # before the unmask: a SIGTERM that came meanwhile is ours
                 if old is not None:

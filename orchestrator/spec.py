@@ -115,7 +115,7 @@ class ScheduleSpec(_Model):
 
 class TrainSpec(_Model):
     iterations: int | None = Field(None, gt=0, description='training length T in iterations (SGD steps); give this or epochs')
-    epochs: float | None = Field(None, gt=0, description='training length in epochs (resolved into iterations: epochs x (num_train // batch_size))')
+    epochs: float | None = Field(None, gt=0, description='training length in epochs (resolved into iterations: epochs x ceil(num_train / batch_size), rounded')
     batch_size: int = Field(128, gt=0, description='examples per iteration')
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description='the optimizer')
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description='the learning-rate schedule, a function of the iteration')
@@ -190,6 +190,12 @@ class BranchSpec(_Model):
     @model_validator(mode="after")
     def _lists(self) -> "BranchSpec":
         _unique(self.seeds, "sweep.branch.seeds")
+        if len(self.seeds) == 1 and not self.noise_floor:
+            raise SpecError(
+                "sweep.branch.seeds",
+                f"one seed ({self.seeds[0]}) makes children that are never compared: instability compares them "
+                "in pairs, so give at least two seeds (or none, for no branches)",
+            )
         _unique(self.splits, "sweep.branch.splits")
         if self.levels != "all":
             _unique(self.levels, "sweep.branch.levels")
@@ -300,7 +306,7 @@ class ExperimentSpec(_Model):
             raise SpecError("data.name", f"unknown data set {self.data.name!r}; valid names: {valid_names()}")
         try:
             info = describe(self.data.to_config())
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: a data.root whose files are not the data set
             raise _data_error(e) from None
         self._data_info = info
 
@@ -334,6 +340,9 @@ class ExperimentSpec(_Model):
         if sw.replicates is not None:
             sw.init_seeds, sw.replicates = list(range(sw.replicates)), None
 
+        if t.cuda_graphs and self.resources.gpus == 0:
+            # Caught here rather than by every job failing max_attempts times on a CPU worker.
+            raise SpecError("train.cuda_graphs", "CUDA graphs need a GPU: give resources.gpus > 0, or cuda_graphs: false")
         T = t.iterations
         for i, m in enumerate(s.milestones or []):
             if not 0 < m <= T:
@@ -429,8 +438,9 @@ class ExperimentSpec(_Model):
 
         try:
             check_available(self.data_config())
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise SpecError("data.root", str(e)) from None
+        except (ValueError, OSError) as e:
+            err = _data_error(e)
+            raise (err if err.field != "data" else SpecError("data.root", str(e))) from None
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -457,7 +467,22 @@ def _unique(values: Sequence[Any], field: str) -> None:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`)."""
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`) and refuses a key
+    given twice in one mapping (PyYAML keeps the last silently: a sweep run with the wrong value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then overriding a merged key is how YAML anchors are used
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (list, dict)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark
+                )
+            if not isinstance(key, (list, dict)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -643,7 +668,7 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise SpecError("base", f"in {path}: the path of another config file, relative to this one (got {base!r})")
     base_path = (path.parent / base).resolve()
     if base_path in chain or base_path == path.resolve():
-        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
         raise SpecError("base", f"in {path}: configs form a cycle ({cycle})")
     if not base_path.is_file():
         raise SpecError("base", f"in {path}: no such config file {str(base_path)!r}")

@@ -91,6 +91,16 @@ def test_bad_base_is_named(tmp_path, text, words):
     assert info.value.field == "base" and words in info.value.reason
 
 
+def test_a_cycle_is_named_file_by_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(str(tmp_path / "a.yaml"))
+    chain = [str(tmp_path / f) for f in ("a.yaml", "b.yaml", "c.yaml", "a.yaml")]
+    assert f"({' -> '.join(chain)})" in info.value.reason
+
+
 def test_a_list_in_a_single_value_field_points_to_one_experiment_per_value(tmp_path, capsys):
     path = tmp_path / "two_lrs.yaml"
     path.write_text(f"base: {ROOT / 'configs' / 'demo.yaml'}\ntrain: {{optimizer: {{lr: [0.1, 0.05]}}}}\n")

@@ -343,9 +343,15 @@ def test_cifar_dir_without_batches_and_corrupt_batches(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         D.check_available(DataConfig(name="cifar10", root=str(tmp_path)))
     folder = write_cifar_dir(tmp_path / "ok", num_classes=10, num_train=20, num_test=5)
-    (folder / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(ValueError, match="data_batch_3"):
-        D.open_data(DataConfig(name="cifar10", root=str(folder)), CPU)
+    # Each damage makes pickle fail differently (UnpicklingError, ValueError, EOFError...):
+    # every one is named by its file, for the planner (describe) and the loader alike.
+    for damage in (b"not a pickle", b"garbage\n", b"", b"\x80\x04K\x07."):
+        (folder / "data_batch_3").write_bytes(damage)
+        cfg = DataConfig(name="cifar10", root=str(folder))
+        with pytest.raises(ValueError, match="data_batch_3"):
+            D.open_data(cfg, CPU)
+        with pytest.raises(ValueError, match="data_batch_3"):
+            D.describe(cfg)
 
 
 def test_empty_image_folder(tmp_path):

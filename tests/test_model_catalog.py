@@ -115,3 +115,25 @@ def test_planning_a_shipped_config_never_imports_torch(config):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_describing_a_cifar_folder_counts_it_without_torch(tmp_path):
+    """A data.root with real batch files: the planner counts them (numpy and pickle only) and
+    the count is what the loader loads."""
+    from trainers.data.export import write_cifar_dir
+
+    folder = write_cifar_dir(tmp_path, num_classes=10, num_train=30, num_test=12, seed=1)
+    code = (
+        "import sys\n"
+        "from trainers.data.catalog import describe\n"
+        "from trainers.jobs import DataConfig\n"
+        f"info = describe(DataConfig(name='cifar10', root={str(folder)!r}, num_train=20))\n"
+        "print(info.num_train, info.num_test, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["20", "12", "False"]
+    import torch
+
+    loaded = sources.open_data(DataConfig(name="cifar10", root=str(folder), num_train=20), torch.device("cpu")).info
+    assert (loaded.num_train, loaded.num_test) == (20, 12)

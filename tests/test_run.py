@@ -191,6 +191,32 @@ def test_rerun_with_nothing_left_answers_without_ray(swept, tmp_path):
     assert list(ray_parent.iterdir()) == []  # no Ray session was ever made
 
 
+def test_workers_leave_no_temporary_files_behind(tmp_path):
+    """W&B makes a socket directory and media/artifact directories in $TMPDIR in every worker
+    process; a worker that is stopped rather than exited never removes them (hundreds piled up
+    in /tmp). The embedded Ray gives its workers a TMPDIR inside its session directory, which
+    goes at the end of the run."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="lthw-", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
+    tmp, ray_parent = short / "tmp", short / "ray"
+    tmp.mkdir()
+    ray_parent.mkdir()
+    args = tiny_args("pruning.levels=0", "sweep.rewind_iters=[0]", "sweep.branch.seeds=[]", "sweep.branch.levels=[0]",
+                     "tracking.wandb=offline")
+    proc = run_lth("run", DEMO, "--store", str(tmp_path / "store"), *args,
+                   env=lth_env(TMPDIR=str(tmp), LTH_RAY_TMPDIR=str(ray_parent)))
+    assert proc.returncode == 0, proc.stderr
+    assert _ran(proc.stdout) == 1
+    assert list((tmp_path / "store" / "wandb").glob("offline-run-*")), "W&B did run"
+    try:
+        assert sorted(p.name for p in tmp.iterdir()) == []
+        assert list(ray_parent.iterdir()) == []
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
 def test_unreachable_address_fails_at_once_writing_nothing(tmp_path):
     """Nothing listens there: one line, exit 2, no store (ray.init alone would retry for minutes,
     past the subprocess timeout)."""

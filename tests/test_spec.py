@@ -173,6 +173,8 @@ BAD = [
     ("pack word", with_("resources", {"pack": "many"}), "resources.pack", "auto"),
     ("pack strategy vmap (gone)", with_("resources", {"pack_strategy": "vmap"}), "resources.pack_strategy", "stacked"),
     ("deterministic word", with_("train.deterministic", "sometimes"), "train.deterministic", "bool"),
+    ("one branch seed", with_("sweep.branch", {"seeds": [1], "levels": [0]}), "sweep.branch.seeds", "at least two seeds"),
+    ("CUDA graphs without a GPU", with_("train.cuda_graphs", True), "train.cuda_graphs", "need a GPU"),
 ]
 
 
@@ -194,6 +196,33 @@ def test_bad_config_names_the_field(tmp_path, what, data, field, words):
     assert err.field == field, str(err)
     assert words in err.reason, str(err)
     assert str(err).splitlines()[0] == f"{err.field}: {err.reason}"
+
+
+def test_one_branch_seed_is_fine_with_the_noise_floor_pair():
+    spec = validate_spec(with_("sweep.branch", {"seeds": [1], "levels": [0], "noise_floor": True}))
+    assert spec.sweep.branch.seeds == [1]
+
+
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    text = "name: dup\ntrain:\n  batch_size: 64\n  iterations: 10\n  batch_size: 32\n"
+    err = spec_error(tmp_path, text)
+    assert "duplicate key 'batch_size' (first given on line 3)" in err.reason
+    # YAML's merge key is not a duplicate: overriding a merged key is what anchors are for.
+    d = copy.deepcopy(BASE)
+    d["train"]["optimizer"] = "__OPT__"
+    text = yaml.safe_dump(d).replace("__OPT__", "{<<: {name: sgd, lr: 0.05, momentum: 0.9}, lr: 0.02}")
+    assert load_spec(write(tmp_path, text, "anchors.yaml")).train.optimizer.lr == 0.02
+
+
+def test_a_root_that_holds_no_data_set_is_bad_input(tmp_path):
+    """An existing data.root without the data set's files: a SpecError naming data.root when
+    planning (no traceback), for the CIFAR and the image-folder layouts."""
+    for name, batch, words in (("cifar10", 128, "no CIFAR-10 batch files"), ("imagenet", 64, "train does not exist")):
+        d = with_("data", {"name": name, "root": str(tmp_path)})
+        d["model"] = "resnet18" if name == "imagenet" else "mlp_300_100"
+        d["train"]["batch_size"] = batch
+        err = spec_error(tmp_path, d)
+        assert err.field == "data.root" and words in err.reason, str(err)
 
 
 def test_check_data_names_the_root(tmp_path):

@@ -23,6 +23,10 @@ def check_strategy(strategy: str) -> None:
 # ---- which tensors -------------------------------------------------------------------------
 
 
+def _some(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 5 else f"{', '.join(names[:3])} ... {', '.join(names[-2:])}"
+
+
 def select_prunable(candidates: Sequence[str], ignore: Iterable[str] = ()) -> list[str]:
     """The Conv/Linear weight names `candidates` (state_dict order) minus `ignore` (fnmatch patterns).
 
@@ -35,7 +39,7 @@ def select_prunable(candidates: Sequence[str], ignore: Iterable[str] = ()) -> li
         if not any(fnmatch.fnmatchcase(n, pattern) for n in ordered):
             raise ValueError(
                 f"prune ignore pattern {pattern!r} matches no Conv/Linear weight of the model; "
-                f"prunable weights are e.g. {', '.join(ordered[:3])} ... {', '.join(ordered[-2:])}"
+                f"prunable weights are {_some(ordered)}"
             )
     return [n for n in ordered if not any(fnmatch.fnmatchcase(n, p) for p in ignore)]
 

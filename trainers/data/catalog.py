@@ -110,11 +110,15 @@ def cifar_batches_dir(root: str | None, layout: CifarLayout, field: str = "data.
 
 
 def _cifar(cfg: DataConfig) -> DataInfo:
-    if _root_is_dir(cfg):
-        from trainers.data.cifar import counted_info
-
-        return counted_info(cfg)  # the actual counts (exported benchmark sets are smaller)
     layout = CIFAR_LAYOUTS[cfg.name]
+    if _root_is_dir(cfg):  # the actual counts (exported benchmark sets are smaller)
+        from trainers.data.cifar_files import read_batches  # numpy and pickle only
+
+        folder = cifar_batches_dir(cfg.root, layout)
+        n = {split: len(read_batches(folder, files, layout)[1])
+             for split, files in (("train", layout.train_files), ("test", layout.test_files))}
+        return DataInfo(CIFAR_SHAPE, layout.num_classes, subset_size(n["train"], cfg.num_train, "train"),
+                        subset_size(n["test"], cfg.num_test, "test"))
     return DataInfo(CIFAR_SHAPE, layout.num_classes, cfg.num_train or CIFAR_NUM_TRAIN, cfg.num_test or CIFAR_NUM_TEST)
 
 
@@ -243,6 +247,15 @@ def _ffcv_imagenet(cfg: DataConfig) -> DataInfo:
 
 
 # ---- the catalog ----------------------------------------------------------------------------
+
+
+def subset_size(n_available: int, n_wanted: int | None, split: str) -> int:
+    """How many examples data.num_train / num_test keep of the n_available (order.data_subset draws them)."""
+    if n_wanted is None:
+        return n_available
+    if n_wanted < 1 or n_wanted > n_available:
+        raise ValueError(f"num_{split}={n_wanted} must be between 1 and the {n_available} examples available")
+    return n_wanted
 
 
 def _root_is_dir(cfg: DataConfig) -> bool:

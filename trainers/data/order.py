@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from trainers.data.catalog import subset_size
+
 _MASK64 = (1 << 64) - 1
 
 # Stream labels keep the draws of different purposes independent of each other.
@@ -65,9 +67,7 @@ def eval_train_subset(n: int, max_examples: int | None) -> torch.Tensor:
 
 def data_subset(n_available: int, n_wanted: int | None, seed: int, split: str) -> torch.Tensor | None:
     """Sorted indices of a fixed subset of n_wanted examples (None: use them all)."""
-    if n_wanted is None or n_wanted == n_available:
+    if subset_size(n_available, n_wanted, split) == n_available:
         return None
-    if n_wanted < 1 or n_wanted > n_available:
-        raise ValueError(f"num_{split}={n_wanted} must be between 1 and the {n_available} examples available")
     g = generator(STREAM_DATA_SUBSET, seed, 0 if split == "train" else 1)
     return torch.randperm(n_available, generator=g)[:n_wanted].sort().values

@@ -1,0 +1,54 @@
+"""CIFAR-10 / CIFAR-100 batch files (torchvision's on-disk format, the python pickles) read into
+numpy, validated, with errors that name the file. No torch: the catalog counts a data set's
+examples with this when `lth plan` describes a CIFAR folder; cifar.py loads the same arrays.
+
+torchvision.datasets.CIFAR10(download=False) refuses any file whose md5 differs from the
+official archive's, which rules out the files export.py writes for tests and benchmarks, so
+the pickles are read here directly: same files, same keys ("data": uint8 N x 3072 in CHW
+order, "labels" / "fine_labels").
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from trainers.data.catalog import CIFAR_SHAPE, CifarLayout
+
+
+def _get(entry: dict, key: str, path: Path):
+    # Real CIFAR pickles are Python 2 pickles: read with latin1 they have str keys, with
+    # encoding="bytes" bytes keys; accept both.
+    for k in (key, key.encode()):
+        if k in entry:
+            return entry[k]
+    raise ValueError(f"{path}: not a CIFAR batch file (no {key!r} entry; keys: {sorted(map(str, entry))})")
+
+
+def read_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 3, 32, 32), int64 labels (N,)) of one batch file."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except OSError:
+        raise
+    except Exception as e:  # a damaged or foreign file makes pickle raise almost anything
+        raise ValueError(f"{path}: unreadable CIFAR batch file ({type(e).__name__}: {e})") from e
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: not a CIFAR batch file (a {type(entry).__name__}, not a dict)")
+    data = np.asarray(_get(entry, "data", path))
+    try:
+        labels = np.asarray(_get(entry, layout.label_key, path), dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: labels are not integers ({e})") from e
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got {data.dtype} {data.shape} and {labels.shape} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= layout.num_classes):
+        raise ValueError(f"{path}: labels outside 0..{layout.num_classes - 1}")
+    return data.reshape(-1, *CIFAR_SHAPE), labels
+
+
+def read_batches(folder: Path, files: tuple[str, ...], layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    parts = [read_batch(folder / name, layout) for name in files]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
