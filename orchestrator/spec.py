@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.compiling import compile_by_default
+from trainers.data.catalog import DESCRIPTIONS
+from trainers.model_catalog import model_names
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
 
 
@@ -50,7 +52,7 @@ class _Model(BaseModel):
 
 
 class DataSpec(_Model):
-    name: str = Field("digits", description='data set: a key of trainers.data.catalog.DESCRIPTIONS (digits, synthetic, cifar10, cifar100, imagenet, ffcv_cifar, ffcv_imagenet)')
+    name: str = Field("digits", description=f"data set: one of {', '.join(DESCRIPTIONS)} (trainers/data/catalog.py)")
     root: str | None = Field(None, description='directory holding the data: cifar-10-batches-py/, an ImageFolder tree, or train.beton/test.beton (ffcv_*); unused by digits and synthetic')
     image_size: int | None = Field(None, gt=0, description='image side in pixels: synthetic images; imagenet/ffcv_imagenet crop side (training too, unless min_res is set)')
     eval_image_size: int | None = Field(None, gt=0, description='imagenet: pixels of the shorter side before the centre crop at evaluation (default image_size * 8/7)')
@@ -281,7 +283,7 @@ class TrackingSpec(_Model):
 class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)")
-    model: str = Field(description='network: a key of trainers.models.MODELS')
+    model: str = Field(description=f"network: one of {', '.join(model_names())} (trainers/models.py)")
     data: DataSpec = Field(default_factory=DataSpec, description='the data set')
     train: TrainSpec = Field(description='training hyperparameters, shared by every job')
     pruning: PruningSpec = Field(default_factory=PruningSpec, description='iterative magnitude pruning')
@@ -296,8 +298,7 @@ class ExperimentSpec(_Model):
     @model_validator(mode="after")
     def _resolve(self) -> "ExperimentSpec":
         """Cross-field checks, and epochs -> iterations (needs the data set's size)."""
-        from trainers.data.catalog import DESCRIPTIONS, describe, valid_names
-        from trainers.model_catalog import model_names
+        from trainers.data.catalog import describe, valid_names
 
         models = model_names()
         if self.model not in models:
