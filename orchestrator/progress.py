@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.lock import read_holder
 from orchestrator.store import Store
@@ -87,7 +88,8 @@ class SweepProgress:
         finished = c.done + c.failed + c.blocked
         width = 40
         filled = int(width * finished / c.total) if c.total else width
-        bar = f"[green]{'━' * filled}[/green][grey50]{'━' * (width - filled)}[/grey50] {finished}/{c.total}"
+        # a Text built from styled pieces: Group renders a plain str verbatim, markup and all
+        bar = Text.assemble(("━" * filled, "green"), ("━" * (width - filled), "grey50"), f" {finished}/{c.total}")
         return Group(
             bar,
             counts_table(

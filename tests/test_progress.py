@@ -116,3 +116,24 @@ def test_plan_against_a_store_tells_done_remaining_and_gpu_hours_from_measured_f
     assert main(["plan", DEMO, "--json", "--store", store.root, *tiny_args()]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["store"]["done"] == 1 and out["store"]["remaining"] == len(p.jobs) - 1
+
+
+def test_live_bar_renders_styles_not_markup(monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    monkeypatch.setenv("TERM", "xterm")  # rich's Live redraws in place only on a capable terminal
+    console = Console(file=StringIO(), record=True, force_terminal=True, width=100)
+    progress = SweepProgress("e", live=True, console=console)
+    progress.start(total=6, done=3)
+    # a log line above the bar is printed with markup off, and the bar is redrawn under it with the
+    # same options: a markup string in the bar came out raw exactly then
+    progress.counts.done = 4
+    progress.job_finished("j", "level r0 k0 L1", 1.0)
+    progress.stop()
+    text = console.export_text(styles=False, clear=False)
+    assert "[green]" not in text and "[grey50]" not in text, text
+    assert "━" * 26 + " 4/6" in text
+    styled = console.export_text(styles=True)
+    assert "\x1b[32m" + "━" * 26 in styled  # the done part is green, not merely stripped of its markup
