@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     s.add_argument("--show-config", action="store_true",
                    help="print the resolved config (base merged, --set applied, defaults filled, epochs "
-                        "turned into iterations) as YAML, and nothing else")
+                        "turned into iterations) as YAML (JSON with --json), and nothing else")
     s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
     s.add_argument("config")
     s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
@@ -94,16 +94,23 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.planner import summarize
 
     if args.show_config:
-        import yaml
-
         from orchestrator.spec import load_spec
 
         spec = load_spec(args.config, args.overrides)
-        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        resolved = spec.model_dump(mode="json")
+        if args.json:
+            print(json.dumps(resolved, indent=1))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return EXIT_OK
     spec, plan = _load(args)
     summary = summarize(plan)
-    progress = _store_progress(args, spec, plan)
+    store = _open_store(args, spec.store)
+    if store is None:
+        return EXIT_BAD_INPUT
+    progress = _store_progress(store, spec, plan)
     if progress is not None:
         summary["store"] = progress
     if args.json:
@@ -111,26 +118,32 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     else:
         _print_plan(summary, console)
         if progress is not None:
-            hours = progress["gpu_hours_left"]
-            console.print(
-                f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run; GPU-hours "
-                f"left: {'?' if hours is None else f'{hours:.2f}'} ({progress['gpu_hours_source']})",
-                highlight=False, soft_wrap=True,
-            )
+            console.print(progress["verdict"]["message"], highlight=False, soft_wrap=True)
+            line = f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run"
+            if spec.resources.gpus > 0:  # a CPU sweep has no GPU-hours to estimate or measure
+                hours = progress["gpu_hours_left"]
+                line += (f"; GPU-hours left: {'?' if hours is None else f'{hours:.2f}'} "
+                         f"({progress['gpu_hours_source']})")
+            console.print(line, highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
-def _store_progress(args: argparse.Namespace, spec, plan) -> dict | None:
-    """What an existing store already holds of this plan (read only; None without a store)."""
+def _store_progress(store, spec, plan) -> dict | None:
+    """What an existing store already holds of this plan (read only; None without a store).
+    Raises SpecError, as `lth run` would, when the stored experiment has another config."""
     from orchestrator.estimate import sweep_progress
-    from orchestrator.store import Store
+    from orchestrator.experiment import check_against_store
 
-    store = Store(_store_root(args, spec.store))
     if not store.exists(""):
         return None
+    verdict = check_against_store(store, spec, set(plan.jobs))
     p = sweep_progress(plan, store)
-    return {"root": store.root, "done": p.done, "remaining": p.remaining, "gpu_hours_left": p.gpu_hours,
-            "gpu_hours_source": p.source}
+    gpu = spec.resources.gpus > 0
+    return {"root": store.root, "done": p.done, "remaining": p.remaining,
+            "verdict": {"status": verdict.status, "added_jobs": verdict.added_jobs,
+                        "message": verdict.message(spec.name)},
+            "gpu_hours_left": p.gpu_hours if gpu else None,
+            "gpu_hours_source": p.source if gpu else "none: the config asks for no GPU (resources.gpus: 0)"}
 
 
 def _check_local_resources(spec) -> None:
@@ -151,7 +164,6 @@ def _check_local_resources(spec) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    import pyarrow.fs as pafs
     import yaml
 
     from orchestrator.experiment import check_against_store, config_hash
@@ -175,9 +187,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         except AddressError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    store = Store(_store_root(args, spec.store))
-    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
-        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+    store = _open_store(args, spec.store)
+    if store is None:
         return EXIT_BAD_INPUT
     # an experiment is its name plus its config: one that changes a stored job is refused here
     check_against_store(store, spec, set(plan.jobs))
@@ -283,12 +294,27 @@ def _interrupt_exit_code(e: KeyboardInterrupt) -> int:
     return interrupt_exit_code(e)[1]
 
 
-def _existing_store(args: argparse.Namespace):
-    """(root, the Store) of --store, or (root, None) after saying that it does not exist."""
+def _open_store(args: argparse.Namespace, spec_store: str | None = None):
+    """The Store of --store (existing or not), or None after saying that it names a file:
+    every command that opens a store refuses one the same way (exit 2)."""
+    import pyarrow.fs as pafs
+
     from orchestrator.store import Store
 
+    store = Store(_store_root(args, spec_store))
+    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
+        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+        return None
+    return store
+
+
+def _existing_store(args: argparse.Namespace):
+    """(root, the Store) of --store, or (root, None) after saying that it does not exist or
+    is a file."""
     root = _store_root(args)
-    store = Store(root)
+    store = _open_store(args)
+    if store is None:
+        return root, None
     if not store.exists(""):
         print(f"error: --store: {root!r} does not exist", file=sys.stderr)
         return root, None
@@ -352,6 +378,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     formats = parse_formats(args.format)
     if isinstance(formats, str):
         print(f"error: {formats}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if _open_store(args) is None:  # a missing store is analyze's to report, with the other checks
         return EXIT_BAD_INPUT
     if len(args.name) > 1:
         from orchestrator.analysis.compare import compare
