@@ -26,29 +26,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (dotted key, YAML value); repeatable")
-    common.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                                          "(default: start a local one)")
+    # each option only on the commands that use it: argparse then rejects the others (exit 2)
+    # instead of a status or an analysis silently ignoring them
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config field (dotted key, YAML value); repeatable")
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                                           "(default: start a local one)")
     p = _Parser(prog="lth", description="Lottery Ticket Hypothesis sweeps on Ray")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    s = sub.add_parser("plan", parents=[common], help="validate a config and print its job graph")
+    s = sub.add_parser("plan", parents=[store, overrides], help="validate a config and print its job graph")
     s.add_argument("config")
     s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     s.add_argument("--show-config", action="store_true",
                    help="print the resolved config (base merged, --set applied, defaults filled, epochs "
                         "turned into iterations) as YAML (JSON with --json), and nothing else")
-    s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
+    s = sub.add_parser("run", parents=[store, overrides, address], help="run or resume a sweep")
     s.add_argument("config")
-    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
+    s = sub.add_parser("status", parents=[store], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
-    s = sub.add_parser("logs", parents=[common], help="what a job printed, attempt by attempt")
+    s = sub.add_parser("logs", parents=[store], help="what a job printed, attempt by attempt")
     s.add_argument("job_id", help="a job id or a unique prefix of one")
     s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
-    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
+    s = sub.add_parser("analyze", parents=[store], help="stability tables, plots and the summary table; "
                                                          "with several names, a comparison on the same axes")
     s.add_argument("name", nargs="+", help="experiment name; two or more: a comparison")
     s.add_argument("--format", default="png", metavar="png,pdf,svg",

@@ -86,3 +86,29 @@ def test_a_store_that_is_a_file_is_refused(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert f"error: --store: {str(path)!r} is a file, not a directory" in err, err
     assert path.read_text() == "# not a store\n"
+
+
+@pytest.mark.parametrize("command, option", [
+    (["status"], ["--set", "train.optimizer.lr=0.04"]),
+    (["status"], ["--address", "auto"]),
+    (["analyze", "demo"], ["--set", "sweep.replicates=4"]),
+    (["analyze", "demo"], ["--address", "auto"]),
+    (["logs", "abc"], ["--set", "name=x"]),
+    (["logs", "abc"], ["--address", "auto"]),
+    (["plan", DEMO], ["--address", "auto"]),  # plan starts no Ray: an address would be ignored
+    (["schema"], ["--store", "s"]),
+])
+def test_options_a_command_does_not_use_are_rejected(tmp_path, capsys, command, option):
+    with pytest.raises(SystemExit) as e:
+        main([*command, *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {option[0]}" in err, err
+
+
+def test_options_a_command_uses_are_accepted(tmp_path, capsys):
+    store = _stored(tmp_path)
+    assert main(["status", "--store", store.root]) == 0
+    assert main(["plan", DEMO, "--store", store.root, *tiny_args()]) == 0
+    assert main(["logs", "zzz", "--store", store.root]) == 2  # parsed; no such job
+    assert "no job in store" in capsys.readouterr().err
