@@ -407,13 +407,66 @@ COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "logs": cmd_
             "schema": cmd_schema}
 
 
+class _ReaderMayLeave:
+    """stdout for `lth analyze NAME | head`: once the reader has gone, the rest of the output is
+    dropped and the command goes on (an analysis still writes its report), instead of dying
+    mid-way on the first write after the reader left."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                self.stream.write(text)
+                self.stream.flush()  # now, while the error can be caught here, not at exit
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def _reader_left(self) -> None:
+        self.reader_gone = True
+        try:  # what the stream still buffers goes nowhere at exit, instead of a traceback on stderr
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture): nothing buffered
+            pass
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.spec import SpecError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
-    console = Console()
+    stdout = sys.stdout
+    # Every command but run only reports: a reader that stops early (`| head`) leaves it to finish
+    # quietly with its own exit code (0 when it succeeded: the report is written, and a pipeline
+    # under `set -o pipefail` should not fail because head had read enough; 141, the SIGPIPE
+    # convention, would say the command was killed, which it was not). `lth run` is left as it
+    # was: whether a sweep should go on once nobody reads its progress is another decision.
+    if args.command != "run":
+        sys.stdout = _ReaderMayLeave(stdout)
+    console = Console()  # writes to sys.stdout as it is at each print
     try:
         return COMMANDS[args.command](args, console)
     except SpecError as e:
@@ -422,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         return _interrupt_exit_code(e)
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -112,3 +112,26 @@ def test_options_a_command_uses_are_accepted(tmp_path, capsys):
     assert main(["plan", DEMO, "--store", store.root, *tiny_args()]) == 0
     assert main(["logs", "zzz", "--store", store.root]) == 2  # parsed; no such job
     assert "no job in store" in capsys.readouterr().err
+
+
+def _with_reader_gone(*args: str):
+    """`lth ARGS | head -c 0`: the reader has left before the first line is written."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, lth_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=lth_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=120), err
+
+
+def test_analyze_into_a_closed_pipe_still_writes_its_report(tmp_path):
+    store = _stored(tmp_path)
+    rc, err = _with_reader_gone("analyze", "demo", "--store", store.root)
+    assert (rc, err) == (0, "")  # quiet, and 0: the report was written (see cli.main)
+    assert (tmp_path / "store" / "reports" / "demo" / "report.html").is_file()
+    rc, err = _with_reader_gone("status", "--store", store.root)
+    assert (rc, err) == (0, "")
