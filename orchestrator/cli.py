@@ -26,29 +26,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (dotted key, YAML value); repeatable")
-    common.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                                          "(default: start a local one)")
+    # each option only on the commands that use it: argparse then rejects the others (exit 2)
+    # instead of a status or an analysis silently ignoring them
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config field (dotted key, YAML value); repeatable")
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                                           "(default: start a local one)")
     p = _Parser(prog="lth", description="Lottery Ticket Hypothesis sweeps on Ray")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    s = sub.add_parser("plan", parents=[common], help="validate a config and print its job graph")
+    s = sub.add_parser("plan", parents=[store, overrides], help="validate a config and print its job graph")
     s.add_argument("config")
     s.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     s.add_argument("--show-config", action="store_true",
                    help="print the resolved config (base merged, --set applied, defaults filled, epochs "
-                        "turned into iterations) as YAML, and nothing else")
-    s = sub.add_parser("run", parents=[common], help="run or resume a sweep")
+                        "turned into iterations) as YAML (JSON with --json), and nothing else")
+    s = sub.add_parser("run", parents=[store, overrides, address], help="run or resume a sweep")
     s.add_argument("config")
-    s = sub.add_parser("status", parents=[common], help="jobs done, running, pending, failed, blocked per experiment")
+    s = sub.add_parser("status", parents=[store], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
-    s = sub.add_parser("logs", parents=[common], help="what a job printed, attempt by attempt")
+    s = sub.add_parser("logs", parents=[store], help="what a job printed, attempt by attempt")
     s.add_argument("job_id", help="a job id or a unique prefix of one")
     s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
-    s = sub.add_parser("analyze", parents=[common], help="stability tables, plots and the summary table; "
+    s = sub.add_parser("analyze", parents=[store], help="stability tables, plots and the summary table; "
                                                          "with several names, a comparison on the same axes")
     s.add_argument("name", nargs="+", help="experiment name; two or more: a comparison")
     s.add_argument("--format", default="png", metavar="png,pdf,svg",
@@ -94,16 +98,23 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.planner import summarize
 
     if args.show_config:
-        import yaml
-
         from orchestrator.spec import load_spec
 
         spec = load_spec(args.config, args.overrides)
-        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        resolved = spec.model_dump(mode="json")
+        if args.json:
+            print(json.dumps(resolved, indent=1))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return EXIT_OK
     spec, plan = _load(args)
     summary = summarize(plan)
-    progress = _store_progress(args, spec, plan)
+    store = _open_store(args, spec.store)
+    if store is None:
+        return EXIT_BAD_INPUT
+    progress = _store_progress(store, spec, plan)
     if progress is not None:
         summary["store"] = progress
     if args.json:
@@ -111,26 +122,32 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     else:
         _print_plan(summary, console)
         if progress is not None:
-            hours = progress["gpu_hours_left"]
-            console.print(
-                f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run; GPU-hours "
-                f"left: {'?' if hours is None else f'{hours:.2f}'} ({progress['gpu_hours_source']})",
-                highlight=False, soft_wrap=True,
-            )
+            console.print(progress["verdict"]["message"], highlight=False, soft_wrap=True)
+            line = f"store {progress['root']}: {progress['done']} jobs done, {progress['remaining']} to run"
+            if spec.resources.gpus > 0:  # a CPU sweep has no GPU-hours to estimate or measure
+                hours = progress["gpu_hours_left"]
+                line += (f"; GPU-hours left: {'?' if hours is None else f'{hours:.2f}'} "
+                         f"({progress['gpu_hours_source']})")
+            console.print(line, highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
-def _store_progress(args: argparse.Namespace, spec, plan) -> dict | None:
-    """What an existing store already holds of this plan (read only; None without a store)."""
+def _store_progress(store, spec, plan) -> dict | None:
+    """What an existing store already holds of this plan (read only; None without a store).
+    Raises SpecError, as `lth run` would, when the stored experiment has another config."""
     from orchestrator.estimate import sweep_progress
-    from orchestrator.store import Store
+    from orchestrator.experiment import check_against_store
 
-    store = Store(_store_root(args, spec.store))
     if not store.exists(""):
         return None
+    verdict = check_against_store(store, spec, set(plan.jobs))
     p = sweep_progress(plan, store)
-    return {"root": store.root, "done": p.done, "remaining": p.remaining, "gpu_hours_left": p.gpu_hours,
-            "gpu_hours_source": p.source}
+    gpu = spec.resources.gpus > 0
+    return {"root": store.root, "done": p.done, "remaining": p.remaining,
+            "verdict": {"status": verdict.status, "added_jobs": verdict.added_jobs,
+                        "message": verdict.message(spec.name)},
+            "gpu_hours_left": p.gpu_hours if gpu else None,
+            "gpu_hours_source": p.source if gpu else "none: the config asks for no GPU (resources.gpus: 0)"}
 
 
 def _check_local_resources(spec) -> None:
@@ -151,7 +168,6 @@ def _check_local_resources(spec) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    import pyarrow.fs as pafs
     import yaml
 
     from orchestrator.experiment import check_against_store, config_hash
@@ -175,9 +191,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         except AddressError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    store = Store(_store_root(args, spec.store))
-    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
-        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+    store = _open_store(args, spec.store)
+    if store is None:
         return EXIT_BAD_INPUT
     # an experiment is its name plus its config: one that changes a stored job is refused here
     check_against_store(store, spec, set(plan.jobs))
@@ -283,12 +298,27 @@ def _interrupt_exit_code(e: KeyboardInterrupt) -> int:
     return interrupt_exit_code(e)[1]
 
 
-def _existing_store(args: argparse.Namespace):
-    """(root, the Store) of --store, or (root, None) after saying that it does not exist."""
+def _open_store(args: argparse.Namespace, spec_store: str | None = None):
+    """The Store of --store (existing or not), or None after saying that it names a file:
+    every command that opens a store refuses one the same way (exit 2)."""
+    import pyarrow.fs as pafs
+
     from orchestrator.store import Store
 
+    store = Store(_store_root(args, spec_store))
+    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
+        print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
+        return None
+    return store
+
+
+def _existing_store(args: argparse.Namespace):
+    """(root, the Store) of --store, or (root, None) after saying that it does not exist or
+    is a file."""
     root = _store_root(args)
-    store = Store(root)
+    store = _open_store(args)
+    if store is None:
+        return root, None
     if not store.exists(""):
         print(f"error: --store: {root!r} does not exist", file=sys.stderr)
         return root, None
@@ -353,6 +383,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     if isinstance(formats, str):
         print(f"error: {formats}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if _open_store(args) is None:  # a missing store is analyze's to report, with the other checks
+        return EXIT_BAD_INPUT
     if len(args.name) > 1:
         from orchestrator.analysis.compare import compare
 
@@ -375,13 +407,66 @@ COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "logs": cmd_
             "schema": cmd_schema}
 
 
+class _ReaderMayLeave:
+    """stdout for `lth analyze NAME | head`: once the reader has gone, the rest of the output is
+    dropped and the command goes on (an analysis still writes its report), instead of dying
+    mid-way on the first write after the reader left."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                self.stream.write(text)
+                self.stream.flush()  # now, while the error can be caught here, not at exit
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def _reader_left(self) -> None:
+        self.reader_gone = True
+        try:  # what the stream still buffers goes nowhere at exit, instead of a traceback on stderr
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture): nothing buffered
+            pass
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.spec import SpecError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
-    console = Console()
+    stdout = sys.stdout
+    # Every command but run only reports: a reader that stops early (`| head`) leaves it to finish
+    # quietly with its own exit code (0 when it succeeded: the report is written, and a pipeline
+    # under `set -o pipefail` should not fail because head had read enough; 141, the SIGPIPE
+    # convention, would say the command was killed, which it was not). `lth run` is left as it
+    # was: whether a sweep should go on once nobody reads its progress is another decision.
+    if args.command != "run":
+        sys.stdout = _ReaderMayLeave(stdout)
+    console = Console()  # writes to sys.stdout as it is at each print
     try:
         return COMMANDS[args.command](args, console)
     except SpecError as e:
@@ -390,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         return _interrupt_exit_code(e)
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

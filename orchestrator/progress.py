@@ -11,9 +11,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.lock import read_holder
 from orchestrator.store import Store
@@ -87,7 +89,8 @@ class SweepProgress:
         finished = c.done + c.failed + c.blocked
         width = 40
         filled = int(width * finished / c.total) if c.total else width
-        bar = f"[green]{'━' * filled}[/green][grey50]{'━' * (width - filled)}[/grey50] {finished}/{c.total}"
+        # a Text built from styled pieces: Group renders a plain str verbatim, markup and all
+        bar = Text.assemble(("━" * filled, "green"), ("━" * (width - filled), "grey50"), f" {finished}/{c.total}")
         return Group(
             bar,
             counts_table(
@@ -222,12 +225,35 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
         print(json.dumps([st.as_json() for st in statuses], indent=1))
         return
     console = console or Console()
-    table = Table(show_edge=False)
-    for col in ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver"):
-        table.add_column(col, justify="left" if col in ("experiment", "driver") else "right")
+    rows = []
     for st in statuses:
         c, holder = st.counts, st.driver
         driver = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "-"
-        table.add_row(st.name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.blocked),
-                      str(c.resumable), str(c.total), driver)
+        rows.append([st.name, str(c.done), str(c.running), str(c.pending), str(c.failed), str(c.blocked),
+                     str(c.resumable), str(c.total), driver])
+    # 80 columns (a pipe, a CI log) must show every name and header whole, so nothing in the table
+    # wraps or shrinks: what does not fit leaves it, the drivers first (to lines under the table),
+    # then the table itself (one line per experiment)
+    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(STATUS_COLUMNS)]
+    columns = len(STATUS_COLUMNS)
+    if sum(widths) + len(widths) - 1 > console.width:
+        columns -= 1  # without the driver
+    if sum(widths[:columns]) + columns - 1 > console.width:
+        for row in rows:
+            console.print(f"{row[0]}: " + ", ".join(f"{col} {v}" for col, v in zip(STATUS_COLUMNS[1:], row[1:])),
+                          markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)  # the box puts one space between columns
+    for col, width in zip(STATUS_COLUMNS[:columns], widths):
+        table.add_column(col, justify="left" if col in ("experiment", "driver") else "right", no_wrap=True,
+                         min_width=width)
+    for row in rows:
+        table.add_row(*row[:columns])
     console.print(table)
+    if columns < len(STATUS_COLUMNS):
+        for row in rows:
+            if row[-1] != "-":
+                console.print(f"{row[0]}: driver {row[-1]}", markup=False, highlight=False, soft_wrap=True)
+
+
+STATUS_COLUMNS = ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver")

@@ -11,6 +11,7 @@ the raylet under a driver still waiting on it (which aborts the driver).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -139,6 +140,22 @@ def _keep_ray_on_loopback() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+# Ray (>= 2.52) turns token authentication on for every cluster ray.init starts when RAY_AUTH_MODE
+# is unset, and warns that it did, on every run. The embedded Ray keeps it on: listening on
+# loopback only keeps the network out, not the other users of a shared machine (a login node, a
+# lab's GPU box), who can reach 127.0.0.1 and, without a token, run code as this user. The token
+# is Ray's own (~/.ray/auth_token, made on first use with the umask's mode: on a shared machine,
+# chmod 600 it). So the warning is silenced, not the authentication; a RAY_AUTH_MODE the user set
+# is obeyed, as Ray does, and a joined cluster (--address) is left wholly to Ray and its operator.
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_AUTH_ON_BY_DEFAULT = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TOKEN_AUTH_ON_BY_DEFAULT)
+
+
 class RayCluster:
     """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
 
@@ -173,8 +190,13 @@ class RayCluster:
             os.makedirs(worker_tmp)
             try:
                 # the embedded cluster is this machine alone: its servers stay on loopback
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
-                         _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
+                notice = _DropTokenAuthNotice()
+                logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(notice)
+                try:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
+                             _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
+                finally:
+                    logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
                 self._owned = True
                 _install()  # before the unmask: a SIGTERM that came meanwhile is ours
                 if old is not None:

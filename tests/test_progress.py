@@ -116,3 +116,66 @@ def test_plan_against_a_store_tells_done_remaining_and_gpu_hours_from_measured_f
     assert main(["plan", DEMO, "--json", "--store", store.root, *tiny_args()]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["store"]["done"] == 1 and out["store"]["remaining"] == len(p.jobs) - 1
+
+
+def test_live_bar_renders_styles_not_markup(monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    monkeypatch.setenv("TERM", "xterm")  # rich's Live redraws in place only on a capable terminal
+    console = Console(file=StringIO(), record=True, force_terminal=True, width=100)
+    progress = SweepProgress("e", live=True, console=console)
+    progress.start(total=6, done=3)
+    # a log line above the bar is printed with markup off, and the bar is redrawn under it with the
+    # same options: a markup string in the bar came out raw exactly then
+    progress.counts.done = 4
+    progress.job_finished("j", "level r0 k0 L1", 1.0)
+    progress.stop()
+    text = console.export_text(styles=False, clear=False)
+    assert "[green]" not in text and "[grey50]" not in text, text
+    assert "━" * 26 + " 4/6" in text
+    styled = console.export_text(styles=True)
+    assert "\x1b[32m" + "━" * 26 in styled  # the done part is green, not merely stripped of its markup
+
+
+def test_status_at_80_columns_keeps_names_and_headers_whole(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from orchestrator.progress import print_status
+    from orchestrator.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    names = ["demo_lr04", "demo_lr05", "cifar10_resnet20_lmc"]
+    for name in names:
+        store.write_experiment(name, f"name: {name}\n", {"a": {"parents": []}})
+    # a driver on another host counts as live (the lock is all this host can see of it)
+    store.write_json("locks/demo_lr05.lock", {"host": "gpu-node-017.example.org", "pid": 4242})
+    headers = ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total")
+
+    def status(width: int, table: bool = True) -> list[str]:
+        console = Console(file=StringIO(), width=width, force_terminal=False)  # a pipe or a CI log
+        print_status(store, names, console)
+        out = console.file.getvalue()
+        assert "…" not in out, out
+        if table:  # the one-line-per-experiment form is for logs: its lines run as long as they must
+            assert max(len(line) for line in out.splitlines()) <= width, out
+        return out.splitlines()
+
+    wide = status(160)
+    assert wide[0].split() == [*headers, "driver"]
+    assert any(line.split()[0] == "demo_lr05" and line.endswith("pid 4242 on gpu-node-017.example.org")
+               for line in wide), wide
+    lines = status(80)
+    assert lines[0].split() == list(headers), lines  # every header whole; the driver under the table
+    for name in names:  # each name whole at the head of its row: demo_lr04 and demo_lr05 stay apart
+        assert sum(line.split()[0] == name for line in lines[2:5]) == 1, (name, lines)
+    assert lines[5:] == ["demo_lr05: driver pid 4242 on gpu-node-017.example.org"], lines
+    # a name too long for any table at 80 columns: one whole line per experiment
+    long = "cifar10_resnet20_lmc_with_a_very_long_descriptive_suffix_v2"
+    store.write_experiment(long, f"name: {long}\n", {"a": {"parents": []}})
+    names.append(long)
+    lines = status(80, table=False)
+    assert any(line.startswith(f"{long}: done 0, running 0, pending 1,") for line in lines), lines

@@ -12,9 +12,11 @@ from conftest import REPO, lth_env
 
 _LISTENERS = r'''
 import json, os, psutil, ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
 from orchestrator.raysession import RayCluster
 
 with RayCluster(None):
+    token_auth = get_authentication_mode() == AuthenticationMode.TOKEN
     @ray.remote
     class Probe:
         def pid(self):
@@ -30,7 +32,7 @@ with RayCluster(None):
                     found.append([proc.name(), c.laddr.ip, c.laddr.port])
         except psutil.Error:
             pass
-print(json.dumps(found))
+print(json.dumps({"listening": found, "token_auth": token_auth}))
 '''
 
 
@@ -40,15 +42,22 @@ def _is_loopback(ip: str) -> bool:
     return (mapped or addr).is_loopback
 
 
-def test_embedded_ray_listens_on_loopback_only():
+def test_embedded_ray_listens_on_loopback_only_with_token_auth_and_no_notice():
     ray_tmp = tempfile.mkdtemp(prefix="lthr-", dir="/tmp")  # short: Ray's socket paths fit 107 bytes
+    env = lth_env(LTH_RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default, under which it turns token auth on and says so
     try:
         proc = subprocess.run([sys.executable, "-c", _LISTENERS], cwd=REPO, capture_output=True, text=True,
-                              timeout=240, env=lth_env(LTH_RAY_TMPDIR=ray_tmp))
+                              timeout=240, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    listening = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # token authentication stays on (other users of the machine can reach loopback); only the
+    # notice that Ray printed on every run is gone
+    assert result["token_auth"] is True
+    assert "Token authentication" not in proc.stderr, proc.stderr[-3000:]
+    listening = result["listening"]
     names = {name for name, _, _ in listening}
     assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), listening
     exposed = [entry for entry in listening if not _is_loopback(entry[1])]
