@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     # each option only on the commands that use it: argparse then rejects the others (exit 2)
     # instead of a status or an analysis silently ignoring them
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--store", help="store: a directory or URL (default: the config's, $LTH_STORE, ./lth-store)")
+    store.add_argument("--store", help="store: a directory or URL (default: $LTH_STORE, the config's store, ./lth-store)")
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override a config field (dotted key, YAML value); repeatable")
@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _store_root(args: argparse.Namespace, spec_store: str | None = None) -> str:
-    return args.store or spec_store or os.environ.get("LTH_STORE") or "lth-store"
+    # $LTH_STORE before the config's `store:`: where results go is the deployment's choice (the
+    # cluster images set it to a bucket every node reaches), and a config written on a laptop
+    # must not send a cluster's results to one node's disk.
+    return args.store or os.environ.get("LTH_STORE") or spec_store or "lth-store"
 
 
 def _load(args: argparse.Namespace):

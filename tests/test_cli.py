@@ -135,3 +135,19 @@ def test_analyze_into_a_closed_pipe_still_writes_its_report(tmp_path):
     assert (tmp_path / "store" / "reports" / "demo" / "report.html").is_file()
     rc, err = _with_reader_gone("status", "--store", store.root)
     assert (rc, err) == (0, "")
+
+
+def test_store_precedence_flag_then_environment_then_config(tmp_path, monkeypatch):
+    """--store, then $LTH_STORE (the deployment's: cluster images set it to a shared bucket),
+    then the config's store:, then ./lth-store."""
+    import argparse
+
+    from orchestrator.cli import _store_root
+
+    flag, env, conf = str(tmp_path / "flag"), str(tmp_path / "env"), str(tmp_path / "conf")
+    monkeypatch.setenv("LTH_STORE", env)
+    assert _store_root(argparse.Namespace(store=flag), conf) == flag
+    assert _store_root(argparse.Namespace(store=None), conf) == env
+    monkeypatch.delenv("LTH_STORE")
+    assert _store_root(argparse.Namespace(store=None), conf) == conf
+    assert _store_root(argparse.Namespace(store=None), None) == "lth-store"
