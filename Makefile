@@ -29,7 +29,7 @@ $(UV):
 # Exactly the versions in uv.lock; --locked fails if pyproject.toml and the lock disagree.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@test -n "$(FFCV_EXTRA)" || echo "note: pkg-config finds no opencv4/libturbojpeg: skipping the ffcv extra"
-	$(UV) sync --locked --extra test --extra bench $(FFCV_EXTRA)
+	$(UV) sync --locked --extra test $(FFCV_EXTRA)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -34,17 +34,23 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.schemas import file_schema  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
 
 EXP = "bench"
 T_ITERS = 4000
 KS = [0, 100, 500, 1000, 2000]
 MODES = ["rewind", "lr_rewind", "finetune"]
+CONFIG_HASH = "0" * 16  # one config: every row of the synthetic experiment was written under it
 
 
 def _strings(prefix: str, idx: np.ndarray, n_unique: int) -> pa.Array:
     """`prefix<i>` strings for integer indices, without a Python string per row."""
     dictionary = pa.array([f"{prefix}{i:07d}" for i in range(n_unique)])
     return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), dictionary).cast(pa.string())
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value])).cast(pa.string())
 
 
 def _write(root: Path, table: str, t: pa.Table, files: int) -> int:
@@ -88,7 +94,8 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "train_loss": rng.random(n_runs), "train_accuracy": rng.random(n_runs),
         "wall_seconds": rng.random(n_runs) * 100, "attempts": np.ones(n_runs, np.int64),
         "host": pa.array(["host"] * n_runs), "node": pa.array(["node"] * n_runs),
-        "device": pa.array(["cuda:0"] * n_runs), "weights_path": pa.array(["w"] * n_runs),
+        "device": pa.array(["cuda:0"] * n_runs), "deterministic": np.ones(n_runs, bool),
+        "config_hash": pa.array([CONFIG_HASH] * n_runs), "weights_path": pa.array(["w"] * n_runs),
         "mask_path": pa.array(["m"] * n_runs),
     }, schema=file_schema("runs"))
 
@@ -113,7 +120,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "pair_id": _strings("pair", pp, n_pairs), "job_a": _strings("a", pp, n_pairs),
         "job_b": _strings("b", pp, n_pairs), "replicate": p_rep[pp], "rewind_iter": p_k[pp],
         "level": p_lv[pp], "density": density[p_lv][pp], "split": split, "alpha": alpha,
-        "loss": error * 3, "error": error,
+        "loss": error * 3, "error": error, "config_hash": _constant(CONFIG_HASH, len(pp)),
     }, schema=file_schema("interpolation"))
     # instability: one row per (pair, split), from the same path
     err2 = error.reshape(n_pairs * 2, len(alphas))
@@ -126,6 +133,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "split": pa.array(np.where(q % 2 == 0, "test", "train")),
         "error_a": err2[:, 0], "error_b": err2[:, -1], "max_error": err2.max(1),
         "barrier": err2.max(1) - (err2[:, 0] + err2[:, -1]) / 2,
+        "config_hash": _constant(CONFIG_HASH, len(q)),
     }, schema=file_schema("instability"))
 
     # metrics: evaluations of every run (never read by the analysis, but it is in the store)
@@ -136,6 +144,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "split": pa.DictionaryArray.from_arrays(pa.array(rng.integers(0, 2, metrics_rows).astype(np.int32)),
                                                 pa.array(["test", "train"])).cast(pa.string()),
         "loss": rng.random(metrics_rows), "accuracy": rng.random(metrics_rows),
+        "config_hash": _constant(CONFIG_HASH, metrics_rows),
     }, schema=file_schema("metrics"))
 
     return {

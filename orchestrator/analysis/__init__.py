@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from orchestrator.analysis import curves
 from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
+from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import (
-    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
-    only_planned, plan_job_ids, read_config_text, read_num_classes, read_progress, read_table,
+    ScanCache, Store, known_experiments, read_config_text, read_num_classes, read_progress, read_raw,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -85,7 +85,8 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     """The whole analysis from the three raw tables (file-free; tests call it directly).
     `num_classes` sets the chance error (None: no cell is called at chance)."""
     runs_m = T.add_mode(runs)
-    barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation))
+    barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation),
+                                         interpolation)
     barriers, noise = T.split_noise_pairs(T.add_pair_mode(barriers, runs_m), runs_m)
     sparse = runs_m.filter(pc.greater(runs_m["level"], 0))
     rewind_iters = sorted(set(sparse["rewind_iter"].drop_null().to_pylist())
@@ -268,12 +269,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     # The scan cache lives with the store's reports, whatever --out says, so every later
     # analysis of this experiment (by anyone) reads only the newly written part files.
     cache = ScanCache(store, store.path("reports", experiment, ".cache"), deferred=True)
-    raw = [read_table(store, "runs", experiment, RUNS_COLUMNS, cache),
-           read_table(store, "instability", experiment, INSTABILITY_COLUMNS, cache),
-           read_table(store, "interpolation", experiment, INTERPOLATION_COLUMNS, cache)]
-    planned = plan_job_ids(store, experiment)  # the current plan's jobs only
-    raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
-           only_planned(raw[2], "pair_id", planned)]
+    readers: dict[str, str] = {}
+    try:
+        raw = read_raw(store, experiment, cache, readers)  # the current plan's jobs only
+    except UnreadablePart as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
     clock.lap("read")
     res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
     clock.lap("compute")
@@ -316,7 +317,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
 
     fcache = _FigureCache(out, formats)
     chosen = curves.chosen_runs(T.add_mode(raw[0]))
-    curve_table = curves.curves(chosen, curves.read_metrics(store, experiment, chosen["job_id"].to_pylist()))
+    try:
+        metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
+    except UnreadablePart as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    curve_table = curves.curves(chosen, metrics)
     clock.lap("metrics")
     drawn = {}
     for name, make, inputs in (
@@ -345,7 +351,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                                             "interpolation": raw[2].num_rows,
                                             "metrics (learning curves)": curve_table.num_rows},
         "figures_drawn": fcache.drawn, "figures_unchanged": fcache.reused,
-        "figure_seconds": fcache.seconds,
+        "figure_seconds": fcache.seconds, "readers": readers,
     }
     html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
                   figure_files, tables)
