@@ -10,8 +10,11 @@ The synthetic store is written in a temporary directory (kept with --keep DIR) t
 store lays it out: results/<table>/experiment=<name>/part-*.parquet, rows spread evenly over
 --files files per large table (the driver of `lth run` publishes one file per table every
 PUBLISH_EVERY_SECONDS (orchestrator/scheduler.py) and at its end, so a sweep of about three
-hours leaves about 100). Generation is vectorized (numpy + pyarrow). The first timed run is
-cold (no scan cache), the next ones warm (see orchestrator/analysis/read.py ScanCache).
+hours leaves about 100). Generation is vectorized (numpy + pyarrow). The first --cold runs
+are cold (no scan cache: the first also pays the first call of every kernel), the next --warm
+ones warm (see orchestrator/analysis/read.py ScanCache); the median ratio of each kind is
+printed. It fails unless analyze's instability table equals DuckDB's and a local store's
+cold runs were read by DuckDB (orchestrator/analysis/parts.py), not a fallback.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -205,19 +209,21 @@ def check_against(out: str, baseline: list[dict]) -> None:
         assert b["max_recomputed_diff"] <= 1e-12
 
 
-def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, float, float, float]]:
-    """The first run cold (no scan cache: every part file is read), the others warm (the
-    cache holds every part: only the listing and the cached copy are read). Each run is
-    preceded by the DuckDB baseline on the same files, in this process. Returns
+def time_analyze(store: str, experiment: str, cold: int, warm: int) -> list[tuple[str, float, float, float]]:
+    """`cold` runs without a scan cache (every part file is read; the cache is deleted before
+    each), then `warm` runs (the cache holds every part: only the listing and the cached copy
+    are read). Each run is preceded by the DuckDB baseline on the same files, in this process,
+    so each ratio compares two measurements taken under the same load. Returns
     (cold|warm, analyze seconds, seconds until the summary was printed, DuckDB seconds)."""
     from rich.console import Console
 
     from orchestrator.analysis import analyze
 
     times = []
-    for i in range(repeat):
+    for i in range(cold + warm):
+        kind = "cold" if i < cold else "warm"
         t_duck, baseline = duckdb_baseline(store, experiment)
-        if i == 0 and "://" not in store:
+        if kind == "cold" and "://" not in store:
             shutil.rmtree(Path(store, "reports", experiment, ".cache"), ignore_errors=True)
         out = tempfile.mkdtemp(prefix="lth-bench-out-")
         t0 = time.perf_counter()
@@ -229,7 +235,6 @@ def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, fl
         laps = stages["timings_s"]
         tables = laps["read"] + laps["compute"] + laps["summary"]
         check_against(out, baseline)
-        kind = "cold" if i == 0 else "warm"
         # The path this benchmark exists to time: a local store's part files read by DuckDB
         # (cold), or only the scan cache (warm). A fallback to pyarrow fails it.
         want = {"duckdb"} if kind == "cold" else {"scan cache"}
@@ -248,6 +253,11 @@ def _report(times) -> None:
     print(f"CPU ({os.cpu_count()} cpus): " + "; ".join(
         f"{k}: tables {tab:.2f}s vs DuckDB {duck:.2f}s = {tab / duck:.2f}x, whole analyze {tot:.2f}s"
         for k, tot, tab, duck in times))
+    for kind in ("cold", "warm"):
+        ratios = sorted(tab / duck for k, _, tab, duck in times if k == kind)
+        if ratios:
+            print(f"{kind}: tables/DuckDB median {statistics.median(ratios):.2f}x over {len(ratios)} runs "
+                  f"(min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
 
 
 def main(argv=None) -> int:
@@ -259,12 +269,13 @@ def main(argv=None) -> int:
     ap.add_argument("--files", type=int, default=2000, help="part files per table (at most one per row)")
     ap.add_argument("--replicates", type=int, default=8)
     ap.add_argument("--levels", type=int, default=15)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=3, help="runs without the scan cache")
+    ap.add_argument("--warm", type=int, default=2, help="runs with the scan cache")
     ap.add_argument("--keep", help="write the synthetic store here and keep it")
     args = ap.parse_args(argv)
 
     if args.store:
-        times = time_analyze(args.store, args.experiment, args.repeat)
+        times = time_analyze(args.store, args.experiment, args.cold, args.warm)
         _report(times)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="lth-bench-store-"))
@@ -276,7 +287,7 @@ def main(argv=None) -> int:
         n_files = sum(1 for _ in root.rglob("*.parquet"))
         print(f"store {root}: generated in {gen:.1f}s, {n_files} files, "
               + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-        times = time_analyze(str(root), EXP, args.repeat)
+        times = time_analyze(str(root), EXP, args.cold, args.warm)
         _report(times)
     finally:
         if not args.keep:

@@ -46,11 +46,17 @@ class AnalysisResult:
     winning_tickets: pa.Table
     dense: dict
     retrain_comparison: pa.Table | None
-    interpolation_path: pa.Table
+    interpolation_path: pa.Table | None  # None until `add_path` (figures' input, not the summary's)
     barrier_check: dict
     n_train_runs: int
     n_pairs: int
     noise_floor: pa.Table | None = None  # sweep.branch.noise_floor: kernel noise's barrier
+    pairs: pa.Table | None = None  # one row per (data-order pair, split): its barrier and mode
+
+    def add_path(self, interpolation: pa.Table) -> None:
+        """The mean interpolation path, computed apart from the summary's tables because only
+        the path figure and table need it (`lth analyze` prints the summary first)."""
+        self.interpolation_path = T.path_summary(interpolation, self.pairs)
 
     def tables(self) -> list[tuple[str, str, pa.Table]]:
         """(file stem, title, table) of every table the analysis writes."""
@@ -81,9 +87,10 @@ class AnalysisResult:
 
 
 def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
-            threshold: float, num_classes: int | None = None) -> AnalysisResult:
+            threshold: float, num_classes: int | None = None, path: bool = True) -> AnalysisResult:
     """The whole analysis from the three raw tables (file-free; tests call it directly).
-    `num_classes` sets the chance error (None: no cell is called at chance)."""
+    `num_classes` sets the chance error (None: no cell is called at chance). `path=False`
+    leaves the interpolation path for a later `add_path`."""
     runs_m = T.add_mode(runs)
     barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation),
                                          interpolation)
@@ -95,19 +102,23 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     summary = T.instability_summary(barriers, threshold, rewind_iters, densities, num_classes)
     dense = T.dense_accuracy(runs_m)
     acc = T.accuracy_summary(runs_m, dense)
-    return AnalysisResult(
+    res = AnalysisResult(
         instability=summary,
         earliest_stable=T.stability_onset(summary),  # the onset of stability (tables.py)
         accuracy=acc,
         winning_tickets=T.winning_tickets(acc),
         dense=dense,
         retrain_comparison=T.retrain_comparison(T.add_training_budget(runs_m)),
-        interpolation_path=T.path_summary(interpolation, barriers),
+        interpolation_path=None,
         barrier_check=check,
         n_train_runs=runs.num_rows,
         n_pairs=pc.count_distinct(barriers["pair_id"]).as_py() if barriers.num_rows else 0,
         noise_floor=T.noise_floor(barriers, noise),
+        pairs=barriers,
     )
+    if path:
+        res.add_path(interpolation)
+    return res
 
 
 class _Clock:
@@ -276,7 +287,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         console.print(f"[red]error:[/red] {e}")
         return 2
     clock.lap("read")
-    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment), path=False)
     clock.lap("compute")
     recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs, recorded)
@@ -305,6 +316,8 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         console.print(f"[yellow]note:[/yellow] {w}")
         notes.append(w)
     clock.lap("scan cache")
+    res.add_path(raw[2])
+    clock.lap("path")
 
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", experiment))
