@@ -214,3 +214,38 @@ def test_compare_two_experiments_on_the_same_axes(tmp_path, capsys):
     assert "fp32" in svg and "bf16" in svg  # one line per experiment, named in the legend
     assert main(["analyze", "fp32", "nope", "--store", str(tmp_path)]) == 2
     assert main(["analyze", "fp32", "fp32", "--store", str(tmp_path)]) == 2
+
+
+def test_every_float_a_reader_sees_has_a_unit():
+    """Every fraction of every written table (the noise floor's included) is in percent or
+    percentage points; only the interpolation coefficient alpha has no unit. The converted
+    values equal 100 x the computed fractions."""
+    from orchestrator.analysis import compute
+    from orchestrator.analysis import tables as T
+    from orchestrator.analysis.read import INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS
+
+    rows, _ = build_sweep()
+    res = compute(*(pa.Table.from_pylist(rows[t], schema=file_schema(t)).select(c) for t, c in
+                    (("runs", RUNS_COLUMNS), ("instability", INSTABILITY_COLUMNS),
+                     ("interpolation", INTERPOLATION_COLUMNS))), 0.02)
+    # A noise-floor table as tables.noise_floor makes it (two pairs, one data-order pair).
+    pairs = pa.table({"rewind_iter": [0, 0, 0], "level": [1, 1, 1], "split": ["test"] * 3,
+                      "barrier": [0.001, 0.003, 0.05], "pair_id": ["n1", "n2", "d1"]})
+    res.noise_floor = T.noise_floor(pairs.slice(2), pairs.slice(0, 2))
+    seen = set()
+    for stem, _title, t in res.tables():
+        p = present(t)
+        for name in p.column_names:
+            if pa.types.is_floating(p.schema.field(name).type) and name != "alpha":
+                assert name.endswith(("_pct", "_pp")), (stem, name)
+                seen.add(name)
+    assert {"end_error_mean_pct", "noise_barrier_mean_pp", "noise_barrier_max_pp",
+            "data_order_barrier_mean_pp"} <= seen
+    noise = present(res.noise_floor).to_pylist()[0]
+    assert abs(noise["noise_barrier_max_pp"] - 0.3) <= 1e-6  # rounded to 6 decimals
+    assert abs(noise["data_order_barrier_mean_pp"] - 5.0) <= 1e-6
+    inst = present(res.instability).to_pylist()
+    raw = res.instability.to_pylist()
+    for a, b in zip(inst, raw):
+        if b["end_error_mean"] is not None:
+            assert abs(a["end_error_mean_pct"] - 100 * b["end_error_mean"]) <= 0.5e-6 + 1e-12
