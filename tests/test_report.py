@@ -77,6 +77,10 @@ def test_report_summary_first_words_and_no_machinery(tmp_path):
     assert "spec.yaml" in html and "heartbeat.json" not in html and "jobs.json" not in html
     # Fractions never reach a table: 0.8^2 remaining is 64.00 (%), not 0.64.
     assert "<td>64.00</td>" in html and "<th>density (%)</th>" in html
+    # A long table (the mean path: one row per alpha) is folded; a short one is not; counts read well.
+    path_rows = pq.read_table(out / "interpolation_path.parquet").num_rows
+    assert path_rows > 30 and f"<details><summary>Show the {path_rows} rows</summary>" in html
+    assert "dense.csv; 1 row)" in html and "<details><summary>Show the 1 row" not in html
     # Winning ticket: a level of the plan is unmeasured, so "none yet" and n/4.
     text = console.file.getvalue()
     assert "none yet" in text and "3/4" in text and "/3" not in text
