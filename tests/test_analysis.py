@@ -660,3 +660,34 @@ def test_pair_with_only_interpolation_rows_read_from_the_store(tmp_path):
     for key, r in exp.items():
         for col, v in r.items():
             assert close(got[key][col], v) if isinstance(v, float) else got[key][col] == v, (key, col)
+
+
+def test_analyze_does_not_import_torch(tmp_path):
+    """`lth analyze` reads the store, not a config: for a store whose data set needs no
+    description (no spec, or one that states num_classes) it never imports torch, and
+    matplotlib only after the summary is printed."""
+    import subprocess
+    import sys
+
+    rows, _ = build_sweep()
+    write_store(tmp_path, rows)
+    d = tmp_path / "experiments" / EXP
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: synthetic\n  num_classes: 7\n")
+    code = (
+        "import sys\n"
+        "import orchestrator.analysis as A\n"
+        "real = A.print_key_tables\n"
+        "def spy(*a, **k):\n"
+        "    print('MATPLOTLIB_BEFORE_SUMMARY', 'matplotlib' in sys.modules)\n"
+        "    return real(*a, **k)\n"
+        "A.print_key_tables = spy\n"
+        "from orchestrator.cli import main\n"
+        f"rc = main(['analyze', {EXP!r}, '--store', {str(tmp_path)!r}])\n"
+        "print('TORCH', 'torch' in sys.modules, 'RC', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "MATPLOTLIB_BEFORE_SUMMARY False" in out.stdout
+    assert "TORCH False RC 0" in out.stdout

@@ -22,8 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.analysis import curves
-from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
+from orchestrator.analysis.figure_plan import FORMATS
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import (
     ScanCache, Store, known_experiments, read_config_text, read_num_classes, read_progress, read_raw,
@@ -174,7 +174,9 @@ def _check_args(store: Store, experiment: str, threshold: float, wandb_mode: str
     return None
 
 
-FIGURE_CODE = hashlib.sha256(Path(figs.__file__).read_bytes()).hexdigest()[:16]
+# What the figures look like is decided in these two files: a change to either redraws them.
+FIGURE_CODE = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
+                                      for f in ("figures.py", "figure_plan.py"))).hexdigest()[:16]
 
 
 class _FigureCache:
@@ -221,6 +223,8 @@ class _FigureCache:
                 return out
             except OSError:
                 pass
+        from orchestrator.analysis import figures as figs  # matplotlib: only when drawing
+
         t0 = time.perf_counter()
         fig = make()
         if fig is None:
@@ -244,9 +248,9 @@ class _FigureCache:
 def parse_formats(text: str) -> tuple[str, ...] | str:
     """'png,pdf' -> ('png', 'pdf'); png is always written (the HTML embeds it). A str: the error."""
     asked = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in asked if f not in figs.FORMATS]
+    bad = [f for f in asked if f not in FORMATS]
     if bad or not asked:
-        return f"format: {', '.join(bad) or repr(text)} is not a figure format (use {', '.join(figs.FORMATS)})"
+        return f"format: {', '.join(bad) or repr(text)} is not a figure format (use {', '.join(FORMATS)})"
     return tuple(dict.fromkeys(["png", *asked]))
 
 
@@ -337,6 +341,8 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         return 2
     curve_table = curves.curves(chosen, metrics)
     clock.lap("metrics")
+    from orchestrator.analysis import figures as figs  # matplotlib, after the summary is printed
+
     drawn = {}
     for name, make, inputs in (
         ("instability_vs_rewind", lambda: figs.instability_vs_rewind(res.instability, threshold),

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, figures as figs
 from orchestrator.analysis.present import key_tables, print_key_tables
+from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import ScanCache, Store, read_num_classes, read_progress, read_raw
 from orchestrator.analysis.report import CSS, key_table_html
@@ -83,8 +84,8 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     for name, got in drawn.items():
         b64 = base64.b64encode(got["png"]).decode("ascii")
         files = ", ".join(f"{name}.{f}" for f in got)
-        parts.append(f"<h3>{html.escape(figs.TITLES[name])} <small>({files})</small></h3>"
-                     f"<img alt='{html.escape(figs.TITLES[name])}' src='data:image/png;base64,{b64}'>")
+        parts.append(f"<h3>{html.escape(TITLES[name])} <small>({files})</small></h3>"
+                     f"<img alt='{html.escape(TITLES[name])}' src='data:image/png;base64,{b64}'>")
     parts.append("<h2>Summaries</h2>")
     for n in experiments:
         tables, dense_line = keys[n]

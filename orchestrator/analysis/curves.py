@@ -11,7 +11,7 @@ import contextlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.analysis.figures import _pick, primary_mode
+from orchestrator.analysis.figure_plan import pick as _pick, primary_mode
 from orchestrator.analysis.parts import scan
 from orchestrator.analysis.read import Store
 from orchestrator.schemas import file_schema

@@ -19,17 +19,8 @@ import pyarrow.compute as pc  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-MAX_LINES = 6  # more lines than this are unreadable: pick evenly spaced ones
-FORMATS = ("png", "pdf", "svg")
-# One title per figure, in words: the report's section headings and the W&B keys' captions.
-TITLES = {
-    "instability_vs_rewind": "Instability against the rewinding point",
-    "interpolation_path": "Error along the linear path between two children",
-    "accuracy_vs_density": "Test accuracy against the weights remaining",
-    "learning_curves": "Learning curves",
-    "compare_instability": "Instability against the rewinding point, by experiment",
-    "compare_accuracy": "Test accuracy against the weights remaining, by experiment",
-}
+from orchestrator.analysis.figure_plan import pick as _pick  # noqa: E402
+from orchestrator.analysis.figure_plan import primary_mode  # noqa: E402
 
 
 def encode(fig: Figure, fmt: str = "png") -> bytes:
@@ -43,13 +34,6 @@ def encode(fig: Figure, fmt: str = "png") -> bytes:
 
 def close(fig: Figure) -> None:
     plt.close(fig)
-
-
-def _pick(values: list, n: int = MAX_LINES) -> list:
-    if len(values) <= n:
-        return values
-    idx = np.unique(np.linspace(0, len(values) - 1, n).round().astype(int))
-    return [values[i] for i in idx]
 
 
 def _col(t: pa.Table, name: str) -> np.ndarray:
@@ -125,10 +109,6 @@ def _legend_right(fig: Figure, ax, right=None) -> None:
         top = [a for a in fig.axes if a.get_visible() and a.get_subplotspec().is_first_row()]
         right = max(top, key=lambda a: a.get_position().x1) if top else ax
     right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1), borderaxespad=0, fontsize=8)
-
-
-def primary_mode(modes: list[str]) -> str | None:
-    return "rewind" if "rewind" in modes else (sorted(modes)[0] if modes else None)
 
 
 def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.analysis.figures import primary_mode
+from orchestrator.analysis.figure_plan import primary_mode
 
 MISSING = "—"
 DECIMALS = 6

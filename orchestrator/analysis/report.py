@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from orchestrator.analysis.figures import TITLES
+from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.present import MISSING, KeyTable, header
 
 MAX_HTML_ROWS = 2000  # the Parquet/CSV files hold everything; a browser needs less
