@@ -691,3 +691,27 @@ def test_analyze_does_not_import_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "MATPLOTLIB_BEFORE_SUMMARY False" in out.stdout
     assert "TORCH False RC 0" in out.stdout
+
+
+def test_number_of_classes_is_kept_for_the_spec_it_came_from(tmp_path):
+    """Describing the data set imports its loader (torch): the answer is kept in the scan cache
+    under the spec's hash, read back while the spec is unchanged, recomputed when it changes."""
+    from orchestrator.analysis.read import ScanCache, Store, read_num_classes
+
+    store = Store.open(str(tmp_path))
+    d = tmp_path / "experiments" / EXP
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: digits\n")
+    cache_dir = store.path("reports", EXP, ".cache")
+    cache = ScanCache(store, cache_dir, deferred=True)
+    assert read_num_classes(store, EXP, cache) == 10  # scikit-learn's digits: 0-9
+    saved = tmp_path / "reports" / EXP / ".cache" / "num_classes.json"
+    assert not saved.exists()  # deferred: written by flush, after the summary
+    cache.flush()
+    obj = json.loads(saved.read_text())
+    assert obj["value"] == 10
+    saved.write_text(json.dumps(dict(obj, value=3)))  # a value only the cache can give
+    assert read_num_classes(store, EXP, ScanCache(store, cache_dir)) == 3
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: digits\n  seed: 1\n")
+    assert read_num_classes(store, EXP, ScanCache(store, cache_dir)) == 10
+    assert json.loads(saved.read_text())["value"] == 10  # not deferred: written at once

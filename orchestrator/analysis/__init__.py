@@ -291,7 +291,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         console.print(f"[red]error:[/red] {e}")
         return 2
     clock.lap("read")
-    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment), path=False)
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False)
     clock.lap("compute")
     recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs, recorded)

@@ -43,7 +43,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         except UnreadablePart as e:
             console.print(f"[red]error:[/red] {name}: {e}")
             return 2
-        res = compute(*raw, threshold, num_classes=read_num_classes(store, name), path=False)  # no path figure
+        res = compute(*raw, threshold, num_classes=read_num_classes(store, name, cache), path=False)  # no path figure
         results[name] = res
         recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
         progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs, recorded)

@@ -111,6 +111,7 @@ class ScanCache:
         self.store, self.dir, self.deferred = store, directory, deferred
         self.warnings: list[str] = []
         self._pending: dict[str, tuple[pa.Table, dict]] = {}
+        self._values: dict[str, dict] = {}
 
     def _path(self, table: str) -> str:
         return f"{self.dir}/{table}.parquet"
@@ -128,6 +129,22 @@ class ScanCache:
             return None, {}
         return t.replace_schema_metadata(None), manifest
 
+    def load_value(self, name: str, key: str):
+        """A small derived value saved with `save_value` under the same key (None otherwise)."""
+        path = f"{self.dir}/{name}.json"
+        try:
+            if not self.store.exists(path):
+                return None
+            obj = json.loads(self.store.read_text(path))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return obj.get("value") if isinstance(obj, dict) and obj.get("key") == key else None
+
+    def save_value(self, name: str, key: str, value) -> None:
+        self._values[name] = {"key": key, "value": value}
+        if not self.deferred:
+            self.flush()
+
     def save(self, table: str, t: pa.Table, manifest: dict) -> None:
         if self.deferred:
             self._pending[table] = (t, manifest)
@@ -138,6 +155,16 @@ class ScanCache:
         pending, self._pending = self._pending, {}
         for table, (t, manifest) in pending.items():
             self._write(table, t, manifest)
+        values, self._values = self._values, {}
+        for name, obj in values.items():
+            path, tmp = f"{self.dir}/{name}.json", f"{self.dir}/.{name}.json.tmp"
+            try:
+                self.store.fs.create_dir(self.dir, recursive=True)
+                with self.store.fs.open_output_stream(tmp) as f:
+                    f.write(json.dumps(obj).encode())
+                self.store.fs.move(tmp, path)
+            except (OSError, pa.ArrowException) as e:
+                self.warnings.append(f"could not write the scan cache {path}: {e}")
 
     def _write(self, table: str, t: pa.Table, manifest: dict) -> None:
         path = self._path(table)
@@ -315,27 +342,39 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
     return prog
 
 
-def read_num_classes(store: Store, experiment: str) -> int | None:
+def read_num_classes(store: Store, experiment: str, cache: ScanCache | None = None) -> int | None:
     """The number of classes of the experiment's data set (its stored spec.yaml), for the
-    chance error; None when the spec is absent or its data set cannot be described here."""
+    chance error; None when the spec is absent or its data set cannot be described here.
+    Describing a data set imports its loader (torch, torchvision: seconds), so the answer is
+    kept in the scan cache for the spec it was computed from."""
+    import hashlib
+
     import yaml
 
     path = store.path("experiments", experiment, "spec.yaml")
     try:
-        data = (yaml.safe_load(store.read_text(path)) or {}).get("data") or {}
+        text = store.read_text(path)
+        data = (yaml.safe_load(text) or {}).get("data") or {}
     except Exception:  # noqa: BLE001 - any unreadable spec: no chance check
         return None
     if not data:
         return None
     if isinstance(data.get("num_classes"), int):
         return data["num_classes"]  # stated in the config: the data set's module need not load
+    key = hashlib.sha256(text.encode()).hexdigest()
+    known = cache.load_value("num_classes", key) if cache else None
+    if known is not None:
+        return known
     try:
         from trainers.data import describe
         from trainers.jobs import DataConfig
 
-        return int(describe(DataConfig(**data)).num_classes)
+        n = int(describe(DataConfig(**data)).num_classes)
     except Exception:  # noqa: BLE001 - a data set that cannot be described here: no chance check
         return None
+    if cache is not None:
+        cache.save_value("num_classes", key, n)
+    return n
 
 
 def read_config_text(store: Store, experiment: str) -> dict[str, str]:
