@@ -715,3 +715,20 @@ def test_number_of_classes_is_kept_for_the_spec_it_came_from(tmp_path):
     (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: digits\n  seed: 1\n")
     assert read_num_classes(store, EXP, ScanCache(store, cache_dir)) == 10
     assert json.loads(saved.read_text())["value"] == 10  # not deferred: written at once
+
+
+def test_store_path_with_glob_characters_is_read_exactly(tmp_path):
+    """DuckDB expands glob characters in a path: a store under such a directory is read by
+    pyarrow, and a sibling file the pattern would match does not leak in."""
+    from orchestrator.analysis.parts import PYARROW
+
+    rows, pair_mode = build_sweep()
+    root = tmp_path / "sweeps[1]"
+    write_store(root, rows)
+    decoy, _ = build_sweep(seed=4)
+    write_store(tmp_path / "sweeps1", decoy)  # what the pattern sweeps[1] matches
+    out = tmp_path / "out"
+    assert analyze(str(root), EXP, out_dir=str(out), console=Console(file=io.StringIO())) == 0
+    assert set(_summary(out)["readers"].values()) == {PYARROW}
+    check_instability(written(out / "instability.parquet"), expected_instability(rows, pair_mode),
+                      tol=WRITTEN_TOL)

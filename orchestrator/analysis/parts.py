@@ -4,7 +4,8 @@ A long sweep leaves thousands of small part files per table, and pyarrow's datas
 pays about half a millisecond of footer and fragment set-up per file, three times the whole
 DuckDB query over the same files (BENCHMARKS.md). So a local store is read by DuckDB's
 Parquet reader, which opens small files several times faster; a remote store (pyarrow or fsspec
-filesystem, which DuckDB cannot open without network extensions) and any file set DuckDB refuses
+filesystem, which DuckDB cannot open without network extensions), a local path with glob
+characters (DuckDB expands them), and any file set DuckDB refuses
 (part files of mixed schemas from older versions, a damaged file) are read by the pyarrow
 dataset scanner with the table's explicit schema, which decides: it reads mixed schemas
 (a missing column is null) and names a damaged file. Either way the caller gets the file
@@ -21,6 +22,7 @@ import pyarrow.dataset as ds
 from orchestrator.schemas import file_schema
 
 DUCKDB, PYARROW = "duckdb", "pyarrow"
+GLOB_CHARS = "*?[]{}"
 
 
 class UnreadablePart(Exception):
@@ -42,7 +44,9 @@ def scan(fs, local: bool, table: str, paths: list[str], columns: list[str],
     schema = pa.schema([file_schema(table).field(c) for c in columns])
     if not paths:
         return Scan(schema.empty_table(), PYARROW)
-    if local:
+    # DuckDB reads each path as a glob pattern: a store whose path has glob characters would
+    # match other files or none, so pyarrow reads it.
+    if local and not any(c in p for p in paths for c in GLOB_CHARS):
         import duckdb
 
         try:
