@@ -357,8 +357,6 @@ def read_num_classes(store: Store, experiment: str, cache: ScanCache | None = No
         data = (yaml.safe_load(text) or {}).get("data") or {}
     except Exception:  # noqa: BLE001 - any unreadable spec: no chance check
         return None
-    if not data:
-        return None
     if isinstance(data.get("num_classes"), int):
         return data["num_classes"]  # stated in the config: the data set's module need not load
     key = hashlib.sha256(text.encode()).hexdigest()
