@@ -151,7 +151,8 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
     splits = _splits(t)
     ks = sorted(set(t["rewind_iter"].to_pylist()))
     levels = _pick(sorted(set(t["level"].to_pylist())), 4)
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ks)))
+    # viridis without its pale yellow end, which a white page and a light band wash out
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.75, len(ks)))
     fig, axes = plt.subplots(len(splits), len(levels), figsize=(3.6 * len(levels) + 1.4, 3.2 * len(splits)),
                              squeeze=False, sharex=True, layout="constrained")
     for i, split in enumerate(splits):
