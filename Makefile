@@ -32,7 +32,7 @@ $(UV):
 # environment, PYTHONDONTWRITEBYTECODE): about 5 s a process here, against 30 s once.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@test -n "$(FFCV_EXTRA)" || echo "note: pkg-config finds no opencv4/libturbojpeg: skipping the ffcv extra"
-	$(UV) sync --locked --compile-bytecode --extra test --extra bench $(FFCV_EXTRA)
+	$(UV) sync --locked --compile-bytecode --extra test $(FFCV_EXTRA)
 	touch $(STAMP)
 
 demo: $(STAMP)

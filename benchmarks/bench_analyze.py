@@ -10,8 +10,11 @@ The synthetic store is written in a temporary directory (kept with --keep DIR) t
 store lays it out: results/<table>/experiment=<name>/part-*.parquet, rows spread evenly over
 --files files per large table (the driver of `lth run` publishes one file per table every
 PUBLISH_EVERY_SECONDS (orchestrator/scheduler.py) and at its end, so a sweep of about three
-hours leaves about 100). Generation is vectorized (numpy + pyarrow). The first timed run is
-cold (no scan cache), the next ones warm (see orchestrator/analysis/read.py ScanCache).
+hours leaves about 100). Generation is vectorized (numpy + pyarrow). The first --cold runs
+are cold (no scan cache: the first also pays the first call of every kernel), the next --warm
+ones warm (see orchestrator/analysis/read.py ScanCache); the median ratio of each kind is
+printed. It fails unless analyze's instability table equals DuckDB's and a local store's
+cold runs were read by DuckDB (orchestrator/analysis/parts.py), not a fallback.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,17 +38,23 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.schemas import file_schema  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
 
 EXP = "bench"
 T_ITERS = 4000
 KS = [0, 100, 500, 1000, 2000]
 MODES = ["rewind", "lr_rewind", "finetune"]
+CONFIG_HASH = "0" * 16  # one config: every row of the synthetic experiment was written under it
 
 
 def _strings(prefix: str, idx: np.ndarray, n_unique: int) -> pa.Array:
     """`prefix<i>` strings for integer indices, without a Python string per row."""
     dictionary = pa.array([f"{prefix}{i:07d}" for i in range(n_unique)])
     return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), dictionary).cast(pa.string())
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value])).cast(pa.string())
 
 
 def _write(root: Path, table: str, t: pa.Table, files: int) -> int:
@@ -88,7 +98,8 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "train_loss": rng.random(n_runs), "train_accuracy": rng.random(n_runs),
         "wall_seconds": rng.random(n_runs) * 100, "attempts": np.ones(n_runs, np.int64),
         "host": pa.array(["host"] * n_runs), "node": pa.array(["node"] * n_runs),
-        "device": pa.array(["cuda:0"] * n_runs), "weights_path": pa.array(["w"] * n_runs),
+        "device": pa.array(["cuda:0"] * n_runs), "deterministic": np.ones(n_runs, bool),
+        "config_hash": pa.array([CONFIG_HASH] * n_runs), "weights_path": pa.array(["w"] * n_runs),
         "mask_path": pa.array(["m"] * n_runs),
     }, schema=file_schema("runs"))
 
@@ -113,7 +124,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "pair_id": _strings("pair", pp, n_pairs), "job_a": _strings("a", pp, n_pairs),
         "job_b": _strings("b", pp, n_pairs), "replicate": p_rep[pp], "rewind_iter": p_k[pp],
         "level": p_lv[pp], "density": density[p_lv][pp], "split": split, "alpha": alpha,
-        "loss": error * 3, "error": error,
+        "loss": error * 3, "error": error, "config_hash": _constant(CONFIG_HASH, len(pp)),
     }, schema=file_schema("interpolation"))
     # instability: one row per (pair, split), from the same path
     err2 = error.reshape(n_pairs * 2, len(alphas))
@@ -126,6 +137,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "split": pa.array(np.where(q % 2 == 0, "test", "train")),
         "error_a": err2[:, 0], "error_b": err2[:, -1], "max_error": err2.max(1),
         "barrier": err2.max(1) - (err2[:, 0] + err2[:, -1]) / 2,
+        "config_hash": _constant(CONFIG_HASH, len(q)),
     }, schema=file_schema("instability"))
 
     # metrics: evaluations of every run (never read by the analysis, but it is in the store)
@@ -136,6 +148,7 @@ def generate(root: Path, metrics_rows: int, interp_rows: int, files: int, replic
         "split": pa.DictionaryArray.from_arrays(pa.array(rng.integers(0, 2, metrics_rows).astype(np.int32)),
                                                 pa.array(["test", "train"])).cast(pa.string()),
         "loss": rng.random(metrics_rows), "accuracy": rng.random(metrics_rows),
+        "config_hash": _constant(CONFIG_HASH, metrics_rows),
     }, schema=file_schema("metrics"))
 
     return {
@@ -196,19 +209,21 @@ def check_against(out: str, baseline: list[dict]) -> None:
         assert b["max_recomputed_diff"] <= 1e-12
 
 
-def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, float, float, float]]:
-    """The first run cold (no scan cache: every part file is read), the others warm (the
-    cache holds every part: only the listing and the cached copy are read). Each run is
-    preceded by the DuckDB baseline on the same files, in this process. Returns
+def time_analyze(store: str, experiment: str, cold: int, warm: int) -> list[tuple[str, float, float, float]]:
+    """`cold` runs without a scan cache (every part file is read; the cache is deleted before
+    each), then `warm` runs (the cache holds every part: only the listing and the cached copy
+    are read). Each run is preceded by the DuckDB baseline on the same files, in this process,
+    so each ratio compares two measurements taken under the same load. Returns
     (cold|warm, analyze seconds, seconds until the summary was printed, DuckDB seconds)."""
     from rich.console import Console
 
     from orchestrator.analysis import analyze
 
     times = []
-    for i in range(repeat):
+    for i in range(cold + warm):
+        kind = "cold" if i < cold else "warm"
         t_duck, baseline = duckdb_baseline(store, experiment)
-        if i == 0 and "://" not in store:
+        if kind == "cold" and "://" not in store:
             shutil.rmtree(Path(store, "reports", experiment, ".cache"), ignore_errors=True)
         out = tempfile.mkdtemp(prefix="lth-bench-out-")
         t0 = time.perf_counter()
@@ -220,12 +235,16 @@ def time_analyze(store: str, experiment: str, repeat: int) -> list[tuple[str, fl
         laps = stages["timings_s"]
         tables = laps["read"] + laps["compute"] + laps["summary"]
         check_against(out, baseline)
-        kind = "cold" if i == 0 else "warm"
+        # The path this benchmark exists to time: a local store's part files read by DuckDB
+        # (cold), or only the scan cache (warm). A fallback to pyarrow fails it.
+        want = {"duckdb"} if kind == "cold" else {"scan cache"}
+        if "://" not in store and set(stages["readers"].values()) != want:
+            raise SystemExit(f"{kind} analyze read {stages['readers']}, not {want}: the timed path fell back")
         times.append((kind, total, tables, t_duck))
         print(f"  {kind}: analyze {total:.2f}s (summary printed after {tables:.2f}s: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in laps.items())
               + f"); DuckDB {t_duck:.2f}s; tables/DuckDB {tables / t_duck:.2f}x; "
-              f"identical instability table; rows read: {stages['rows_read']}")
+              f"identical instability table; readers {stages['readers']}; rows read: {stages['rows_read']}")
         shutil.rmtree(out)
     return times
 
@@ -234,6 +253,11 @@ def _report(times) -> None:
     print(f"CPU ({os.cpu_count()} cpus): " + "; ".join(
         f"{k}: tables {tab:.2f}s vs DuckDB {duck:.2f}s = {tab / duck:.2f}x, whole analyze {tot:.2f}s"
         for k, tot, tab, duck in times))
+    for kind in ("cold", "warm"):
+        ratios = sorted(tab / duck for k, _, tab, duck in times if k == kind)
+        if ratios:
+            print(f"{kind}: tables/DuckDB median {statistics.median(ratios):.2f}x over {len(ratios)} runs "
+                  f"(min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
 
 
 def main(argv=None) -> int:
@@ -245,12 +269,13 @@ def main(argv=None) -> int:
     ap.add_argument("--files", type=int, default=2000, help="part files per table (at most one per row)")
     ap.add_argument("--replicates", type=int, default=8)
     ap.add_argument("--levels", type=int, default=15)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=3, help="runs without the scan cache")
+    ap.add_argument("--warm", type=int, default=2, help="runs with the scan cache")
     ap.add_argument("--keep", help="write the synthetic store here and keep it")
     args = ap.parse_args(argv)
 
     if args.store:
-        times = time_analyze(args.store, args.experiment, args.repeat)
+        times = time_analyze(args.store, args.experiment, args.cold, args.warm)
         _report(times)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="lth-bench-store-"))
@@ -262,7 +287,7 @@ def main(argv=None) -> int:
         n_files = sum(1 for _ in root.rglob("*.parquet"))
         print(f"store {root}: generated in {gen:.1f}s, {n_files} files, "
               + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-        times = time_analyze(str(root), EXP, args.repeat)
+        times = time_analyze(str(root), EXP, args.cold, args.warm)
         _report(times)
     finally:
         if not args.keep:

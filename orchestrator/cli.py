@@ -456,8 +456,6 @@ class _ReaderMayLeave:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.spec import SpecError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
@@ -472,12 +470,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()  # writes to sys.stdout as it is at each print
     try:
         return COMMANDS[args.command](args, console)
-    except SpecError as e:
+    except KeyboardInterrupt as e:
+        return _interrupt_exit_code(e)
+    except Exception as e:
+        # A SpecError can only come from orchestrator.spec, so a command that never loaded it
+        # (analyze, status: they read the store, not a config) never imports it, nor the
+        # trainers it imports.
+        spec = sys.modules.get("orchestrator.spec")
+        if spec is None or not isinstance(e, spec.SpecError):
+            raise
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt as e:
-        return _interrupt_exit_code(e)
     finally:
         sys.stdout = stdout
 

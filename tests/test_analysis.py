@@ -573,3 +573,162 @@ def test_remote_store_through_fsspec(tmp_path):
         assert mem.exists(f"{root}/reports/{EXP}/report.html")
     finally:
         mem.rm(root, recursive=True)
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_local_store_is_read_by_duckdb_and_equals_pyarrow(tmp_path):
+    """The fast reader (DuckDB, local stores) and the reference one (pyarrow's dataset with the
+    table's schema, remote stores) give the same rows and types from the same part files."""
+    from orchestrator.analysis.parts import DUCKDB, PYARROW, scan
+    from orchestrator.analysis.read import INSTABILITY_COLUMNS, PATH_COLUMNS, RUNS_COLUMNS
+
+    rows, _ = build_sweep()
+    write_store(tmp_path, rows, files=7)
+    for table, columns in (("runs", RUNS_COLUMNS), ("instability", INSTABILITY_COLUMNS),
+                           ("interpolation", PATH_COLUMNS)):
+        paths = sorted(str(p) for p in (tmp_path / "results" / table / f"experiment={EXP}").iterdir())
+        fast = scan(None, True, table, paths, columns)
+        ref = scan(pa.fs.LocalFileSystem(), False, table, paths, columns)
+        assert (fast.reader, ref.reader) == (DUCKDB, PYARROW)
+        keys = [(c, "ascending") for c in columns]
+        assert fast.table.sort_by(keys).equals(ref.table.sort_by(keys)), table
+        assert fast.table.num_rows == len(rows[table])
+    # analyze says which reader ran: DuckDB cold, the scan cache when nothing is new.
+    out = tmp_path / "out"
+    assert analyze(str(tmp_path), EXP, out_dir=str(out), console=Console(file=io.StringIO())) == 0
+    assert _summary(out)["readers"] == {t: DUCKDB for t in ("runs", "instability", "interpolation")}
+    assert analyze(str(tmp_path), EXP, out_dir=str(out), console=Console(file=io.StringIO())) == 0
+    assert set(_summary(out)["readers"].values()) == {"scan cache"}
+
+
+def test_part_files_of_an_older_schema_are_read_with_nulls(tmp_path):
+    """A part file written before a column existed: DuckDB refuses the mixed file set, the
+    pyarrow reader takes it (the missing column is null) and the rows are all there."""
+    from orchestrator.analysis.parts import PYARROW, scan
+
+    rows, _ = build_sweep()
+    write_store(tmp_path, {"runs": rows["runs"][:10]})
+    d = tmp_path / "results" / "runs" / f"experiment={EXP}"
+    old = pa.Table.from_pylist(rows["runs"][10:], schema=file_schema("runs")).drop_columns(["data_seed"])
+    pq.write_table(old, d / "part-old.parquet")
+    got = scan(None, True, "runs", sorted(str(p) for p in d.iterdir()), ["job_id", "data_seed"])
+    assert got.reader == PYARROW
+    seeds = dict(zip(got.table["job_id"].to_pylist(), got.table["data_seed"].to_pylist()))
+    assert len(seeds) == len(rows["runs"])
+    assert all(seeds[r["job_id"]] is None for r in rows["runs"][10:])
+    assert all(seeds[r["job_id"]] == r["data_seed"] for r in rows["runs"][:10])
+
+
+def test_damaged_part_file_is_named_exit_2_nothing_written(tmp_path):
+    rows, _ = build_sweep()
+    write_store(tmp_path, rows)
+    bad = tmp_path / "results" / "instability" / f"experiment={EXP}" / "part-zz-damaged.parquet"
+    good = (tmp_path / "results" / "instability" / f"experiment={EXP}" / "part-000000.parquet").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # a truncated copy: no Parquet footer
+    console = Console(file=io.StringIO(), width=300)
+    assert analyze(str(tmp_path), EXP, out_dir=str(tmp_path / "out"), console=console) == 2
+    text = console.file.getvalue()
+    assert "part-zz-damaged.parquet" in text and "instability" in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
+    assert bad.read_bytes() == good[: len(good) // 2]  # the damaged file is left for a person
+
+
+def test_pair_with_only_interpolation_rows_read_from_the_store(tmp_path):
+    """The path's pair columns come from the pair's instability rows; a pair without any yet
+    gets them from its own interpolation rows: the result equals the in-memory computation."""
+    from orchestrator.analysis.read import INTERPOLATION_COLUMNS, Store, read_raw
+
+    rows, _ = build_sweep(seed=5)
+    dropped = rows["instability"][-1]["pair_id"]
+    rows["instability"] = [r for r in rows["instability"] if r["pair_id"] != dropped]
+    write_store(tmp_path, rows)
+    runs, inst, interp = read_raw(Store.open(str(tmp_path)), EXP)
+    ref = arrow(rows["interpolation"], "interpolation").select(INTERPOLATION_COLUMNS)
+    keys = [("pair_id", "ascending"), ("split", "ascending"), ("alpha", "ascending")]
+    assert interp.sort_by(keys).equals(ref.sort_by(keys))
+    res = compute(runs, inst, interp, 0.02)
+    assert res.barrier_check["only_in_interpolation"] == 2  # both splits of the dropped pair
+    # Against the same computation on the rows in memory: the store's rows come in another
+    # order, so sums differ by rounding only (means of <= 9 errors near 0.1: 1e-12 is ample).
+    cell = ("mode", "level", "rewind_iter", "split")
+    got = {tuple(r[c] for c in cell): r for r in res.instability.to_pylist()}
+    exp = {tuple(r[c] for c in cell): r for r in computed(rows).instability.to_pylist()}
+    assert got.keys() == exp.keys()
+    for key, r in exp.items():
+        for col, v in r.items():
+            assert close(got[key][col], v) if isinstance(v, float) else got[key][col] == v, (key, col)
+
+
+def test_analyze_does_not_import_torch(tmp_path):
+    """`lth analyze` reads the store, not a config: for a store whose data set needs no
+    description (no spec, or one that states num_classes) it never imports torch, and
+    matplotlib only after the summary is printed."""
+    import subprocess
+    import sys
+
+    rows, _ = build_sweep()
+    write_store(tmp_path, rows)
+    d = tmp_path / "experiments" / EXP
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: synthetic\n  num_classes: 7\n")
+    code = (
+        "import sys\n"
+        "import orchestrator.analysis as A\n"
+        "real = A.print_key_tables\n"
+        "def spy(*a, **k):\n"
+        "    print('MATPLOTLIB_BEFORE_SUMMARY', 'matplotlib' in sys.modules)\n"
+        "    return real(*a, **k)\n"
+        "A.print_key_tables = spy\n"
+        "from orchestrator.cli import main\n"
+        f"rc = main(['analyze', {EXP!r}, '--store', {str(tmp_path)!r}])\n"
+        "print('TORCH', 'torch' in sys.modules, 'RC', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "MATPLOTLIB_BEFORE_SUMMARY False" in out.stdout
+    assert "TORCH False RC 0" in out.stdout
+
+
+def test_number_of_classes_is_kept_for_the_spec_it_came_from(tmp_path):
+    """Describing the data set imports its loader (torch): the answer is kept in the scan cache
+    under the spec's hash, read back while the spec is unchanged, recomputed when it changes."""
+    from orchestrator.analysis.read import ScanCache, Store, read_num_classes
+
+    store = Store.open(str(tmp_path))
+    d = tmp_path / "experiments" / EXP
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: digits\n")
+    cache_dir = store.path("reports", EXP, ".cache")
+    cache = ScanCache(store, cache_dir, deferred=True)
+    assert read_num_classes(store, EXP, cache) == 10  # scikit-learn's digits: 0-9
+    saved = tmp_path / "reports" / EXP / ".cache" / "num_classes.json"
+    assert not saved.exists()  # deferred: written by flush, after the summary
+    cache.flush()
+    obj = json.loads(saved.read_text())
+    assert obj["value"] == 10
+    saved.write_text(json.dumps(dict(obj, value=3)))  # a value only the cache can give
+    assert read_num_classes(store, EXP, ScanCache(store, cache_dir)) == 3
+    (d / "spec.yaml").write_text(f"name: {EXP}\ndata:\n  name: digits\n  seed: 1\n")
+    assert read_num_classes(store, EXP, ScanCache(store, cache_dir)) == 10
+    assert json.loads(saved.read_text())["value"] == 10  # not deferred: written at once
+
+
+def test_store_path_with_glob_characters_is_read_exactly(tmp_path):
+    """DuckDB expands glob characters in a path: a store under such a directory is read by
+    pyarrow, and a sibling file the pattern would match does not leak in."""
+    from orchestrator.analysis.parts import PYARROW
+
+    rows, pair_mode = build_sweep()
+    root = tmp_path / "sweeps[1]"
+    write_store(root, rows)
+    decoy, _ = build_sweep(seed=4)
+    write_store(tmp_path / "sweeps1", decoy)  # what the pattern sweeps[1] matches
+    out = tmp_path / "out"
+    assert analyze(str(root), EXP, out_dir=str(out), console=Console(file=io.StringIO())) == 0
+    assert set(_summary(out)["readers"].values()) == {PYARROW}
+    check_instability(written(out / "instability.parquet"), expected_instability(rows, pair_mode),
+                      tol=WRITTEN_TOL)

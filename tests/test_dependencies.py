@@ -78,10 +78,10 @@ def test_the_check_sees_imports():
 
 def test_no_declared_dependency_is_unused():
     # jsonschema was declared and never imported; declared packages must be used (test runners
-    # tomli for the tests on Python 3.10, duckdb for the benchmarks, and ffcv's run-time companions are used outside the
+    # tomli for the tests on Python 3.10, and ffcv's run-time companions are used outside the
     # product's own imports).
     used = {_norm(d) for m in third_party(imported_modules()) for d in md.packages_distributions().get(m, [m])}
     used |= {_norm(NOT_INSTALLED_NAMES.get(m, m)) for m in third_party(imported_modules())}
-    not_imported_by_design = {"pytest", "pytest-timeout", "tomli", "duckdb", "numba", "opencv-python-headless"}
+    not_imported_by_design = {"pytest", "pytest-timeout", "tomli", "numba", "opencv-python-headless"}
     unused = declared() - used - not_imported_by_design
     assert not unused, f"declared but never imported by orchestrator/ or trainers/: {sorted(unused)}"

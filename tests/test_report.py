@@ -77,6 +77,10 @@ def test_report_summary_first_words_and_no_machinery(tmp_path):
     assert "spec.yaml" in html and "heartbeat.json" not in html and "jobs.json" not in html
     # Fractions never reach a table: 0.8^2 remaining is 64.00 (%), not 0.64.
     assert "<td>64.00</td>" in html and "<th>density (%)</th>" in html
+    # A long table (the mean path: one row per alpha) is folded; a short one is not; counts read well.
+    path_rows = pq.read_table(out / "interpolation_path.parquet").num_rows
+    assert path_rows > 30 and f"<details><summary>Show the {path_rows} rows</summary>" in html
+    assert "dense.csv; 1 row)" in html and "<details><summary>Show the 1 row" not in html
     # Winning ticket: a level of the plan is unmeasured, so "none yet" and n/4.
     text = console.file.getvalue()
     assert "none yet" in text and "3/4" in text and "/3" not in text
@@ -214,3 +218,38 @@ def test_compare_two_experiments_on_the_same_axes(tmp_path, capsys):
     assert "fp32" in svg and "bf16" in svg  # one line per experiment, named in the legend
     assert main(["analyze", "fp32", "nope", "--store", str(tmp_path)]) == 2
     assert main(["analyze", "fp32", "fp32", "--store", str(tmp_path)]) == 2
+
+
+def test_every_float_a_reader_sees_has_a_unit():
+    """Every fraction of every written table (the noise floor's included) is in percent or
+    percentage points; only the interpolation coefficient alpha has no unit. The converted
+    values equal 100 x the computed fractions."""
+    from orchestrator.analysis import compute
+    from orchestrator.analysis import tables as T
+    from orchestrator.analysis.read import INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS
+
+    rows, _ = build_sweep()
+    res = compute(*(pa.Table.from_pylist(rows[t], schema=file_schema(t)).select(c) for t, c in
+                    (("runs", RUNS_COLUMNS), ("instability", INSTABILITY_COLUMNS),
+                     ("interpolation", INTERPOLATION_COLUMNS))), 0.02)
+    # A noise-floor table as tables.noise_floor makes it (two pairs, one data-order pair).
+    pairs = pa.table({"rewind_iter": [0, 0, 0], "level": [1, 1, 1], "split": ["test"] * 3,
+                      "barrier": [0.001, 0.003, 0.05], "pair_id": ["n1", "n2", "d1"]})
+    res.noise_floor = T.noise_floor(pairs.slice(2), pairs.slice(0, 2))
+    seen = set()
+    for stem, _title, t in res.tables():
+        p = present(t)
+        for name in p.column_names:
+            if pa.types.is_floating(p.schema.field(name).type) and name != "alpha":
+                assert name.endswith(("_pct", "_pp")), (stem, name)
+                seen.add(name)
+    assert {"end_error_mean_pct", "noise_barrier_mean_pp", "noise_barrier_max_pp",
+            "data_order_barrier_mean_pp"} <= seen
+    noise = present(res.noise_floor).to_pylist()[0]
+    assert abs(noise["noise_barrier_max_pp"] - 0.3) <= 1e-6  # rounded to 6 decimals
+    assert abs(noise["data_order_barrier_mean_pp"] - 5.0) <= 1e-6
+    inst = present(res.instability).to_pylist()
+    raw = res.instability.to_pylist()
+    for a, b in zip(inst, raw):
+        if b["end_error_mean"] is not None:
+            assert abs(a["end_error_mean_pct"] - 100 * b["end_error_mean"]) <= 0.5e-6 + 1e-12

@@ -22,11 +22,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.analysis import curves
-from orchestrator.analysis import figures as figs
 from orchestrator.analysis import tables as T
+from orchestrator.analysis.figure_plan import FORMATS
+from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import (
-    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, known_experiments,
-    only_planned, plan_job_ids, read_config_text, read_num_classes, read_progress, read_table,
+    ScanCache, Store, known_experiments, read_config_text, read_num_classes, read_progress, read_raw,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -46,11 +46,17 @@ class AnalysisResult:
     winning_tickets: pa.Table
     dense: dict
     retrain_comparison: pa.Table | None
-    interpolation_path: pa.Table
+    interpolation_path: pa.Table | None  # None until `add_path` (figures' input, not the summary's)
     barrier_check: dict
     n_train_runs: int
     n_pairs: int
     noise_floor: pa.Table | None = None  # sweep.branch.noise_floor: kernel noise's barrier
+    pairs: pa.Table | None = None  # one row per (data-order pair, split): its barrier and mode
+
+    def add_path(self, interpolation: pa.Table) -> None:
+        """The mean interpolation path, computed apart from the summary's tables because only
+        the path figure and table need it (`lth analyze` prints the summary first)."""
+        self.interpolation_path = T.path_summary(interpolation, self.pairs)
 
     def tables(self) -> list[tuple[str, str, pa.Table]]:
         """(file stem, title, table) of every table the analysis writes."""
@@ -81,11 +87,13 @@ class AnalysisResult:
 
 
 def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
-            threshold: float, num_classes: int | None = None) -> AnalysisResult:
+            threshold: float, num_classes: int | None = None, path: bool = True) -> AnalysisResult:
     """The whole analysis from the three raw tables (file-free; tests call it directly).
-    `num_classes` sets the chance error (None: no cell is called at chance)."""
+    `num_classes` sets the chance error (None: no cell is called at chance). `path=False`
+    leaves the interpolation path for a later `add_path`."""
     runs_m = T.add_mode(runs)
-    barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation))
+    barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation),
+                                         interpolation)
     barriers, noise = T.split_noise_pairs(T.add_pair_mode(barriers, runs_m), runs_m)
     sparse = runs_m.filter(pc.greater(runs_m["level"], 0))
     rewind_iters = sorted(set(sparse["rewind_iter"].drop_null().to_pylist())
@@ -94,19 +102,23 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     summary = T.instability_summary(barriers, threshold, rewind_iters, densities, num_classes)
     dense = T.dense_accuracy(runs_m)
     acc = T.accuracy_summary(runs_m, dense)
-    return AnalysisResult(
+    res = AnalysisResult(
         instability=summary,
         earliest_stable=T.stability_onset(summary),  # the onset of stability (tables.py)
         accuracy=acc,
         winning_tickets=T.winning_tickets(acc),
         dense=dense,
         retrain_comparison=T.retrain_comparison(T.add_training_budget(runs_m)),
-        interpolation_path=T.path_summary(interpolation, barriers),
+        interpolation_path=None,
         barrier_check=check,
         n_train_runs=runs.num_rows,
         n_pairs=pc.count_distinct(barriers["pair_id"]).as_py() if barriers.num_rows else 0,
         noise_floor=T.noise_floor(barriers, noise),
+        pairs=barriers,
     )
+    if path:
+        res.add_path(interpolation)
+    return res
 
 
 class _Clock:
@@ -162,7 +174,9 @@ def _check_args(store: Store, experiment: str, threshold: float, wandb_mode: str
     return None
 
 
-FIGURE_CODE = hashlib.sha256(Path(figs.__file__).read_bytes()).hexdigest()[:16]
+# What the figures look like is decided in these two files: a change to either redraws them.
+FIGURE_CODE = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
+                                      for f in ("figures.py", "figure_plan.py"))).hexdigest()[:16]
 
 
 class _FigureCache:
@@ -209,6 +223,8 @@ class _FigureCache:
                 return out
             except OSError:
                 pass
+        from orchestrator.analysis import figures as figs  # matplotlib: only when drawing
+
         t0 = time.perf_counter()
         fig = make()
         if fig is None:
@@ -232,9 +248,9 @@ class _FigureCache:
 def parse_formats(text: str) -> tuple[str, ...] | str:
     """'png,pdf' -> ('png', 'pdf'); png is always written (the HTML embeds it). A str: the error."""
     asked = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in asked if f not in figs.FORMATS]
+    bad = [f for f in asked if f not in FORMATS]
     if bad or not asked:
-        return f"format: {', '.join(bad) or repr(text)} is not a figure format (use {', '.join(figs.FORMATS)})"
+        return f"format: {', '.join(bad) or repr(text)} is not a figure format (use {', '.join(FORMATS)})"
     return tuple(dict.fromkeys(["png", *asked]))
 
 
@@ -268,14 +284,14 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     # The scan cache lives with the store's reports, whatever --out says, so every later
     # analysis of this experiment (by anyone) reads only the newly written part files.
     cache = ScanCache(store, store.path("reports", experiment, ".cache"), deferred=True)
-    raw = [read_table(store, "runs", experiment, RUNS_COLUMNS, cache),
-           read_table(store, "instability", experiment, INSTABILITY_COLUMNS, cache),
-           read_table(store, "interpolation", experiment, INTERPOLATION_COLUMNS, cache)]
-    planned = plan_job_ids(store, experiment)  # the current plan's jobs only
-    raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
-           only_planned(raw[2], "pair_id", planned)]
+    readers: dict[str, str] = {}
+    try:
+        raw = read_raw(store, experiment, cache, readers)  # the current plan's jobs only
+    except UnreadablePart as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
     clock.lap("read")
-    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment))
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False)
     clock.lap("compute")
     recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs, recorded)
@@ -304,6 +320,8 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         console.print(f"[yellow]note:[/yellow] {w}")
         notes.append(w)
     clock.lap("scan cache")
+    res.add_path(raw[2])
+    clock.lap("path")
 
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", experiment))
@@ -316,8 +334,15 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
 
     fcache = _FigureCache(out, formats)
     chosen = curves.chosen_runs(T.add_mode(raw[0]))
-    curve_table = curves.curves(chosen, curves.read_metrics(store, experiment, chosen["job_id"].to_pylist()))
+    try:
+        metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
+    except UnreadablePart as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    curve_table = curves.curves(chosen, metrics)
     clock.lap("metrics")
+    from orchestrator.analysis import figures as figs  # matplotlib, after the summary is printed
+
     drawn = {}
     for name, make, inputs in (
         ("instability_vs_rewind", lambda: figs.instability_vs_rewind(res.instability, threshold),
@@ -345,7 +370,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                                             "interpolation": raw[2].num_rows,
                                             "metrics (learning curves)": curve_table.num_rows},
         "figures_drawn": fcache.drawn, "figures_unchanged": fcache.reused,
-        "figure_seconds": fcache.seconds,
+        "figure_seconds": fcache.seconds, "readers": readers,
     }
     html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
                   figure_files, tables)

@@ -14,10 +14,9 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, figures as figs
 from orchestrator.analysis.present import key_tables, print_key_tables
-from orchestrator.analysis.read import (
-    INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS, ScanCache, Store, only_planned, plan_job_ids,
-    read_progress, read_table,
-)
+from orchestrator.analysis.figure_plan import TITLES
+from orchestrator.analysis.parts import UnreadablePart
+from orchestrator.analysis.read import ScanCache, Store, read_num_classes, read_progress, read_raw
 from orchestrator.analysis.report import CSS, key_table_html
 
 
@@ -39,13 +38,12 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     results, progress, keys = {}, {}, {}
     for name in experiments:
         cache = ScanCache(store, store.path("reports", name, ".cache"))
-        raw = [read_table(store, "runs", name, RUNS_COLUMNS, cache),
-               read_table(store, "instability", name, INSTABILITY_COLUMNS, cache),
-               read_table(store, "interpolation", name, INTERPOLATION_COLUMNS, cache)]
-        planned = plan_job_ids(store, name)  # the current plan's jobs only, as analyze reads them
-        raw = [only_planned(raw[0], "job_id", planned), only_planned(raw[1], "pair_id", planned),
-               only_planned(raw[2], "pair_id", planned)]
-        res = compute(*raw, threshold)
+        try:
+            raw = read_raw(store, name, cache)  # the current plan's jobs only, as analyze reads them
+        except UnreadablePart as e:
+            console.print(f"[red]error:[/red] {name}: {e}")
+            return 2
+        res = compute(*raw, threshold, num_classes=read_num_classes(store, name, cache), path=False)  # no path figure
         results[name] = res
         recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
         progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs, recorded)
@@ -86,8 +84,8 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     for name, got in drawn.items():
         b64 = base64.b64encode(got["png"]).decode("ascii")
         files = ", ".join(f"{name}.{f}" for f in got)
-        parts.append(f"<h3>{html.escape(figs.TITLES[name])} <small>({files})</small></h3>"
-                     f"<img alt='{html.escape(figs.TITLES[name])}' src='data:image/png;base64,{b64}'>")
+        parts.append(f"<h3>{html.escape(TITLES[name])} <small>({files})</small></h3>"
+                     f"<img alt='{html.escape(TITLES[name])}' src='data:image/png;base64,{b64}'>")
     parts.append("<h2>Summaries</h2>")
     for n in experiments:
         tables, dense_line = keys[n]

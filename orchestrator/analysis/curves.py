@@ -10,9 +10,9 @@ import contextlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from orchestrator.analysis.figures import _pick, primary_mode
+from orchestrator.analysis.figure_plan import pick as _pick, primary_mode
+from orchestrator.analysis.parts import scan
 from orchestrator.analysis.read import Store
 from orchestrator.schemas import file_schema
 
@@ -42,15 +42,13 @@ def chosen_runs(runs_m: pa.Table) -> pa.Table:
 
 def read_metrics(store: Store, experiment: str, job_ids: list[str]) -> pa.Table:
     columns = ["job_id", "iteration", "split", "accuracy"]
-    for _ in range(3):  # a compaction may delete listed files between listing and scan
+    for _ in range(3):  # a file deleted between listing and scan (a store edited by hand)
         parts = [i.path for i in store.results.partition_listing("metrics", experiment)]
         if not parts or not job_ids:
-            return file_schema("metrics").empty_table().select(columns)
+            break
         with contextlib.suppress(FileNotFoundError):
-            dataset = ds.dataset(parts, schema=file_schema("metrics"), format="parquet",
-                                 filesystem=store.fs)
-            return dataset.to_table(columns=columns,
-                                    filter=ds.field("job_id").isin(pa.array(job_ids, pa.string())))
+            return scan(store.fs, not store.results.is_remote, "metrics", parts, columns,
+                        where=("job_id", job_ids)).table
     return file_schema("metrics").empty_table().select(columns)
 
 

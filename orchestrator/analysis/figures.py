@@ -19,17 +19,8 @@ import pyarrow.compute as pc  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-MAX_LINES = 6  # more lines than this are unreadable: pick evenly spaced ones
-FORMATS = ("png", "pdf", "svg")
-# One title per figure, in words: the report's section headings and the W&B keys' captions.
-TITLES = {
-    "instability_vs_rewind": "Instability against the rewinding point",
-    "interpolation_path": "Error along the linear path between two children",
-    "accuracy_vs_density": "Test accuracy against the weights remaining",
-    "learning_curves": "Learning curves",
-    "compare_instability": "Instability against the rewinding point, by experiment",
-    "compare_accuracy": "Test accuracy against the weights remaining, by experiment",
-}
+from orchestrator.analysis.figure_plan import pick as _pick  # noqa: E402
+from orchestrator.analysis.figure_plan import primary_mode  # noqa: E402
 
 
 def encode(fig: Figure, fmt: str = "png") -> bytes:
@@ -43,13 +34,6 @@ def encode(fig: Figure, fmt: str = "png") -> bytes:
 
 def close(fig: Figure) -> None:
     plt.close(fig)
-
-
-def _pick(values: list, n: int = MAX_LINES) -> list:
-    if len(values) <= n:
-        return values
-    idx = np.unique(np.linspace(0, len(values) - 1, n).round().astype(int))
-    return [values[i] for i in idx]
 
 
 def _col(t: pa.Table, name: str) -> np.ndarray:
@@ -127,10 +111,6 @@ def _legend_right(fig: Figure, ax, right=None) -> None:
     right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1), borderaxespad=0, fontsize=8)
 
 
-def primary_mode(modes: list[str]) -> str | None:
-    return "rewind" if "rewind" in modes else (sorted(modes)[0] if modes else None)
-
-
 def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     modes = sorted(set(summary["mode"].to_pylist()))
     mode = primary_mode(modes)
@@ -171,7 +151,8 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
     splits = _splits(t)
     ks = sorted(set(t["rewind_iter"].to_pylist()))
     levels = _pick(sorted(set(t["level"].to_pylist())), 4)
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ks)))
+    # viridis without its pale yellow end, which a white page and a light band wash out
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.75, len(ks)))
     fig, axes = plt.subplots(len(splits), len(levels), figsize=(3.6 * len(levels) + 1.4, 3.2 * len(splits)),
                              squeeze=False, sharex=True, layout="constrained")
     for i, split in enumerate(splits):

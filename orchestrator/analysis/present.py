@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.analysis.figures import primary_mode
+from orchestrator.analysis.figure_plan import primary_mode
 
 MISSING = "—"
 DECIMALS = 6
@@ -26,9 +26,12 @@ RENAME = {"frac_stable": "stable_pairs_pct", "alpha": "alpha"}
 
 def _unit(name: str, modes: set[str]) -> str | None:
     """'pct', 'pp' or None for a computed column name."""
-    if name.startswith("barrier_"):
+    words = name.split("_")
+    if "barrier" in words:  # barrier_mean, noise_barrier_max, data_order_barrier_mean
         return "pp"
     if name in ("density", "smallest_matching_density", "frac_stable") or name.startswith(PERCENT_PREFIXES):
+        return "pct"
+    if "error" in words:  # end_error_mean: the end points' mean error
         return "pct"
     head, _, tail = name.rpartition("_")
     if head in modes and tail in ("mean", "std"):  # retrain_comparison: <mode>_mean, <mode>_std

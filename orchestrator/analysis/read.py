@@ -1,23 +1,26 @@
 """Reading one experiment out of the store: Parquet scans, the plan, the progress, the config.
 
-Each table is read in ONE pyarrow dataset scan of the experiment's published part files (listed
-by `orchestrator.store.Store.partition_listing`; a sweep's driver publishes its staged rows in
+Each table is read in ONE scan of the experiment's published part files (listed by
+`orchestrator.store.Store.partition_listing`; a sweep's driver publishes its staged rows in
 batches, and a published file is never rewritten), with a column projection, so the cost grows
-with this experiment's rows, not with every file the store holds. The `metrics` table is
-never read: no table or figure of the analysis needs the training curves. A scan cache
+with this experiment's rows, not with every file the store holds (orchestrator/analysis/parts.py
+says which reader scans them). The `metrics` table is not read here: only the learning curves
+need it (curves.py reads the chosen jobs' rows after the summary is printed). A scan cache
 (`ScanCache`) makes a re-analysis of a running sweep read only the part files written since.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from orchestrator.analysis.parts import scan
+from orchestrator.analysis.tables import PAIR_COLUMNS
 from orchestrator.schemas import TABLES, file_schema
 from orchestrator.store import Store as ResultStore
 
@@ -30,10 +33,15 @@ INSTABILITY_COLUMNS = [
     "pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
     "error_a", "error_b", "max_error", "barrier",
 ]
+# The analysis's interpolation table (`read_raw`): the path, plus the pair's columns.
 INTERPOLATION_COLUMNS = [
     "pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
     "alpha", "error",
 ]
+# What is scanned of the interpolation table: the path only. Each scanned column costs a read
+# per part file, and the pair's columns repeat on each of its 2 x 31 points; they are taken
+# from the pair's instability rows, and scanned only for pairs that have none yet.
+PATH_COLUMNS = ["pair_id", "split", "alpha", "error"]
 
 
 @dataclass
@@ -103,6 +111,7 @@ class ScanCache:
         self.store, self.dir, self.deferred = store, directory, deferred
         self.warnings: list[str] = []
         self._pending: dict[str, tuple[pa.Table, dict]] = {}
+        self._values: dict[str, dict] = {}
 
     def _path(self, table: str) -> str:
         return f"{self.dir}/{table}.parquet"
@@ -120,6 +129,22 @@ class ScanCache:
             return None, {}
         return t.replace_schema_metadata(None), manifest
 
+    def load_value(self, name: str, key: str):
+        """A small derived value saved with `save_value` under the same key (None otherwise)."""
+        path = f"{self.dir}/{name}.json"
+        try:
+            if not self.store.exists(path):
+                return None
+            obj = json.loads(self.store.read_text(path))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return obj.get("value") if isinstance(obj, dict) and obj.get("key") == key else None
+
+    def save_value(self, name: str, key: str, value) -> None:
+        self._values[name] = {"key": key, "value": value}
+        if not self.deferred:
+            self.flush()
+
     def save(self, table: str, t: pa.Table, manifest: dict) -> None:
         if self.deferred:
             self._pending[table] = (t, manifest)
@@ -130,6 +155,16 @@ class ScanCache:
         pending, self._pending = self._pending, {}
         for table, (t, manifest) in pending.items():
             self._write(table, t, manifest)
+        values, self._values = self._values, {}
+        for name, obj in values.items():
+            path, tmp = f"{self.dir}/{name}.json", f"{self.dir}/.{name}.json.tmp"
+            try:
+                self.store.fs.create_dir(self.dir, recursive=True)
+                with self.store.fs.open_output_stream(tmp) as f:
+                    f.write(json.dumps(obj).encode())
+                self.store.fs.move(tmp, path)
+            except (OSError, pa.ArrowException) as e:
+                self.warnings.append(f"could not write the scan cache {path}: {e}")
 
     def _write(self, table: str, t: pa.Table, manifest: dict) -> None:
         path = self._path(table)
@@ -143,26 +178,23 @@ class ScanCache:
             self.warnings.append(f"could not write the scan cache {path}: {e}")
 
 
-def _scan(store: Store, table: str, paths: list[str], columns: list[str]) -> pa.Table:
-    # The explicit schema makes every file read the same way (no inference from the first
-    # file) and lets a file missing a column yield nulls instead of failing the scan.
-    dataset = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=store.fs)
-    return dataset.to_table(columns=columns)
-
-
 def read_table(store: Store, table: str, experiment: str, columns: list[str],
-               cache: ScanCache | None = None) -> pa.Table:
-    """All rows of `table` for `experiment`, only `columns`; an empty table when none exist."""
+               cache: ScanCache | None = None, readers: dict[str, str] | None = None,
+               threads: int | None = None) -> pa.Table:
+    """All rows of `table` for `experiment`, only `columns`; an empty table when none exist.
+    `readers` (when given) records which reader scanned the table's new part files
+    (parts.DUCKDB or parts.PYARROW), or "scan cache" when none was new.
+    Raises parts.UnreadablePart, naming the file, when a part file is damaged."""
     # The store's listing: published part files only. A file deleted between this listing
     # and the scan (a store edited by hand) makes the scan list again.
     for _ in range(2):
         with contextlib.suppress(FileNotFoundError):
-            return _read_listed(store, table, experiment, columns, cache)
-    return _read_listed(store, table, experiment, columns, cache)
+            return _read_listed(store, table, experiment, columns, cache, readers, threads)
+    return _read_listed(store, table, experiment, columns, cache, readers, threads)
 
 
 def _read_listed(store: Store, table: str, experiment: str, columns: list[str],
-                 cache: ScanCache | None) -> pa.Table:
+                 cache: ScanCache | None, readers: dict[str, str] | None, threads: int | None) -> pa.Table:
     parts = {i.base_name: i for i in store.results.partition_listing(table, experiment)}
     if not parts:
         return file_schema(table).empty_table().select(columns)
@@ -170,15 +202,66 @@ def _read_listed(store: Store, table: str, experiment: str, columns: list[str],
     cached, manifest = cache.load(table, columns) if cache else (None, {})
     if cached is not None and all(current.get(n) == v for n, v in manifest.items()):
         new = [i.path for n, i in parts.items() if n not in manifest]
-        t = pa.concat_tables([cached, _scan(store, table, new, columns)]) if new else cached
     else:
-        new = list(parts)
-        t = _scan(store, table, [i.path for i in parts.values()], columns)
+        cached, new = None, [i.path for i in parts.values()]
+    reader = "scan cache"
+    if new:
+        got = scan(store.fs, not store.results.is_remote, table, new, columns, threads=threads)
+        t = got.table if cached is None else pa.concat_tables([cached, got.table])
+        reader = got.reader
+    else:
+        t = cached
+    if readers is not None:
+        readers[table] = reader
     # One file per job makes as many chunks; every later kernel pays per chunk, so merge them.
     t = t.combine_chunks()
     if cache is not None and (new or manifest != current):
         cache.save(table, t, current)
     return t
+
+
+def read_raw(store: Store, experiment: str, cache: ScanCache | None = None,
+             readers: dict[str, str] | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(runs, instability, interpolation) of the experiment's current plan: the analysis's
+    whole input (`lth analyze NAME` and `lth analyze A B` read it the same way)."""
+    jobs = [("runs", RUNS_COLUMNS), ("instability", INSTABILITY_COLUMNS), ("interpolation", PATH_COLUMNS)]
+    # The three scans run at once, one DuckDB thread each: a scan of many small files waits on
+    # opening them more than it computes, and one table's files do not keep two cores busy.
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        runs, inst, path = pool.map(
+            lambda job: read_table(store, job[0], experiment, job[1], cache, readers, threads=1), jobs)
+    planned = plan_job_ids(store, experiment)
+    runs, inst = only_planned(runs, "job_id", planned), only_planned(inst, "pair_id", planned)
+    path = only_planned(path, "pair_id", planned)
+    return runs, inst, _with_pair_columns(store, experiment, path, inst)
+
+
+def _with_pair_columns(store: Store, experiment: str, path: pa.Table, inst: pa.Table) -> pa.Table:
+    """The interpolation path with its pair's columns (INTERPOLATION_COLUMNS): from the pair's
+    instability rows, or, for a pair with none yet, from its own interpolation rows."""
+    pairs = inst.select(["pair_id", *PAIR_COLUMNS])
+    missing = pc.unique(path["pair_id"]).filter(
+        pc.invert(pc.is_in(pc.unique(path["pair_id"]), value_set=pairs["pair_id"])))
+    if len(missing):
+        own = _read_pairs(store, experiment, missing.to_pylist())
+        pairs = pa.concat_tables([pairs, own.cast(pairs.schema)])
+    pairs = pairs.combine_chunks()
+    # Each path point's row of `pairs` (a pair's rows all hold the same values; index_in finds
+    # the first): a lookup, several times cheaper than a hash join of the million path points.
+    row = pc.index_in(path["pair_id"], value_set=pairs["pair_id"])
+    columns = {c: path[c] for c in PATH_COLUMNS}
+    columns.update({c: pc.take(pairs[c], row) for c in PAIR_COLUMNS})
+    return pa.table([columns[c] for c in INTERPOLATION_COLUMNS], names=INTERPOLATION_COLUMNS).combine_chunks()
+
+
+def _read_pairs(store: Store, experiment: str, pair_ids: list[str]) -> pa.Table:
+    columns = ["pair_id", *PAIR_COLUMNS]
+    for _ in range(3):  # a file deleted between listing and scan (a store edited by hand)
+        paths = [i.path for i in store.results.partition_listing("interpolation", experiment)]
+        with contextlib.suppress(FileNotFoundError):
+            return scan(store.fs, not store.results.is_remote, "interpolation", paths, columns,
+                        where=("pair_id", pair_ids)).table
+    return file_schema("interpolation").empty_table().select(columns)
 
 
 def plan_job_ids(store: Store, experiment: str) -> set[str] | None:
@@ -259,20 +342,37 @@ def read_progress(store: Store, experiment: str, done_train: int, done_pairs: in
     return prog
 
 
-def read_num_classes(store: Store, experiment: str) -> int | None:
+def read_num_classes(store: Store, experiment: str, cache: ScanCache | None = None) -> int | None:
     """The number of classes of the experiment's data set (its stored spec.yaml), for the
-    chance error; None when the spec is absent or its data set cannot be described here."""
-    import yaml
+    chance error; None when the spec is absent or its data set cannot be described here.
+    Describing a data set whose files are here reads them (a CIFAR folder, an image folder's
+    listing), so the answer is kept in the scan cache for the spec it was computed from."""
+    import hashlib
 
-    from trainers.data.catalog import describe
-    from trainers.jobs import DataConfig
+    import yaml
 
     path = store.path("experiments", experiment, "spec.yaml")
     try:
-        data = (yaml.safe_load(store.read_text(path)) or {}).get("data") or {}
-        return int(describe(DataConfig(**data)).num_classes)
-    except Exception:  # noqa: BLE001 - any unreadable spec or data set: no chance check
+        text = store.read_text(path)
+        data = (yaml.safe_load(text) or {}).get("data") or {}
+    except Exception:  # noqa: BLE001 - any unreadable spec: no chance check
         return None
+    if isinstance(data.get("num_classes"), int):
+        return data["num_classes"]  # stated in the config: the data set's module need not load
+    key = hashlib.sha256(text.encode()).hexdigest()
+    known = cache.load_value("num_classes", key) if cache else None
+    if known is not None:
+        return known
+    try:
+        from trainers.data.catalog import describe  # no torch; reads the files where data.root holds them
+        from trainers.jobs import DataConfig
+
+        n = int(describe(DataConfig(**data)).num_classes)
+    except Exception:  # noqa: BLE001 - a data set that cannot be described here: no chance check
+        return None
+    if cache is not None:
+        cache.save_value("num_classes", key, n)
+    return n
 
 
 def read_config_text(store: Store, experiment: str) -> dict[str, str]:

@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from orchestrator.analysis.figures import TITLES
+from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.present import MISSING, KeyTable, header
 
 MAX_HTML_ROWS = 2000  # the Parquet/CSV files hold everything; a browser needs less
+FOLD_ROWS = 30  # a longer table is folded (one click opens it), so the page stays readable
 
 # For a reader of the report (the rules are implemented in orchestrator/analysis/tables.py).
 DEFINITIONS = [
@@ -97,7 +98,8 @@ table.key{font-size:14px}td.stable{background:#e6f4ea}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}
 td.missing{color:#a00;text-align:center}img{max-width:100%;border:1px solid #ddd}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}
-dt{font-weight:bold;margin-top:.5em}nav a{margin-right:1em}small{color:#555}"""
+dt{font-weight:bold;margin-top:.5em}nav a{margin-right:1em}small{color:#555}
+summary{cursor:pointer;color:#0645ad;margin-bottom:1em}"""
 
 
 def render(experiment: str, progress: str, notes: list[str], key: list[KeyTable],
@@ -133,9 +135,13 @@ def render(experiment: str, progress: str, notes: list[str], key: list[KeyTable]
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
     parts.append("<h2 id='tables'>Tables</h2>")
     for stem, title, t in tables:
+        rows = f"{t.num_rows} row" + ("" if t.num_rows == 1 else "s")
         parts.append(f"<h3 id='table-{stem}'>{html.escape(title)} "
-                     f"<small>({stem}.parquet, {stem}.csv; {t.num_rows} rows)</small></h3>")
-        parts.append(table_html(t))
+                     f"<small>({stem}.parquet, {stem}.csv; {rows})</small></h3>")
+        if t.num_rows > FOLD_ROWS:
+            parts.append(f"<details><summary>Show the {rows}</summary>{table_html(t)}</details>")
+        else:
+            parts.append(table_html(t))
     parts.append("<h2 id='definitions'>Definitions</h2><dl>")
     for term, text in DEFINITIONS:
         parts.append(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>")

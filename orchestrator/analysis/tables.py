@@ -53,14 +53,17 @@ def add_mode(runs: pa.Table) -> pa.Table:
     return runs.append_column("mode", mode.cast(pa.string()))
 
 
+# A pair's own columns: the same on its instability rows and on every point of its path.
+PAIR_COLUMNS = ["job_a", "job_b", "replicate", "rewind_iter", "level", "density"]
+
+
 def barriers_from_interpolation(interp: pa.Table) -> pa.Table:
-    """One row per (pair_id, split) from the raw interpolation path."""
+    """One row per (pair_id, split) from the raw interpolation path: max_error, error_a,
+    error_b, barrier."""
     keys = ["pair_id", "split"]
-    agg = interp.group_by(keys).aggregate(
-        [("error", "max")] + [(c, "min") for c in
-                              ("job_a", "job_b", "replicate", "rewind_iter", "level", "density")])
-    agg = agg.rename_columns([c[:-4] if c.endswith("_min") else c for c in agg.column_names])
-    agg = agg.rename_columns(["max_error" if c == "error_max" else c for c in agg.column_names])
+    # The pair's own columns (job_a, level, ...) are not aggregated here: combine_barriers looks
+    # them up for the few pairs that need them (aggregating them would double the cost).
+    agg = interp.group_by(keys).aggregate([("error", "max")]).rename_columns(keys + ["max_error"])
     for alpha, name in ((0.0, "error_a"), (1.0, "error_b")):
         end = interp.filter(pc.equal(interp["alpha"], alpha)).select(keys + ["error"])
         end = end.group_by(keys).aggregate([("error", "mean")]).rename_columns(keys + [name])
@@ -70,9 +73,10 @@ def barriers_from_interpolation(interp: pa.Table) -> pa.Table:
     return agg.append_column("barrier", barrier)
 
 
-def combine_barriers(instability: pa.Table, recomputed: pa.Table) -> tuple[pa.Table, dict]:
-    """The stored instability rows, plus recomputed rows for pairs only the interpolation
-    table has; and a consistency check of the stored barriers against the recomputed ones."""
+def combine_barriers(instability: pa.Table, recomputed: pa.Table, interp: pa.Table) -> tuple[pa.Table, dict]:
+    """The stored instability rows, plus rows recomputed from the path (`interp`, whose barriers
+    are `recomputed`) for pairs only the interpolation table has; and a consistency check of
+    the stored barriers against the recomputed ones."""
     keys = ["pair_id", "split"]
     cols = ["pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
             "error_a", "error_b", "max_error", "barrier"]
@@ -87,7 +91,15 @@ def combine_barriers(instability: pa.Table, recomputed: pa.Table) -> tuple[pa.Ta
     }
     extra = recomputed.join(instability.select(keys), keys=keys, join_type="left anti")
     check["only_in_interpolation"] = extra.num_rows
-    extra = extra.select(cols).cast(instability.select(cols).schema)
+    schema = instability.select(cols).schema
+    if extra.num_rows:
+        # The pair's columns from its first path point (every point of a pair holds the same).
+        first = pc.index_in(extra["pair_id"], value_set=interp["pair_id"])
+        for c in PAIR_COLUMNS:
+            extra = extra.append_column(c, pc.take(interp[c], first))
+        extra = extra.select(cols).cast(schema)
+    else:
+        extra = schema.empty_table()
     return pa.concat_tables([instability.select(cols), extra]), check
 
 
@@ -352,10 +364,11 @@ def retrain_comparison(runs_b: pa.Table) -> pa.Table | None:
 def path_summary(interp: pa.Table, pair_modes: pa.Table) -> pa.Table:
     """Mean/std of the error along the path per (mode, rewind_iter, level, split, alpha)."""
     modes = pair_modes.select(["pair_id", "mode"]).group_by("pair_id").aggregate([("mode", "min")])
+    modes = modes.combine_chunks()
     t = interp.select(["pair_id", "rewind_iter", "level", "density", "split", "alpha", "error"])
-    t = t.join(modes.rename_columns(["pair_id", "mode"]), keys="pair_id", join_type="left outer")
-    t = t.set_column(t.schema.get_field_index("mode"), "mode",
-                     pc.fill_null(t["mode"], "rewind"))
+    # A lookup of each path point's pair, not a hash join: the path has a million points.
+    mode = pc.take(modes["mode_min"], pc.index_in(t["pair_id"], value_set=modes["pair_id"]))
+    t = t.append_column("mode", pc.fill_null(mode, "rewind"))
     keys = ["mode", "rewind_iter", "level", "split", "alpha"]
     agg = t.group_by(keys).aggregate([("density", "mean"), ("error", "mean"),
                                       ("error", "stddev", STD), ("error", "count")])
