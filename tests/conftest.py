@@ -69,6 +69,14 @@ def tree_digest(store: Path, job_ids) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def isolated_default_store(tmp_path_factory, monkeypatch):
+    """A command given no --store uses $LTH_STORE, then ./lth-store: point it at a fresh folder,
+    so no test reads or writes the store a user's `make demo` left in the checkout (or their own
+    $LTH_STORE), and what a test finds there is only what the test put there."""
+    monkeypatch.setenv("LTH_STORE", str(tmp_path_factory.mktemp("default-store") / "store"))
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray (2 CPUs) per test module: `lth run` in-process reuses it."""
