@@ -151,3 +151,12 @@ def test_store_precedence_flag_then_environment_then_config(tmp_path, monkeypatc
     monkeypatch.delenv("LTH_STORE")
     assert _store_root(argparse.Namespace(store=None), conf) == conf
     assert _store_root(argparse.Namespace(store=None), None) == "lth-store"
+
+
+def test_analyze_errors_go_to_stderr(tmp_path, capsys):
+    """What went wrong goes to stderr, so `lth analyze NAME > summary.txt` keeps it on screen."""
+    (tmp_path / "results").mkdir()
+    for argv in (["analyze", "demo"], ["analyze", "demo", "other"]):
+        assert main([*argv, "--store", str(tmp_path)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error:") and "empty" in err, (out, err)

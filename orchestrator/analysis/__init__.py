@@ -265,19 +265,26 @@ def _presented_tables(res: AnalysisResult, planned_levels: int | None) -> list[t
     return out
 
 
+def consoles(console=None):
+    """(where the report's text goes, where errors go): stdout and stderr, or both to the console
+    a caller passes (a test, a notebook)."""
+    if console is not None:
+        return console, console
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",)) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
     (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
     The summary is printed as soon as the tables are computed, before any figure is drawn."""
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
+    console, errors = consoles(console)
     store = Store.open(store_root)
     problem = _check_args(store, experiment, threshold, wandb_mode)
     if problem:
-        console.print(f"[red]error:[/red] {problem}")
+        errors.print(f"[red]error:[/red] {problem}")
         return 2
 
     clock = _Clock()
@@ -288,7 +295,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     try:
         raw = read_raw(store, experiment, cache, readers)  # the current plan's jobs only
     except UnreadablePart as e:
-        console.print(f"[red]error:[/red] {e}")
+        errors.print(f"[red]error:[/red] {e}")
         return 2
     clock.lap("read")
     res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False)
@@ -337,7 +344,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     try:
         metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
     except UnreadablePart as e:
-        console.print(f"[red]error:[/red] {e}")
+        errors.print(f"[red]error:[/red] {e}")
         return 2
     curve_table = curves.curves(chosen, metrics)
     clock.lap("metrics")

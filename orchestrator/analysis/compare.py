@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
-from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, figures as figs
+from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, consoles, figures as figs
 from orchestrator.analysis.present import key_tables, print_key_tables
 from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.parts import UnreadablePart
@@ -22,18 +22,15 @@ from orchestrator.analysis.report import CSS, key_table_html
 
 def compare(store_root: str, experiments: list[str], out_dir: str | None = None, threshold: float = 0.02,
             console=None, formats: tuple[str, ...] = ("png",)) -> int:
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
+    console, errors = consoles(console)
     if len(set(experiments)) != len(experiments):
-        console.print(f"[red]error:[/red] name: an experiment is named twice ({' '.join(experiments)})")
+        errors.print(f"[red]error:[/red] name: an experiment is named twice ({' '.join(experiments)})")
         return 2
     store = Store.open(store_root)
     for name in experiments:
         problem = _check_args(store, name, threshold, "disabled")
         if problem:
-            console.print(f"[red]error:[/red] {problem}")
+            errors.print(f"[red]error:[/red] {problem}")
             return 2
     results, progress, keys = {}, {}, {}
     for name in experiments:
@@ -41,7 +38,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         try:
             raw = read_raw(store, name, cache)  # the current plan's jobs only, as analyze reads them
         except UnreadablePart as e:
-            console.print(f"[red]error:[/red] {name}: {e}")
+            errors.print(f"[red]error:[/red] {name}: {e}")
             return 2
         res = compute(*raw, threshold, num_classes=read_num_classes(store, name, cache), path=False)  # no path figure
         results[name] = res
