@@ -220,6 +220,24 @@ def test_compare_two_experiments_on_the_same_axes(tmp_path, capsys):
     assert main(["analyze", "fp32", "fp32", "--store", str(tmp_path)]) == 2
 
 
+def test_compare_says_how_the_configs_differ(tmp_path, capsys):
+    for seed, name in ((0, "fp32"), (1, "bf16")):
+        rows, _ = build_sweep(seed=seed, experiment=name)
+        write_store(tmp_path, rows, experiment=name)
+        d = tmp_path / "experiments" / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "spec.yaml").write_text(f"name: {name}\nmodel: mlp_300_100\ntrain: {{precision: {name}, batch_size: 64}}\n")
+    assert main(["analyze", "fp32", "bf16", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "How the configs differ" in out and "train.precision" in out and "batch_size" not in out
+    html = (tmp_path / "reports" / "compare" / "fp32-vs-bf16" / "report.html").read_text()
+    assert "<tr><td>train.precision</td><td>fp32</td><td>bf16</td></tr>" in html
+    assert "train.batch_size" not in html and "<td>name</td>" not in html
+    (tmp_path / "experiments" / "bf16" / "spec.yaml").write_text("name: bf16\nmodel: mlp_300_100\ntrain: {precision: fp32, batch_size: 64}\n")
+    assert main(["analyze", "fp32", "bf16", "--store", str(tmp_path)]) == 0
+    assert "The configs are the same but for the name." in capsys.readouterr().out
+
+
 def test_every_float_a_reader_sees_has_a_unit():
     """Every fraction of every written table (the noise floor's included) is in percent or
     percentage points; only the interpolation coefficient alpha has no unit. The converted

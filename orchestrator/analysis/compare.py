@@ -2,13 +2,15 @@
 learning rates) on the same axes, in one report (STORE/reports/compare/A-vs-B/ by default).
 
 Each experiment is read and computed exactly as `lth analyze NAME` does; only the
-presentation differs: one line per experiment, and each experiment's summary tables.
+presentation differs: one line per experiment, the fields in which their configs differ, and
+each experiment's summary tables.
 """
 from __future__ import annotations
 
 import html
 import os
 from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -48,6 +50,9 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         console.rule(f"{name}: {progress[name].summary()}")
         print_key_tables(console, *keys[name])
 
+    differences = config_differences(store, experiments)
+    _print_differences(console, experiments, differences)
+
     label = "-vs-".join(experiments)
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", "compare", label))
@@ -77,7 +82,9 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
              f"report (<code>lth analyze NAME</code>) has its full tables.</p><ul>"]
     for n in experiments:
         parts.append(f"<li><b>{html.escape(n)}</b>: {html.escape(progress[n].summary())}</li>")
-    parts.append("</ul><h2>Figures</h2>")
+    parts.append("</ul>")
+    parts.append(_differences_html(experiments, differences))
+    parts.append("<h2>Figures</h2>")
     for name, got in drawn.items():
         b64 = base64.b64encode(got["png"]).decode("ascii")
         files = ", ".join(f"{name}.{f}" for f in got)
@@ -95,3 +102,58 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     out.write("report.html", "\n".join(parts).encode("utf-8"))
     console.print(f"Report: {out.file('report.html')}")
     return 0
+
+
+# ---- how the configs differ -------------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def config_differences(store: Store, experiments: list[str]) -> list[tuple[str, list[str]]] | None:
+    """(dotted field, its value in each experiment) for every field of the stored, resolved
+    configs (STORE/experiments/NAME/spec.yaml) that is not the same in all of them, name aside;
+    None when a config cannot be read."""
+    import yaml
+
+    flat = []
+    for name in experiments:
+        try:
+            flat.append(_flatten(yaml.safe_load(store.read_text(store.path("experiments", name, "spec.yaml"))) or {}))
+        except Exception:  # noqa: BLE001 - an old or unreadable spec: the comparison goes on without it
+            return None
+    keys = sorted(set().union(*flat) - {"name"})
+    missing = "(absent)"
+    return [(k, [str(f.get(k, missing)) for f in flat]) for k in keys if len({str(f.get(k, missing)) for f in flat}) > 1]
+
+
+def _print_differences(console, experiments: list[str], differences) -> None:
+    if differences is None:
+        console.print("How the configs differ: a stored config could not be read")
+    elif not differences:
+        console.print("The configs are the same but for the name.")
+    else:
+        from rich.table import Table
+
+        table = Table(title="How the configs differ", title_justify="left")
+        for col in ("field", *experiments):
+            table.add_column(col)
+        for key, values in differences:
+            table.add_row(key, *values)
+        console.print(table)
+
+
+def _differences_html(experiments: list[str], differences) -> str:
+    if differences is None:
+        return "<p>How the configs differ: a stored config could not be read.</p>"
+    if not differences:
+        return "<p>The configs are the same but for the name.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("field", *experiments))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (k, *v)) + "</tr>" for k, v in differences)
+    return f"<h2>How the configs differ</h2><table><tr>{head}</tr>{rows}</table>"
