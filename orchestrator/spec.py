@@ -440,18 +440,18 @@ class ExperimentSpec(_Model):
         try:
             check_available(self.data_config())
         except (ValueError, OSError) as e:
-            err = _data_error(e)
-            raise (err if err.field != "data" else SpecError("data.root", str(e))) from None
+            raise _data_error(e, unnamed="data.root") from None
 
 
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _data_error(e: Exception) -> SpecError:
-    """The data layer names the field at the start of its messages ("data.min_res: ..."): keep it."""
+def _data_error(e: Exception, unnamed: str = "data") -> SpecError:
+    """The data layer names the field at the start of its messages ("data.min_res: ..."): keep it;
+    a message that names none is charged to `unnamed`."""
     text = str(e)
     m = re.match(r"(data\.[a-z_]+)(?::\s*|\s+)(.*)", text, re.S)
-    return SpecError(m.group(1), m.group(2)) if m else SpecError("data", text)
+    return SpecError(m.group(1), m.group(2)) if m else SpecError(unnamed, text)
 
 
 def _at_most_one(model: BaseModel, a: str, b: str, where: str) -> None:

@@ -69,6 +69,17 @@ def tree_digest(store: Path, job_ids) -> dict[str, str]:
     return out
 
 
+def masked_snapshots(runs, iteration: int):
+    """(file, weights, mask) for each run's snapshot at `iteration` and its final weights: what
+    the pruned-weights-stay-zero checks read."""
+    from trainers import checkpoint
+
+    for r in runs:
+        mask = checkpoint.load_mask(r.mask_path)
+        for path in (r.saved_weights[iteration], r.weights_path):
+            yield path, checkpoint.load_weights(path), mask
+
+
 @pytest.fixture(autouse=True)
 def isolated_default_store(tmp_path_factory, monkeypatch):
     """A command given no --store uses $LTH_STORE, then ./lth-store: point it at a fresh folder,

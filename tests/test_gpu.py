@@ -14,6 +14,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import masked_snapshots
 from trainers import checkpoint
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, TrainConfig, TrainJob, TrainPaths
 from trainers.models import build_model
@@ -108,12 +109,9 @@ def test_pruned_weights_stay_exactly_zero_with_fused_optimizers(tmp_path, opt, c
     cfg = dataclasses.replace(CONV, optimizer=opt, cuda_graphs=cuda_graphs)
     jobs, paths = pruned_children(tmp_path, cfg, k=2)
     runs = [train(jobs[0], paths("s", 0), rt()), *train_packed(jobs, [paths("p", i) for i in range(2)], rt(), strategy="stacked")]
-    for r in runs:
-        mask = checkpoint.load_mask(r.mask_path)
-        for path in (r.saved_weights[12], r.weights_path):
-            w = checkpoint.load_weights(path)
-            for name, m in mask.items():
-                assert torch.count_nonzero(w[name][~m]) == 0, (path, name)
+    for path, w, mask in masked_snapshots(runs, 12):
+        for name, m in mask.items():
+            assert torch.count_nonzero(w[name][~m]) == 0, (path, name)
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import masked_snapshots
 from trainers import checkpoint
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig, TrainJob, TrainPaths
 from trainers.packed import packing_problem, train_packed
@@ -194,13 +195,10 @@ def test_pruned_weights_stay_exactly_zero_mid_run(tmp_path, opt):
     runs = [train(job, paths("single"), RT),
             *train_packed([job, dataclasses.replace(job, data_seed=2)], [paths("p0"), paths("p1")], RT, strategy="stacked")]
     start = checkpoint.load_weights(dense.saved_weights[5])
-    for r in runs:
-        mask = checkpoint.load_mask(r.mask_path)
-        for path in (r.saved_weights[12], r.weights_path):
-            w = checkpoint.load_weights(path)
-            for name, m in mask.items():
-                assert torch.count_nonzero(w[name][~m]) == 0, (path, name)
-                assert not torch.equal(w[name][m], start[name][m]), (path, name)  # the rest trained
+    for path, w, mask in masked_snapshots(runs, 12):
+        for name, m in mask.items():
+            assert torch.count_nonzero(w[name][~m]) == 0, (path, name)
+            assert not torch.equal(w[name][m], start[name][m]), (path, name)  # the rest trained
 
 
 def test_unpackable_jobs_are_refused_with_the_reason(tmp_path):

@@ -32,7 +32,7 @@ def read_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except OSError:
-        raise
+        raise  # the disk's error, as it is (a missing or unreadable file is not a damaged one)
     except Exception as e:  # a damaged or foreign file makes pickle raise almost anything
         raise ValueError(f"{path}: unreadable CIFAR batch file ({type(e).__name__}: {e})") from e
     if not isinstance(entry, dict):
