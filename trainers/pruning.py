@@ -107,8 +107,9 @@ def _check_keys(weights: Mapping[str, torch.Tensor], mask: Mask) -> None:
         raise ValueError(f"mask tensors must be bool, not for: {not_bool}")
 
 
-def _remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
-    """New alive flags (1-D) after removing the `count` alive entries of smallest score.
+def remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """New alive flags (1-D) after removing the `count` alive entries of smallest score: the one
+    selector every pruning method ends in (scores in, exact-count mask out).
 
     `scores` must be finite where alive; it is overwritten (dead entries set to +inf so they
     can never be chosen). Ties at the threshold go by position (smaller index removed first).
@@ -143,7 +144,7 @@ def _global_magnitude(weights: Mapping[str, torch.Tensor], mask: Mask, fraction:
     names = list(mask)
     alive = torch.cat([mask[k].reshape(-1) for k in names])
     scores = _flat_magnitudes(weights, mask, names)
-    new = _remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), fraction))
+    new = remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), fraction))
     parts = torch.split(new, [mask[k].numel() for k in names])
     return {k: p.reshape(mask[k].shape) for k, p in zip(names, parts)}
 
@@ -171,7 +172,7 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
         for k, m in mask.items():
             alive = m.reshape(-1)
             scores = _flat_magnitudes(weights, mask, [k])
-            new = _remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), cfg.fraction))
+            new = remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), cfg.fraction))
             out[k] = new.reshape(m.shape)
         return out
 
