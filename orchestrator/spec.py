@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.compiling import compile_by_default
+from trainers.graph_rules import cuda_graphs_problem
 from trainers.data.catalog import DESCRIPTIONS
 from trainers.model_catalog import model_names
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
@@ -344,6 +345,11 @@ class ExperimentSpec(_Model):
         if t.cuda_graphs and self.resources.gpus == 0:
             # Caught here rather than by every job failing max_attempts times on a CPU worker.
             raise SpecError("train.cuda_graphs", "CUDA graphs need a GPU: give resources.gpus > 0, or cuda_graphs: false")
+        if t.cuda_graphs:
+            # auto compiles no model under a hand-captured graph (trainers/graph_rules.py)
+            problem = cuda_graphs_problem(self.data.name, t.compile is True)
+            if problem is not None:
+                raise SpecError(*problem)
         T = t.iterations
         for i, m in enumerate(s.milestones or []):
             if not 0 < m <= T:
@@ -425,7 +431,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
+            compile=(not t.cuda_graphs and compile_by_default(self.model)) if t.compile == "auto" else t.compile,
             cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
         )

@@ -268,3 +268,28 @@ def test_paper_configs_match_the_papers():
         assert cfg[n].train.precision == "fp32", n  # the papers trained in fp32
     ffcv = cfg["imagenet_resnet18_ffcv.yaml"]
     assert ffcv.train.optimizer.decay_norm_and_bias is False  # ffcv's bn_wd 0
+
+
+def test_cuda_graphs_refuse_streamed_data_and_compile_and_take_progressive_resizing(tmp_path):
+    """trainers/graph_rules.py: a hand-captured graph refuses a streamed loader (its producer
+    thread works on the GPU during capture) and an explicit torch.compile; compile: auto resolves
+    to eager under cuda_graphs; progressive resizing is accepted (one graph per side)."""
+    graphed = with_("resources", {"gpus": 1})
+    graphed["train"]["cuda_graphs"] = True
+    streamed = copy.deepcopy(graphed)
+    from trainers.data.export import write_image_folder
+
+    write_image_folder(tmp_path / "jpegs", num_classes=2, per_class_train=40, per_class_val=1, image_size=36, image_format="jpeg")
+    streamed["data"] = {"name": "imagenet", "root": str(tmp_path / "jpegs"), "image_size": 32}
+    err = spec_error(tmp_path, streamed)
+    assert err.field == "train.cuda_graphs" and "streamed data" in err.reason and "'imagenet'" in err.reason
+    compiled = copy.deepcopy(graphed)
+    compiled["train"]["compile"] = True
+    err = spec_error(tmp_path, compiled)
+    assert err.field == "train.compile" and "hand-captured CUDA graph" in err.reason
+    assert validate_spec(graphed).train_config().compile is False  # auto
+    ramp = copy.deepcopy(graphed)
+    ramp["data"] = {"name": "synthetic", "image_size": 64, "num_classes": 4, "num_train": 256, "num_test": 64,
+                    "min_res": 32, "max_res": 64, "end_ramp_epoch": 2}
+    cfg = validate_spec(ramp).train_config()
+    assert cfg.cuda_graphs and cfg.data.min_res == 32
