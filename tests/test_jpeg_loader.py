@@ -306,6 +306,21 @@ def test_a_producer_error_reaches_the_consumer():
             got.append(int(t))
     assert got == [0, 1]
     assert [int(t) for (t,) in Prefetcher(range(5), lambda plan: [], lambda p, c: (torch.tensor(p),), 3, 2, CPU)] == list(range(5))
+    # Two stages (decode, then finish): the order kept, an error of either stage raised in the consumer.
+    two = Prefetcher(range(5), lambda plan: [], lambda p, c: p * 10, 3, 2, CPU, finish=lambda p, made: (torch.tensor(made + p),))
+    assert [int(t) for (t,) in two] == [11 * p for p in range(5)]
+    for broken in ("make", "finish"):
+        def fail(p, x, where=broken, stage=None):
+            if p == 2 and where == stage:
+                raise ValueError(f"{stage} of plan 2 is broken")
+            return x
+        stages = Prefetcher(range(5), lambda plan: [], lambda p, c: fail(p, p, stage="make"), 2, 1, CPU,
+                            finish=lambda p, made: (torch.tensor(fail(p, made, stage="finish")),))
+        got = []
+        with pytest.raises(ValueError, match=f"{broken} of plan 2 is broken"):
+            for (t,) in stages:
+                got.append(int(t))
+        assert got == [0, 1]
 
 
 # ---- workers from the job's CPUs ---------------------------------------------------------------
