@@ -43,9 +43,12 @@ class SpecError(Exception):
 # allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 # resources.pack: auto. Models whose step on a GPU is a few hundred tiny kernels (CIFAR-sized
-# and smaller), and the pack size the H100 anchor measured (BENCHMARKS.md, "Packing").
+# and smaller), and how many of them one process trains as one stacked network. The shipped
+# CIFAR configs give each actor a whole GPU (gpus: 1) and fill it with one large pack, rather
+# than time-sharing a GPU between processes (a fraction: one CUDA context, memory pool and graph
+# pool per process, no MPS); the benchmark's K = 32 row is that configuration (BENCHMARKS.md).
 SMALL_MODELS = ("mlp_", "cifar_")
-AUTO_PACK = 8
+AUTO_PACK = 32
 
 
 class _Model(BaseModel):
@@ -234,7 +237,7 @@ class SweepSpec(_Model):
 class ResourcesSpec(_Model):
     """Per job (Ray resources); a fractional gpus packs small jobs onto one GPU."""
 
-    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between jobs')
+    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between worker processes, each with its own CUDA context (time-shared, no MPS): for small models prefer 1 with a larger pack')
     cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
     memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
     pack: Union[int, Literal["auto"]] = Field(
