@@ -375,24 +375,4 @@ def test_e2e_benchmark_reports_its_path_and_fails_on_a_fallback(tmp_path, capsys
     assert "FELL BACK" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
-def test_cuda_decode_draws_the_cpu_runs_crops(tmp_path, monkeypatch):
-    """On a GPU machine: the CUDA stream takes the same examples with the same crop boxes as the
-    CPU stream, decodes every colour JPEG in the batched nvJPEG call and hands over finished
-    batches. Pixels are not compared: nvJPEG and libjpeg-turbo may round IDCT and chroma
-    upsampling differently, and no bound on that difference is documented."""
-    write_image_folder(tmp_path, num_classes=2, per_class_train=6, per_class_val=2, image_size=40, image_format="jpeg")
-    seen: dict[str, list] = {"cpu": [], "cuda": []}
-    real = imagenet.crop_params
-    for kind in ("cpu", "cuda"):
-        monkeypatch.setattr(imagenet, "crop_params", lambda s, h, w, k=kind: seen[k].append((s, h, w)) or real(s, h, w))
-        bundle = D.open_data(folder_cfg(tmp_path), torch.device(kind), num_workers=2)
-        batches = take(bundle.train_stream(4, 4, 1), 4)
-        assert [x.device.type for x, _ in batches] == [kind] * 4 and [x.shape for x, _ in batches] == [(4, 3, 32, 32)] * 4
-        seen[kind + "_labels"] = [y.cpu().tolist() for _, y in batches]
-        ev = list(bundle.eval_batches("test", 3))
-        assert [x.shape[0] for x, _ in ev] == [3, 1]
-        stats = bundle.stats.as_dict()
-        assert stats["batched"] >= 20 and stats["single"] == stats["cpu"] == stats["failed"] == 0
-    # The producers run ahead by different depths: compare the batches both streams handed over.
-    assert seen["cpu"][:4] == seen["cuda"][:4] and seen["cpu_labels"] == seen["cuda_labels"]
+# The CUDA (nvJPEG) stream against this CPU stream: tests/test_gpu.py, the GPU suite.
