@@ -282,6 +282,9 @@ def _prefetch_threads() -> int:
 def test_closing_a_stream_stops_its_thread(tmp_path):
     write_image_folder(tmp_path, num_classes=2, per_class_train=4, per_class_val=1, image_size=36, image_format="jpeg")
     bundle = D.open_data(folder_cfg(tmp_path), CPU, num_workers=2)
+    for t in threading.enumerate():  # streams earlier tests closed: their threads may still be ending
+        if t.name.startswith("lth-prefetch"):
+            t.join(timeout=10)
     before = _prefetch_threads()
     stream = bundle.train_stream(0, 2, 0)
     assert _prefetch_threads() == before  # nothing starts before the first batch is asked for
