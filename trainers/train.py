@@ -57,6 +57,9 @@ def fingerprint(job: TrainJob) -> str:
     (`add_missing_rewind_points`)."""
     fields = dataclasses.asdict(job)
     fields["train"]["data"].pop("root", None)
+    for name, default in (("bn_sync", "global"), ("bn_batch", None)):  # as in the job id: older checkpoints resume
+        if fields["train"].get(name) == default:
+            fields["train"].pop(name)
     fields.pop("save_iters", None)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
