@@ -50,6 +50,7 @@ class GangRank(JobRunner):
         """Train `job` as rank member.rank; rank 0 returns the job's record, the others None."""
         from trainers import distributed
 
+        self._iteration = -1
         distributed.join(member, self.rt.device)
         self.rt.rank, self.rt.world_size = member.rank, member.world_size
         self.rt.on_step = self._on_step(job, attempt, member.rank)
@@ -154,6 +155,8 @@ class _Gang:
     started: float = field(default_factory=time.time)
     seen: dict[int, tuple[int, float]] = field(default_factory=dict)  # rank -> (iteration, when it changed)
     polls: dict[Any, int] = field(default_factory=dict)  # progress ref -> rank
+    info: list[Any] = field(default_factory=list)  # the ranks' info() refs (host, node)
+    nodes: list[str] = field(default_factory=list)  # the Ray nodes the ranks run on, once known
     last_poll: float = 0.0
 
 
@@ -182,6 +185,10 @@ class GangLauncher:
         self.worker_ctx = worker_ctx
         self._gangs: dict[str, _Gang] = {}
         self._jobs: dict[str, Job] = {}
+        # Gangs whose job finished cleanly, actors and placement group kept for the next train
+        # job (starting N actors, each importing torch and loading the data, costs seconds);
+        # let go as soon as no train job is ready for them (`release_idle`).
+        self._idle: list[_Gang] = []
 
     # ---- what the scheduler asks -----------------------------------------------------------
 
@@ -191,7 +198,8 @@ class GangLauncher:
 
     def running_jobs(self) -> dict[str, dict[str, Any]]:
         """{job id: {"world_size", "nodes"}} of the gangs holding resources."""
-        return {g.job_id: {"world_size": self.shape.world_size, "state": g.state} for g in self._gangs.values()}
+        return {g.job_id: {"world_size": self.shape.world_size, "state": g.state, "nodes": g.nodes}
+                for g in self._gangs.values()}
 
     def refs(self) -> list[Any]:
         out = []
@@ -207,10 +215,23 @@ class GangLauncher:
     def start(self, job: Job, attempt: int) -> None:
         from ray.util.placement_group import placement_group
 
+        self._jobs[job.id] = job
+        if self._idle:
+            old = self._idle.pop()
+            gang = _Gang(job.id, attempt, old.pg, old.actors[0].rendezvous.remote(), state="starting",
+                         actors=old.actors, info=old.info, nodes=old.nodes)
+            self._gangs[job.id] = gang
+            return
         strategy = "STRICT_PACK" if self.shape.placement == "same_node" else "PACK"
         pg = placement_group(self.shape.bundles(), strategy=strategy, name=f"lth-{job.id}-{attempt}")
         self._gangs[job.id] = _Gang(job.id, attempt, pg, pg.ready())
-        self._jobs[job.id] = job
+
+    def release_idle(self) -> None:
+        """Stop the gangs kept for reuse (their resources may serve other jobs)."""
+        while self._idle:
+            gang = self._idle.pop()
+            self._gangs[gang.job_id] = gang
+            self._end(gang)
 
     def advance(self, ref: Any) -> GangOutcome | None:
         """A ref of ours finished: move its gang on; an outcome when the gang ended."""
@@ -227,6 +248,7 @@ class GangLauncher:
                 for i in range(self.shape.world_size)
             ]
             gang.ready, gang.state = gang.actors[0].rendezvous.remote(), "starting"
+            gang.info = [a.info.remote() for a in gang.actors]
             return None
         if gang.state == "starting":
             try:
@@ -240,6 +262,10 @@ class GangLauncher:
                 gang.calls[actor.run_rank.remote(job, gang.attempt, member)] = rank
                 gang.seen[rank] = (-1, now)
             gang.state, gang.ready = "running", None
+            try:
+                gang.nodes = sorted({i["node"] for i in ray.get(gang.info, timeout=30)})
+            except Exception:  # noqa: BLE001 - a rank gone already: its run_rank call will say so
+                pass
             return None
         rank = gang.calls.pop(ref)
         try:
@@ -249,7 +275,13 @@ class GangLauncher:
         except Exception as exc:  # noqa: BLE001 - a rank's own error (a collective's timeout among them)
             return self._end(gang, error=exc)
         if rank == 0:
-            return self._end(gang, record=out)
+            out["gang_nodes"] = gang.nodes  # every node a rank ran on (rank 0's is out["node"])
+            if gang.calls or self.waiting():  # a rank still leaving its group, or a gang needs the resources
+                return self._end(gang, record=out)
+            del self._gangs[gang.job_id]
+            self._jobs.pop(gang.job_id, None)
+            self._idle.append(gang)
+            return GangOutcome(gang.job_id, gang.started, record=out)
         gang.seen.pop(rank, None)  # done with its slices: rank 0 is finishing the job alone
         return None
 
@@ -301,5 +333,6 @@ class GangLauncher:
         return GangOutcome(gang.job_id, gang.started, record=record, error=error, lost=lost)
 
     def shutdown(self) -> None:
+        self.release_idle()
         for gang in list(self._gangs.values()):
             self._end(gang)

@@ -249,7 +249,7 @@ class Scheduler:
         running = pool.running_jobs() + (sorted(self._gangs.running_jobs()) if self._gangs else [])
         if now - self._last_beat >= HEARTBEAT_SECONDS or (running != self._last_running and now - self._last_beat >= 1.0):
             self._last_beat, self._last_running = now, running
-            self.store.write_heartbeat(self.plan.experiment, running)
+            self.store.write_heartbeat(self.plan.experiment, running, self._gangs.running_jobs() if self._gangs else None)
             if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
                 self._publish()
 
@@ -322,9 +322,12 @@ class Scheduler:
     def _dispatch_gangs(self, queue: JobQueue) -> None:
         """The highest-priority ready train job reserves its gang, one reservation at a time."""
         assert self._gangs is not None
+        if self._gangs.waiting():
+            self._gangs.release_idle()  # a gang kept for reuse must not hold what the waiting one needs
         while not self._gangs.waiting():
             gangs = [e for e in queue.ready_entries() if self.plan.jobs[e[2]].kind == "train"]
             if not gangs:
+                self._gangs.release_idle()  # nothing to reuse them for now
                 return
             job_id = min(gangs)[2]
             queue.take([job_id])
