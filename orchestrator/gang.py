@@ -307,11 +307,14 @@ class GangLauncher:
             if now - gang.last_poll >= PROGRESS_POLL_SECONDS and not gang.polls:
                 gang.last_poll = now
                 gang.polls = {a.progress.remote(): r for r, a in enumerate(gang.actors)}
-            stalled = max((now - when for _, when in gang.seen.values()), default=0.0)
-            if stalled > self.shape.timeout_seconds:
-                slow = min(gang.seen, key=lambda r: gang.seen[r][1])
-                out.append(self._end(gang, error=f"gang watchdog: rank {slow} made no progress for {stalled:.0f} s "
-                                                  f"(scheduler.gang_timeout_seconds {self.shape.timeout_seconds:g})"))
+            # Start-up (joining the group, loading data and the checkpoint, rank 0's first
+            # evaluation) gets twice the limit: a rank is judged by its steps once it takes them.
+            limit = {r: self.shape.timeout_seconds * (2 if it < 0 else 1) for r, (it, _) in gang.seen.items()}
+            stalled = [r for r, (_, when) in gang.seen.items() if now - when > limit[r]]
+            if stalled:
+                at = ", ".join(f"rank {r} at iteration {it}" for r, (it, _) in sorted(gang.seen.items()))
+                out.append(self._end(gang, error=f"gang watchdog: no progress for {self.shape.timeout_seconds:g} s "
+                                                  f"(scheduler.gang_timeout_seconds; {at})"))
         return out
 
     def _end(self, gang: _Gang, record: dict[str, Any] | None = None, error: Any = None, lost: bool = False) -> GangOutcome:
