@@ -93,12 +93,6 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
         raise ValueError(f"train.batch_size: must be positive, got {job.train.batch_size}")
 
 
-def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
-    """The job's result (None on ranks other than 0 of a gang: rank 0 holds it)."""
-    with kernels(job.train.deterministic, rt.device):
-        return _train(job, paths, rt)
-
-
 def _restrict(mask: dict[str, torch.Tensor], names: list[str], path: str) -> dict[str, torch.Tensor]:
     missing = [n for n in names if n not in mask]
     if missing:
@@ -166,6 +160,12 @@ def lr_for(job: TrainJob, it: int) -> float:
     if job.retrain == "finetune" and job.prune is not None:
         return job.finetune_lr
     return lr_at(job.train.schedule, job.train.optimizer.lr, job.train.iterations, it)
+
+
+def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
+    """The job's result (None on ranks other than 0 of a gang: rank 0 holds it)."""
+    with kernels(job.train.deterministic, rt.device):
+        return _train(job, paths, rt)
 
 
 def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
