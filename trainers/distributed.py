@@ -119,12 +119,33 @@ def check(batch_size: int, bn_sync: str, bn_batch: int | None, world_size: int, 
                          "use cuda_graphs: false for jobs on several ranks")
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient of each rank's input is the sum over the
+    ranks of the output's gradients (every rank's loss depends on the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the whole global batch, on any backend (gloo included).
 
     Two all-reduces per forward (the sum, then the sum of squared deviations from the global
     mean: the two-pass variance, as BatchNorm computes it), both differentiable
-    (torch.distributed.nn), so the backward pass is the single-process one up to rounding.
+    (`all_reduce_sum`), so the backward pass is the single-process one up to rounding.
     Evaluation uses the running statistics, as BatchNorm does."""
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -134,16 +155,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.ndim)]
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        sums = all_reduce_sum(torch.cat([x.sum(dims), count]))
         n = sums[-1]
         mean = sums[:-1] / n
         shape = (1, -1, *([1] * (x.ndim - 2)))
         centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / n
+        var = all_reduce_sum((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -192,4 +211,4 @@ def data_parallel(model: nn.Module, device: torch.device, world_size: int) -> nn
 
     device = torch.device(device)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=ids)  # buffers broadcast from rank 0: the default
