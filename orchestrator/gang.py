@@ -74,7 +74,7 @@ class GangRank(JobRunner):
             run_train_job(spec, paths, self.rt)
 
         if self.store.is_remote:
-            with self._staged(job) as (out_dir, stage):
+            with self._staged(job, writes=False) as (out_dir, stage):
                 train_in(out_dir, stage)
         else:
             from orchestrator.store import Store

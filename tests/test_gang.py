@@ -119,3 +119,35 @@ def test_bad_gangs_are_refused_naming_resources(tmp_path, capsys):
 def test_the_number_of_ranks_is_not_in_the_job_id():
     assert _job_ids(*SMALL) == _job_ids(*SMALL, *TWO_RANKS)
     assert _job_ids(*SMALL) != _job_ids(*SMALL, "train.bn_sync=per_replica", "train.bn_batch=64")
+
+
+def test_a_gang_on_a_remote_store_stages_per_rank_and_gives_the_same_weights(uninterrupted, tmp_path):
+    """A file:// store takes the copy-to-scratch path: rank 0 uploads, the other rank reads its
+    own scratch copy and uploads nothing; the weights equal the local store's run bitwise."""
+    store = tmp_path / "remote"
+    assert main(["run", DEMO, "--store", store.as_uri(), *tiny_args(*ONE_JOB, *TWO_RANKS)]) == 0
+    (job_id,) = _job_ids(*ONE_JOB)
+    d = store / "artifacts" / job_id
+    assert json.loads((d / "done.json").read_text())["world_size"] == 2
+    assert not (d / "checkpoint.pt").exists()
+    assert _equal_weights(checkpoint.load_weights(str(d / "weights.pt")), uninterrupted)
+
+
+def test_status_shows_a_gang_as_one_running_job_with_its_ranks_and_nodes(tmp_path, capsys):
+    import os
+    import socket
+
+    from orchestrator.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("e", "name: e\n", {"g": {"parents": []}, "h": {"parents": []}})
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    store.write_json("locks/e.lock", me)
+    store.write_json("experiments/e/heartbeat.json", {**me, "running": ["g"], "time": 0.0,
+                                                      "gangs": {"g": {"world_size": 8, "nodes": ["node-a", "node-b"]}}})
+    assert main(["status", "e", "--store", store.root]) == 0
+    out = capsys.readouterr().out
+    assert "e: g on 8 ranks, nodes: node-a, node-b" in out
+    assert main(["status", "e", "--json", "--store", store.root]) == 0
+    (st,) = json.loads(capsys.readouterr().out)
+    assert st["running"] == 1 and st["gangs"] == {"g": {"world_size": 8, "nodes": ["node-a", "node-b"]}}
