@@ -221,7 +221,7 @@ class Scheduler:
             if self._gangs.waiting():
                 pool.retire_idle()
             else:
-                pool.grow(min(pool.capacity, pool.size - len(pool.idle) + len(self._ready_singles(queue))))
+                pool.grow(min(pool.capacity, len(pool.running_jobs()) + len(self._ready_singles(queue))))
         self.progress.workers = pool.size
 
     def _dispatch(self, pool: _ActorPool, queue: JobQueue) -> None:
