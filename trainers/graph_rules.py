@@ -14,6 +14,7 @@ message the trainer gives a job that reaches it some other way.
   resolves to eager when cuda_graphs is on (orchestrator/spec.py).
 - Progressive resizing is supported: the step keeps one graph per input shape and captures
   again when the side changes at an epoch boundary (trainers/graphed.py).
+- A job on several ranks (DDP) is refused by the spec (its collectives cannot be captured).
 """
 from __future__ import annotations
 
