@@ -95,6 +95,10 @@ def _print_plan(summary: dict, console: Console) -> None:
         d = row.get("density")
         table.add_row(str(row["level"]), "-" if d is None else f"{d:.4f}", str(row["train"]), str(row["interpolate"]))
     console.print(table)
+    pai = summary.get("at_init_jobs_by_method")
+    if pai:
+        console.print(f"pruning at initialization: {sum(pai.values())} train jobs "
+                      f"({', '.join(f'{k} {n}' for k, n in pai.items())})")
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:

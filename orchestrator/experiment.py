@@ -40,7 +40,13 @@ _GROWS_AS_SET = {
     "sweep.branch.levels",
     "pruning.retrain",
     "pruning.controls",
+    "pruning.at_init.methods",
+    "pruning.at_init.at_iters",
+    "pruning.at_init.ablations",
 }
+# Fields added after experiments were stored: left out of the identity while at their default,
+# so that an existing config keeps its config_hash.
+_NEW_AT_DEFAULT = {"pruning": {"criterion": "magnitude", "at_init": None}}
 _GROWS_AS_NUMBER = {"pruning.levels"}
 
 
@@ -50,6 +56,10 @@ def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
     data.pop("name", None)
     for section in RUNTIME_SECTIONS:
         data.pop(section, None)
+    for section, defaults in _NEW_AT_DEFAULT.items():
+        for key, default in defaults.items():
+            if key in data.get(section, {}) and data[section][key] == default:
+                del data[section][key]
     return data
 
 
