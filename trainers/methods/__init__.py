@@ -26,6 +26,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from trainers.pruning import Mask, remove_smallest
 
@@ -43,6 +44,9 @@ class ScoreInputs:
     bn_mode: str = "eval"  # "eval" | "train": BatchNorm while scoring with data
     temperature: float = 200.0  # grasp: logits / T
     seed: int = 0  # random_init
+    # snip/grasp: loss(outputs, targets); cross-entropy on logits, as in all three papers (the
+    # oracle tests put a least-squares loss here, whose Hessian has a closed form)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
 
 Scorer = Callable[[ScoreInputs], dict[str, torch.Tensor]]

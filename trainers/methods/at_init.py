@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from trainers.methods import ScoreInputs
 
@@ -41,7 +40,11 @@ def _batch(inp: ScoreInputs, model: torch.nn.Module) -> tuple[torch.Tensor, torc
         raise ValueError("this method scores on a batch of training data: none was given")
     x, y = inp.batch
     dtype = next(model.parameters()).dtype
-    return x.cpu().to(dtype) if x.is_floating_point() else x.cpu(), y.cpu()
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.cpu().to(dtype) if t.is_floating_point() else t.cpu()
+
+    return cast(x), cast(y)
 
 
 def snip(inp: ScoreInputs) -> dict[str, torch.Tensor]:
@@ -50,7 +53,7 @@ def snip(inp: ScoreInputs) -> dict[str, torch.Tensor]:
     model.train(inp.bn_mode == "train")
     x, y = _batch(inp, model)
     params = _scored_params(model, inp)
-    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    grads = torch.autograd.grad(inp.loss(model(x), y), params)
     return {n: (g * p).detach().abs() for n, g, p in zip(inp.mask, grads, params)}
 
 
@@ -61,7 +64,7 @@ def grasp_products(inp: ScoreInputs) -> dict[str, torch.Tensor]:
     model.train(inp.bn_mode == "train")
     x, y = _batch(inp, model)
     params = _scored_params(model, inp)
-    grads = torch.autograd.grad(F.cross_entropy(model(x) / inp.temperature, y), params, create_graph=True)
+    grads = torch.autograd.grad(inp.loss(model(x) / inp.temperature, y), params, create_graph=True)
     z = sum((g.detach() * gg).sum() for g, gg in zip(grads, grads))
     hg = torch.autograd.grad(z, params)
     return {n: (p * h).detach() for n, p, h in zip(inp.mask, params, hg)}
