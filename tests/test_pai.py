@@ -276,10 +276,13 @@ def _model(seed: int = 0):
     return build_model("mlp_300_100", (1, 8, 8), 10, seed=seed)
 
 
+_DATA_CACHE: dict = {}  # digits loaded once for the module
+
+
 def _open():
     from trainers.data.sources import open_data
 
-    return open_data(CFG.data, torch.device("cpu"))
+    return open_data(CFG.data, torch.device("cpu"), _DATA_CACHE)
 
 
 def test_scoring_batch_is_class_balanced_and_seeded():

@@ -199,7 +199,7 @@ def test_demo_config_densities_and_size():
     for level, d in enumerate(densities):
         assert d == pytest.approx((1 - f) ** level, abs=1e-4)  # ceil moves it by < 1 weight per level
     assert densities[-1] < 0.2
-    assert 25 <= p.by_kind()["train"] <= 40 and max(j.spec.stop_iter for j in p.jobs.values() if j.kind == "train") <= 500
+    assert 25 <= p.by_kind()["train"] <= 60 and max(j.spec.stop_iter for j in p.jobs.values() if j.kind == "train") <= 500
     assert s["pairs"] >= 4
 
 
