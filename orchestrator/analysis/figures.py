@@ -448,6 +448,7 @@ def layer_profiles(profiles: pa.Table | None, level: int | None) -> Figure | Non
         ax.plot(_col(c, "layer_index"), 100 * _col(c, "density"), marker="o", ms=3, label=f, **style[f])
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("weights kept in the layer (%, log scale)")
