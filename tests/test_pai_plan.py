@@ -151,14 +151,14 @@ def test_method_comparison_and_ablations_against_hand_computations():
     assert set(m) == {("dense", 0), ("imp_rewind", 1), ("snip", 1), ("snip+shuffle", 1)}
     assert m[("snip", 1)]["acc_mean"] == pytest.approx(0.68)
     assert m[("snip", 1)]["acc_std"] == pytest.approx(0.02 * 2 ** 0.5)  # sample std of 0.70, 0.66
-    assert m[("snip", 1)]["wc_mean"] == pytest.approx(0.55)
-    assert m[("snip+shuffle", 1)]["wc_mean"] is None  # none recorded
+    assert m[("snip", 1)]["weight_correlation_mean"] == pytest.approx(0.55)
+    assert m[("snip+shuffle", 1)]["weight_correlation_mean"] is None  # none recorded
     abl = res.ablations.to_pylist()
     assert len(abl) == 1 and abl[0]["method"] == "snip" and abl[0]["ablation"] == "shuffle"
     assert abl[0]["delta_acc"] == pytest.approx(0.74 - 0.68)
     prof = {(r["family"], r["layer"]): r for r in res.layer_profiles.to_pylist()}
     assert prof[("snip", "a")]["density"] == pytest.approx((0.10 + 0.30) / 2)
-    assert prof[("snip", "b")]["wc_mean"] == pytest.approx(0.2)  # the null is left out
+    assert prof[("snip", "b")]["weight_correlation_mean"] == pytest.approx(0.2)  # the null is left out
     assert prof[("snip+shuffle", "b")]["density"] == pytest.approx(0.3)
     assert [r["layer_index"] for r in res.layer_profiles.to_pylist() if r["family"] == "snip"] == [0, 1]
     from orchestrator.analysis.present import key_tables, present

@@ -58,6 +58,7 @@ class AnalysisResult:
     ablations: pa.Table | None = None  # pruning at init: each ablation against its method
     layer_profiles: pa.Table | None = None  # per-layer kept fractions (from the layers table)
     num_classes: int | None = None
+    roles: tuple[str, ...] = ()  # the runs' roles ("pai": the experiment prunes at initialization)
 
     def add_path(self, interpolation: pa.Table) -> None:
         """The mean interpolation path, computed apart from the summary's tables because only
@@ -138,6 +139,7 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
     res.ablations = M.ablation_table(res.methods)
     res.layer_profiles = M.layer_profiles(layers, runs_f) if layers is not None else None
     res.num_classes = num_classes
+    res.roles = tuple(sorted(set(runs["role"].drop_null().to_pylist())))
     if path:
         res.add_path(interpolation)
     return res

@@ -463,7 +463,7 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     """Pearson r of starting and final weights (kept weights) against the weights remaining."""
     if methods is None or methods.num_rows == 0:
         return None
-    t = methods.filter(pc.invert(pc.is_null(methods["wc_mean"])))
+    t = methods.filter(pc.invert(pc.is_null(methods["weight_correlation_mean"])))
     sparse = t.filter(pc.greater(t["level"], 0))
     if sparse.num_rows == 0:
         return None
@@ -474,11 +474,11 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8.5, 4.4), layout="constrained")
     for f in families:
         c = _where(sparse, family=f).sort_by("density")
-        ax.errorbar(_col(c, "density"), _col(c, "wc_mean"), yerr=np.nan_to_num(_col(c, "wc_std")),
+        ax.errorbar(_col(c, "density"), _col(c, "weight_correlation_mean"), yerr=np.nan_to_num(_col(c, "weight_correlation_std")),
                     marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
     dense = _where(t, family="dense")
     if dense.num_rows:
-        ax.axhline(float(np.nanmean(_col(dense, "wc_mean"))), color="k", lw=1, label="dense (W_0 vs W_T)")
+        ax.axhline(float(np.nanmean(_col(dense, "weight_correlation_mean"))), color="k", lw=1, label="dense (W_0 vs W_T)")
     _density_axis(ax, sparse["density"].to_pylist())
     ax.set_ylabel("weight correlation (Pearson r)")
     ax.grid(alpha=0.3)
@@ -496,14 +496,14 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
     for name, m in tables.items():
         if m is None:
             continue
-        t = m.filter(pc.and_(pc.greater(m["level"], 0), pc.invert(pc.is_null(m["wc_mean"]))))
+        t = m.filter(pc.and_(pc.greater(m["level"], 0), pc.invert(pc.is_null(m["weight_correlation_mean"]))))
         fams = sorted(set(t["family"].to_pylist()))
         if not fams:
             continue
         fam = "imp_rewind" if "imp_rewind" in fams else fams[0]
         t = _where(t, family=fam)
         t = _where(t, rewind_iter=min(t["rewind_iter"].to_pylist())).sort_by("density")
-        ax.errorbar(_col(t, "density"), _col(t, "wc_mean"), yerr=np.nan_to_num(_col(t, "wc_std")),
+        ax.errorbar(_col(t, "density"), _col(t, "weight_correlation_mean"), yerr=np.nan_to_num(_col(t, "weight_correlation_std")),
                     marker="o", ms=3, capsize=2, label=f"{name} ({fam})")
         dens += t["density"].to_pylist()
         drawn += 1

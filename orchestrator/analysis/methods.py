@@ -47,10 +47,10 @@ def method_table(runs_f: pa.Table) -> pa.Table:
     agg = runs_f.group_by(keys).aggregate([
         ("density", "mean"), ("test_accuracy", "mean"), ("test_accuracy", "stddev", STD),
         ("test_accuracy", "count"), ("weight_correlation", "mean"), ("weight_correlation", "stddev", STD),
-    ]).rename_columns(keys + ["density", "acc_mean", "acc_std", "n_replicates", "wc_mean", "wc_std"])
+    ]).rename_columns(keys + ["density", "acc_mean", "acc_std", "n_replicates", "weight_correlation_mean", "weight_correlation_std"])
     schema = pa.schema([("family", pa.string()), ("rewind_iter", pa.int64()), ("level", pa.int64()),
                         ("density", pa.float64()), ("acc_mean", pa.float64()), ("acc_std", pa.float64()),
-                        ("n_replicates", pa.int64()), ("wc_mean", pa.float64()), ("wc_std", pa.float64())])
+                        ("n_replicates", pa.int64()), ("weight_correlation_mean", pa.float64()), ("weight_correlation_std", pa.float64())])
     return agg.cast(schema).sort_by([("family", "ascending"), ("rewind_iter", "ascending"), ("level", "ascending")])
 
 
@@ -79,7 +79,7 @@ def layer_profiles(layers: pa.Table, runs_f: pa.Table) -> pa.Table:
     """Mean kept fraction per (family, k, level, layer); layers in the models' order."""
     schema = pa.schema([("family", pa.string()), ("rewind_iter", pa.int64()), ("level", pa.int64()),
                         ("layer_index", pa.int64()), ("layer", pa.string()), ("total", pa.int64()),
-                        ("density", pa.float64()), ("wc_mean", pa.float64()), ("n_replicates", pa.int64())])
+                        ("density", pa.float64()), ("weight_correlation_mean", pa.float64()), ("n_replicates", pa.int64())])
     if layers.num_rows == 0 or runs_f.num_rows == 0:
         return schema.empty_table()
     order: dict[str, int] = {}
@@ -99,7 +99,7 @@ def layer_profiles(layers: pa.Table, runs_f: pa.Table) -> pa.Table:
             cell[3] += r["weight_correlation"]
             cell[4] += 1
     rows = [{"family": f, "rewind_iter": k, "level": lv, "layer_index": order[name], "layer": name, "total": c[2],
-             "density": c[0] / c[1], "wc_mean": c[3] / c[4] if c[4] else None, "n_replicates": c[1]}
+             "density": c[0] / c[1], "weight_correlation_mean": c[3] / c[4] if c[4] else None, "n_replicates": c[1]}
             for (f, k, lv, name), c in sums.items()]
     out = pa.Table.from_pylist(rows, schema=schema)
     return out.sort_by([("family", "ascending"), ("rewind_iter", "ascending"), ("level", "ascending"),

@@ -150,14 +150,13 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
 
 def _methods_key_table(res) -> KeyTable | None:
     """Test accuracy of every family at each density (the comparison pruning at initialization
-    asks for), when the experiment has more than IMP's rewind family."""
+    asks for), when the experiment prunes at initialization (otherwise the accuracy and
+    winning-ticket tables already compare its IMP lineages and controls)."""
     m = getattr(res, "methods", None)
-    if m is None:
+    if m is None or "pai" not in set(getattr(res, "roles", ()) or ()):
         return None
     sparse = m.filter(pc.greater(m["level"], 0))
     families = sorted(set(sparse["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f))
-    if len(families) < 2:
-        return None
     counts: dict[int, set] = {}
     for f, k in zip(sparse["family"].to_pylist(), sparse["rewind_iter"].to_pylist()):
         counts.setdefault(k, set()).add(f)
