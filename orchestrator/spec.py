@@ -409,6 +409,11 @@ class ExperimentSpec(_Model):
                         f"pruning.at_init.at_iters[{i}]",
                         f"{k} is not a rewinding point: W_k is saved only at sweep.rewind_iters ({sw.rewind_iters})",
                     )
+            need = a.scoring.examples_per_class * int(info.num_classes)
+            if need > info.num_train:
+                raise SpecError("pruning.at_init.scoring.examples_per_class",
+                                f"{a.scoring.examples_per_class} per class x {info.num_classes} classes = {need} "
+                                f"examples, more than the training set holds ({info.num_train})")
         if b.seeds and "rewind" not in self.pruning.retrain:
             raise SpecError(
                 "sweep.branch.seeds",

@@ -87,6 +87,9 @@ def test_plan_counts_and_validation():
     with pytest.raises(SpecError) as e:
         make(**{"pruning.at_init": {"methods": ["snip", "snip"]}})
     assert e.value.field == "pruning.at_init.methods[1]"
+    with pytest.raises(SpecError) as e:  # digits: 1437 training examples
+        make(**{"pruning.at_init": {"methods": ["snip"], "scoring": {"examples_per_class": 150}}})
+    assert e.value.field == "pruning.at_init.scoring.examples_per_class"
 
 
 def test_magnitude_increase_and_reinit_signs_read_w_k():
