@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="also publish the report to W&B")
+    s.add_argument("--profile-level", type=int, default=None, metavar="LEVEL",
+                   help="the pruning level whose per-layer densities the layer-profile figure draws "
+                        "(default: the deepest measured)")
     s = sub.add_parser("schema", help="print the config's JSON schema (or its field reference)")
     s.add_argument("--markdown", action="store_true",
                    help="the field reference as Markdown (docs/config-reference.md) instead of the JSON schema")
@@ -95,6 +98,10 @@ def _print_plan(summary: dict, console: Console) -> None:
         d = row.get("density")
         table.add_row(str(row["level"]), "-" if d is None else f"{d:.4f}", str(row["train"]), str(row["interpolate"]))
     console.print(table)
+    pai = summary.get("at_init_jobs_by_method")
+    if pai:
+        console.print(f"pruning at initialization: {sum(pai.values())} train jobs "
+                      f"({', '.join(f'{k} {n}' for k, n in pai.items())})")
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
@@ -410,8 +417,11 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
             return EXIT_BAD_INPUT
         return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats)
+    if args.profile_level is not None and args.profile_level < 1:
+        print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats)
+                   formats=formats, profile_level=args.profile_level)
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

@@ -162,6 +162,37 @@ class TrainSpec(_Model):
         return self
 
 
+class ScoringSpec(_Model):
+    examples_per_class: int = Field(10, ge=1, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP")
+    bn_mode: Literal["eval", "train"] = Field("eval", description="snip, grasp, grasp_abs: BatchNorm while scoring: eval (running statistics, as Synaptic-Flow) or train (batch statistics, as the GraSP authors' code); synflow always scores in eval mode")
+
+
+class GraspSpec(_Model):
+    temperature: float = Field(200.0, gt=0, description="grasp, grasp_abs: the gradients are those of the loss of logits / temperature (Wang et al. 2020 use 200)")
+
+
+class SynflowSpec(_Model):
+    iterations: int = Field(100, ge=1, description="synflow: rounds of scoring and pruning (Tanaka et al. 2020 use 100)")
+    schedule: Literal["exponential", "linear"] = Field("exponential", description="synflow: kept count after round r of n: exponential N * d^(r/n) (the paper's) or linear")
+
+
+class AtInitSpec(_Model):
+    methods: list[Literal["snip", "grasp", "grasp_abs", "synflow", "magnitude_init", "random_init"]] = Field(min_length=1, description="pruning-at-initialization methods, one lineage each at every IMP level's exact remaining count: snip (Lee et al. 2019), grasp (Wang et al. 2020; keeps the largest theta*Hg), grasp_abs (keeps the largest |theta*Hg|), synflow (Tanaka et al. 2020), magnitude_init (|W_k|), random_init (random scores)")
+    scope: Literal["global", "layerwise"] = Field("global", description="rank scores over all prunable tensors at once (global: the papers' choice; the total equals IMP's remaining count) or per tensor (layerwise: each tensor keeps magnitude_layerwise's planned count)")
+    at_iters: list[int] = Field(default_factory=lambda: [0], min_length=1, description="score W_k for these k (iterations; each must be one of sweep.rewind_iters), then train k -> T as a level does")
+    ablations: list[Literal["shuffle", "reinit", "invert"]] = Field(default_factory=list, description="Frankle et al. 2021's checks, one lineage per method each: shuffle (the method's mask shuffled within each layer), reinit (its mask, fresh weights), invert (keep the lowest scores at the same count)")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="the scoring batch of the data-dependent methods")
+    grasp: GraspSpec = Field(default_factory=GraspSpec, description="GraSP's parameters")
+    synflow: SynflowSpec = Field(default_factory=SynflowSpec, description="SynFlow's parameters")
+
+    @model_validator(mode="after")
+    def _lists(self) -> "AtInitSpec":
+        _unique(self.methods, "pruning.at_init.methods")
+        _unique(self.at_iters, "pruning.at_init.at_iters")
+        _unique(self.ablations, "pruning.at_init.ablations")
+        return self
+
+
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
@@ -169,7 +200,9 @@ class PruningSpec(_Model):
     ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
     finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
-    controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights)")
+    controls: list[Literal["random_prune", "random_reinit", "random_reinit_signs"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights), random_reinit_signs (IMP's mask, fresh magnitudes with the signs of W_k; Zhou et al. 2019)")
+    criterion: Literal["magnitude", "magnitude_increase"] = Field("magnitude", description="which trained weights a level keeps (Zhou et al. 2019): magnitude (the largest |w_T|, the original IMP) or magnitude_increase (the largest |w_T| - |w_k|)")
+    at_init: AtInitSpec | None = Field(None, description="pruning at initialization, scored on W_k at IMP's exact counts (absent: none)")
 
     @model_validator(mode="after")
     def _lists(self) -> "PruningSpec":
@@ -184,7 +217,8 @@ class PruningSpec(_Model):
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
-        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore))
+        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
+                           criterion=self.criterion)
 
 
 class BranchSpec(_Model):
@@ -427,6 +461,19 @@ class ExperimentSpec(_Model):
                         f"sweep.branch.levels[{i}]",
                         f"level {lev} is beyond the last pruning level ({self.pruning.levels}, pruning.levels)",
                     )
+        a = self.pruning.at_init
+        if a is not None:
+            for i, k in enumerate(a.at_iters):
+                if k not in sw.rewind_iters:
+                    raise SpecError(
+                        f"pruning.at_init.at_iters[{i}]",
+                        f"{k} is not a rewinding point: W_k is saved only at sweep.rewind_iters ({sw.rewind_iters})",
+                    )
+            need = a.scoring.examples_per_class * int(info.num_classes)
+            if need > info.num_train:
+                raise SpecError("pruning.at_init.scoring.examples_per_class",
+                                f"{a.scoring.examples_per_class} per class x {info.num_classes} classes = {need} "
+                                f"examples, more than the training set holds ({info.num_train})")
         if b.seeds and "rewind" not in self.pruning.retrain:
             raise SpecError(
                 "sweep.branch.seeds",

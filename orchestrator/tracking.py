@@ -111,7 +111,8 @@ def job_config(job: Any, attempt: int) -> dict[str, Any]:
 
 def run_name(job: Any, attempt: int = 1) -> str:
     """A W&B run name a person can read: r0-k50-L2-s1 (replicate, rewinding point, level, data
-    seed), prefixed by the role when it is not a level of the IMP lineage, and `-a2` for a retry."""
+    seed), prefixed by the role when it is not a level of the IMP lineage (by the method, and
+    ablation, for pruning at initialization), and `-a2` for a retry."""
     m = job.meta
     if m is None:
         name = f"{job.kind}-{job.id[:8]}"
@@ -119,7 +120,10 @@ def run_name(job: Any, attempt: int = 1) -> str:
         name = f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
     else:
         name = f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
-        if m.role not in ("level", None):
+        if m.role == "pai":  # pruning at init: the method, and its ablation (snip+shuffle-r0-k0-L2-s0)
+            ablation = (m.retrain or "rewind").removeprefix("pai_")
+            name = f"{m.prune_strategy}{'' if ablation == 'rewind' else '+' + ablation}-{name}"
+        elif m.role not in ("level", None):
             name = f"{m.role}-{name}"
     return name if attempt <= 1 else f"{name}-a{attempt}"
 

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 # configs/demo.yaml shrunk to seconds: 1 replicate, k in {0, 10}, 2 levels, branches at 0 and 2
-# (1 dense run + 2 x (2 levels + 4 children) = 13 train jobs, 4 interpolate jobs).
+# (1 dense run + 2 x (2 levels + 4 children) = 13 train jobs, 4 interpolate jobs; plus the
+# demo's pruning at init from W_0: 2 methods x 2 levels x (method, shuffle) = 8 train jobs).
 TINY = [
     "train.iterations=40",
     "train.schedule.milestones=[20, 30]",
