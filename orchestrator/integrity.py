@@ -117,11 +117,15 @@ def seal(out_dir: str) -> dict[str, str]:
     sums = checksums(out_dir, output_names(out_dir))
     path = os.path.join(out_dir, CHECKSUMS)
     tmp = os.path.join(out_dir, f".{CHECKSUMS}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(sums, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(sums, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return sums
 
 
