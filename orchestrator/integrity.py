@@ -129,6 +129,30 @@ def seal(out_dir: str) -> dict[str, str]:
     return sums
 
 
+def seal_from_record(store: Store, job_id: str) -> bool:
+    """A done job from before checksums.json that runs again reusing its outputs (a dense run that
+    gains a rewinding point): write its checksums.json from the sums its worker put in the done
+    record. result.json had no sum then: it is covered only if it still says what the record (the
+    source of the job's rows) says. Returns whether checksums.json exists now."""
+    if store.exists(Store.artifact(job_id, CHECKSUMS)):
+        return True
+    try:
+        record = store.done_record(job_id)
+        raw = store.read_bytes(Store.artifact(job_id, RESULT))
+        result = json.loads(raw)
+    except (OSError, ValueError):
+        return False
+    sums = record.get("checksums") if isinstance(record, dict) else None
+    kept = record.get("result") if isinstance(record, dict) else None
+    if not sums or not isinstance(kept, dict) or not isinstance(result, dict):
+        return False
+    said = ("test_loss", "test_accuracy", "train_loss", "train_accuracy", "density", "start_iter", "end_iter", "metrics")
+    if any(result.get(k) != kept.get(k) for k in said):
+        return False
+    store.write_json(Store.artifact(job_id, CHECKSUMS), {**sums, RESULT: hashlib.sha256(raw).hexdigest()})
+    return True
+
+
 def result_problem(out_dir: str) -> tuple[str, list[str]] | None:
     """Why the finished result left in `out_dir` cannot be reused, and which of its files are
     damaged (to set aside); None when there is no result.json, or when every output matches the

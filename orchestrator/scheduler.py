@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.graph import Job, Plan
-from orchestrator.integrity import CorruptInput, set_aside
+from orchestrator.integrity import CorruptInput, seal_from_record, set_aside
 from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import RowsDisagree, result_tables, write_job_rows
@@ -120,6 +120,7 @@ class Scheduler:
                     # again; the trainer sees its result.json and only replays up to the W_k
                     # it lacks, leaving weights.pt (which children already used) untouched
                     self.progress.log(f"rerun  {job_id}: done but lacks {sorted(missing)}")
+                    seal_from_record(self.store, job_id)  # (a store from before checksums.json)
                     self.store.delete(Store.artifact(job_id, "done.json"))
                     done.discard(job_id)
                     # alone: train() adds missing W_k to a finished run, a pack returns it as is

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from orchestrator.graph import Job, JobMeta
-from orchestrator.integrity import aside_name, result_problem, seal, set_aside
+from orchestrator.integrity import aside_name, result_problem, seal, seal_from_record, set_aside
 from orchestrator.rows import RowsDisagree, write_job_rows
 from orchestrator.store import CHECKSUMS, RESULT, Store
 
@@ -34,7 +34,7 @@ def test_set_asides_of_one_file_never_collide(tmp_path):
 
 def _finished(out):
     """A job directory as a finished train job leaves it, sealed by its worker."""
-    out.mkdir()
+    out.mkdir(parents=True)
     (out / "weights.pt").write_bytes(b"w" * 1000)
     (out / "mask.pt").write_bytes(b"m" * 100)
     (out / "w_0.pt").write_bytes(b"0" * 1000)
@@ -79,6 +79,26 @@ def test_a_result_is_reused_only_when_every_output_matches_the_workers_checksums
 
     (out / RESULT).unlink()
     assert result_problem(str(out)) is None  # no result: the job trains, nothing to verify
+
+
+def test_a_store_from_before_checksums_json_is_sealed_from_its_done_records(tmp_path):
+    """A done job of an older store (sums in done.json only) that runs again reusing its outputs
+    (a dense run gaining a rewinding point) is verified against the sums of its done record, and
+    its result.json only while it says what the record says."""
+    store = Store(str(tmp_path / "store"))
+    out = tmp_path / "store" / "artifacts" / "j"
+    sums = _finished(out)
+    (out / CHECKSUMS).unlink()
+    result = {"test_accuracy": 0.9}
+    record = {"checksums": {k: v for k, v in sums.items() if k != RESULT}, "result": result}
+    store.write_json(Store.artifact("j", "done.json"), record)
+    (out / RESULT).write_text(json.dumps({"test_accuracy": 0.8}))  # not what the rows were made from
+    assert not seal_from_record(store, "j") and not (out / CHECKSUMS).exists()
+    (out / RESULT).write_text(json.dumps(result))
+    assert seal_from_record(store, "j")
+    assert result_problem(str(out)) is None
+    (out / "mask.pt").write_bytes(b"M" + b"m" * 99)
+    assert result_problem(str(out))[1] == ["mask.pt"]
 
 
 def _job() -> Job:
