@@ -11,7 +11,10 @@ checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with t
 and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
 and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
 producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
-which every job would hit alike: the sweep stops at once and says so).
+which every job would hit alike: the sweep stops at once and says so). While a producer is
+redone, every consumer of it waits, and the further reports of the same damage (one per worker
+that read it) cost nothing and count as no redo (`JobQueue.stale_report`). A job finished again
+whose results differ from its published rows is refused (`rows.RowsDisagree`).
 
 Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
 pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
