@@ -21,8 +21,9 @@ from orchestrator.graph import Job
 from orchestrator.schemas import file_schema
 from orchestrator.store import Store
 
-# Where, when and how often a job ran, not what it produced: a job finished again may differ in these.
-PROVENANCE = ("wall_seconds", "attempts", "host", "node")
+# Where, when and how often a job ran, and under which config of its experiment (one that grew
+# since has another hash), not what it produced: a job finished again may differ in these.
+PROVENANCE = ("wall_seconds", "attempts", "host", "node", "config_hash")
 
 
 class RowsDisagree(RuntimeError):

@@ -2,6 +2,7 @@
 outputs (orchestrator/integrity.py), and a job's rows when it finishes again (orchestrator/rows.py)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -130,8 +131,12 @@ def test_a_job_finished_again_replaces_its_staged_rows_and_never_contradicts_pub
     store.publish("metrics", "e")
     assert _accuracies(store) == [0.80] and _accuracies(store, "metrics") == [0.80]
 
-    # finished again elsewhere, later, more attempts: the same results, nothing written twice
-    write_job_rows(store, "e", _job(), _record(0.80, host="b", attempts=3), stored)
+    # finished again elsewhere, later, more attempts, in the experiment grown since (another
+    # config hash): the same results, nothing written twice
+    grown = _job()
+    grown = Job(id=grown.id, kind=grown.kind, spec=None, parents=grown.parents,  # type: ignore[arg-type]
+                meta=dataclasses.replace(grown.meta, config_hash="grown"))
+    write_job_rows(store, "e", grown, _record(0.80, host="b", attempts=3), stored)
     assert store.publish("runs", "e") == 0 and store.publish("metrics", "e") == 0
 
     with pytest.raises(RowsDisagree, match="test_accuracy") as e:
