@@ -385,6 +385,43 @@ def test_a_redone_job_reuses_only_outputs_its_worker_verified(reference, tmp_pat
     assert sorted(runs.column("job_id").to_pylist()) == sorted(j for j in p.jobs if p.jobs[j].kind == "train")
 
 
+def test_a_redo_that_contradicts_its_published_rows_is_refused(reference, tmp_path, capsys):
+    """Published rows are never rewritten: a job finished again whose results differ from them (a
+    non-deterministic job redone; here the published row is edited to stand for the first run) is
+    refused, not recorded: it fails saying why, its new outputs are set aside, its pair is
+    blocked, and the published rows stay as they were, once each."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    pair = next(j for j in p.jobs.values() if j.kind == "interpolate")
+    leaf = pair.meta.pair[0]
+    (store / "artifacts" / leaf / "done.json").unlink()  # it runs again (its outputs are reused)
+    shutil.rmtree(store / "artifacts" / pair.id)
+    for part in (store / "results" / "runs" / "experiment=demo").glob("part-*.parquet"):
+        t = pq.read_table(part)
+        mine = pc.equal(t["job_id"], leaf)
+        if pc.any(mine).as_py():
+            col = t.schema.get_field_index("test_accuracy")
+            t = t.set_column(col, "test_accuracy", pc.if_else(mine, 0.5, t["test_accuracy"]))
+            pq.write_table(t, part)
+
+    capsys.readouterr()
+    rc = main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.out
+    assert f"failed: {leaf}" in captured.err and "differ from its published rows" in captured.err
+    assert "test_accuracy" in captured.err and "--set name=" in captured.err
+    art = store / "artifacts" / leaf
+    assert not (art / "done.json").exists() and (art / "failed.json").exists()
+    assert not (art / "weights.pt").exists() and list(art.glob("weights.pt.refused-*"))
+    assert not (store / "artifacts" / pair.id / "done.json").exists()  # blocked
+    runs = Store(str(store)).read_table("runs", "demo").to_pylist()
+    assert [r["test_accuracy"] for r in runs if r["job_id"] == leaf] == [0.5]  # untouched, once
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of the given size (the tiny sweep's store needs about 4 MB): a real full disk.
