@@ -307,6 +307,8 @@ class JobRunner:
         """A result an earlier run left in `out_dir` (the trainer returns it without training) is
         reused only when every output matches the checksums.json the worker wrote when it
         produced them; otherwise the damaged files are set aside and the job trains again."""
+        if self.rt.rank != 0:  # a gang's other ranks write nothing: rank 0 decides, they follow its files
+            return
         found = result_problem(out_dir)
         if found is None:
             return
