@@ -123,16 +123,18 @@ def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, An
     and its published rows checked: RowsDisagree, before anything is written, when they are not
     the rows of `record` (see the module docstring)."""
     tables = job_rows(job, record)
+    differ = {}
     for table, rows in tables.items():
         if job.id in stored[table] and not store.is_staged(table, experiment, job.id):
-            differ = _differences(table, store.published_rows(table, experiment, job.id), rows)
-            if differ:
-                raise RowsDisagree(
-                    f"job {job.id} finished again with results that differ from its published rows "
-                    f"(table {table}, experiment {experiment}: {differ}); published rows are never "
-                    "rewritten, so it is refused: run the sweep under a new experiment name (--set name=...) "
-                    "to keep these results"
-                )
+            differ[table] = _differences(table, store.published_rows(table, experiment, job.id), rows)
+    differ = {t: d for t, d in differ.items() if d}
+    if differ:
+        raise RowsDisagree(
+            f"job {job.id} finished again with results that differ from its published rows "
+            f"(experiment {experiment}: " + "; ".join(f"table {t}: {d}" for t, d in sorted(differ.items()))
+            + "); published rows are never rewritten, so it is refused: run the sweep under a new "
+            "experiment name (--set name=...) to keep these results"
+        )
     for table, rows in tables.items():
         if job.id in stored[table] and not store.is_staged(table, experiment, job.id):
             continue  # published, and equal to these

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.graph import Job, JobMeta
 from orchestrator.integrity import aside_name, result_problem, seal, seal_from_record, set_aside
 from orchestrator.rows import RowsDisagree, write_job_rows
+from orchestrator.schemas import TABLES
 from orchestrator.store import CHECKSUMS, RESULT, Store
 
 
@@ -124,7 +125,7 @@ def _accuracies(store: Store, table: str = "runs") -> list[float]:
 
 def test_a_job_finished_again_replaces_its_staged_rows_and_never_contradicts_published_ones(tmp_path):
     store = Store(str(tmp_path / "store"))
-    stored = {t: set() for t in ("runs", "metrics")}
+    stored = {t: set() for t in TABLES}
     write_job_rows(store, "e", _job(), _record(0.90), stored)
     write_job_rows(store, "e", _job(), _record(0.80), stored)  # redone before a publish: replaced
     store.publish("runs", "e")
