@@ -298,7 +298,8 @@ class ExperimentSpec(_Model):
     @model_validator(mode="after")
     def _resolve(self) -> "ExperimentSpec":
         """Cross-field checks, and epochs -> iterations (needs the data set's size)."""
-        from trainers.data.catalog import describe, valid_names
+        from trainers.data.catalog import valid_names
+        from trainers.data.ondisk import describe
 
         models = model_names()
         if self.model not in models:
@@ -435,7 +436,7 @@ class ExperimentSpec(_Model):
 
     def check_data(self) -> None:
         """The data is present and readable (for `lth run`; `lth plan` does not need it)."""
-        from trainers.data.catalog import check_available
+        from trainers.data.ondisk import check_available
 
         try:
             check_available(self.data_config())

@@ -1,5 +1,5 @@
 """CIFAR-10 / CIFAR-100 batch files (torchvision's on-disk format, the python pickles) read into
-numpy, validated, with errors that name the file. No torch: the catalog counts a data set's
+numpy, validated, with errors that name the file. No torch: ondisk.py counts a data set's
 examples with this when `lth plan` describes a CIFAR folder; cifar.py loads the same arrays.
 
 torchvision.datasets.CIFAR10(download=False) refuses any file whose md5 differs from the
