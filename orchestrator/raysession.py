@@ -94,12 +94,14 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise AddressError(f"--address: no Ray cluster answers at {hostport} ({reason})") from None
+    hint = ("give the head node's GCS port (ray start --head prints it; 6379 by default) or ray://HOST:10001 "
+            "for Ray Client, not the dashboard's (8265)")
     if reply is None:
-        raise AddressError(
-            f"--address: {hostport} accepts connections but is not a Ray cluster (it does not speak gRPC); "
-            "give the head node's GCS port (ray start --head prints it; 6379 by default) or ray://HOST:10001 "
-            "for Ray Client, not the dashboard's (8265)"
-        )
+        raise AddressError(f"--address: {hostport} accepts connections but is not a Ray cluster (it does not speak gRPC); {hint}")
+    service = _RAY_CLIENT_SERVICE if address.startswith("ray://") else _GCS_SERVICE
+    verdict = _ray_service_answers(hostport, service, timeout)
+    if verdict is not None:
+        raise AddressError(f"--address: {hostport} accepts connections but is not a Ray cluster ({verdict}); {hint}")
 
 
 # The HTTP/2 client preface and an empty SETTINGS frame. Ray's GCS and its Ray Client server are
@@ -122,6 +124,43 @@ def _http2_greeting(conn: socket.socket) -> bytes | None:
     except (socket.timeout, ConnectionError):
         return None
     return header if header[3] == _H2_SETTINGS else None
+
+
+# A gRPC server answers a method it does not serve with UNIMPLEMENTED, whatever it is. Ray's GCS
+# (and its Ray Client server) answers one of its own methods otherwise: OK, or UNAUTHENTICATED
+# under token authentication, which it checks after finding the method. So the peer is Ray when
+# the known method is found and a made-up one of the same service is not: two empty requests,
+# milliseconds, instead of ray.init retrying for minutes against a server that never will be Ray.
+_GCS_SERVICE = ("/ray.rpc.NodeInfoGcsService/", "CheckAlive")
+_RAY_CLIENT_SERVICE = ("/ray.rpc.RayletDriver/", "ClusterInfo")
+_NO_SUCH_METHOD = "LthSweepNoSuchMethod"
+
+
+def _ray_service_answers(hostport: str, service: tuple[str, str], timeout: float) -> str | None:
+    """None when the gRPC peer at hostport serves Ray's `service`, else why not (in words)."""
+    import grpc
+
+    prefix, method = service
+
+    def status(name: str) -> grpc.StatusCode:
+        call = channel.unary_unary(prefix + name, request_serializer=None, response_deserializer=None)
+        try:
+            call(b"", timeout=timeout)  # an empty message is every request type's default value
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    with grpc.insecure_channel(hostport) as channel:
+        known = status(method)
+        if known == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no gRPC answer within {timeout:g} s"
+        if known == grpc.StatusCode.UNIMPLEMENTED:
+            return f"a gRPC server without Ray's {prefix.strip('/')} service"
+        if known == grpc.StatusCode.UNAVAILABLE:
+            return "its gRPC server is unavailable"
+        if status(_NO_SUCH_METHOD) != grpc.StatusCode.UNIMPLEMENTED:
+            return f"a gRPC server that answers any method ({known.name.lower()} to {method})"
+    return None
 
 
 # Ray binds its servers (GCS, raylet, workers, agents) to every interface unless it believes it
