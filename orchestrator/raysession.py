@@ -11,6 +11,8 @@ the raylet under a driver still waiting on it (which aborts the driver).
 """
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 import shutil
@@ -195,6 +197,67 @@ class _DropTokenAuthNotice(logging.Filter):
         return not record.getMessage().startswith(_TOKEN_AUTH_ON_BY_DEFAULT)
 
 
+# The embedded Ray's session directories: PARENT/lth-ray-XXXX, made private (0700) and marked
+# with the driver that made it. A driver that is SIGKILLed leaves its directory behind (~260 KB
+# of logs and sockets); the next embedded start removes those of drivers that are gone.
+SESSION_PREFIX = "lth-ray-"
+_OWNER_FILE = "lth-owner.json"
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _record_owner(session_dir: str) -> None:
+    owner = {"pid": os.getpid(), "started": _process_started(os.getpid()), "host": socket.gethostname()}
+    with open(os.path.join(session_dir, _OWNER_FILE), "w") as f:
+        json.dump(owner, f)
+
+
+def _paths_in_use() -> str:
+    """Every process's command line, joined (Ray's servers name their session directory there)."""
+    import psutil
+
+    lines = []
+    for proc in psutil.process_iter(["cmdline"]):
+        lines.append(" ".join(proc.info.get("cmdline") or ()))
+    return "\n".join(lines)
+
+
+def remove_stale_sessions(parent: str) -> list[str]:
+    """Remove the session directories under `parent` whose driver is gone and which no running
+    process names; returns them. Only this user's, marked by this host's drivers: another
+    user's, one still being made (no owner file yet) or one of a live driver is left."""
+    removed: list[str] = []
+    in_use: str | None = None
+    for path in sorted(glob.glob(os.path.join(parent, SESSION_PREFIX + "*"))):
+        try:
+            if os.lstat(path).st_uid != os.getuid() or not os.path.isdir(path):
+                continue
+            with open(os.path.join(path, _OWNER_FILE)) as f:
+                owner = json.load(f)
+            pid, started = int(owner["pid"]), owner.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner.get("host") != socket.gethostname():
+            continue
+        alive = _process_started(pid)
+        if alive is not None and (started is None or abs(alive - float(started)) < 1.0):
+            continue  # the driver runs (the same process: a reused pid started later)
+        if in_use is None:
+            in_use = _paths_in_use()
+        if path + os.sep in in_use:
+            continue  # a Ray server of that session outlived its driver: it still writes there
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 class RayCluster:
     """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
 
@@ -219,7 +282,13 @@ class RayCluster:
         else:
             # a private session directory: never collide with another user's /tmp/ray (short:
             # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
-            self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
+            parent = os.environ.get("LTH_RAY_TMPDIR", "/tmp")
+            try:
+                remove_stale_sessions(parent)
+            except Exception as e:  # noqa: BLE001 - housekeeping must never stop a sweep
+                logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
+            self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)
+            _record_owner(self._temp_dir)
             main = threading.current_thread() is threading.main_thread()
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
             # The workers' temporary files go inside the session directory, which is removed at the
@@ -237,6 +306,7 @@ class RayCluster:
                 finally:
                     logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
                 self._owned = True
+                os.chmod(self._temp_dir, 0o700)  # Ray made it 0777: its sockets and logs are this user's
                 _install()  # before the unmask: a SIGTERM that came meanwhile is ours
                 if old is not None:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here
