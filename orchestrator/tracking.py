@@ -105,7 +105,26 @@ def resolve_settings(
         run_dir = store_local_dir or os.path.join(tempfile.gettempdir(), "lth-wandb")
     run_dir = os.path.abspath(run_dir)
     breaker = wandb_breaker.breaker_path(run_dir, uuid.uuid4().hex[:12]) if mode == "online" else None
-    return TrackingSettings(mode=mode, project=project, entity=entity, dir=run_dir, breaker=breaker)
+    return TrackingSettings(mode=mode, project=project, entity=entity, dir=run_dir, breaker=breaker,
+                            init_timeout=_init_timeout())
+
+
+def _init_timeout() -> float:
+    """$LTH_WANDB_INIT_TIMEOUT (seconds), else the default; a value that is not a positive
+    number is named in a warning and the default used (tracking never stops a sweep)."""
+    default = TrackingSettings.init_timeout
+    text = os.environ.get("LTH_WANDB_INIT_TIMEOUT")
+    if text is None:
+        return default
+    try:
+        value = float(text)
+        if not 0 < value < float("inf"):
+            raise ValueError
+        return value
+    except ValueError:
+        warnings.warn(f"LTH_WANDB_INIT_TIMEOUT: expected a positive number of seconds, got {text[:40]!r}; "
+                      f"using {default:g}", stacklevel=3)
+        return default
 
 
 def job_config(job: Any, attempt: int) -> dict[str, Any]:
