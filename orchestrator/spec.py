@@ -486,8 +486,9 @@ def _unique(values: Sequence[Any], field: str) -> None:
 
 
 class _Loader(BoundedLoader):
-    """SafeLoader (bounded: bounded_yaml.py) that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`) and refuses a key
-    given twice in one mapping (PyYAML keeps the last silently: a sweep run with the wrong value)."""
+    """SafeLoader, bounded in size and depth (bounded_yaml.py), that also reads `1e-4` as a float
+    (YAML 1.1 wants `1.0e-4`) and refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: a sweep run with the wrong value)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
