@@ -271,7 +271,7 @@ class ResourcesSpec(_Model):
     def _pack_value(cls, v: Any) -> Any:
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= L.MAX_PACK):
             return v
-        raise ValueError(f"must be at least 1 (and at most {L.MAX_PACK:,}) or auto, got {L.echo(v)}")
+        raise ValueError(f"must be at least 1 or auto (a number at most {L.MAX_PACK:,}), got {L.echo(v)}")
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> "ResourcesSpec":
