@@ -28,6 +28,7 @@ MAX_BN_BATCHES = 100_000  # training batches of one BatchNorm reset
 MAX_ATTEMPTS = 100
 MAX_WORKERS = 100_000
 MAX_PACK = 1024
+MAX_RANKS = 4096  # processes of one job (resources.ranks)
 MAX_RESOURCE = 1_000_000.0  # GPUs, CPUs or GB of memory per job
 MAX_SECONDS = 86_400.0 * 365  # a checkpoint interval
 MAX_JOBS = 100_000  # jobs of one plan (the largest sweeps above plan a few tens of thousands)
