@@ -20,7 +20,7 @@ import torch
 from benchmarks.common import Settings, median, sync
 from trainers.data.sources import open_data
 from trainers.data.export import write_image_folder
-from trainers.data.ffcv_io import write_beton
+from trainers.data.beton_writer import write_beton
 from trainers.jobs import DataConfig
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -334,7 +334,20 @@ def _open_store(args: argparse.Namespace, spec_store: str | None = None):
     if store.fs.get_file_info(store.base).type == pafs.FileType.File:
         print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
         return None
+    above = None if store.is_remote else _file_above(store.local_path(""))
+    if above is not None:
+        print(f"error: --store: {store.root!r} is under {above!r}, which is a file, not a directory", file=sys.stderr)
+        return None
     return store
+
+
+def _file_above(path: str) -> str | None:
+    """The nearest existing ancestor of `path` when it is not a directory (the store could never
+    be made there), else None."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else parent
 
 
 def _existing_store(args: argparse.Namespace):

@@ -45,6 +45,7 @@ from typing import Any
 from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
+from orchestrator.limits import MAX_JOBS
 from orchestrator.spec import ExperimentSpec, SpecError
 from trainers.jobs import AtInitConfig, InterpolateJob, TrainConfig, TrainJob
 from trainers.model_catalog import conv_linear_weights
@@ -164,6 +165,10 @@ class _Builder:
 
     def add(self, kind: str, spec: Any, inputs: dict[str, tuple[str, str]], meta: JobMeta) -> str:
         jid = job_id(kind, spec, inputs)
+        if jid not in self.jobs and len(self.jobs) >= MAX_JOBS:  # each count is bounded, their product is not
+            raise SpecError("sweep", f"the plan passes {MAX_JOBS:,} jobs (sweep.replicates x rewinding points x "
+                                     "pruning.levels x lineages, and the branches' children and pairs): split "
+                                     "it into several experiments")
         if jid not in self.jobs:  # equal work, equal id: the first description stays
             parents = tuple(dict.fromkeys(p for p, _ in inputs.values()))
             self.jobs[jid] = Job(id=jid, kind=kind, spec=spec, parents=parents, inputs=inputs, meta=meta)

@@ -11,6 +11,8 @@ the raylet under a driver still waiting on it (which aborts the driver).
 """
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 import shutil
@@ -94,12 +96,14 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise AddressError(f"--address: no Ray cluster answers at {hostport} ({reason})") from None
+    hint = ("give the head node's GCS port (ray start --head prints it; 6379 by default) or ray://HOST:10001 "
+            "for Ray Client, not the dashboard's (8265)")
     if reply is None:
-        raise AddressError(
-            f"--address: {hostport} accepts connections but is not a Ray cluster (it does not speak gRPC); "
-            "give the head node's GCS port (ray start --head prints it; 6379 by default) or ray://HOST:10001 "
-            "for Ray Client, not the dashboard's (8265)"
-        )
+        raise AddressError(f"--address: {hostport} accepts connections but is not a Ray cluster (it does not speak gRPC); {hint}")
+    service = _RAY_CLIENT_SERVICE if address.startswith("ray://") else _GCS_SERVICE
+    verdict = _ray_service_answers(hostport, service, timeout)
+    if verdict is not None:
+        raise AddressError(f"--address: {hostport} accepts connections but is not a Ray cluster ({verdict}); {hint}")
 
 
 # The HTTP/2 client preface and an empty SETTINGS frame. Ray's GCS and its Ray Client server are
@@ -122,6 +126,43 @@ def _http2_greeting(conn: socket.socket) -> bytes | None:
     except (socket.timeout, ConnectionError):
         return None
     return header if header[3] == _H2_SETTINGS else None
+
+
+# A gRPC server answers a method it does not serve with UNIMPLEMENTED, whatever it is. Ray's GCS
+# (and its Ray Client server) answers one of its own methods otherwise: OK, or UNAUTHENTICATED
+# under token authentication, which it checks after finding the method. So the peer is Ray when
+# the known method is found and a made-up one of the same service is not: two empty requests,
+# milliseconds, instead of ray.init retrying for minutes against a server that never will be Ray.
+_GCS_SERVICE = ("/ray.rpc.NodeInfoGcsService/", "CheckAlive")
+_RAY_CLIENT_SERVICE = ("/ray.rpc.RayletDriver/", "ClusterInfo")
+_NO_SUCH_METHOD = "LthSweepNoSuchMethod"
+
+
+def _ray_service_answers(hostport: str, service: tuple[str, str], timeout: float) -> str | None:
+    """None when the gRPC peer at hostport serves Ray's `service`, else why not (in words)."""
+    import grpc
+
+    prefix, method = service
+
+    def status(name: str) -> grpc.StatusCode:
+        call = channel.unary_unary(prefix + name, request_serializer=None, response_deserializer=None)
+        try:
+            call(b"", timeout=timeout)  # an empty message is every request type's default value
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    with grpc.insecure_channel(hostport) as channel:
+        known = status(method)
+        if known == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no gRPC answer within {timeout:g} s"
+        if known == grpc.StatusCode.UNIMPLEMENTED:
+            return f"a gRPC server without Ray's {prefix.strip('/')} service"
+        if known == grpc.StatusCode.UNAVAILABLE:
+            return "its gRPC server is unavailable"
+        if status(_NO_SUCH_METHOD) != grpc.StatusCode.UNIMPLEMENTED:
+            return f"a gRPC server that answers any method ({known.name.lower()} to {method})"
+    return None
 
 
 # Ray binds its servers (GCS, raylet, workers, agents) to every interface unless it believes it
@@ -156,6 +197,67 @@ class _DropTokenAuthNotice(logging.Filter):
         return not record.getMessage().startswith(_TOKEN_AUTH_ON_BY_DEFAULT)
 
 
+# The embedded Ray's session directories: PARENT/lth-ray-XXXX, made private (0700) and marked
+# with the driver that made it. A driver that is SIGKILLed leaves its directory behind (~260 KB
+# of logs and sockets); the next embedded start removes those of drivers that are gone.
+SESSION_PREFIX = "lth-ray-"
+_OWNER_FILE = "lth-owner.json"
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _record_owner(session_dir: str) -> None:
+    owner = {"pid": os.getpid(), "started": _process_started(os.getpid()), "host": socket.gethostname()}
+    with open(os.path.join(session_dir, _OWNER_FILE), "w") as f:
+        json.dump(owner, f)
+
+
+def _paths_in_use() -> str:
+    """Every process's command line, joined (Ray's servers name their session directory there)."""
+    import psutil
+
+    lines = []
+    for proc in psutil.process_iter(["cmdline"]):
+        lines.append(" ".join(proc.info.get("cmdline") or ()))
+    return "\n".join(lines)
+
+
+def remove_stale_sessions(parent: str) -> list[str]:
+    """Remove the session directories under `parent` whose driver is gone and which no running
+    process names; returns them. Only this user's, marked by this host's drivers: another
+    user's, one still being made (no owner file yet) or one of a live driver is left."""
+    removed: list[str] = []
+    in_use: str | None = None
+    for path in sorted(glob.glob(os.path.join(parent, SESSION_PREFIX + "*"))):
+        try:
+            if os.lstat(path).st_uid != os.getuid() or not os.path.isdir(path):
+                continue
+            with open(os.path.join(path, _OWNER_FILE)) as f:
+                owner = json.load(f)
+            pid, started = int(owner["pid"]), owner.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner.get("host") != socket.gethostname():
+            continue
+        alive = _process_started(pid)
+        if alive is not None and (started is None or abs(alive - float(started)) < 1.0):
+            continue  # the driver runs (the same process: a reused pid started later)
+        if in_use is None:
+            in_use = _paths_in_use()
+        if path + os.sep in in_use:
+            continue  # a Ray server of that session outlived its driver: it still writes there
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 class RayCluster:
     """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
 
@@ -180,7 +282,13 @@ class RayCluster:
         else:
             # a private session directory: never collide with another user's /tmp/ray (short:
             # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
-            self._temp_dir = tempfile.mkdtemp(prefix="lth-ray-", dir=os.environ.get("LTH_RAY_TMPDIR", "/tmp"))
+            parent = os.environ.get("LTH_RAY_TMPDIR", "/tmp")
+            try:
+                remove_stale_sessions(parent)
+            except Exception as e:  # noqa: BLE001 - housekeeping must never stop a sweep
+                logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
+            self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)
+            _record_owner(self._temp_dir)
             main = threading.current_thread() is threading.main_thread()
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
             # The workers' temporary files go inside the session directory, which is removed at the
@@ -198,6 +306,7 @@ class RayCluster:
                 finally:
                     logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
                 self._owned = True
+                os.chmod(self._temp_dir, 0o700)  # Ray made it 0777: its sockets and logs are this user's
                 _install()  # before the unmask: a SIGTERM that came meanwhile is ours
                 if old is not None:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args
+from typing import Annotated, Any, Literal, Sequence, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from orchestrator import limits as L
+from orchestrator.bounded_yaml import BoundedLoader
 from trainers.compiling import compile_by_default
 from trainers.graph_rules import cuda_graphs_problem
 from trainers.data.catalog import DESCRIPTIONS
@@ -34,8 +36,11 @@ class SpecError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        lines = [f"{self.field}: {self.reason}"]
-        lines += [f"{f}: {r}" for f, r in self.others]
+        # clip: a message stays readable whatever the input (each value it echoes is cut already)
+        lines = [L.clip(f"{self.field}: {self.reason}")]
+        lines += [L.clip(f"{f}: {r}") for f, r in self.others[:20]]
+        if len(self.others) > 20:
+            lines.append(f"... and {len(self.others) - 20} more problems")
         return "\n".join(lines)
 
 
@@ -55,23 +60,32 @@ class _Model(BaseModel):
     model_config = _STRICT
 
 
+def _at_most(n: float) -> str:
+    return f"; at most {n:,}"
+
+
+# A seed: within int64 (orchestrator/limits.py says why).
+Seed = Annotated[int, Field(ge=L.MIN_SEED, le=L.MAX_SEED)]
+_SEED_RANGE = "; an integer from -2^63 to 2^63 - 1"
+
+
 class DataSpec(_Model):
     name: str = Field("digits", description=f"data set: one of {', '.join(DESCRIPTIONS)} (trainers/data/catalog.py)")
     root: str | None = Field(None, description='directory holding the data: cifar-10-batches-py/, an ImageFolder tree, or train.beton/test.beton (ffcv_*); unused by digits and synthetic')
-    image_size: int | None = Field(None, gt=0, description='image side in pixels: synthetic images; imagenet/ffcv_imagenet crop side (training too, unless min_res is set)')
-    eval_image_size: int | None = Field(None, gt=0, description='imagenet: pixels of the shorter side before the centre crop at evaluation (default image_size * 8/7)')
-    num_classes: int | None = Field(None, ge=2, description='number of classes: required by synthetic; imagenet checks it against the folder')
-    num_train: int | None = Field(None, gt=0, description='training examples: the size of synthetic data; elsewhere a fixed subset (seeded by data.seed); null: all')
-    num_test: int | None = Field(None, gt=0, description='test examples, as num_train')
-    channels: int = Field(3, gt=0, description='image channels of synthetic data')
-    seed: int = Field(0, description='seed of the data set itself (synthetic generation, subsets), not of the data order')
+    image_size: int | None = Field(None, gt=0, le=L.MAX_IMAGE_SIDE, description='image side in pixels: synthetic images; imagenet/ffcv_imagenet crop side (training too, unless min_res is set)' + _at_most(L.MAX_IMAGE_SIDE))
+    eval_image_size: int | None = Field(None, gt=0, le=L.MAX_IMAGE_SIDE, description='imagenet: pixels of the shorter side before the centre crop at evaluation (default image_size * 8/7)' + _at_most(L.MAX_IMAGE_SIDE))
+    num_classes: int | None = Field(None, ge=2, le=L.MAX_CLASSES, description='number of classes: required by synthetic; imagenet checks it against the folder' + _at_most(L.MAX_CLASSES))
+    num_train: int | None = Field(None, gt=0, le=L.MAX_EXAMPLES, description='training examples: the size of synthetic data; elsewhere a fixed subset (seeded by data.seed); null: all' + _at_most(L.MAX_EXAMPLES))
+    num_test: int | None = Field(None, gt=0, le=L.MAX_EXAMPLES, description='test examples, as num_train' + _at_most(L.MAX_EXAMPLES))
+    channels: int = Field(3, gt=0, le=L.MAX_CHANNELS, description='image channels of synthetic data' + _at_most(L.MAX_CHANNELS))
+    seed: Seed = Field(0, description='seed of the data set itself (synthetic generation, subsets), not of the data order' + _SEED_RANGE)
     augment: bool = Field(True, description="the data set's standard augmentation on training batches (CIFAR: pad-4 crop and flip)")
     # Progressive resizing (ImageNet-shaped data): training side from min_res to max_res over
     # epochs start_ramp_epoch..end_ramp_epoch (trainers/data/resolution.py checks the rest).
-    min_res: int | None = Field(None, gt=0, description='progressive resizing: training side in pixels up to start_ramp_epoch; null: train at image_size')
-    max_res: int | None = Field(None, gt=0, description='progressive resizing: training side in pixels from end_ramp_epoch on')
-    start_ramp_epoch: int = Field(0, ge=0, description='progressive resizing: epoch at which the side starts growing from min_res')
-    end_ramp_epoch: int = Field(0, ge=0, description='progressive resizing: epoch at which the side reaches max_res')
+    min_res: int | None = Field(None, gt=0, le=L.MAX_IMAGE_SIDE, description='progressive resizing: training side in pixels up to start_ramp_epoch; null: train at image_size' + _at_most(L.MAX_IMAGE_SIDE))
+    max_res: int | None = Field(None, gt=0, le=L.MAX_IMAGE_SIDE, description='progressive resizing: training side in pixels from end_ramp_epoch on' + _at_most(L.MAX_IMAGE_SIDE))
+    start_ramp_epoch: int = Field(0, ge=0, le=L.MAX_EPOCHS, description='progressive resizing: epoch at which the side starts growing from min_res' + _at_most(L.MAX_EPOCHS))
+    end_ramp_epoch: int = Field(0, ge=0, le=L.MAX_EPOCHS, description='progressive resizing: epoch at which the side reaches max_res' + _at_most(L.MAX_EPOCHS))
 
     def to_config(self) -> DataConfig:
         return DataConfig(**self.model_dump())
@@ -97,7 +111,7 @@ class ScheduleSpec(_Model):
     milestones: list[int] | None = Field(None, description='step schedule: iterations at which the learning rate is multiplied by gamma')
     milestones_epochs: list[float] | None = Field(None, description='step schedule: milestones in epochs (resolved into milestones; give one of the two)')
     gamma: float = Field(0.1, gt=0, description='step schedule: factor applied at each milestone')
-    warmup_iters: int | None = Field(None, ge=0, description='linear warmup length in iterations (resolved: 0 when absent)')
+    warmup_iters: int | None = Field(None, ge=0, le=L.MAX_ITERATIONS, description='linear warmup length in iterations (resolved: 0 when absent)' + _at_most(L.MAX_ITERATIONS))
     warmup_epochs: float | None = Field(None, ge=0, description='warmup length in epochs (resolved into warmup_iters; give one of the two)')
     min_lr: float = Field(0.0, ge=0, description='cosine schedule: learning rate at the last iteration')
 
@@ -120,15 +134,15 @@ class ScheduleSpec(_Model):
 
 
 class TrainSpec(_Model):
-    iterations: int | None = Field(None, gt=0, description='training length T in iterations (SGD steps); give this or epochs')
-    epochs: float | None = Field(None, gt=0, description='training length in epochs (resolved into iterations: epochs x ceil(num_train / batch_size), rounded')
-    batch_size: int = Field(128, gt=0, description='examples per iteration')
+    iterations: int | None = Field(None, gt=0, le=L.MAX_ITERATIONS, description='training length T in iterations (SGD steps); give this or epochs' + _at_most(L.MAX_ITERATIONS))
+    epochs: float | None = Field(None, gt=0, description='training length in epochs (resolved into iterations: epochs x ceil(num_train / batch_size), rounded; at most ' + f'{L.MAX_ITERATIONS:,} iterations)')
+    batch_size: int = Field(128, gt=0, le=L.MAX_BATCH_SIZE, description='examples per iteration' + _at_most(L.MAX_BATCH_SIZE))
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description='the optimizer')
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description='the learning-rate schedule, a function of the iteration')
     label_smoothing: float = Field(0.0, ge=0, lt=1, description='label smoothing of the cross-entropy loss (fraction)')
-    eval_every: int | None = Field(None, ge=0, description='iterations between evaluations written to the metrics table; 0: only at the start and the end')
+    eval_every: int | None = Field(None, ge=0, le=L.MAX_ITERATIONS, description='iterations between evaluations written to the metrics table; 0: only at the start and the end' + _at_most(L.MAX_ITERATIONS))
     eval_every_epochs: float | None = Field(None, ge=0, description='evaluation interval in epochs (resolved into eval_every; give one of the two)')
-    eval_train_examples: int = Field(1024, gt=0, description='size of the fixed training subset on which train loss and accuracy are measured')
+    eval_train_examples: int = Field(1024, gt=0, le=L.MAX_EXAMPLES, description='size of the fixed training subset on which train loss and accuracy are measured' + _at_most(L.MAX_EXAMPLES))
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description='arithmetic: fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)')
     channels_last: bool = Field(True, description='channels-last memory layout for convolutions (CUDA only)')
     compile: bool | Literal["auto"] = Field("auto", description='torch.compile the model (CUDA only); auto: trainers.compiling.COMPILE_BY_DEFAULT[model] (pending GPU measurement: eager for every model today)')
@@ -149,9 +163,9 @@ class TrainSpec(_Model):
         "slice of bn_batch examples: then the ranks are batch_size / bn_batch); part of the job id",
     )
     bn_batch: int | None = Field(
-        None, gt=0,
+        None, gt=0, le=L.MAX_BATCH_SIZE,
         description="bn_sync per_replica: examples per rank that BatchNorm normalises over (required "
-        "there; resources must give batch_size / bn_batch ranks); part of the job id",
+        "there; resources must give batch_size / bn_batch ranks); part of the job id" + _at_most(L.MAX_BATCH_SIZE),
     )
 
     @model_validator(mode="after")
@@ -163,7 +177,7 @@ class TrainSpec(_Model):
 
 
 class ScoringSpec(_Model):
-    examples_per_class: int = Field(10, ge=1, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP")
+    examples_per_class: int = Field(10, ge=1, le=L.MAX_SCORING_EXAMPLES, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP" + _at_most(L.MAX_SCORING_EXAMPLES))
     bn_mode: Literal["eval", "train"] = Field("eval", description="snip, grasp, grasp_abs: BatchNorm while scoring: eval (running statistics, as Synaptic-Flow) or train (batch statistics, as the GraSP authors' code); synflow always scores in eval mode")
 
 
@@ -172,14 +186,14 @@ class GraspSpec(_Model):
 
 
 class SynflowSpec(_Model):
-    iterations: int = Field(100, ge=1, description="synflow: rounds of scoring and pruning (Tanaka et al. 2020 use 100)")
+    iterations: int = Field(100, ge=1, le=L.MAX_SYNFLOW_ROUNDS, description="synflow: rounds of scoring and pruning (Tanaka et al. 2020 use 100)" + _at_most(L.MAX_SYNFLOW_ROUNDS))
     schedule: Literal["exponential", "linear"] = Field("exponential", description="synflow: kept count after round r of n: exponential N * d^(r/n) (the paper's) or linear")
 
 
 class AtInitSpec(_Model):
     methods: list[Literal["snip", "grasp", "grasp_abs", "synflow", "magnitude_init", "random_init"]] = Field(min_length=1, description="pruning-at-initialization methods, one lineage each at every IMP level's exact remaining count: snip (Lee et al. 2019), grasp (Wang et al. 2020; keeps the largest theta*Hg), grasp_abs (keeps the largest |theta*Hg|), synflow (Tanaka et al. 2020), magnitude_init (|W_k|), random_init (random scores)")
     scope: Literal["global", "layerwise"] = Field("global", description="rank scores over all prunable tensors at once (global: the papers' choice; the total equals IMP's remaining count) or per tensor (layerwise: each tensor keeps magnitude_layerwise's planned count)")
-    at_iters: list[int] = Field(default_factory=lambda: [0], min_length=1, description="score W_k for these k (iterations; each must be one of sweep.rewind_iters), then train k -> T as a level does")
+    at_iters: list[Annotated[int, Field(ge=0, le=L.MAX_ITERATIONS)]] = Field(default_factory=lambda: [0], min_length=1, max_length=L.MAX_REWIND_POINTS, description="score W_k for these k (iterations; each must be one of sweep.rewind_iters), then train k -> T as a level does" + _at_most(L.MAX_REWIND_POINTS) + " points")
     ablations: list[Literal["shuffle", "reinit", "invert"]] = Field(default_factory=list, description="Frankle et al. 2021's checks, one lineage per method each: shuffle (the method's mask shuffled within each layer), reinit (its mask, fresh weights), invert (keep the lowest scores at the same count)")
     scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="the scoring batch of the data-dependent methods")
     grasp: GraspSpec = Field(default_factory=GraspSpec, description="GraSP's parameters")
@@ -196,7 +210,7 @@ class AtInitSpec(_Model):
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
-    levels: int = Field(8, ge=0, description='pruning levels after the dense run: density (1 - fraction)^levels at the last one')
+    levels: int = Field(8, ge=0, le=L.MAX_LEVELS, description='pruning levels after the dense run: density (1 - fraction)^levels at the last one' + _at_most(L.MAX_LEVELS))
     ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
     finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
@@ -222,15 +236,15 @@ class PruningSpec(_Model):
 
 
 class BranchSpec(_Model):
-    seeds: list[int] = Field(default_factory=list, description='data-order seeds of the children made at each branch point (instability analysis); empty: no branches')
+    seeds: list[Seed] = Field(default_factory=list, max_length=L.MAX_BRANCH_SEEDS, description='data-order seeds of the children made at each branch point (instability analysis); empty: no branches' + _at_most(L.MAX_BRANCH_SEEDS) + ' seeds')
     levels: Union[list[int], Literal["all"]] = Field("all", description='pruning levels at which to branch (0: dense), or all')
     # 31 in Frankle et al. 2020; each point is one evaluation per split, so 1001 (a step of
     # 0.001) is far beyond any resolution a barrier needs, and bounds a typo's cost.
-    num_alphas: int = Field(31, ge=2, le=1001, description='evenly spaced interpolation points in [0, 1] on the path between two children (both ends included)')
+    num_alphas: int = Field(31, ge=2, le=1001, description='evenly spaced interpolation points in [0, 1] on the path between two children (both ends included)' + _at_most(1001))
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"], min_length=1, description='data on which the interpolation path is evaluated: test, train')
-    train_examples: int = Field(10_000, gt=0, description='training examples used to evaluate the interpolation path on train')
+    train_examples: int = Field(10_000, gt=0, le=L.MAX_EXAMPLES, description='training examples used to evaluate the interpolation path on train' + _at_most(L.MAX_EXAMPLES))
     bn_reset: bool = Field(False, description='recompute BatchNorm statistics at each interpolated point before evaluating it')
-    bn_reset_batches: int = Field(8, gt=0, description='training batches used for each BatchNorm reset')
+    bn_reset_batches: int = Field(8, gt=0, le=L.MAX_BN_BATCHES, description='training batches used for each BatchNorm reset' + _at_most(L.MAX_BN_BATCHES))
     noise_floor: bool = Field(
         False,
         description="add at each branch point a pair of children with the first branch seed, both run with "
@@ -257,11 +271,11 @@ class BranchSpec(_Model):
 
 
 class SweepSpec(_Model):
-    replicates: int | None = Field(None, ge=1, description='number of initialisations (init seeds 0..n-1); give this or init_seeds')
-    init_seeds: list[int] | None = Field(None, min_length=1, description='explicit init seeds, one replicate each (resolved from replicates when absent)')
-    rewind_iters: list[int] | None = Field(None, min_length=1, description='rewinding points k in iterations (0: the original IMP); give this or rewind_epochs')
-    rewind_epochs: list[float] | None = Field(None, min_length=1, description='rewinding points in epochs (resolved into rewind_iters)')
-    data_seed: int = Field(0, description='data-order seed of the lineages (the dense run and every level)')
+    replicates: int | None = Field(None, ge=1, le=L.MAX_REPLICATES, description='number of initialisations (init seeds 0..n-1); give this or init_seeds' + _at_most(L.MAX_REPLICATES))
+    init_seeds: list[Seed] | None = Field(None, min_length=1, max_length=L.MAX_REPLICATES, description='explicit init seeds, one replicate each (resolved from replicates when absent)' + _at_most(L.MAX_REPLICATES) + ' seeds')
+    rewind_iters: list[Annotated[int, Field(le=L.MAX_ITERATIONS)]] | None = Field(None, min_length=1, max_length=L.MAX_REWIND_POINTS, description='rewinding points k in iterations (0: the original IMP); give this or rewind_epochs' + _at_most(L.MAX_REWIND_POINTS) + ' points')
+    rewind_epochs: list[float] | None = Field(None, min_length=1, max_length=L.MAX_REWIND_POINTS, description='rewinding points in epochs (resolved into rewind_iters)' + _at_most(L.MAX_REWIND_POINTS) + ' points')
+    data_seed: Seed = Field(0, description='data-order seed of the lineages (the dense run and every level)' + _SEED_RANGE)
     branch: BranchSpec = Field(default_factory=BranchSpec, description='branches and their linear interpolation (instability analysis)')
 
     @model_validator(mode="after")
@@ -282,23 +296,23 @@ class SweepSpec(_Model):
 class ResourcesSpec(_Model):
     """Per job (Ray resources); a fractional gpus packs small jobs onto one GPU."""
 
-    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between worker processes, each with its own CUDA context (time-shared, no MPS): for small models prefer 1 with a larger pack')
-    cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
-    memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
-    pack: Union[int, Literal["auto"]] = Field(
+    gpus: float = Field(0, ge=0, le=L.MAX_RESOURCE, description='GPUs per job (Ray resource); a fraction shares one GPU between worker processes, each with its own CUDA context (time-shared, no MPS): for small models prefer 1 with a larger pack' + _at_most(L.MAX_RESOURCE))
+    cpus: float = Field(1, ge=0, le=L.MAX_RESOURCE, description='CPUs per job (Ray resource)' + _at_most(L.MAX_RESOURCE))
+    memory_gb: float | None = Field(None, gt=0, le=L.MAX_RESOURCE, description='host memory per job in GB (Ray resource); null: not reserved' + _at_most(L.MAX_RESOURCE))
+    pack: Union[Annotated[int, Field(ge=1, le=L.MAX_PACK)], Literal["auto"]] = Field(
         "auto",
         description="at most this many train jobs run together in one worker call (trainers.packed."
         "train_packed): ready jobs with the same TrainConfig, start and end iterations and learning-rate "
         "schedule (children of one branch point, the same level of several lineages); the pack shares "
         "this job's gpus/cpus. 1: every job alone. auto: AUTO_PACK on a GPU for a small model "
         "(SMALL_MODELS), else 1. Results are those of one-by-one training (bitwise with pack_strategy "
-        "sequential, up to float rounding stacked)",
+        "sequential, up to float rounding stacked)" + _at_most(L.MAX_PACK),
     )
     ranks: int | None = Field(
-        None, ge=1,
+        None, ge=1, le=L.MAX_RANKS,
         description="CPU ranks of one job (torch.distributed over gloo) when gpus is 0; with gpus > 1 the "
         "ranks are the GPUs (one each) and this may be left out. Runtime, not identity: results equal "
-        "one rank's up to float rounding (docs/design.md, Jobs on N ranks)",
+        "one rank's up to float rounding (docs/design.md, Jobs on N ranks)" + _at_most(L.MAX_RANKS),
     )
     placement: Literal["same_node", "spread"] = Field(
         "same_node",
@@ -315,9 +329,9 @@ class ResourcesSpec(_Model):
     @field_validator("pack", mode="before")
     @classmethod
     def _pack_value(cls, v: Any) -> Any:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= L.MAX_PACK):
             return v
-        raise ValueError(f"must be at least 1 or auto, got {v!r}")
+        raise ValueError(f"must be at least 1 or auto (a number at most {L.MAX_PACK:,}), got {L.echo(v)}")
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> "ResourcesSpec":
@@ -338,11 +352,11 @@ class ResourcesSpec(_Model):
 
 
 class SchedulerSpec(_Model):
-    max_attempts: int = Field(3, ge=1, description='attempts per job before it counts as failed (a retry resumes from its checkpoint)')
+    max_attempts: int = Field(3, ge=1, le=L.MAX_ATTEMPTS, description='attempts per job before it counts as failed (a retry resumes from its checkpoint)' + _at_most(L.MAX_ATTEMPTS))
     priority: Literal["longest_path", "breadth_first"] = Field("longest_path", description='which ready job starts first: longest_path (the critical path) or breadth_first')
-    checkpoint_every_iters: int = Field(0, ge=0, description='in-job checkpoint interval in iterations; 0: by time only')
-    checkpoint_every_seconds: float = Field(300.0, gt=0, description='in-job checkpoint interval in seconds')
-    max_workers: int | None = Field(None, ge=1, description='at most this many jobs at once; null: as many as the cluster fits')
+    checkpoint_every_iters: int = Field(0, ge=0, le=L.MAX_ITERATIONS, description='in-job checkpoint interval in iterations; 0: by time only' + _at_most(L.MAX_ITERATIONS))
+    checkpoint_every_seconds: float = Field(300.0, gt=0, le=L.MAX_SECONDS, description='in-job checkpoint interval in seconds' + _at_most(L.MAX_SECONDS))
+    max_workers: int | None = Field(None, ge=1, le=L.MAX_WORKERS, description='at most this many jobs at once; null: as many as the cluster fits' + _at_most(L.MAX_WORKERS))
     gang_timeout_seconds: float = Field(
         1800.0, gt=0,
         description="a job on several ranks that makes no progress for this long (a dead or hung rank, a stuck "
@@ -358,7 +372,7 @@ class TrackingSpec(_Model):
 
 class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=L.MAX_NAME_LENGTH, description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)" + _at_most(L.MAX_NAME_LENGTH) + " characters")
     model: str = Field(description=f"network: one of {', '.join(model_names())} (trainers/models.py)")
     data: DataSpec = Field(default_factory=DataSpec, description='the data set')
     train: TrainSpec = Field(description='training hyperparameters, shared by every job')
@@ -374,13 +388,14 @@ class ExperimentSpec(_Model):
     @model_validator(mode="after")
     def _resolve(self) -> "ExperimentSpec":
         """Cross-field checks, and epochs -> iterations (needs the data set's size)."""
-        from trainers.data.catalog import describe, valid_names
+        from trainers.data.catalog import valid_names
+        from trainers.data.ondisk import describe
 
         models = model_names()
         if self.model not in models:
-            raise SpecError("model", f"unknown model {self.model!r}; valid names: {', '.join(sorted(models))}")
+            raise SpecError("model", f"unknown model {L.echo(self.model)}; valid names: {', '.join(sorted(models))}")
         if self.data.name not in DESCRIPTIONS:
-            raise SpecError("data.name", f"unknown data set {self.data.name!r}; valid names: {valid_names()}")
+            raise SpecError("data.name", f"unknown data set {L.echo(self.data.name)}; valid names: {valid_names()}")
         try:
             info = describe(self.data.to_config())
         except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: a data.root whose files are not the data set
@@ -401,9 +416,12 @@ class ExperimentSpec(_Model):
         t, s, sw = self.train, self.train.schedule, self.sweep
         rewind_field = "sweep.rewind_epochs" if sw.rewind_epochs is not None else "sweep.rewind_iters"
         if t.epochs is not None:
+            if iters(t.epochs) > L.MAX_ITERATIONS:
+                raise SpecError("train.epochs", f"{t.epochs:g} epochs are {iters(t.epochs):,} iterations "
+                                                f"({per_epoch:,} per epoch); at most {L.MAX_ITERATIONS:,}")
             t.iterations, t.epochs = iters(t.epochs), None
         if t.eval_every_epochs is not None:
-            t.eval_every, t.eval_every_epochs = max(1, iters(t.eval_every_epochs)), None
+            t.eval_every, t.eval_every_epochs = min(max(1, iters(t.eval_every_epochs)), L.MAX_ITERATIONS), None
         if t.eval_every is None:
             t.eval_every = 0
         if s.milestones_epochs is not None:
@@ -546,7 +564,7 @@ class ExperimentSpec(_Model):
 
     def check_data(self) -> None:
         """The data is present and readable (for `lth run`; `lth plan` does not need it)."""
-        from trainers.data.catalog import check_available
+        from trainers.data.ondisk import check_available
 
         try:
             check_available(self.data_config())
@@ -574,13 +592,14 @@ def _unique(values: Sequence[Any], field: str) -> None:
     seen = set()
     for i, v in enumerate(values):
         if v in seen:
-            raise SpecError(f"{field}[{i}]", f"{v!r} appears twice")
+            raise SpecError(f"{field}[{i}]", f"{L.echo(v)} appears twice")
         seen.add(v)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`) and refuses a key
-    given twice in one mapping (PyYAML keeps the last silently: a sweep run with the wrong value)."""
+class _Loader(BoundedLoader):
+    """SafeLoader, bounded in size and depth (bounded_yaml.py), that also reads `1e-4` as a float
+    (YAML 1.1 wants `1.0e-4`) and refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: a sweep run with the wrong value)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -590,7 +609,7 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (list, dict)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark
+                    None, None, f"duplicate key {L.echo(key)} (first given on line {seen[key] + 1})", key_node.start_mark
                 )
             if not isinstance(key, (list, dict)):
                 seen[key] = key_node.start_mark.line
@@ -660,7 +679,9 @@ def _errors(e: ValidationError) -> list[tuple[str, str]]:
         elif err["type"] == "missing":
             reason = "required field is missing"
         else:
-            reason = f"{err['msg']} (got {err.get('input')!r})"
+            reason = f"{err['msg']} (got {L.echo(err.get('input'))})"
+            if err["type"].startswith(("int_", "float_")):  # the wrong type: say the range too
+                reason += _bound_of(loc)
             if isinstance(err.get("input"), list) and "list" not in err["type"]:
                 # A list where one value goes: someone trying to sweep a hyperparameter.
                 reason += ("; a field takes one value per experiment: to compare values, run one "
@@ -668,6 +689,16 @@ def _errors(e: ValidationError) -> list[tuple[str, str]]:
         if (field, reason) not in out:
             out.append((field, reason))
     return out
+
+
+def _bound_of(loc: Sequence[Any]) -> str:
+    """"; at most N" for a bounded integer field (the bound is in its description), so that a
+    value refused for its type (1e18 is a float) still learns the range it must be in."""
+    holder, name = _model_at(loc), loc[-1] if loc else None
+    if holder is None or not isinstance(name, str) or name not in holder.model_fields:
+        return ""
+    at_most = re.search(r"; at most [0-9,.]+( [a-z]+)?", holder.model_fields[name].description or "")
+    return at_most.group(0) if at_most else ""
 
 
 def validate_spec(data: Any) -> ExperimentSpec:
@@ -691,7 +722,7 @@ def _parse_key(key: str) -> list[str | int]:
     for token in key.split("."):
         m = _TOKEN.match(token)
         if not m:
-            raise SpecError(key, f"--set: {token!r} is not a config key (keys look like a.b.c or a.b[1])")
+            raise SpecError(key, f"--set: {L.echo(token)} is not a config key (keys look like a.b.c or a.b[1])")
         parts.append(m.group(1))
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
     return parts
@@ -710,7 +741,7 @@ def apply_override(data: dict, override: str) -> None:
     try:
         value = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise SpecError(key, f"--set: the value {text!r} is not valid YAML ({e})") from None
+        raise SpecError(key, f"--set: the value {L.echo(text)} is not valid YAML ({e})") from None
     parts = _parse_key(key)
     node: Any = data
     cls: Any = ExperimentSpec
@@ -722,7 +753,7 @@ def apply_override(data: dict, override: str) -> None:
             if cls is None or not isinstance(node, dict):
                 raise SpecError(key, f"--set: {_path_text(done)} has no sub-keys")
             if part not in cls.model_fields:
-                raise SpecError(key, f"--set: unknown key {part!r} at {where} (valid keys: {', '.join(cls.model_fields)})")
+                raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where} (valid keys: {', '.join(cls.model_fields)})")
             sub = _submodel(cls, part)
             if last:
                 node[part] = value
@@ -777,13 +808,13 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         return data
     base = data.pop("base")
     if not isinstance(base, str) or not base:
-        raise SpecError("base", f"in {path}: the path of another config file, relative to this one (got {base!r})")
+        raise SpecError("base", f"in {path}: the path of another config file, relative to this one (got {L.echo(base)})")
     base_path = (path.parent / base).resolve()
     if base_path in chain or base_path == path.resolve():
         cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
         raise SpecError("base", f"in {path}: configs form a cycle ({cycle})")
     if not base_path.is_file():
-        raise SpecError("base", f"in {path}: no such config file {str(base_path)!r}")
+        raise SpecError("base", f"in {path}: no such config file {L.echo(str(base_path))}")
     return merge_configs(_read_config(base_path, (*chain, path.resolve())), data)
 
 

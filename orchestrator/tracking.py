@@ -11,15 +11,21 @@ parent directory (it must be local to the workers: W&B writes there while a job 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import netrc
 import os
 import socket
+import ssl
 import tempfile
+import urllib.error
 import urllib.parse
+import urllib.request
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from orchestrator import wandb_breaker
 from trainers.jobs import MetricRow
 
 WandbMode = Literal["online", "offline", "disabled"]
@@ -31,6 +37,10 @@ class TrackingSettings:
     project: str = "lth-sweep"
     entity: str | None = None
     dir: str | None = None  # runs land in <dir>/wandb/ (a local path)
+    # online only: W&B's own init timeout is 90 s, paid per job by a service that never answers;
+    # past this one, the sweep's breaker (wandb_breaker.py) sends every later job offline
+    init_timeout: float = 30.0
+    breaker: str | None = None  # the sweep's breaker file (online only)
 
 
 def _has_api_key() -> bool:
@@ -43,16 +53,26 @@ def _has_api_key() -> bool:
 
 
 def _service_problem(timeout: float = 3.0) -> str | None:
-    """Why the W&B service cannot be reached from here (None: it answers). One TCP connection,
-    once per command: an unreachable service otherwise costs every job W&B's own retries."""
-    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    """Why the W&B service does not answer from here (None: it does). One HTTP request with a
+    deadline, once per command: a service that cannot be reached, or one that accepts the
+    connection and never answers, otherwise costs every job W&B's own retries. Any HTTP answer
+    counts (an error status too: W&B itself will say what it means)."""
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = urllib.parse.urlsplit(base)
     host = url.hostname or "api.wandb.ai"
     port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with urllib.request.urlopen(base.rstrip("/") + "/healthz", timeout=timeout):
             return None
-    except OSError as e:
-        return f"{host}:{port}: {e.strerror or type(e).__name__}"
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return None  # it answered, in TLS; whether W&B trusts its certificate is W&B's to say
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return f"{host}:{port}: no answer within {timeout:g} s"
+        return f"{host}:{port}: {getattr(reason, 'strerror', None) or reason or type(e).__name__}"
 
 
 def decide_mode(mode: str) -> tuple[str, str | None]:
@@ -83,7 +103,28 @@ def resolve_settings(
     run_dir = os.environ.get("LTH_WANDB_DIR")
     if run_dir is None:
         run_dir = store_local_dir or os.path.join(tempfile.gettempdir(), "lth-wandb")
-    return TrackingSettings(mode=mode, project=project, entity=entity, dir=os.path.abspath(run_dir))
+    run_dir = os.path.abspath(run_dir)
+    breaker = wandb_breaker.breaker_path(run_dir, uuid.uuid4().hex[:12]) if mode == "online" else None
+    return TrackingSettings(mode=mode, project=project, entity=entity, dir=run_dir, breaker=breaker,
+                            init_timeout=_init_timeout())
+
+
+def _init_timeout() -> float:
+    """$LTH_WANDB_INIT_TIMEOUT (seconds), else the default; a value that is not a positive
+    number is named in a warning and the default used (tracking never stops a sweep)."""
+    default = TrackingSettings.init_timeout
+    text = os.environ.get("LTH_WANDB_INIT_TIMEOUT")
+    if text is None:
+        return default
+    try:
+        value = float(text)
+        if not 0 < value < float("inf"):
+            raise ValueError
+        return value
+    except ValueError:
+        warnings.warn(f"LTH_WANDB_INIT_TIMEOUT: expected a positive number of seconds, got {text[:40]!r}; "
+                      f"using {default:g}", stacklevel=3)
+        return default
 
 
 def job_config(job: Any, attempt: int) -> dict[str, Any]:
@@ -144,6 +185,7 @@ class JobTracker:
         self.attempt = attempt
         self.run = None
         self.problems: list[str] = []  # W&B errors, for the job's record: the driver shows them
+        self._offline = False  # this attempt's online init failed
 
     def _warn(self, what: str, exc: BaseException) -> None:
         message = f"W&B {what} failed (the job goes on): {type(exc).__name__}: {exc}"
@@ -153,13 +195,14 @@ class JobTracker:
     def start(self) -> None:
         if self.settings.mode == "disabled":
             return
+        mode = self._mode()
         try:
             import wandb
 
             os.makedirs(self.settings.dir, exist_ok=True)
             meta = self.job.meta
             self.run = wandb.init(
-                mode=self.settings.mode,
+                mode=mode,
                 project=self.settings.project,
                 entity=self.settings.entity,
                 dir=self.settings.dir,
@@ -179,11 +222,33 @@ class JobTracker:
                     disable_job_creation=True,
                     x_disable_stats=True,
                     x_disable_machine_info=True,
+                    **({"init_timeout": self.settings.init_timeout} if mode == "online" else {}),
                 ),
             )
         except Exception as exc:  # noqa: BLE001 - tracking must never fail a job
+            if mode == "online":  # the sweep goes offline (wandb_breaker.py), this job too
+                self._trip(f"{type(exc).__name__}: {exc}")
+                self.start()
+                return
             self._warn("init", exc)
             self.run = None
+
+    def _mode(self) -> str:
+        if self.settings.mode == "online" and (self._offline or wandb_breaker.is_tripped(self.settings.breaker)):
+            return "offline"
+        return self.settings.mode
+
+    def _trip(self, reason: str) -> None:
+        self._offline = True
+        try:
+            first = self.settings.breaker is None or wandb_breaker.trip(self.settings.breaker, reason)
+        except OSError:  # the breaker cannot be written: this job reports, as if it were the first
+            first = True
+        if first:
+            message = (f"W&B online failed ({reason}): this job and every later one of the sweep log offline; "
+                       "upload later with `wandb sync`")
+            self.problems.append(message)
+            warnings.warn(f"job {self.job.id}: {message}", stacklevel=3)
 
     def log_metric(self, row: MetricRow) -> None:
         if self.run is None:

@@ -124,3 +124,40 @@ def test_the_gpu_suite_imports_only_what_the_gpu_machine_has():
                     outside.setdefault(top, str(path.relative_to(ROOT)))
     assert len(seen) > 10  # the walk followed the project's imports
     assert outside == {}, f"imports the GPU machine lacks: {outside}"
+
+
+def data_package_imports() -> dict[str, set[str]]:
+    """module -> the trainers.data modules it imports, at the top or inside a function."""
+    pkg = ROOT / "trainers" / "data"
+    names = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse((pkg / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "trainers.data":
+                found |= {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainers.data."):
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("trainers.data.")}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_data_package_imports_one_way():
+    """No import circle in trainers/data, lazy imports included: the catalog holds data and pure
+    functions, the readers import it, ondisk.py imports both, sources.py all of them."""
+    graph = data_package_imports()
+    assert {"catalog", "cifar_files"} <= graph["ondisk"] and "catalog" in graph["cifar_files"]  # the parser sees edges
+    assert graph["catalog"] <= {"resolution"}, graph["catalog"]
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == start:
+                return path + [start]
+            if nxt not in path and (found := cycle_from(start, path + [nxt])):
+                return found
+        return None
+
+    circles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
+    assert not circles, "import circles in trainers/data: " + "; ".join(" -> ".join(c) for c in circles)

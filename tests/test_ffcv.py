@@ -9,7 +9,7 @@ import torch
 import trainers.data.sources as D
 from trainers.data import order
 from trainers.data.export import write_cifar_dir, write_image_folder
-from trainers.data.ffcv_io import main, write_beton
+from trainers.data.beton_writer import main, write_beton
 from trainers.jobs import DataConfig
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainers import model_catalog as mc
-from trainers.data import catalog, sources
+from trainers.data import catalog, ondisk, sources
 from trainers.jobs import DataConfig
 from trainers.models import MODELS, meta_model
 from trainers.pruning import prunable_sizes
@@ -95,7 +95,7 @@ def test_data_catalog_describes_without_loading_as_the_loaders_count(tmp_path):
     import torch
 
     for cfg in (DataConfig(name="digits"), DataConfig(name="synthetic", image_size=16, num_classes=3, num_train=40, num_test=8)):
-        assert catalog.describe(cfg) == sources.open_data(cfg, torch.device("cpu")).info
+        assert ondisk.describe(cfg) == sources.open_data(cfg, torch.device("cpu")).info
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
@@ -125,7 +125,7 @@ def test_describing_a_cifar_folder_counts_it_without_torch(tmp_path):
     folder = write_cifar_dir(tmp_path, num_classes=10, num_train=30, num_test=12, seed=1)
     code = (
         "import sys\n"
-        "from trainers.data.catalog import describe\n"
+        "from trainers.data.ondisk import describe\n"
         "from trainers.jobs import DataConfig\n"
         f"info = describe(DataConfig(name='cifar10', root={str(folder)!r}, num_train=20))\n"
         "print(info.num_train, info.num_test, 'torch' in sys.modules)\n"

@@ -355,7 +355,7 @@ def test_ablations_shuffle_and_invert():
 def test_reinit_ablation_keeps_the_mask_with_fresh_weights(tmp_path):
     from trainers import checkpoint
     from trainers.checkpoint import state_dict_cpu
-    from trainers.data.catalog import describe
+    from trainers.data.ondisk import describe
     from trainers.train import starting_point
 
     model = _model()
@@ -375,7 +375,7 @@ def test_reinit_ablation_keeps_the_mask_with_fresh_weights(tmp_path):
 def test_random_reinit_signs_keeps_the_signs_of_w_k(tmp_path):
     from trainers import checkpoint
     from trainers.checkpoint import state_dict_cpu
-    from trainers.data.catalog import describe
+    from trainers.data.ondisk import describe
     from trainers.train import starting_point
 
     wk, parent = _model(0), _model(3)

@@ -228,15 +228,25 @@ def test_unreachable_address_fails_at_once_writing_nothing(tmp_path):
     assert not store.exists()
 
 
-@pytest.mark.parametrize("server", ["http", "silent"])
+@pytest.mark.parametrize("server", ["http", "silent", "grpc"])
 def test_an_address_that_is_not_ray_fails_at_once_writing_nothing(tmp_path, server):
     """Something listens but is not Ray: an HTTP/1 server (the dashboard's port is the usual
-    mistake) or one that accepts and says nothing. ray.init would retry for minutes on either."""
+    mistake), one that accepts and says nothing, or a gRPC server of another service (it passes
+    an HTTP/2 greeting). ray.init would retry for minutes on each."""
     import http.server
     import socket
     import threading
 
-    if server == "http":
+    if server == "grpc":
+        from concurrent import futures
+
+        import grpc
+
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # serves no method at all
+        port = srv.add_insecure_port("127.0.0.1:0")
+        srv.start()
+        stop = lambda: srv.stop(None)  # noqa: E731
+    elif server == "http":
         srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
         port = srv.server_address[1]
         threading.Thread(target=srv.serve_forever, daemon=True).start()

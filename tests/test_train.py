@@ -148,7 +148,7 @@ def test_retrain_modes_start_from_the_right_weights(tmp_path):
                        parent_mask=dense.mask_path, rewind_weights=dense.saved_weights[10])
     base = TrainJob(train=CFG, init_seed=0, data_seed=1, start_iter=10, prune=PruneConfig(fraction=0.5))
     model = build_model("mlp_300_100", (64,), 10, seed=0)
-    from trainers.data.catalog import describe
+    from trainers.data.ondisk import describe
     info = describe(CFG.data)
     w_k, final = weights(dense.saved_weights[10]), weights(dense.weights_path)
     for retrain, reinit, expected in [

@@ -89,7 +89,8 @@ def _measure(model: str, input_shape: tuple[int, ...], num_classes: int) -> dict
 
 def generate() -> dict[str, Any]:
     """The catalog of every registered model on every catalogued data set's default shape."""
-    from trainers.data.catalog import DESCRIPTIONS, describe
+    from trainers.data.catalog import DESCRIPTIONS
+    from trainers.data.ondisk import describe
     from trainers.jobs import DataConfig
     from trainers.models import MODELS
 

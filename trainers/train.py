@@ -360,7 +360,7 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
         return result
     if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
         # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)
-        from trainers.data.catalog import describe
+        from trainers.data.ondisk import describe
 
         info = describe(job.train.data)
         model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)

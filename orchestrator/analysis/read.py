@@ -365,7 +365,7 @@ def read_num_classes(store: Store, experiment: str, cache: ScanCache | None = No
     if known is not None:
         return known
     try:
-        from trainers.data.catalog import describe  # no torch; reads the files where data.root holds them
+        from trainers.data.ondisk import describe  # no torch for CIFAR; reads the files where data.root holds them
         from trainers.jobs import DataConfig
 
         n = int(describe(DataConfig(**data)).num_classes)

@@ -1,8 +1,9 @@
 """What every data set looks like to the training loop: `DataInfo`, `DataBundle`, `DataSource`.
 
-A `DataSource` is the cheap, file-free description of a configured data set (shape, counts,
-availability check); `open()` loads it into a `DataBundle`, which serves training batches as a
-pure function of (data_seed, iteration) and deterministic evaluation batches.
+A `DataSource` is a configured data set before loading (its description and availability check
+are ondisk.py's, which imports the sources, so they are not methods here); `open()` loads it into
+a `DataBundle`, which serves training batches as a pure function of (data_seed, iteration) and
+deterministic evaluation batches.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from trainers.data.catalog import DataInfo, check_available, describe
+from trainers.data.catalog import DataInfo
 from trainers.jobs import DataConfig
 
 Batch = tuple[Tensor, Tensor]
@@ -49,14 +50,6 @@ class DataSource(ABC):
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
-
-    def describe(self) -> DataInfo:
-        """Shape and counts, without reading the data (catalog.py: the planner may not have it)."""
-        return describe(self.cfg)
-
-    def check(self) -> None:
-        """Raise FileNotFoundError/ValueError naming the path when the data is missing (catalog.py)."""
-        check_available(self.cfg)
 
     @abstractmethod
     def open(self, device: torch.device, *, num_workers: int | None = None) -> DataBundle:

@@ -1,18 +1,19 @@
-"""What each data set is, without loading it and without importing torch: the per-example shape,
-the number of classes and the split sizes (`describe`), the constants behind them, where a data
-set's files sit under data.root, and a cheap check that they are there (`check_available`).
+"""What each data set is, from its config alone, without importing torch or reading a file: the
+per-example shape, the number of classes and the nominal split sizes (`DESCRIPTIONS`), the
+constants behind them, where a data set's files sit under data.root, and cheap checks that
+they are there (`CHECKS`).
 
-The spec, the planner and `lth run`'s pre-flight need only this, so they never import torch. The loaders
-(sources.py and the modules it registers) read their shapes and layouts from here: one
-description per data set. Where the files are present (cifar and imagenet folders, betons
-without info.json), the true counts come from the files, through the loader.
+This module holds data and pure functions only and imports no other module of this package
+but resolution.py. The file readers (cifar_files, imagenet, ffcv_io) import it for their
+layouts; ondisk.py imports both and is where the true counts come from the files
+(`ondisk.describe`, `ondisk.check_available`: what the spec, the planner and `lth run`'s
+pre-flight call). Imports go one way: catalog <- readers <- ondisk <- sources.
 """
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,7 @@ DIGITS_TEST = 360
 DIGITS_TRAIN = DIGITS_EXAMPLES - DIGITS_TEST
 
 
-def _digits(cfg: DataConfig) -> DataInfo:
+def digits_info(cfg: DataConfig) -> DataInfo:
     return DataInfo((64,), 10, DIGITS_TRAIN, DIGITS_TEST)
 
 
@@ -111,14 +112,6 @@ def cifar_batches_dir(root: str | None, layout: CifarLayout, field: str = "data.
 
 def _cifar(cfg: DataConfig) -> DataInfo:
     layout = CIFAR_LAYOUTS[cfg.name]
-    if _root_is_dir(cfg):  # the actual counts (exported benchmark sets are smaller)
-        from trainers.data.cifar_files import read_batches  # numpy and pickle only
-
-        folder = cifar_batches_dir(cfg.root, layout)
-        n = {split: len(read_batches(folder, files, layout)[1])
-             for split, files in (("train", layout.train_files), ("test", layout.test_files))}
-        return DataInfo(CIFAR_SHAPE, layout.num_classes, subset_size(n["train"], cfg.num_train, "train"),
-                        subset_size(n["test"], cfg.num_test, "test"))
     return DataInfo(CIFAR_SHAPE, layout.num_classes, cfg.num_train or CIFAR_NUM_TRAIN, cfg.num_test or CIFAR_NUM_TEST)
 
 
@@ -176,10 +169,6 @@ def _check_imagenet(cfg: DataConfig) -> None:
 
 def _imagenet(cfg: DataConfig) -> DataInfo:
     size, _ = image_sizes(cfg)
-    if _root_is_dir(cfg):
-        from trainers.data.imagenet import scanned_info
-
-        return scanned_info(cfg)
     return DataInfo((3, size, size), cfg.num_classes or IMAGENET_NUM_CLASSES, cfg.num_train or IMAGENET_NUM_TRAIN,
                     cfg.num_test or IMAGENET_NUM_TEST)
 
@@ -203,47 +192,20 @@ def beton_paths(root: str | None, field: str = "data.root") -> dict[str, Path]:
     return paths
 
 
-def beton_info(paths: dict[str, Path], image_shape: tuple[int, ...] | None, num_classes: int | None) -> DataInfo:
-    """DataInfo from info.json, else from the betons' headers (sample counts, labels, sizes)."""
-    meta_path = paths["train"].parent / BETON_INFO_FILE
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())["info"]
-        shape = image_shape or tuple(meta["input_shape"])
-        return DataInfo(shape, num_classes or meta["num_classes"], meta["num_train"], meta["num_test"])
-    from trainers.data.ffcv_io import header_info  # needs ffcv
-
-    return header_info(paths, image_shape, num_classes)
-
-
-def _ffcv(cfg: DataConfig, image_shape: tuple[int, ...] | None, default: DataInfo) -> DataInfo:
-    if _root_is_dir(cfg):
-        try:
-            info = beton_info(beton_paths(cfg.root), image_shape, cfg.num_classes)
-            return replace(info, num_train=cfg.num_train or info.num_train, num_test=cfg.num_test or info.num_test)
-        except (FileNotFoundError, ImportError):
-            pass
-    return default
-
-
 def _check_ffcv(cfg: DataConfig) -> None:
     if cfg.name == "ffcv_imagenet":
         image_sizes(cfg)
-    beton_paths(cfg.root)
-    from trainers.data.ffcv_io import import_ffcv  # the betons are there: can this machine read them?
-
-    import_ffcv()
+    beton_paths(cfg.root)  # (ondisk.check_available then asks whether this machine can read them)
 
 
 def _ffcv_cifar(cfg: DataConfig) -> DataInfo:
-    return _ffcv(cfg, None, DataInfo(CIFAR_SHAPE, cfg.num_classes or 10, cfg.num_train or CIFAR_NUM_TRAIN,
-                                     cfg.num_test or CIFAR_NUM_TEST))
+    return DataInfo(CIFAR_SHAPE, cfg.num_classes or 10, cfg.num_train or CIFAR_NUM_TRAIN, cfg.num_test or CIFAR_NUM_TEST)
 
 
 def _ffcv_imagenet(cfg: DataConfig) -> DataInfo:
     size, _ = image_sizes(cfg)
-    shape = (3, size, size)
-    return _ffcv(cfg, shape, DataInfo(shape, cfg.num_classes or IMAGENET_NUM_CLASSES, cfg.num_train or IMAGENET_NUM_TRAIN,
-                                      cfg.num_test or IMAGENET_NUM_TEST))
+    return DataInfo((3, size, size), cfg.num_classes or IMAGENET_NUM_CLASSES, cfg.num_train or IMAGENET_NUM_TRAIN,
+                    cfg.num_test or IMAGENET_NUM_TEST)
 
 
 # ---- the catalog ----------------------------------------------------------------------------
@@ -258,14 +220,15 @@ def subset_size(n_available: int, n_wanted: int | None, split: str) -> int:
     return n_wanted
 
 
-def _root_is_dir(cfg: DataConfig) -> bool:
+def root_is_dir(cfg: DataConfig) -> bool:
     return bool(cfg.root) and Path(cfg.root).expanduser().is_dir()
 
 
-# name -> DataInfo of a configured data set. sources.DATASETS registers a loader under every
-# name here (a test checks the two agree).
+# name -> DataInfo of a configured data set from its config alone (the defaults where it states
+# no counts; ondisk.describe replaces them with the files' counts where data.root holds them).
+# sources.DATASETS registers a loader under every name here (a test checks the two agree).
 DESCRIPTIONS: dict[str, Callable[[DataConfig], DataInfo]] = {
-    "digits": _digits,
+    "digits": digits_info,
     "synthetic": synthetic_info,
     "cifar10": _cifar,
     "cifar100": _cifar,
@@ -275,7 +238,8 @@ DESCRIPTIONS: dict[str, Callable[[DataConfig], DataInfo]] = {
 }
 
 
-# name -> a cheap check that the data is there (FileNotFoundError/ValueError naming the path).
+# name -> a cheap check that the data's files are there (FileNotFoundError/ValueError naming the
+# path), without reading them.
 CHECKS: dict[str, Callable[[DataConfig], object]] = {
     "digits": lambda cfg: None,  # part of scikit-learn: always there
     "synthetic": synthetic_info,
@@ -297,15 +261,3 @@ def check_config(cfg: DataConfig) -> None:
     if cfg.name not in DESCRIPTIONS:
         raise ValueError(f"data.name: unknown data set {cfg.name!r}; valid names: {valid_names()}")
     check_resolution(cfg)
-
-
-def describe(cfg: DataConfig) -> DataInfo:
-    """Shape and counts without loading (the planner's machine may lack the data)."""
-    check_config(cfg)
-    return DESCRIPTIONS[cfg.name](cfg)
-
-
-def check_available(cfg: DataConfig) -> None:
-    """The data is present and readable, cheaply (for `lth run`; `lth plan` does not need it)."""
-    check_config(cfg)
-    CHECKS[cfg.name](cfg)

@@ -1,20 +1,47 @@
 """CIFAR-10 / CIFAR-100 batch files (torchvision's on-disk format, the python pickles) read into
-numpy, validated, with errors that name the file. No torch: the catalog counts a data set's
+numpy, validated, with errors that name the file. No torch: ondisk.py counts a data set's
 examples with this when `lth plan` describes a CIFAR folder; cifar.py loads the same arrays.
 
 torchvision.datasets.CIFAR10(download=False) refuses any file whose md5 differs from the
 official archive's, which rules out the files export.py writes for tests and benchmarks, so
 the pickles are read here directly: same files, same keys ("data": uint8 N x 3072 in CHW
 order, "labels" / "fine_labels").
+
+A pickle can name any callable to run while it loads, and `lth plan` reads these files from
+whatever directory a config's data.root names. So they are read by an unpickler that builds
+only what a batch file holds (dicts, lists, strings, numbers and numpy arrays): a file that
+names anything else is refused as not a CIFAR batch file, before that thing is imported.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
 import numpy as np
 
 from trainers.data.catalog import CIFAR_SHAPE, CifarLayout
+
+
+# (module, name) -> the object: all a batch file's pickle may name. The official files were
+# written by Python 2 with numpy.core; numpy 2 calls it numpy._core; Python 3's protocol 2
+# pickles of bytes go through _codecs.encode.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch file never holds "
+                                         "(refused, not imported)") from None
 
 
 def _get(entry: dict, key: str, path: Path):
@@ -30,7 +57,7 @@ def read_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]
     """(uint8 images (N, 3, 32, 32), int64 labels (N,)) of one batch file."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
     except OSError:
         raise  # the disk's error, as it is (a missing or unreadable file is not a damaged one)
     except Exception as e:  # a damaged or foreign file makes pickle raise almost anything

@@ -5,7 +5,7 @@ import torch
 
 from trainers.data import order
 from trainers.data.bundle import DataBundle, DataSource
-from trainers.data.catalog import DIGITS_EXAMPLES as NUM_EXAMPLES, DIGITS_TRAIN as NUM_TRAIN
+from trainers.data.catalog import DIGITS_EXAMPLES as NUM_EXAMPLES, DIGITS_TRAIN as NUM_TRAIN, digits_info
 from trainers.data.resident import ResidentBundle
 
 
@@ -26,7 +26,7 @@ class DigitsSource(DataSource):
         std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant border pixels
         x = ((x - mean) / std).to(torch.float32)
         return ResidentBundle(
-            self.describe(),
+            digits_info(self.cfg),
             (x[train_idx], y[train_idx]),
             (x[test_idx], y[test_idx]),
             device,

@@ -242,5 +242,5 @@ class ImageFolderSource(DataSource):
 
 
 def scanned_info(cfg: DataConfig) -> DataInfo:
-    """The DataInfo of the image folder under cfg.root, scanned (catalog.describe calls this)."""
+    """The DataInfo of the image folder under cfg.root, scanned (ondisk.describe calls this)."""
     return ImageFolderSource(cfg).scan_splits()[0]

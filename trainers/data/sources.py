@@ -1,6 +1,6 @@
 """The data loaders: a registry of sources, and the entry points the training loop calls.
 
-- `describe(cfg)`: shape and counts without loading (catalog.py; re-exported here);
+- `describe(cfg)`: shape and counts without loading (ondisk.py; re-exported here);
 - `check_available(cfg)`: a cheap check that the data is there, with an error naming the path;
 - `open_data(cfg, device, cache)`: the loaded `DataBundle` (training stream, evaluation batches).
 
@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 
 from trainers.data.bundle import Batch, DataBundle, DataSource
-from trainers.data.catalog import DataInfo, check_available, check_config, describe, valid_names
+from trainers.data.catalog import DataInfo, check_config, valid_names
+from trainers.data.ondisk import check_available, describe
 from trainers.data.cifar import CifarSource
 from trainers.data.digits import DigitsSource
 from trainers.data.ffcv_io import FfcvCifarSource, FfcvImagenetSource

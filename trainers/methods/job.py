@@ -61,7 +61,7 @@ def mask_at_init(job: TrainJob, weights: dict[str, torch.Tensor], model: torch.n
         inp.batch = scoring_batch(data, job.data_seed, job.start_iter, a.examples_per_class)
         inp.input_shape = tuple(data.info.input_shape)
     else:
-        from trainers.data.catalog import describe
+        from trainers.data.ondisk import describe
 
         inp.input_shape = tuple(describe(job.train.data).input_shape)
     new = compute_mask(a.method, inp, a.keep, a.scope, invert=a.invert, iterations=a.iterations, schedule=a.schedule)
