@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.raysession import (AddressError, RayCluster, check_address, interrupt_exit_code,
                                          restore_sigterm, stop_on_sigterm)
-    from orchestrator.scheduler import RunOptions, Scheduler
+    from orchestrator.scheduler import RunOptions, Scheduler, _describe
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
@@ -220,6 +220,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                     "role": job.meta.role if job.meta else None,
                     "level": job.meta.level if job.meta else None,
                     "parents": list(job.parents),
+                    "what": _describe(job),  # for `lth status`: the job in words
                 }
                 for job in plan.jobs.values()
             }
@@ -278,13 +279,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         restore_sigterm(previous_sigterm)
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
-        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
+        f"{len(summary.failed)} failed, {len(summary.diverged)} diverged, "
+        f"{len(summary.blocked)} blocked by failures or divergence"
     )
     console.print(line, highlight=False, soft_wrap=True)
+    from orchestrator.failures import one_line
+
     for job_id, error in summary.failed.items():
-        last = error.strip().splitlines()[-1] if error.strip() else "?"
-        print(f"failed: {job_id}: {last} (traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
+        print(f"failed: {job_id} {_describe(plan.jobs[job_id])}: {one_line(error)} "
+              f"(`lth logs {job_id[:12]}`; traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
               file=sys.stderr)
+    for job_id, reason in summary.diverged.items():
+        print(f"diverged: {job_id} {_describe(plan.jobs[job_id])}: {reason}", file=sys.stderr)
     return summary.exit_code
 
 

@@ -129,9 +129,9 @@ class SweepProgress:
         self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total}){tail}")
         self.refresh()
 
-    def job_failed(self, job_id: str, attempt: int, final: bool, error: str) -> None:
+    def job_failed(self, job_id: str, attempt: int, final: bool, error: str, what: str = "") -> None:
         state = "FAILED" if final else "retry "
-        self.log(f"{state} {job_id} attempt {attempt}: {error}")
+        self.log(f"{state} {job_id}{' ' + what if what else ''} attempt {attempt}: {error}")
         self.refresh()
 
     def stop(self) -> None:
@@ -151,6 +151,9 @@ class ExperimentStatus:
     running: list[str]
     failed: list[str]
     blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
+    diverged: list[str] = field(default_factory=list)  # done, but their loss is not finite: they block their descendants
+    problems: list[dict] = field(default_factory=list)  # job_problems: one entry per failed, diverged or blocked job
+    in_flight: dict[str, dict] = field(default_factory=dict)  # running job -> its last progress report
 
     def as_json(self) -> dict:
         c = self.counts
@@ -158,7 +161,8 @@ class ExperimentStatus:
         return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
                 "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
                 "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
-                "blocked_jobs": self.blocked}
+                "blocked_jobs": self.blocked, "diverged": len(self.diverged), "diverged_jobs": self.diverged,
+                "problems": self.problems, "in_flight": self.in_flight}
 
 
 def _driver_alive(holder: dict | None) -> bool:
@@ -197,17 +201,23 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     else:
         holder = holder if _driver_alive(holder) else None
     failed = (listing.failed() & ids) - running
+    from orchestrator.failures import DIVERGED
+
+    diverged = {j for j in done if DIVERGED in listing.files.get(j, set())}
     blocked: set[str] = set()
+    blocked_by: dict[str, str] = {}  # blocked job -> the failed or diverged job above it
     children: dict[str, list[str]] = {}
     for job_id, info in planned.items():
         for parent in info.get("parents", []):
             children.setdefault(parent, []).append(job_id)
-    stack = sorted(failed)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in blocked and child not in done and child not in running:
-                blocked.add(child)
-                stack.append(child)
+    for root in sorted(failed | diverged):
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in blocked and child not in done and child not in running:
+                    blocked.add(child)
+                    blocked_by[child] = root
+                    stack.append(child)
     counts = Counts(
         total=len(ids),
         done=len(done),
@@ -216,7 +226,77 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
         blocked=len(blocked - failed),
         resumable=len((listing.checkpointed() & ids) - running),
     )
-    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed))
+    problems = job_problems(store, planned, sorted(failed), sorted(diverged),
+                            {j: r for j, r in blocked_by.items() if j not in failed})
+    from orchestrator.jobprogress import read_progress
+
+    in_flight = {j: vars(p) for j in sorted(running) if (p := read_progress(store, j)) is not None}
+    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed),
+                            sorted(diverged), problems, in_flight)
+
+
+def describe_planned(job_id: str, info: dict) -> str:
+    """A planned job in words (`lth run` stores its description; older plans: role and level)."""
+    if info.get("what"):
+        return info["what"]
+    parts = [str(info.get("role") or info.get("kind") or "job")]
+    if info.get("level") is not None:
+        parts.append(f"L{info['level']}")
+    return " ".join(parts)
+
+
+def job_problems(store: Store, planned: dict[str, dict], failed: list[str], diverged: list[str],
+                 blocked_by: dict[str, str]) -> list[dict]:
+    """What went wrong with each failed, diverged or blocked job, one line of reason each."""
+    from orchestrator.failures import DIVERGED, one_line
+
+    out: list[dict] = []
+    for job_id in failed:
+        record = store.failed_record(job_id) or {}
+        out.append({"job_id": job_id, "state": "failed", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": record.get("attempts"), "reason": one_line(record.get("traceback", ""))})
+    for job_id in diverged:
+        try:
+            record = store.read_json(Store.artifact(job_id, DIVERGED))
+        except (OSError, ValueError):
+            record = {}
+        reason = record.get("reason", "loss not finite")
+        if record.get("likely_cause"):
+            reason += f"; likely cause: {record['likely_cause']}"
+        out.append({"job_id": job_id, "state": "diverged", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": None, "reason": reason})
+    states = {p["job_id"]: p["state"] for p in out}
+    for job_id, root in sorted(blocked_by.items(), key=lambda kv: (kv[1], kv[0])):
+        out.append({"job_id": job_id, "state": "blocked", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": None, "blocked_by": root,
+                    "reason": f"below {root[:12]} ({describe_planned(root, planned[root])}), which {states[root]}"})
+    return out
+
+
+BLOCKED_LINES = 10  # blocked jobs listed per experiment (all of them with --json)
+
+
+def print_problems(st: ExperimentStatus, console: Console) -> None:
+    """The failed, diverged and blocked jobs of one experiment, and how far running jobs are."""
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    for job_id, p in st.in_flight.items():
+        rate = f", {p['rate']:.3g} it/s" if p.get("rate") else ""
+        say(f"{st.name}: running  {job_id[:12]} iteration {p['iteration']}/{p['stop_iter']}{rate}")
+    blocked = [p for p in st.problems if p["state"] == "blocked"]
+    for p in st.problems:
+        if p["state"] == "blocked":
+            continue
+        attempts = f", {p['attempts']} attempt{'s' if p['attempts'] != 1 else ''}" if p.get("attempts") else ""
+        say(f"{st.name}: {p['state']:8s} {p['job_id'][:12]} {p['what']}{attempts}: {p['reason']}")
+    for p in blocked[:BLOCKED_LINES]:
+        say(f"{st.name}: blocked  {p['job_id'][:12]} {p['what']}: {p['reason']}")
+    if len(blocked) > BLOCKED_LINES:
+        say(f"{st.name}: ... and {len(blocked) - BLOCKED_LINES} more blocked jobs (lth status --json lists all)")
+    if any(p["state"] == "failed" for p in st.problems):
+        say(f"{st.name}: `lth logs JOB` shows a job's log, attempt by attempt; `lth run` again retries "
+            "the failed jobs (from their checkpoints)")
 
 
 def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:
@@ -242,6 +322,8 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
         for row in rows:
             console.print(f"{row[0]}: " + ", ".join(f"{col} {v}" for col, v in zip(STATUS_COLUMNS[1:], row[1:])),
                           markup=False, highlight=False, soft_wrap=True)
+        for st in statuses:
+            print_problems(st, console)
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)  # the box puts one space between columns
     for col, width in zip(STATUS_COLUMNS[:columns], widths):
@@ -254,6 +336,8 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
         for row in rows:
             if row[-1] != "-":
                 console.print(f"{row[0]}: driver {row[-1]}", markup=False, highlight=False, soft_wrap=True)
+    for st in statuses:
+        print_problems(st, console)
 
 
 STATUS_COLUMNS = ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.failures import divergence
 from orchestrator.graph import Job
 from orchestrator.store import Store
 
@@ -42,6 +43,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "device": record["device"],
             "config_hash": meta.config_hash,
             "deterministic": res.get("deterministic"),
+            "diverged": divergence(res) is not None,
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
         }

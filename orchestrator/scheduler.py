@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import heapq
 import time
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.failures import DIVERGED, blocked_message, classify, divergence, likely_cause, one_line
 from orchestrator.graph import Job, Plan
 from orchestrator.integrity import CorruptInput, set_aside
 from orchestrator.jobqueue import JobQueue
@@ -61,11 +61,12 @@ class RunSummary:
     ran: list[str] = field(default_factory=list)  # jobs completed by this run
     failed: dict[str, str] = field(default_factory=dict)  # job id -> last error
     blocked: set[str] = field(default_factory=set)  # descendants of failed jobs
+    diverged: dict[str, str] = field(default_factory=dict)  # job id -> why (its loss is not finite)
     attempts: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.blocked else 0
+        return 1 if self.failed or self.blocked or self.diverged else 0
 
 
 def _actor_lost_errors() -> tuple[type[BaseException], ...]:
@@ -105,6 +106,7 @@ class Scheduler:
         self._redone: dict[str, int] = defaultdict(int)  # producer -> times redone for a damaged output
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
+        self._diverged_before: set[str] = set()  # done jobs that diverged (in an earlier run)
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -112,6 +114,7 @@ class Scheduler:
         """Jobs with a done record (and every output this plan needs from them)."""
         listing = self.store.scan_artifacts()
         done = listing.done() & set(self.plan.jobs)
+        self._diverged_before = {j for j in done if DIVERGED in listing.files.get(j, set())}
         if self.required_outputs is not None:
             for job_id in sorted(done):
                 missing = self.required_outputs.get(job_id, set()) - listing.files.get(job_id, set())
@@ -162,6 +165,8 @@ class Scheduler:
         assert self._done is not None
         queue = JobQueue(self.plan, self._done)
         self.summary.blocked = queue.blocked  # one set: what the queue blocks, the summary reports
+        for job_id in sorted(self._diverged_before & self._done):
+            self._block_below_diverged(job_id, queue)
         self.progress.start(total=len(self.plan.jobs), done=len(self._done),
                             work={j: _work(self.plan.jobs[j]) for j in queue.pending})
         if not queue.pending:
@@ -254,8 +259,10 @@ class Scheduler:
             return
         except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
             pool.idle.append(actor)
-            for job_id in group:
-                self._retry_or_fail(job_id, _task_traceback(exc), queue, packed=packed)
+            failure = classify(exc)
+            for job_id in group:  # (a pack's error may be one member's: members retry alone)
+                self._retry_or_fail(job_id, failure.traceback, queue, packed=packed,
+                                    retry=failure.retry or packed)
             return
         pool.idle.append(actor)
         for job_id, record in zip(group, out if packed else [out]):
@@ -267,6 +274,11 @@ class Scheduler:
             raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
         job = self.plan.jobs[job_id]
         record["attempts"] = self.summary.attempts[job_id]
+        diverged = divergence(record["result"]) if job.kind == "train" else None
+        if diverged is not None:  # before the done record: a done job's divergence is never lost
+            record["diverged"] = diverged
+            self.store.write_json(Store.artifact(job_id, DIVERGED), {"job_id": job_id, "reason": diverged,
+                                                                     "likely_cause": likely_cause(job)})
         write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
         self.store.write_done(job_id, record)  # last: from now on the job is done
         self.summary.ran.append(job_id)
@@ -275,8 +287,30 @@ class Scheduler:
                 self._seen_notes.add(note)
                 self.progress.log(f"note   {job_id}: {note}")
         self.progress.counts.done += 1
-        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
-        queue.completed(job_id)
+        result = _key_result(record)
+        if diverged is not None:
+            self.summary.diverged[job_id] = diverged
+            result = f"DIVERGED: {diverged}; {result}"
+        self.progress.job_finished(job_id, _describe(job), time.time() - started, result)
+        if diverged is not None:
+            self._block_below_diverged(job_id, queue)
+        else:
+            queue.completed(job_id)
+
+    def _block_below_diverged(self, job_id: str, queue: JobQueue) -> None:
+        """A done job diverged: its descendants would train on NaN weights; block them, saying why."""
+        job = self.plan.jobs[job_id]
+        reason = self.summary.diverged.get(job_id)
+        if reason is None:  # diverged in an earlier run
+            try:
+                reason = self.store.read_json(Store.artifact(job_id, DIVERGED)).get("reason", "loss not finite")
+            except (OSError, ValueError):
+                reason = "loss not finite"
+            self.summary.diverged[job_id] = reason
+        n = queue.diverged(job_id)
+        self.progress.counts.blocked += n
+        if n:
+            self.progress.log(blocked_message(job_id, _describe(job), reason, likely_cause(job), n))
 
     def _redo_producer(self, cause: CorruptInput, group: tuple[str, ...], queue: JobQueue) -> None:
         """A job found an input damaged: set the file aside, run its producer again, and let the
@@ -307,17 +341,24 @@ class Scheduler:
             self.store.publish(table, self.plan.experiment)
         self._last_publish = time.time()
 
-    def _retry_or_fail(self, job_id: str, error: str, queue: JobQueue, packed: bool = False) -> None:
+    def _retry_or_fail(self, job_id: str, error: str, queue: JobQueue, packed: bool = False,
+                       retry: bool = True) -> None:
+        """`retry`: False for an error that comes back on every attempt (failures.classify)."""
         if packed:
             self._solo.add(job_id)
         attempt = self.summary.attempts[job_id]
-        final = attempt >= self.options.max_attempts
-        self.progress.job_failed(job_id, attempt, final, error.strip().splitlines()[-1] if error.strip() else "?")
+        final = not retry or attempt >= self.options.max_attempts
+        line = one_line(error) + ("" if retry else " (not retried: the same input fails the same way)")
+        self.progress.job_failed(job_id, attempt, final, line, _describe(self.plan.jobs[job_id]))
         if final:
             self.summary.failed[job_id] = error
             self.progress.counts.failed += 1
             self.store.write_failed(job_id, error, attempt)
-            self.progress.counts.blocked += queue.fail(job_id)
+            n = queue.fail(job_id)
+            self.progress.counts.blocked += n
+            if n:
+                self.progress.log(f"blocked {n} job{'s' if n != 1 else ''} below {job_id} "
+                                  f"({_describe(self.plan.jobs[job_id])}), which failed: {one_line(error)}")
         else:
             queue.push(job_id)
 
@@ -448,11 +489,6 @@ class _ActorPool:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-
-def _task_traceback(exc: BaseException) -> str:
-    """The job's own traceback (a RayTaskError carries the remote one)."""
-    return getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(exc))
-
 
 def _work(job: Job) -> tuple[str, float]:
     """(kind, units of work) of a job, for the ETA: iterations to train, or points to evaluate."""

@@ -34,6 +34,7 @@ RUNS = pa.schema(
         ("node", pa.string()),
         ("device", pa.string()),
         ("deterministic", pa.bool_()),  # kernels were deterministic; null: recorded before this column existed
+        ("diverged", pa.bool_()),  # its loss was not finite (failures.divergence); null: recorded before this column existed
         ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
