@@ -132,6 +132,8 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
                 line += (f"; GPU-hours left: {'?' if hours is None else f'{hours:.2f}'} "
                          f"({progress['gpu_hours_source']})")
             console.print(line, highlight=False, soft_wrap=True)
+            if progress.get("problems_message"):
+                console.print(progress["problems_message"], highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -146,11 +148,35 @@ def _store_progress(store, spec, plan) -> dict | None:
     verdict = check_against_store(store, spec, set(plan.jobs))
     p = sweep_progress(plan, store)
     gpu = spec.resources.gpus > 0
-    return {"root": store.root, "done": p.done, "remaining": p.remaining,
+    problems = _stored_problems(store, spec)
+    return {"root": store.root, "done": p.done, "remaining": p.remaining, **problems,
             "verdict": {"status": verdict.status, "added_jobs": verdict.added_jobs,
                         "message": verdict.message(spec.name)},
             "gpu_hours_left": p.gpu_hours if gpu else None,
             "gpu_hours_source": p.source if gpu else "none: the config asks for no GPU (resources.gpus: 0)"}
+
+
+def _stored_problems(store, spec) -> dict:
+    """Failed, diverged and blocked jobs of the stored experiment, and what a rerun does with them."""
+    from orchestrator.progress import experiment_status
+
+    if spec.name not in store.experiments():
+        return {}
+    st = experiment_status(store, spec.name)
+    out = {"failed": len(st.failed), "diverged": len(st.diverged), "blocked": len(st.blocked)}
+    parts = []
+    if st.failed:
+        parts.append(f"{len(st.failed)} failed: `lth run` retries them (up to scheduler.max_attempts = "
+                     f"{spec.scheduler.max_attempts} attempts each, from their checkpoints; a job that failed "
+                     "on bad input fails again at once)")
+    if st.diverged:
+        parts.append(f"{len(st.diverged)} diverged: not rerun (the same config diverges again): fork with a "
+                     "fixed config under a new name")
+    if st.blocked:
+        parts.append(f"{len(st.blocked)} blocked below them")
+    if parts:
+        out["problems_message"] = "; ".join(parts) + f" (`lth status {spec.name}` lists them with reasons)"
+    return out
 
 
 def _check_local_resources(spec) -> None:
@@ -249,7 +275,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             )
             progress = SweepProgress(spec.name, console=console)
             scheduler = Scheduler(plan, store, options, progress, required_outputs(plan))
-            if scheduler.prepare():
+            left = scheduler.prepare()
+            console.print(_left_line(len(plan.jobs), scheduler.summary.already_done, left), highlight=False,
+                          soft_wrap=True)
+            if left:
+                where = f"joining Ray at {args.address}" if args.address else "starting a local Ray"
+                console.print(f"{where} (the workers load torch and the data set: the first jobs start "
+                              "in seconds to a minute) ...", highlight=False, soft_wrap=True)
                 with RayCluster(args.address):
                     summary = scheduler.run()
             else:  # every job done: answer without starting (or joining) Ray
@@ -292,6 +324,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     for job_id, reason in summary.diverged.items():
         print(f"diverged: {job_id} {_describe(plan.jobs[job_id])}: {reason}", file=sys.stderr)
     return summary.exit_code
+
+
+def _left_line(total: int, done: int, left: int) -> str:
+    """What a run is about to do, said before Ray takes its first seconds."""
+    line = f"{total} jobs planned: {done} done (reused, not rerun), {left} left to run"
+    below = total - done - left
+    if below:
+        line += f", {below} blocked below a diverged job (not run)"
+    return line
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -157,7 +157,11 @@ class Scheduler:
             self._done = self._done_jobs()
             self._backfill_rows(self._done)
             self.summary.already_done = len(self._done)
-        return len(self.plan.jobs) - len(self._done)
+        # jobs below a diverged one never run: a sweep with only those left needs no Ray
+        probe = JobQueue(self.plan, self._done)
+        for job_id in self._diverged_before & self._done:
+            probe.diverged(job_id)
+        return probe.unfinished
 
     def run(self) -> RunSummary:
         """Run every job of the plan that is not done; returns what happened."""
@@ -165,11 +169,11 @@ class Scheduler:
         assert self._done is not None
         queue = JobQueue(self.plan, self._done)
         self.summary.blocked = queue.blocked  # one set: what the queue blocks, the summary reports
-        for job_id in sorted(self._diverged_before & self._done):
-            self._block_below_diverged(job_id, queue)
         self.progress.start(total=len(self.plan.jobs), done=len(self._done),
                             work={j: _work(self.plan.jobs[j]) for j in queue.pending})
-        if not queue.pending:
+        for job_id in sorted(self._diverged_before & self._done):
+            self._block_below_diverged(job_id, queue)
+        if not queue.unfinished:  # (all done, or what is left is blocked below a diverged job)
             self.progress.stop()
             self._publish()
             return self.summary
