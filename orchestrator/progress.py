@@ -1,7 +1,14 @@
 """What a sweep shows while it runs, and `lth status` from the store alone.
 
-On a terminal: a live rich bar and a small table of counts with an ETA from the mean job time.
-Elsewhere (CI, log files, `nohup`): one plain line per finished or failed job.
+On a terminal: a live rich bar, a small table of counts with an ETA, and the running jobs with
+their iteration and rate. Elsewhere (CI, log files, `nohup`): one plain line per finished or
+failed job, and every few minutes a line with the running jobs and the ETA.
+
+The ETA is the work left (iterations of pending jobs plus those in-flight jobs have still to
+do) at the measured rate, over the workers. Rates come from the workers' own progress reports
+(jobprogress.py: measured from a job's first evaluation, so a worker's cold start, loading torch
+and the data set, never counts) and, for jobs that report none (interpolations), from finished
+jobs' wall time.
 """
 from __future__ import annotations
 
@@ -48,6 +55,10 @@ def counts_table(title: str, counts: Counts, extra: dict[str, str] | None = None
     return table
 
 
+MAX_RUNNING_SHOWN = 8  # running jobs listed under the live table (furthest along first)
+PROGRESS_LINE_SECONDS = 300.0  # off a terminal: a line of running jobs and ETA this often
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -67,6 +78,10 @@ class SweepProgress:
     # work left, per job: (kind, units: a train job's iterations, an interpolation's alphas)
     _work: dict[str, tuple[str, float]] = field(default_factory=dict)
     _spent: dict[str, list[float]] = field(default_factory=dict)  # kind -> [seconds, units] of finished jobs
+    # running jobs' progress reports: job -> (what, units done, units in all, units per second or None)
+    _in_flight: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
+    _rates: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {job: measured units/s}
+    _last_progress_line: float = 0.0
 
     def __post_init__(self) -> None:
         if self.live is None:
@@ -75,14 +90,44 @@ class SweepProgress:
     def eta(self) -> str:
         """Seconds per unit of work of each kind, measured on the jobs finished so far, times the
         units left, over the workers: a level of 40 iterations left counts 4x one of 10."""
-        if not self._spent or not self.workers:
+        if not self.workers:
             return "?"
         rates = {kind: sec / units for kind, (sec, units) in self._spent.items() if units > 0}
+        for kind, measured in self._rates.items():  # the workers' own rates: no cold start in them
+            if measured:
+                rates[kind] = len(measured) / sum(measured.values())  # seconds per unit (harmonic mean)
         if not rates:
             return "?"
         fallback = max(rates.values())
-        left = sum(units * rates.get(kind, fallback) for kind, units in self._work.values())
+        left = 0.0
+        for job_id, (kind, units) in self._work.items():
+            if job_id in self._in_flight:
+                units = max(0.0, units - self._in_flight[job_id][1])
+            left += units * rates.get(kind, fallback)
         return _duration(left / self.workers)
+
+    def job_progress(self, job_id: str, what: str, kind: str, done: float, total: float,
+                     rate: float | None) -> None:
+        """A running job's latest report: `done` of `total` units, at `rate` units per second."""
+        self._in_flight[job_id] = (what, done, total, rate)
+        if rate:
+            self._rates.setdefault(kind, {})[job_id] = rate
+        if self._live is None and time.time() - self._last_progress_line >= PROGRESS_LINE_SECONDS:
+            self._last_progress_line = time.time()
+            running = "; ".join(self._running_lines()[:MAX_RUNNING_SHOWN])
+            self.log(f"eta {self.eta()}: running {running}")
+
+    def drop_work(self, job_ids) -> None:
+        """Jobs that will not run (blocked): no work left for the ETA."""
+        for job_id in job_ids:
+            self._work.pop(job_id, None)
+
+    def _running_lines(self) -> list[str]:
+        out = []
+        for job_id, (what, done, total, rate) in sorted(self._in_flight.items(), key=lambda kv: -kv[1][1] / max(kv[1][2], 1)):
+            speed = f", {rate:.3g} it/s" if rate else ""
+            out.append(f"{job_id[:12]} {what}: iteration {int(done)}/{int(total)} ({100 * done / max(total, 1):.0f}%{speed})")
+        return out
 
     def _render(self) -> Group:
         c = self.counts
@@ -91,6 +136,10 @@ class SweepProgress:
         filled = int(width * finished / c.total) if c.total else width
         # a Text built from styled pieces: Group renders a plain str verbatim, markup and all
         bar = Text.assemble(("━" * filled, "green"), ("━" * (width - filled), "grey50"), f" {finished}/{c.total}")
+        lines = self._running_lines()
+        shown = [Text(f"  {line}", style="grey70") for line in lines[:MAX_RUNNING_SHOWN]]
+        if len(lines) > MAX_RUNNING_SHOWN:
+            shown.append(Text(f"  ... and {len(lines) - MAX_RUNNING_SHOWN} more running", style="grey70"))
         return Group(
             bar,
             counts_table(
@@ -98,6 +147,7 @@ class SweepProgress:
                 c,
                 {"workers": str(self.workers), "elapsed": _duration(time.time() - self._started), "eta": self.eta()},
             ),
+            *shown,
         )
 
     def start(self, total: int, done: int, work: dict[str, tuple[str, float]] | None = None) -> None:
@@ -121,6 +171,7 @@ class SweepProgress:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.experiment}] {line}", flush=True)
 
     def job_finished(self, job_id: str, what: str, seconds: float, result: str = "") -> None:
+        self._in_flight.pop(job_id, None)
         kind, units = self._work.pop(job_id, ("?", 0.0))
         spent = self._spent.setdefault(kind, [0.0, 0.0])
         spent[0] += seconds
@@ -130,6 +181,9 @@ class SweepProgress:
         self.refresh()
 
     def job_failed(self, job_id: str, attempt: int, final: bool, error: str, what: str = "") -> None:
+        self._in_flight.pop(job_id, None)
+        if final:
+            self._work.pop(job_id, None)
         state = "FAILED" if final else "retry "
         self.log(f"{state} {job_id}{' ' + what if what else ''} attempt {attempt}: {error}")
         self.refresh()

@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator.failures import DIVERGED, blocked_message, classify, divergence, likely_cause, one_line
 from orchestrator.graph import Job, Plan
 from orchestrator.integrity import CorruptInput, set_aside
+from orchestrator.jobprogress import read_progress
 from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import result_tables, write_job_rows
@@ -40,6 +41,7 @@ from orchestrator.worker import JobRunner, StorageError, WorkerContext
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
 HEARTBEAT_SECONDS = 10.0
 PUBLISH_EVERY_SECONDS = 120.0  # staged rows become visible in results/ at least this often
+PROGRESS_POLL_SECONDS = 2.0  # how often running jobs' progress reports are read (x5 on a remote store)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Scheduler:
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
         self._diverged_before: set[str] = set()  # done jobs that diverged (in an earlier run)
+        self._last_poll = 0.0
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -230,6 +233,7 @@ class Scheduler:
     def _beat(self, pool: _ActorPool) -> None:
         """The heartbeat (which jobs run, for `lth status`) and the periodic publishing of rows:
         at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS."""
+        self._poll_progress(pool)
         now = time.time()
         running = pool.running_jobs()
         if now - self._last_beat >= HEARTBEAT_SECONDS or (running != self._last_running and now - self._last_beat >= 1.0):
@@ -237,6 +241,23 @@ class Scheduler:
             self.store.write_heartbeat(self.plan.experiment, running)
             if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
                 self._publish()
+
+    def _poll_progress(self, pool: _ActorPool) -> None:
+        """The running train jobs' own progress reports (jobprogress.py): the live view and the ETA."""
+        now = time.time()
+        if now - self._last_poll < PROGRESS_POLL_SECONDS * (5 if self.store.is_remote else 1):
+            return
+        self._last_poll = now
+        for job_id, started in pool.running_since().items():
+            job = self.plan.jobs[job_id]
+            if job.kind != "train":
+                continue
+            p = read_progress(self.store, job_id)
+            if p is None or p.time < started - 2.0:  # none yet from this attempt
+                continue
+            self.progress.job_progress(job_id, _describe(job), "train", p.iterations_done,
+                                       p.stop_iter - p.start_iter, p.rate)
+        self.progress.refresh()
 
     def _collect(self, ref: Any, pool: _ActorPool, queue: JobQueue) -> None:
         """One finished call: an actor that came up, or a job (or pack) that ended."""
@@ -313,6 +334,7 @@ class Scheduler:
             self.summary.diverged[job_id] = reason
         n = queue.diverged(job_id)
         self.progress.counts.blocked += n
+        self.progress.drop_work(queue.blocked)
         if n:
             self.progress.log(blocked_message(job_id, _describe(job), reason, likely_cause(job), n))
 
@@ -360,6 +382,7 @@ class Scheduler:
             self.store.write_failed(job_id, error, attempt)
             n = queue.fail(job_id)
             self.progress.counts.blocked += n
+            self.progress.drop_work(queue.blocked)
             if n:
                 self.progress.log(f"blocked {n} job{'s' if n != 1 else ''} below {job_id} "
                                   f"({_describe(self.plan.jobs[job_id])}), which failed: {one_line(error)}")
@@ -446,6 +469,10 @@ class _ActorPool:
         else:
             ref = actor.run_pack.remote(jobs, attempts)
         self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
+
+    def running_since(self) -> dict[str, float]:
+        """Running job -> when its call was submitted."""
+        return {j: t for group, _, t in self._busy.values() for j in group}
 
     def running_jobs(self) -> list[str]:
         return sorted(j for group, _, _ in self._busy.values() for j in group)

@@ -86,6 +86,8 @@ def test_a_diverged_run_is_recorded_and_blocks_its_descendants_end_to_end(ray_se
     assert (f"blocked 7 jobs below {dense} (level r0 k0 L0 seed0 rewind), which diverged" in out
             and "likely cause: a learning rate too high for the model (train.optimizer.lr = 1000" in out), out
     assert "1 diverged, 7 blocked" in out and f"diverged: {dense} level r0 k0 L0 seed0 rewind" in err
+    # in the first seconds, before Ray is up: what is planned, what is reused, that Ray starts
+    assert out.index("8 jobs planned: 0 done (reused, not rerun), 8 left to run") < out.index("starting a local Ray")
     # nothing below it ran, so nothing was retried (the issue saw 9 wasted attempts)
     artifacts = {p.name for p in (store / "artifacts").iterdir()}
     assert artifacts == {dense} and not (store / "artifacts" / dense / "failed.json").exists()
