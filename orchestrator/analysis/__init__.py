@@ -169,7 +169,9 @@ def _check_args(store: Store, experiment: str, threshold: float, wandb_mode: str
     if not known:
         return f"store {store.display!r} is empty: it holds no experiment yet (run `lth run CONFIG`)"
     if experiment not in known:
-        return (f"unknown experiment {experiment!r} in store {store.display!r}; "
+        from orchestrator.suggest import did_you_mean
+
+        return (f"unknown experiment {experiment!r} in store {store.display!r}{did_you_mean(experiment, known)}; "
                 f"known experiments: {', '.join(known)}")
     return None
 
