@@ -8,7 +8,10 @@ interrupted ones from their in-job checkpoints.
 Faults: a dead actor or node (the job's process is gone) and an exception raised by the job
 both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
 checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
-and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
+and its descendants are blocked; the rest of the sweep goes on. An error the job's own checks
+raise (bad input: `failures.classify`) comes back on every attempt and fails at once. A train
+job that finishes with a non-finite loss is done but diverged (`failures.divergence`): its
+descendants are blocked, never run on its NaN weights. Two errors are not the job's
 and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
 producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
 which every job would hit alike: the sweep stops at once and says so).

@@ -90,3 +90,33 @@ def test_rm_refuses_while_a_driver_holds_the_lock_and_asks_first(tmp_path, capsy
     assert store.experiments() == ["a", "b"]
     assert main(["rm", "a", "--store", store.root]) == 2  # no terminal to ask on: only with --yes
     assert "would delete" in capsys.readouterr().out and store.experiments() == ["a", "b"]
+
+
+def test_readme_first_commands_work_in_a_fresh_shell_and_the_download_size_is_the_locks():
+    """Issue 21, item 6: the README says to activate .venv before the first bare `lth`, and the
+    download it states is what uv.lock records (so the figure stays true when the lock moves)."""
+    import re
+    import sys
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    first_lth = re.search(r"^(?:\$ )?lth \w", readme, re.M)
+    assert first_lth is not None
+    before = readme[:first_lth.start()]
+    assert ". .venv/bin/activate" in before and ".venv/bin/lth" in before
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib")
+    import tomllib
+
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    # the wheel each locked package installs on the README's reference platform (CPython 3.11, Linux x86_64)
+    total = 0
+    for package in lock["package"]:
+        for wheel in package.get("wheels", []):
+            name = wheel["url"].rsplit("/", 1)[-1]
+            if re.search(r"-(cp311-cp311|cp3\d+-abi3|py3-none|py2\.py3-none)-(manylinux\S*x86_64|any)\.whl$", name):
+                total += wheel.get("size", 0)
+                break
+    stated = re.search(r"about ([\d.]+) GB of wheels", readme)
+    assert stated is not None and float(stated.group(1)) == round(total / 1e9, 1), (stated, total)
