@@ -205,6 +205,8 @@ class ExperimentStatus:
     running: list[str]
     failed: list[str]
     blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
+    # running jobs on N ranks: job id -> {"world_size": N, "nodes": [Ray node ids]} (one job each)
+    gangs: dict[str, dict] = field(default_factory=dict)
     diverged: list[str] = field(default_factory=list)  # done, but their loss is not finite: they block their descendants
     problems: list[dict] = field(default_factory=list)  # job_problems: one entry per failed, diverged or blocked job
     in_flight: dict[str, dict] = field(default_factory=dict)  # running job -> its last progress report
@@ -215,8 +217,8 @@ class ExperimentStatus:
         return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
                 "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
                 "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
-                "blocked_jobs": self.blocked, "diverged": len(self.diverged), "diverged_jobs": self.diverged,
-                "problems": self.problems, "in_flight": self.in_flight}
+                "blocked_jobs": self.blocked, "gangs": self.gangs, "diverged": len(self.diverged),
+                "diverged_jobs": self.diverged, "problems": self.problems, "in_flight": self.in_flight}
 
 
 def _driver_alive(holder: dict | None) -> bool:
@@ -247,11 +249,13 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     done -= unrecorded
     holder = read_holder(store, experiment)
     running: set[str] = set()
+    gangs: dict[str, dict] = {}
     beat = store.heartbeat(experiment)
     # the driver rewrites its heartbeat as jobs start and end; trusted while that driver holds the lock
     if beat and holder and beat.get("pid") == holder.get("pid") and beat.get("host") == holder.get("host") \
             and _driver_alive(holder):
         running = set(beat.get("running", [])) & ids - done
+        gangs = {j: g for j, g in (beat.get("gangs") or {}).items() if j in running}
     else:
         holder = holder if _driver_alive(holder) else None
     failed = (listing.failed() & ids) - running
@@ -286,7 +290,7 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
 
     in_flight = {j: vars(p) for j in sorted(running) if (p := read_progress(store, j)) is not None}
     return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed),
-                            sorted(diverged), problems, in_flight)
+                            gangs, diverged=sorted(diverged), problems=problems, in_flight=in_flight)
 
 
 def describe_planned(job_id: str, info: dict) -> str:
@@ -386,12 +390,22 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
     for row in rows:
         table.add_row(*row[:columns])
     console.print(table)
+    _print_gangs(statuses, console)
     if columns < len(STATUS_COLUMNS):
         for row in rows:
             if row[-1] != "-":
                 console.print(f"{row[0]}: driver {row[-1]}", markup=False, highlight=False, soft_wrap=True)
     for st in statuses:
         print_problems(st, console)
+
+
+def _print_gangs(statuses: list[ExperimentStatus], console: Console) -> None:
+    """One line per running job on N ranks (counted once in `running` above)."""
+    for st in statuses:
+        for job_id, g in sorted(st.gangs.items()):
+            nodes = ", ".join(n[:12] for n in g.get("nodes") or []) or "being placed"
+            console.print(f"{st.name}: {job_id} on {g.get('world_size')} ranks, nodes: {nodes}",
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 STATUS_COLUMNS = ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver")
