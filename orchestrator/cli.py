@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     address.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                                            "(default: start a local one)")
     p = _Parser(prog="lth", description="Lottery Ticket Hypothesis sweeps on Ray")
+    p.add_argument("--version", action="version", version=f"lth {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("plan", parents=[store, overrides], help="validate a config and print its job graph")
     s.add_argument("config")
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[store], help="jobs done, running, pending, failed, blocked per experiment")
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true", help="print the status as JSON (with the job ids)")
+    s.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    s = sub.add_parser("rm", parents=[store], help="delete an experiment's files (never artifacts another "
+                                                  "experiment plans too)")
+    s.add_argument("name")
+    s.add_argument("--yes", action="store_true", help="delete without asking")
     s = sub.add_parser("logs", parents=[store], help="what a job printed, attempt by attempt")
     s.add_argument("job_id", help="a job id or a unique prefix of one")
     s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
@@ -68,6 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true",
                    help="the field reference as Markdown (docs/config-reference.md) instead of the JSON schema")
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lth-sweep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _set_with_a_space(argv: list[str]) -> str | None:
+    """`--set KEY VALUE` (a space where '=' goes): the message pointing at KEY=VALUE."""
+    for i, arg in enumerate(argv[:-2]):
+        key, value = argv[i + 1], argv[i + 2]
+        if arg == "--set" and "=" not in key and not value.startswith("-") and not key.startswith("-") \
+                and not value.endswith((".yaml", ".yml")):
+            return f"--set {key} {value}: the value goes after '=': --set {key}={value}"
+    return None
 
 
 def _store_root(args: argparse.Namespace, spec_store: str | None = None) -> str:
@@ -139,6 +165,8 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
                 line += (f"; GPU-hours left: {'?' if hours is None else f'{hours:.2f}'} "
                          f"({progress['gpu_hours_source']})")
             console.print(line, highlight=False, soft_wrap=True)
+            if progress.get("problems_message"):
+                console.print(progress["problems_message"], highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -153,11 +181,35 @@ def _store_progress(store, spec, plan) -> dict | None:
     verdict = check_against_store(store, spec, set(plan.jobs))
     p = sweep_progress(plan, store)
     gpu = spec.resources.gpus > 0
-    return {"root": store.root, "done": p.done, "remaining": p.remaining,
+    problems = _stored_problems(store, spec)
+    return {"root": store.root, "done": p.done, "remaining": p.remaining, **problems,
             "verdict": {"status": verdict.status, "added_jobs": verdict.added_jobs,
                         "message": verdict.message(spec.name)},
             "gpu_hours_left": p.gpu_hours if gpu else None,
             "gpu_hours_source": p.source if gpu else "none: the config asks for no GPU (resources.gpus: 0)"}
+
+
+def _stored_problems(store, spec) -> dict:
+    """Failed, diverged and blocked jobs of the stored experiment, and what a rerun does with them."""
+    from orchestrator.progress import experiment_status
+
+    if spec.name not in store.experiments():
+        return {}
+    st = experiment_status(store, spec.name)
+    out = {"failed": len(st.failed), "diverged": len(st.diverged), "blocked": len(st.blocked)}
+    parts = []
+    if st.failed:
+        parts.append(f"{len(st.failed)} failed: `lth run` retries them (up to scheduler.max_attempts = "
+                     f"{spec.scheduler.max_attempts} attempts each, from their checkpoints; a job that failed "
+                     "on bad input fails again at once)")
+    if st.diverged:
+        parts.append(f"{len(st.diverged)} diverged: not rerun (the same config diverges again): fork with a "
+                     "fixed config under a new name")
+    if st.blocked:
+        parts.append(f"{len(st.blocked)} blocked below them")
+    if parts:
+        out["problems_message"] = "; ".join(parts) + f" (`lth status {spec.name}` lists them with reasons)"
+    return out
 
 
 def _check_local_resources(spec) -> None:
@@ -198,7 +250,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.raysession import (AddressError, RayCluster, check_address, interrupt_exit_code,
                                          restore_sigterm, stop_on_sigterm)
-    from orchestrator.scheduler import RunOptions, Scheduler
+    from orchestrator.scheduler import RunOptions, Scheduler, _describe
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
@@ -240,6 +292,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                     "role": job.meta.role if job.meta else None,
                     "level": job.meta.level if job.meta else None,
                     "parents": list(job.parents),
+                    "what": _describe(job),  # for `lth status`: the job in words
                 }
                 for job in plan.jobs.values()
             }
@@ -270,7 +323,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             )
             progress = SweepProgress(spec.name, console=console)
             scheduler = Scheduler(plan, store, options, progress, required_outputs(plan))
-            if scheduler.prepare():
+            left = scheduler.prepare()
+            console.print(_left_line(len(plan.jobs), scheduler.summary.already_done, left), highlight=False,
+                          soft_wrap=True)
+            if left:
+                where = f"joining Ray at {args.address}" if args.address else "starting a local Ray"
+                console.print(f"{where} (the workers load torch and the data set: the first jobs start "
+                              "in seconds to a minute) ...", highlight=False, soft_wrap=True)
                 with RayCluster(args.address):
                     summary = scheduler.run()
             else:  # every job done: answer without starting (or joining) Ray
@@ -300,14 +359,28 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         restore_sigterm(previous_sigterm)
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
-        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
+        f"{len(summary.failed)} failed, {len(summary.diverged)} diverged, "
+        f"{len(summary.blocked)} blocked by failures or divergence"
     )
     console.print(line, highlight=False, soft_wrap=True)
+    from orchestrator.failures import one_line
+
     for job_id, error in summary.failed.items():
-        last = error.strip().splitlines()[-1] if error.strip() else "?"
-        print(f"failed: {job_id}: {last} (traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
+        print(f"failed: {job_id} {_describe(plan.jobs[job_id])}: {one_line(error)} "
+              f"(`lth logs {job_id[:12]}`; traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
               file=sys.stderr)
+    for job_id, reason in summary.diverged.items():
+        print(f"diverged: {job_id} {_describe(plan.jobs[job_id])}: {reason}", file=sys.stderr)
     return summary.exit_code
+
+
+def _left_line(total: int, done: int, left: int) -> str:
+    """What a run is about to do, said before Ray takes its first seconds."""
+    line = f"{total} jobs planned: {done} done (reused, not rerun), {left} left to run"
+    below = total - done - left
+    if below:
+        line += f", {below} blocked below a diverged job (not run)"
+    return line
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -372,8 +445,11 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     names = store.experiments()
     if args.name:
         if args.name not in names:
+            from orchestrator.suggest import did_you_mean
+
             known = ", ".join(names) or "none"
-            print(f"error: name: no experiment {args.name!r} in store {root!r} (known: {known})", file=sys.stderr)
+            print(f"error: name: no experiment {args.name!r} in store {root!r}{did_you_mean(args.name, names)} "
+                  f"(known: {known})", file=sys.stderr)
             return EXIT_BAD_INPUT
         names = [args.name]
     if not names:
@@ -382,7 +458,58 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         else:
             console.print(f"store {root!r} holds no experiment yet")
         return EXIT_OK
-    print_status(store, names, console, as_json=args.json)
+    if args.watch is None:
+        print_status(store, names, console, as_json=args.json)
+        return EXIT_OK
+    if args.json or args.watch <= 0:
+        print("error: --watch: takes a positive number of seconds, and not --json (run --json in a loop)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    import time
+
+    try:
+        while True:
+            if console.is_terminal:
+                console.clear()
+            console.print(f"{time.strftime('%H:%M:%S')}  every {args.watch:g}s, Ctrl-C to stop", highlight=False)
+            print_status(store, [n for n in store.experiments() if n in names] if args.name else store.experiments(),
+                         console)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK  # the way to leave a watch: not an interruption of anything
+
+
+def cmd_rm(args: argparse.Namespace, console: Console) -> int:
+    from orchestrator.lock import ExperimentLock, LockError
+    from orchestrator.remove import plan_removal, remove
+    from orchestrator.suggest import did_you_mean
+
+    root, store = _existing_store(args)
+    if store is None:
+        return EXIT_BAD_INPUT
+    names = store.experiments()
+    if args.name not in names:
+        print(f"error: name: no experiment {args.name!r} in store {root!r}{did_you_mean(args.name, names)} "
+              f"(known: {', '.join(names) or 'none'})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        # held while deleting: no driver starts on the experiment meanwhile, and one running refuses us
+        with ExperimentLock(store, args.name, interrupt_on_loss=False):
+            removal = plan_removal(store, args.name)
+            for line in removal.describe("deleting" if args.yes else "would delete"):
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    print("error: --yes: not deleting without it (no terminal to ask on)", file=sys.stderr)
+                    return EXIT_BAD_INPUT
+                if input("delete? [y/N] ").strip().lower() not in ("y", "yes"):
+                    console.print("nothing deleted")
+                    return EXIT_OK
+            remove(store, removal)
+    except LockError as e:
+        print(f"error: refusing to delete: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    console.print(f"experiment {args.name}: deleted", highlight=False)
     return EXIT_OK
 
 
@@ -445,7 +572,7 @@ def cmd_schema(args: argparse.Namespace, console: Console) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "logs": cmd_logs, "analyze": cmd_analyze,
-            "schema": cmd_schema}
+            "schema": cmd_schema, "rm": cmd_rm}
 
 
 class _ReaderMayLeave:
@@ -495,6 +622,10 @@ class _ReaderMayLeave:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    spaced = _set_with_a_space(argv)
+    if spaced:
+        print(f"error: {spaced}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = _parser().parse_args(argv)
     args.argv = argv
     stdout = sys.stdout

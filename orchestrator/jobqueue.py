@@ -110,6 +110,19 @@ class JobQueue:
         """`job_id` failed for good: block its descendants; returns how many were newly blocked."""
         self.running.discard(job_id)
         self.failed.add(job_id)
+        return self._block_below(job_id)
+
+    def diverged(self, job_id: str) -> int:
+        """`job_id` is done but its result is unusable (a train job whose loss is not finite):
+        it counts as complete, its descendants are blocked as a failed job's are; returns how
+        many were newly blocked."""
+        self.running.discard(job_id)
+        if job_id not in self.complete:
+            self.complete.add(job_id)
+            self.remaining -= 1
+        return self._block_below(job_id)
+
+    def _block_below(self, job_id: str) -> int:
         before = len(self.blocked)
         stack = list(self._children[job_id])
         while stack:

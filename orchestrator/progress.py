@@ -1,7 +1,14 @@
 """What a sweep shows while it runs, and `lth status` from the store alone.
 
-On a terminal: a live rich bar and a small table of counts with an ETA from the mean job time.
-Elsewhere (CI, log files, `nohup`): one plain line per finished or failed job.
+On a terminal: a live rich bar, a small table of counts with an ETA, and the running jobs with
+their iteration and rate. Elsewhere (CI, log files, `nohup`): one plain line per finished or
+failed job, and every few minutes a line with the running jobs and the ETA.
+
+The ETA is the work left (iterations of pending jobs plus those in-flight jobs have still to
+do) at the measured rate, over the workers. Rates come from the workers' own progress reports
+(jobprogress.py: measured from a job's first evaluation, so a worker's cold start, loading torch
+and the data set, never counts) and, for jobs that report none (interpolations), from finished
+jobs' wall time.
 """
 from __future__ import annotations
 
@@ -48,6 +55,10 @@ def counts_table(title: str, counts: Counts, extra: dict[str, str] | None = None
     return table
 
 
+MAX_RUNNING_SHOWN = 8  # running jobs listed under the live table (furthest along first)
+PROGRESS_LINE_SECONDS = 300.0  # off a terminal: a line of running jobs and ETA this often
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -67,6 +78,10 @@ class SweepProgress:
     # work left, per job: (kind, units: a train job's iterations, an interpolation's alphas)
     _work: dict[str, tuple[str, float]] = field(default_factory=dict)
     _spent: dict[str, list[float]] = field(default_factory=dict)  # kind -> [seconds, units] of finished jobs
+    # running jobs' progress reports: job -> (what, units done, units in all, units per second or None)
+    _in_flight: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
+    _rates: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {job: measured units/s}
+    _last_progress_line: float = 0.0
 
     def __post_init__(self) -> None:
         if self.live is None:
@@ -75,14 +90,44 @@ class SweepProgress:
     def eta(self) -> str:
         """Seconds per unit of work of each kind, measured on the jobs finished so far, times the
         units left, over the workers: a level of 40 iterations left counts 4x one of 10."""
-        if not self._spent or not self.workers:
+        if not self.workers:
             return "?"
         rates = {kind: sec / units for kind, (sec, units) in self._spent.items() if units > 0}
+        for kind, measured in self._rates.items():  # the workers' own rates: no cold start in them
+            if measured:
+                rates[kind] = len(measured) / sum(measured.values())  # seconds per unit (harmonic mean)
         if not rates:
             return "?"
         fallback = max(rates.values())
-        left = sum(units * rates.get(kind, fallback) for kind, units in self._work.values())
+        left = 0.0
+        for job_id, (kind, units) in self._work.items():
+            if job_id in self._in_flight:
+                units = max(0.0, units - self._in_flight[job_id][1])
+            left += units * rates.get(kind, fallback)
         return _duration(left / self.workers)
+
+    def job_progress(self, job_id: str, what: str, kind: str, done: float, total: float,
+                     rate: float | None) -> None:
+        """A running job's latest report: `done` of `total` units, at `rate` units per second."""
+        self._in_flight[job_id] = (what, done, total, rate)
+        if rate:
+            self._rates.setdefault(kind, {})[job_id] = rate
+        if self._live is None and time.time() - self._last_progress_line >= PROGRESS_LINE_SECONDS:
+            self._last_progress_line = time.time()
+            running = "; ".join(self._running_lines()[:MAX_RUNNING_SHOWN])
+            self.log(f"eta {self.eta()}: running {running}")
+
+    def drop_work(self, job_ids) -> None:
+        """Jobs that will not run (blocked): no work left for the ETA."""
+        for job_id in job_ids:
+            self._work.pop(job_id, None)
+
+    def _running_lines(self) -> list[str]:
+        out = []
+        for job_id, (what, done, total, rate) in sorted(self._in_flight.items(), key=lambda kv: -kv[1][1] / max(kv[1][2], 1)):
+            speed = f", {rate:.3g} it/s" if rate else ""
+            out.append(f"{job_id[:12]} {what}: iteration {int(done)}/{int(total)} ({100 * done / max(total, 1):.0f}%{speed})")
+        return out
 
     def _render(self) -> Group:
         c = self.counts
@@ -91,6 +136,10 @@ class SweepProgress:
         filled = int(width * finished / c.total) if c.total else width
         # a Text built from styled pieces: Group renders a plain str verbatim, markup and all
         bar = Text.assemble(("━" * filled, "green"), ("━" * (width - filled), "grey50"), f" {finished}/{c.total}")
+        lines = self._running_lines()
+        shown = [Text(f"  {line}", style="grey70") for line in lines[:MAX_RUNNING_SHOWN]]
+        if len(lines) > MAX_RUNNING_SHOWN:
+            shown.append(Text(f"  ... and {len(lines) - MAX_RUNNING_SHOWN} more running", style="grey70"))
         return Group(
             bar,
             counts_table(
@@ -98,6 +147,7 @@ class SweepProgress:
                 c,
                 {"workers": str(self.workers), "elapsed": _duration(time.time() - self._started), "eta": self.eta()},
             ),
+            *shown,
         )
 
     def start(self, total: int, done: int, work: dict[str, tuple[str, float]] | None = None) -> None:
@@ -121,6 +171,7 @@ class SweepProgress:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.experiment}] {line}", flush=True)
 
     def job_finished(self, job_id: str, what: str, seconds: float, result: str = "") -> None:
+        self._in_flight.pop(job_id, None)
         kind, units = self._work.pop(job_id, ("?", 0.0))
         spent = self._spent.setdefault(kind, [0.0, 0.0])
         spent[0] += seconds
@@ -129,9 +180,12 @@ class SweepProgress:
         self.log(f"done   {job_id} {what} in {seconds:.1f}s ({self.counts.done}/{self.counts.total}){tail}")
         self.refresh()
 
-    def job_failed(self, job_id: str, attempt: int, final: bool, error: str) -> None:
+    def job_failed(self, job_id: str, attempt: int, final: bool, error: str, what: str = "") -> None:
+        self._in_flight.pop(job_id, None)
+        if final:
+            self._work.pop(job_id, None)
         state = "FAILED" if final else "retry "
-        self.log(f"{state} {job_id} attempt {attempt}: {error}")
+        self.log(f"{state} {job_id}{' ' + what if what else ''} attempt {attempt}: {error}")
         self.refresh()
 
     def stop(self) -> None:
@@ -153,6 +207,9 @@ class ExperimentStatus:
     blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
     # running jobs on N ranks: job id -> {"world_size": N, "nodes": [Ray node ids]} (one job each)
     gangs: dict[str, dict] = field(default_factory=dict)
+    diverged: list[str] = field(default_factory=list)  # done, but their loss is not finite: they block their descendants
+    problems: list[dict] = field(default_factory=list)  # job_problems: one entry per failed, diverged or blocked job
+    in_flight: dict[str, dict] = field(default_factory=dict)  # running job -> its last progress report
 
     def as_json(self) -> dict:
         c = self.counts
@@ -160,7 +217,8 @@ class ExperimentStatus:
         return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
                 "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
                 "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
-                "blocked_jobs": self.blocked, "gangs": self.gangs}
+                "blocked_jobs": self.blocked, "gangs": self.gangs, "diverged": len(self.diverged),
+                "diverged_jobs": self.diverged, "problems": self.problems, "in_flight": self.in_flight}
 
 
 def _driver_alive(holder: dict | None) -> bool:
@@ -201,17 +259,23 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     else:
         holder = holder if _driver_alive(holder) else None
     failed = (listing.failed() & ids) - running
+    from orchestrator.failures import DIVERGED
+
+    diverged = {j for j in done if DIVERGED in listing.files.get(j, set())}
     blocked: set[str] = set()
+    blocked_by: dict[str, str] = {}  # blocked job -> the failed or diverged job above it
     children: dict[str, list[str]] = {}
     for job_id, info in planned.items():
         for parent in info.get("parents", []):
             children.setdefault(parent, []).append(job_id)
-    stack = sorted(failed)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in blocked and child not in done and child not in running:
-                blocked.add(child)
-                stack.append(child)
+    for root in sorted(failed | diverged):
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in blocked and child not in done and child not in running:
+                    blocked.add(child)
+                    blocked_by[child] = root
+                    stack.append(child)
     counts = Counts(
         total=len(ids),
         done=len(done),
@@ -220,7 +284,77 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
         blocked=len(blocked - failed),
         resumable=len((listing.checkpointed() & ids) - running),
     )
-    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed), gangs)
+    problems = job_problems(store, planned, sorted(failed), sorted(diverged),
+                            {j: r for j, r in blocked_by.items() if j not in failed})
+    from orchestrator.jobprogress import read_progress
+
+    in_flight = {j: vars(p) for j in sorted(running) if (p := read_progress(store, j)) is not None}
+    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed),
+                            gangs, diverged=sorted(diverged), problems=problems, in_flight=in_flight)
+
+
+def describe_planned(job_id: str, info: dict) -> str:
+    """A planned job in words (`lth run` stores its description; older plans: role and level)."""
+    if info.get("what"):
+        return info["what"]
+    parts = [str(info.get("role") or info.get("kind") or "job")]
+    if info.get("level") is not None:
+        parts.append(f"L{info['level']}")
+    return " ".join(parts)
+
+
+def job_problems(store: Store, planned: dict[str, dict], failed: list[str], diverged: list[str],
+                 blocked_by: dict[str, str]) -> list[dict]:
+    """What went wrong with each failed, diverged or blocked job, one line of reason each."""
+    from orchestrator.failures import DIVERGED, one_line
+
+    out: list[dict] = []
+    for job_id in failed:
+        record = store.failed_record(job_id) or {}
+        out.append({"job_id": job_id, "state": "failed", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": record.get("attempts"), "reason": one_line(record.get("traceback", ""))})
+    for job_id in diverged:
+        try:
+            record = store.read_json(Store.artifact(job_id, DIVERGED))
+        except (OSError, ValueError):
+            record = {}
+        reason = record.get("reason", "loss not finite")
+        if record.get("likely_cause"):
+            reason += f"; likely cause: {record['likely_cause']}"
+        out.append({"job_id": job_id, "state": "diverged", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": None, "reason": reason})
+    states = {p["job_id"]: p["state"] for p in out}
+    for job_id, root in sorted(blocked_by.items(), key=lambda kv: (kv[1], kv[0])):
+        out.append({"job_id": job_id, "state": "blocked", "what": describe_planned(job_id, planned[job_id]),
+                    "attempts": None, "blocked_by": root,
+                    "reason": f"below {root[:12]} ({describe_planned(root, planned[root])}), which {states[root]}"})
+    return out
+
+
+BLOCKED_LINES = 10  # blocked jobs listed per experiment (all of them with --json)
+
+
+def print_problems(st: ExperimentStatus, console: Console) -> None:
+    """The failed, diverged and blocked jobs of one experiment, and how far running jobs are."""
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    for job_id, p in st.in_flight.items():
+        rate = f", {p['rate']:.3g} it/s" if p.get("rate") else ""
+        say(f"{st.name}: running  {job_id[:12]} iteration {p['iteration']}/{p['stop_iter']}{rate}")
+    blocked = [p for p in st.problems if p["state"] == "blocked"]
+    for p in st.problems:
+        if p["state"] == "blocked":
+            continue
+        attempts = f", {p['attempts']} attempt{'s' if p['attempts'] != 1 else ''}" if p.get("attempts") else ""
+        say(f"{st.name}: {p['state']:8s} {p['job_id'][:12]} {p['what']}{attempts}: {p['reason']}")
+    for p in blocked[:BLOCKED_LINES]:
+        say(f"{st.name}: blocked  {p['job_id'][:12]} {p['what']}: {p['reason']}")
+    if len(blocked) > BLOCKED_LINES:
+        say(f"{st.name}: ... and {len(blocked) - BLOCKED_LINES} more blocked jobs (lth status --json lists all)")
+    if any(p["state"] == "failed" for p in st.problems):
+        say(f"{st.name}: `lth logs JOB` shows a job's log, attempt by attempt; `lth run` again retries "
+            "the failed jobs (from their checkpoints)")
 
 
 def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:
@@ -246,6 +380,8 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
         for row in rows:
             console.print(f"{row[0]}: " + ", ".join(f"{col} {v}" for col, v in zip(STATUS_COLUMNS[1:], row[1:])),
                           markup=False, highlight=False, soft_wrap=True)
+        for st in statuses:
+            print_problems(st, console)
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)  # the box puts one space between columns
     for col, width in zip(STATUS_COLUMNS[:columns], widths):
@@ -259,6 +395,8 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
         for row in rows:
             if row[-1] != "-":
                 console.print(f"{row[0]}: driver {row[-1]}", markup=False, highlight=False, soft_wrap=True)
+    for st in statuses:
+        print_problems(st, console)
 
 
 def _print_gangs(statuses: list[ExperimentStatus], console: Console) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from orchestrator.failures import divergence
 from orchestrator.graph import Job
 from orchestrator.schemas import file_schema
 from orchestrator.store import Store
@@ -62,6 +63,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "world_size": record.get("world_size", 1),
             "config_hash": meta.config_hash,
             "deterministic": res.get("deterministic"),
+            "diverged": divergence(res) is not None,
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
             "weight_correlation": res.get("weight_correlation"),

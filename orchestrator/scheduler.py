@@ -8,7 +8,10 @@ interrupted ones from their in-job checkpoints.
 Faults: a dead actor or node (the job's process is gone) and an exception raised by the job
 both cost one attempt; the job is re-queued on a live actor (a train job resumes from its
 checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with the traceback)
-and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
+and its descendants are blocked; the rest of the sweep goes on. An error the job's own checks
+raise (bad input: `failures.classify`) comes back on every attempt and fails at once. A train
+job that finishes with a non-finite loss is done but diverged (`failures.divergence`): its
+descendants are blocked, never run on its NaN weights. Two errors are not the job's
 and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
 producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
 which every job would hit alike: the sweep stops at once and says so). While a producer is
@@ -35,14 +38,15 @@ from __future__ import annotations
 
 import heapq
 import time
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.failures import DIVERGED, blocked_message, classify, divergence, likely_cause, one_line
 from orchestrator.gang import GangLauncher, GangOutcome, GangShape
 from orchestrator.graph import Job, Plan
 from orchestrator.integrity import CorruptInput, seal_from_record, set_aside
+from orchestrator.jobprogress import read_progress
 from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import RowsDisagree, result_tables, write_job_rows
@@ -53,6 +57,7 @@ from orchestrator.worker import JobRunner, StorageError, WorkerContext
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
 HEARTBEAT_SECONDS = 10.0
 PUBLISH_EVERY_SECONDS = 120.0  # staged rows become visible in results/ at least this often
+PROGRESS_POLL_SECONDS = 2.0  # how often running jobs' progress reports are read (x5 on a remote store)
 
 
 # Jobs that become ready close together (the same level of several lineages whose parents end
@@ -83,11 +88,12 @@ class RunSummary:
     ran: list[str] = field(default_factory=list)  # jobs completed by this run
     failed: dict[str, str] = field(default_factory=dict)  # job id -> last error
     blocked: set[str] = field(default_factory=set)  # descendants of failed jobs
+    diverged: dict[str, str] = field(default_factory=dict)  # job id -> why (its loss is not finite)
     attempts: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.blocked else 0
+        return 1 if self.failed or self.blocked or self.diverged else 0
 
 
 def _actor_lost_errors() -> tuple[type[BaseException], ...]:
@@ -128,6 +134,8 @@ class Scheduler:
         self._redone: dict[str, int] = defaultdict(int)  # producer -> times redone for a damaged output
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
+        self._diverged_before: set[str] = set()  # done jobs that diverged (in an earlier run)
+        self._last_poll = 0.0
         self._gangs: GangLauncher | None = None  # run(), when options.gang
 
     # ---- startup: what is done, what is missing --------------------------------------------
@@ -136,6 +144,7 @@ class Scheduler:
         """Jobs with a done record (and every output this plan needs from them)."""
         listing = self.store.scan_artifacts()
         done = listing.done() & set(self.plan.jobs)
+        self._diverged_before = {j for j in done if DIVERGED in listing.files.get(j, set())}
         if self.required_outputs is not None:
             for job_id in sorted(done):
                 missing = self.required_outputs.get(job_id, set()) - listing.files.get(job_id, set())
@@ -183,7 +192,11 @@ class Scheduler:
             self._done = self._done_jobs()
             self._backfill_rows(self._done)
             self.summary.already_done = len(self._done)
-        return len(self.plan.jobs) - len(self._done)
+        # jobs below a diverged one never run: a sweep with only those left needs no Ray
+        probe = JobQueue(self.plan, self._done)
+        for job_id in self._diverged_before & self._done:
+            probe.diverged(job_id)
+        return probe.unfinished
 
     def run(self) -> RunSummary:
         """Run every job of the plan that is not done; returns what happened."""
@@ -193,7 +206,9 @@ class Scheduler:
         self.summary.blocked = queue.blocked  # one set: what the queue blocks, the summary reports
         self.progress.start(total=len(self.plan.jobs), done=len(self._done),
                             work={j: _work(self.plan.jobs[j]) for j in queue.pending})
-        if not queue.pending:
+        for job_id in sorted(self._diverged_before & self._done):
+            self._block_below_diverged(job_id, queue)
+        if not queue.unfinished:  # (all done, or what is left is blocked below a diverged job)
             self.progress.stop()
             self._publish()
             return self.summary
@@ -270,6 +285,7 @@ class Scheduler:
     def _beat(self, pool: _ActorPool) -> None:
         """The heartbeat (which jobs run, for `lth status`) and the periodic publishing of rows:
         at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS."""
+        self._poll_progress(pool)
         now = time.time()
         running = pool.running_jobs() + (sorted(self._gangs.running_jobs()) if self._gangs else [])
         if now - self._last_beat >= HEARTBEAT_SECONDS or (running != self._last_running and now - self._last_beat >= 1.0):
@@ -277,6 +293,23 @@ class Scheduler:
             self.store.write_heartbeat(self.plan.experiment, running, self._gangs.running_jobs() if self._gangs else None)
             if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
                 self._publish()
+
+    def _poll_progress(self, pool: _ActorPool) -> None:
+        """The running train jobs' own progress reports (jobprogress.py): the live view and the ETA."""
+        now = time.time()
+        if now - self._last_poll < PROGRESS_POLL_SECONDS * (5 if self.store.is_remote else 1):
+            return
+        self._last_poll = now
+        for job_id, started in pool.running_since().items():
+            job = self.plan.jobs[job_id]
+            if job.kind != "train":
+                continue
+            p = read_progress(self.store, job_id)
+            if p is None or p.time < started - 2.0:  # none yet from this attempt
+                continue
+            self.progress.job_progress(job_id, _describe(job), "train", p.iterations_done,
+                                       p.stop_iter - p.start_iter, p.rate)
+        self.progress.refresh()
 
     def _collect(self, ref: Any, pool: _ActorPool, queue: JobQueue) -> None:
         """One finished call: an actor that came up, or a job (or pack) that ended."""
@@ -308,8 +341,10 @@ class Scheduler:
             return
         except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
             pool.idle.append(actor)
-            for job_id in group:
-                self._retry_or_fail(job_id, _task_traceback(exc), queue, packed=packed)
+            failure = classify(exc)
+            for job_id in group:  # (a pack's error may be one member's: members retry alone)
+                self._retry_or_fail(job_id, failure.traceback, queue, packed=packed,
+                                    retry=failure.retry or packed)
             return
         pool.idle.append(actor)
         for job_id, record in zip(group, out if packed else [out]):
@@ -377,7 +412,8 @@ class Scheduler:
         if outcome.lost:
             self._retry_or_fail(job_id, f"gang lost a rank: {type(exc).__name__}: {exc}", queue)
         elif isinstance(exc, BaseException):
-            self._retry_or_fail(job_id, _task_traceback(exc), queue)
+            failure = classify(exc)
+            self._retry_or_fail(job_id, failure.traceback, queue, retry=failure.retry)
         else:
             self._retry_or_fail(job_id, str(exc), queue)
 
@@ -387,6 +423,11 @@ class Scheduler:
             raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
         job = self.plan.jobs[job_id]
         record["attempts"] = self.summary.attempts[job_id]
+        diverged = divergence(record["result"]) if job.kind == "train" else None
+        if diverged is not None:  # before the done record: a done job's divergence is never lost
+            record["diverged"] = diverged
+            self.store.write_json(Store.artifact(job_id, DIVERGED), {"job_id": job_id, "reason": diverged,
+                                                                     "likely_cause": likely_cause(job)})
         try:
             write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
         except RowsDisagree as e:
@@ -399,8 +440,31 @@ class Scheduler:
                 self._seen_notes.add(note)
                 self.progress.log(f"note   {job_id}: {note}")
         self.progress.counts.done += 1
-        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
-        queue.completed(job_id)
+        result = _key_result(record)
+        if diverged is not None:
+            self.summary.diverged[job_id] = diverged
+            result = f"DIVERGED: {diverged}; {result}"
+        self.progress.job_finished(job_id, _describe(job), time.time() - started, result)
+        if diverged is not None:
+            self._block_below_diverged(job_id, queue)
+        else:
+            queue.completed(job_id)
+
+    def _block_below_diverged(self, job_id: str, queue: JobQueue) -> None:
+        """A done job diverged: its descendants would train on NaN weights; block them, saying why."""
+        job = self.plan.jobs[job_id]
+        reason = self.summary.diverged.get(job_id)
+        if reason is None:  # diverged in an earlier run
+            try:
+                reason = self.store.read_json(Store.artifact(job_id, DIVERGED)).get("reason", "loss not finite")
+            except (OSError, ValueError):
+                reason = "loss not finite"
+            self.summary.diverged[job_id] = reason
+        n = queue.diverged(job_id)
+        self.progress.counts.blocked += n
+        self.progress.drop_work(queue.blocked)
+        if n:
+            self.progress.log(blocked_message(job_id, _describe(job), reason, likely_cause(job), n))
 
     def _redo_producer(self, cause: CorruptInput, group: tuple[str, ...], queue: JobQueue) -> None:
         """A job found an input damaged: set the file aside, run its producer again, and let the
@@ -453,17 +517,25 @@ class Scheduler:
             self.store.publish(table, self.plan.experiment)
         self._last_publish = time.time()
 
-    def _retry_or_fail(self, job_id: str, error: str, queue: JobQueue, packed: bool = False) -> None:
+    def _retry_or_fail(self, job_id: str, error: str, queue: JobQueue, packed: bool = False,
+                       retry: bool = True) -> None:
+        """`retry`: False for an error that comes back on every attempt (failures.classify)."""
         if packed:
             self._solo.add(job_id)
         attempt = self.summary.attempts[job_id]
-        final = attempt >= self.options.max_attempts
-        self.progress.job_failed(job_id, attempt, final, error.strip().splitlines()[-1] if error.strip() else "?")
+        final = not retry or attempt >= self.options.max_attempts
+        line = one_line(error) + ("" if retry else " (not retried: the same input fails the same way)")
+        self.progress.job_failed(job_id, attempt, final, line, _describe(self.plan.jobs[job_id]))
         if final:
             self.summary.failed[job_id] = error
             self.progress.counts.failed += 1
             self.store.write_failed(job_id, error, attempt)
-            self.progress.counts.blocked += queue.fail(job_id)
+            n = queue.fail(job_id)
+            self.progress.counts.blocked += n
+            self.progress.drop_work(queue.blocked)
+            if n:
+                self.progress.log(f"blocked {n} job{'s' if n != 1 else ''} below {job_id} "
+                                  f"({_describe(self.plan.jobs[job_id])}), which failed: {one_line(error)}")
         else:
             queue.push(job_id)
 
@@ -564,6 +636,10 @@ class _ActorPool:
             ref = actor.run_pack.remote(jobs, attempts)
         self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
 
+    def running_since(self) -> dict[str, float]:
+        """Running job -> when its call was submitted."""
+        return {j: t for group, _, t in self._busy.values() for j in group}
+
     def running_jobs(self) -> list[str]:
         return sorted(j for group, _, _ in self._busy.values() for j in group)
 
@@ -618,11 +694,6 @@ def pack_wait(size: int, pack: int, waited: float, others_running: bool, limit: 
     should wait longer: only while it is not full, for at most `limit` seconds, and only while
     other calls run, since only a call's end makes new jobs ready."""
     return size < pack and others_running and waited < limit
-
-
-def _task_traceback(exc: BaseException) -> str:
-    """The job's own traceback (a RayTaskError carries the remote one)."""
-    return getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(exc))
 
 
 def _work(job: Job) -> tuple[str, float]:

@@ -675,7 +675,9 @@ def _errors(e: ValidationError) -> list[tuple[str, str]]:
         if err["type"] == "extra_forbidden":
             holder = _model_at(loc)
             valid = f" (valid keys: {', '.join(holder.model_fields)})" if holder else ""
-            reason = f"unknown key{valid}"
+            from orchestrator.suggest import did_you_mean
+
+            reason = f"unknown key{did_you_mean(loc[-1], holder.model_fields) if holder else ''}{valid}"
         elif err["type"] == "missing":
             reason = "required field is missing"
         else:
@@ -753,7 +755,10 @@ def apply_override(data: dict, override: str) -> None:
             if cls is None or not isinstance(node, dict):
                 raise SpecError(key, f"--set: {_path_text(done)} has no sub-keys")
             if part not in cls.model_fields:
-                raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where} (valid keys: {', '.join(cls.model_fields)})")
+                from orchestrator.suggest import did_you_mean
+
+                raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where}{did_you_mean(part, cls.model_fields)} "
+                                     f"(valid keys: {', '.join(cls.model_fields)})")
             sub = _submodel(cls, part)
             if last:
                 node[part] = value

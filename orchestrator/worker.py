@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from orchestrator.graph import Job
-from orchestrator.integrity import (CorruptInput, aside_name, checkpoint_problem, result_problem, seal, set_aside,
-                                   verify_input)
+from orchestrator.integrity import (CorruptInput, aside_name, checkpoint_problem, result_problem, seal,
+                                   set_aside, verify_input)
+from orchestrator.jobprogress import EvalReporter
 from orchestrator.store import CHECKPOINT, CHECKSUMS, DONE, FAILED, RESULT, Store
 from orchestrator.tracking import JobTracker, TrackingSettings
 
@@ -161,7 +162,8 @@ class JobRunner:
             delay = self._injected_faults(job, attempt)
             tracker = JobTracker(self.ctx.tracking, job, attempt)
             tracker.start()
-            self.rt.on_metric = _metric_callback(tracker, delay)
+            reporter = EvalReporter(self.store, job) if job.kind == "train" else None
+            self.rt.on_metric = _metric_callback(tracker, delay, reporter)
             try:
                 with _storage_errors_named():
                     if self.store.is_remote:
@@ -212,7 +214,8 @@ class JobRunner:
                         named.enter_context(_inputs_named(job, p))
                     results = train_packed(
                         specs, paths, self.rt,
-                        on_metrics=[_metric_callback(t, d) for t, d in zip(trackers, delays)],
+                        on_metrics=[_metric_callback(t, d, EvalReporter(self.store, job))
+                                    for t, d, job in zip(trackers, delays, jobs)],
                         strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
                     )
                 for job, p in zip(jobs, paths):
@@ -471,9 +474,11 @@ def _inputs_named(job: Job, paths: Any) -> Iterator[None]:
         raise
 
 
-def _metric_callback(tracker: JobTracker, delay: float) -> Callable[[Any], None]:
+def _metric_callback(tracker: JobTracker, delay: float, reporter: EvalReporter | None = None) -> Callable[[Any], None]:
     def on_metric(row: Any) -> None:
         tracker.log_metric(row)
+        if reporter is not None:  # the attempt log's line per evaluation, and progress.json
+            reporter(row)
         if delay:
             time.sleep(delay)
 

@@ -193,7 +193,9 @@ def _check_args(store: Store, experiment: str, threshold: float, wandb_mode: str
     if not known:
         return f"store {store.display!r} is empty: it holds no experiment yet (run `lth run CONFIG`)"
     if experiment not in known:
-        return (f"unknown experiment {experiment!r} in store {store.display!r}; "
+        from orchestrator.suggest import did_you_mean
+
+        return (f"unknown experiment {experiment!r} in store {store.display!r}{did_you_mean(experiment, known)}; "
                 f"known experiments: {', '.join(known)}")
     return None
 
@@ -299,6 +301,21 @@ def consoles(console=None):
     return Console(), Console(stderr=True)
 
 
+def job_outcomes_line(store, experiment: str) -> str | None:
+    """How many of the plan's jobs failed, diverged or are blocked below them (None: none)."""
+    from orchestrator.progress import experiment_status
+
+    try:
+        st = experiment_status(store, experiment)
+    except (FileNotFoundError, ValueError):  # no plan stored (rows written by hand, a test)
+        return None
+    if not (st.failed or st.diverged or st.blocked):
+        return None
+    return (f"{len(st.failed)} jobs failed, {len(st.diverged)} diverged (loss not finite: done, but "
+            f"learned nothing), {len(st.blocked)} blocked below them; `lth status {experiment}` lists "
+            "them with their reasons")
+
+
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
             profile_level: int | None = None) -> int:
@@ -349,8 +366,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
                      f"the interpolation table (no instability row yet).")
     if progress.note:
         notes.append(progress.note)
+    outcomes = job_outcomes_line(store.results, experiment)
+    if outcomes:
+        notes.append(outcomes)
 
-    key, dense_line = key_tables(res, threshold, progress.planned_levels)
+    key, dense_line = key_tables(res, threshold, progress.planned_levels,
+                                 num_classes=read_num_classes(store, experiment, cache))
     print_key_tables(console, key, dense_line)
     console.print(f"Progress: {progress.summary()}")
     for n in notes:

@@ -80,10 +80,15 @@ def _pct(v: float | None, digits: str = ".3g") -> str:
     return MISSING if v is None else f"{100 * v:{digits}}%"
 
 
-def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[KeyTable], str | None]:
+CHANCE = " (chance)"  # a cell whose networks are at chance level: its barrier measures nothing
+
+
+def key_tables(res, threshold: float, planned_levels: int | None,
+               num_classes: int | None = None) -> tuple[list[KeyTable], str | None]:
     """The summary tables and the dense accuracy line. `planned_levels`: pruning levels of the
     plan (None when the store has no plan): "levels measured" counts against them, and a
-    lineage that measured all of them and has no match says "none", not "none yet"."""
+    lineage that measured all of them and has no match says "none", not "none yet".
+    `num_classes`: the chance accuracy 1/C, within the threshold of which cells are marked."""
     out: list[KeyTable] = []
     s = res.instability
     mode = primary_mode(sorted(set(s["mode"].to_pylist())))
@@ -96,7 +101,9 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
         earliest = {(r["level"], r["split"]): r for r in res.earliest_stable.to_pylist() if r["mode"] == mode}
         tab = KeyTable(
             title=(f"Error barrier on the {split} set in percentage points (mean ± std over pairs; "
-                   f"* stable: below {100 * threshold:g} points), {mode}"),
+                   f"* stable: below {100 * threshold:g} points), {mode}"
+                   + ("; (chance): end points at chance level, no barrier to measure"
+                      if any(r.get("at_chance") for r in t.to_pylist()) else "")),
             columns=["weights remaining", *[f"k = {k}" for k in ks], "onset of stability (k)"],
             rows=[])
         for lv in sorted(set(t["level"].to_pylist())):
@@ -110,7 +117,8 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
                     flags.append(False)
                 else:
                     std = "" if r["barrier_std"] is None else f" ± {100 * r['barrier_std']:.2f}"
-                    row.append(f"{100 * r['barrier_mean']:.2f}{std}{'*' if r['stable'] else ''}")
+                    chance = CHANCE if r.get("at_chance") else ""
+                    row.append(f"{100 * r['barrier_mean']:.2f}{std}{'*' if r['stable'] else ''}{chance}")
                     flags.append(bool(r["stable"]))
             e = earliest.get((lv, split))
             if e is None:
@@ -128,6 +136,9 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
     if d["mean"] is not None:
         std = f" ± {100 * d['std']:.2f}" if d["std"] is not None else ""
         dense_line = f"Dense test accuracy: {100 * d['mean']:.2f}%{std} (n = {d['n']} replicates)"
+        if num_classes and d["mean"] <= 1.0 / num_classes + threshold:
+            dense_line += (f"{CHANCE}: within {100 * threshold:g} points of chance ({100 / num_classes:.3g}% "
+                           f"for {num_classes} classes), the dense network learned nothing")
     if res.winning_tickets.num_rows:
         tab = KeyTable(title="Winning ticket: the smallest density whose test accuracy matches the dense network",
                        columns=["mode", "k", "smallest matching density", "test accuracy", "levels measured"],
@@ -140,6 +151,8 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
             else:  # without a plan in the store, more levels may still come
                 text = "none" if planned_levels and r["levels_measured"] >= total else "none yet"
             acc = f"{100 * r['acc_mean']:.2f}%" if r["acc_mean"] is not None else MISSING
+            if num_classes and r["acc_mean"] is not None and r["acc_mean"] <= 1.0 / num_classes + threshold:
+                acc += CHANCE
             tab.rows.append([r["mode"], str(r["rewind_iter"]), text, acc, f"{r['levels_measured']}/{total}"])
         out.append(tab)
     methods = _methods_key_table(res)

@@ -1,0 +1,122 @@
+"""Small things a new user trips on (issue 21, item 5): --version, `--set KEY VALUE`, 'did you
+mean', `lth status --watch` and `lth rm`. No Ray."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import DEMO
+from orchestrator.cli import main
+from orchestrator.store import Store
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    from importlib.metadata import version
+
+    assert capsys.readouterr().out.strip() == f"lth {version('lth-sweep')}"
+
+
+def test_set_with_a_space_points_at_key_equals_value(capsys):
+    assert main(["plan", DEMO, "--set", "train.optimizer.lr", "0.05"]) == 2
+    assert "--set train.optimizer.lr 0.05: the value goes after '=': --set train.optimizer.lr=0.05" in \
+        capsys.readouterr().err
+
+
+def test_did_you_mean_for_a_field_and_an_experiment(tmp_path, capsys):
+    assert main(["plan", DEMO, "--set", "train.optimizer.lrr=0.1"]) == 2
+    assert "unknown key 'lrr' at train.optimizer (did you mean 'lr'?)" in capsys.readouterr().err
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("demo_lr05", "name: demo_lr05\n", {})
+    assert main(["status", "demo-lr05", "--store", store.root]) == 2
+    assert "no experiment 'demo-lr05'" in (err := capsys.readouterr().err) and "(did you mean 'demo_lr05'?)" in err
+    assert main(["rm", "demo_lr5", "--store", store.root, "--yes"]) == 2
+    assert "(did you mean 'demo_lr05'?)" in capsys.readouterr().err
+
+
+def test_status_watch_redraws_until_ctrl_c(tmp_path, capsys, monkeypatch):
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("e", "name: e\n", {"a": {"parents": []}})
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert main(["status", "--watch", "0.5", "--store", store.root]) == 0  # Ctrl-C ends a watch: exit 0
+    out = capsys.readouterr().out
+    assert sleeps == [0.5, 0.5] and out.count("every 0.5s, Ctrl-C to stop") == 2 and out.count("pending") == 2
+    assert main(["status", "--watch", "--json", "--store", store.root]) == 2
+
+
+def _two_experiments_sharing_a_job(tmp_path) -> Store:
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("a", "name: a\n", {"shared": {"parents": []}, "own": {"parents": ["shared"]}})
+    store.write_experiment("b", "name: b\n", {"shared": {"parents": []}, "b_own": {"parents": ["shared"]}})
+    for job in ("shared", "own", "b_own"):
+        store.write_done(job, {"job_id": job})
+    for exp, job in (("a", "shared"), ("a", "own"), ("b", "shared")):
+        store.stage_rows("metrics", exp, [{"job_id": job, "iteration": 0, "split": "test", "loss": 1.0,
+                                           "accuracy": 0.5, "config_hash": "h"}], key=job)
+    store.write_bytes("reports/a/report.html", b"<html/>")
+    return store
+
+
+def test_rm_deletes_an_experiments_own_files_and_keeps_what_another_plans(tmp_path, capsys):
+    store = _two_experiments_sharing_a_job(tmp_path)
+    root = tmp_path / "store"
+    assert main(["rm", "a", "--store", store.root, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "artifacts of 1 jobs only this experiment plans" in out and "other experiments plan too (b)" in out
+    assert store.experiments() == ["b"]
+    assert sorted(p.name for p in (root / "artifacts").iterdir()) == ["b_own", "shared"]  # "own" is gone
+    assert not (root / "reports" / "a").exists() and not (root / "staging" / "metrics" / "experiment=a").exists()
+    assert (root / "staging" / "metrics" / "experiment=b").exists()
+    assert store.staged_keys("metrics", "b") == {"shared"}
+
+
+def test_rm_refuses_while_a_driver_holds_the_lock_and_asks_first(tmp_path, capsys):
+    from orchestrator.lock import ExperimentLock
+
+    store = _two_experiments_sharing_a_job(tmp_path)
+    with ExperimentLock(store, "a"):  # a live driver (this process) runs experiment a
+        assert main(["rm", "a", "--store", store.root, "--yes"]) == 1
+    assert "error: refusing to delete: experiment 'a' is being run by pid" in capsys.readouterr().err
+    assert store.experiments() == ["a", "b"]
+    assert main(["rm", "a", "--store", store.root]) == 2  # no terminal to ask on: only with --yes
+    assert "would delete" in capsys.readouterr().out and store.experiments() == ["a", "b"]
+
+
+def test_readme_first_commands_work_in_a_fresh_shell_and_the_download_size_is_the_locks():
+    """Issue 21, item 6: the README says to activate .venv before the first bare `lth`, and the
+    download it states is what uv.lock records (so the figure stays true when the lock moves)."""
+    import re
+    import sys
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    first_lth = re.search(r"^(?:\$ )?lth \w", readme, re.M)
+    assert first_lth is not None
+    before = readme[:first_lth.start()]
+    assert ". .venv/bin/activate" in before and ".venv/bin/lth" in before
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib")
+    import tomllib
+
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    # the wheel each locked package installs on the README's reference platform (CPython 3.11, Linux x86_64)
+    total = 0
+    for package in lock["package"]:
+        for wheel in package.get("wheels", []):
+            name = wheel["url"].rsplit("/", 1)[-1]
+            if re.search(r"-(cp311-cp311|cp3\d+-abi3|py3-none|py2\.py3-none)-(manylinux\S*x86_64|any)\.whl$", name):
+                total += wheel.get("size", 0)
+                break
+    stated = re.search(r"about ([\d.]+) GB of wheels", readme)
+    assert stated is not None and float(stated.group(1)) == round(total / 1e9, 1), (stated, total)
