@@ -153,7 +153,7 @@ class PruningSpec(_Model):
     levels: int = Field(8, ge=0, description='pruning levels after the dense run: density (1 - fraction)^levels at the last one')
     ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
-    finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
+    finetune_lr: float | None = Field(None, gt=0, description="learning rate of the finetune retrain mode (resolved: the schedule's rate at the last training iteration, as Renda et al. 2020 fine-tune at the final learning rate)")
     controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights)")
 
     @model_validator(mode="after")
@@ -359,6 +359,8 @@ class ExperimentSpec(_Model):
                     f"rewinding point {k} (iterations) is outside training: it must satisfy 0 <= k < {T} (train.iterations)",
                 )
         _unique(sw.rewind_iters, rewind_field)
+        if self.pruning.finetune_lr is None:
+            self.pruning.finetune_lr = final_lr(self)
         b = sw.branch
         if b.levels != "all":
             for i, lev in enumerate(b.levels):
@@ -444,6 +446,17 @@ class ExperimentSpec(_Model):
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def final_lr(spec: "ExperimentSpec") -> float:
+    """The learning rate of the last training iteration (T - 1), the default fine-tuning rate
+    (Renda, Frankle & Carbin, ICLR 2020: fine-tune at the final learning rate of training).
+    Rounded to 12 significant digits so that 0.05 x 0.1 x 0.1 reads 0.0005, not 0.0005000000000000001."""
+    from trainers.schedule import lr_at
+
+    t = spec.train
+    rate = lr_at(t.schedule.to_config(), t.optimizer.lr, int(t.iterations), int(t.iterations) - 1)
+    return float(f"{rate:.12g}")
 
 
 def _data_error(e: Exception, unnamed: str = "data") -> SpecError:
