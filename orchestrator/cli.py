@@ -276,6 +276,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return code
     finally:
         restore_sigterm(previous_sigterm)
+    _log_experiment_run(tracking, store, plan, config_hash(spec), set(summary.ran))
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
         f"{len(summary.failed)} failed, {len(summary.blocked)} blocked by failures"
@@ -286,6 +287,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         print(f"failed: {job_id}: {last} (traceback: {store.path(store.artifact(job_id, 'failed.json'))})",
               file=sys.stderr)
     return summary.exit_code
+
+
+def _log_experiment_run(tracking, store, plan, config_hash: str, ran: set[str]) -> None:
+    """The experiment's W&B group made complete (orchestrator/wandb_group.py); a W&B error is a
+    warning, never a failed sweep."""
+    if tracking.mode == "disabled":
+        return
+    from orchestrator.wandb_group import log_experiment_run
+
+    try:
+        log_experiment_run(tracking, store, plan, config_hash, ran)
+    except Exception as e:  # noqa: BLE001 - tracking is a side channel
+        print(f"warning: W&B experiment run of {plan.experiment} failed (the sweep is unaffected): "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
 
 
 def _command_line(args: argparse.Namespace) -> str:

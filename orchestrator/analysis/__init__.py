@@ -388,11 +388,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     console.print(f"Report: {out.file('report.html')}")
 
     if wandb_mode != "disabled":
-        local = out.path if isinstance(out.fs, pafs.LocalFileSystem) else None
-        if local is None:
-            import tempfile
+        from orchestrator.tracking import wandb_parent_dir
 
-            local = tempfile.mkdtemp(prefix="lth-analysis-")
+        # beside the sweep's job runs (STORE/wandb, or $LTH_WANDB_DIR), so that one
+        # `wandb sync STORE/wandb` uploads the analysis too
+        local = wandb_parent_dir(None if store.results.is_remote else store.root)
+        os.makedirs(local, exist_ok=True)
         from orchestrator.analysis.publish import log_to_wandb  # wandb is slow to import
 
         run_dir = log_to_wandb(wandb_mode, experiment, config, local, tables, figures, summary, console)
