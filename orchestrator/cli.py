@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="also publish the report to W&B")
+    s.add_argument("--no-titles", dest="titles", action="store_false",
+                   help="figures without titles (a paper's captions replace them); panel headings stay")
     s = sub.add_parser("schema", help="print the config's JSON schema (or its field reference)")
     s.add_argument("--markdown", action="store_true",
                    help="the field reference as Markdown (docs/config-reference.md) instead of the JSON schema")
@@ -409,9 +411,10 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         if args.wandb != "disabled":
             print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats)
+        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
+                       titles=args.titles)
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats)
+                   formats=formats, titles=args.titles)
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:
