@@ -60,6 +60,7 @@ def test_compare_summary_first_side_by_side_table_files_and_legends(tmp_path, ca
     text = capsys.readouterr().out
     # summary first: the side-by-side table before each experiment's own summary
     assert text.index("Side by side") < text.index("demo: ") and text.index("How the configs differ") < text.index("Side by side")
+    assert "No instability measurements yet" not in text
     out = tmp_path / "reports" / "compare" / "demo-vs-demo_lr05"
     side = pq.read_table(out / "side_by_side.parquet")
     assert (out / "side_by_side.csv").exists() and (out / "summary.md").exists() and (out / "summary.tex").exists()
@@ -77,6 +78,11 @@ def test_compare_summary_first_side_by_side_table_files_and_legends(tmp_path, ca
             assert r["acc_diff_demo_lr05_minus_demo_pct"] == pytest.approx(100 * (acc_b[cell] - acc_a[cell]), abs=2e-6)
             checked += 1
     assert checked == len(bar_a) + len(acc_a) > 0
+    dense = [r for r in side.to_pylist() if r["level"] == 0]  # the dense accuracy beside its barrier
+    dense_a = statistics.mean(r["test_accuracy"] for r in rows["demo"]["runs"] if r["level"] == 0 and r["role"] == "level")
+    assert dense and all(r["acc_demo_pct"] == pytest.approx(100 * dense_a, abs=1e-6) for r in dense)
+    tex = (out / "summary.tex").read_text()
+    assert "$\\Delta$ demo\\_lr05 $-$ demo (pp)" in tex and "Δ" not in tex
     html = (out / "report.html").read_text()
     assert html.index("Side by side") < html.index("<h2>Summaries</h2>") < html.index("<h2>Figures</h2>")
     # legends say what differs

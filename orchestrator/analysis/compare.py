@@ -60,7 +60,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     side_key = side_by_side_key_table(side, experiments)
     # the summary first: how they differ and the side-by-side cells, then each one's tables
     _print_differences(console, experiments, differences)
-    print_key_tables(console, [side_key], None)
+    _print_table(console, side_key)
     for name in experiments:
         console.rule(f"{name}: {progress[name].summary()}")
         print_key_tables(console, *keys[name])
@@ -147,6 +147,9 @@ def side_by_side(results: dict, experiments: list[str]) -> pa.Table:
                 c = cells.setdefault((r["level"], r["rewind_iter"]), {"density": r["density"]})
                 c[("acc", name)] = r["acc_mean"]
                 c["density"] = c["density"] or r["density"]
+        for (level, _k), c in cells.items():
+            if level == 0:  # the dense network: one accuracy, whatever k its children rewind to
+                c[("acc", name)] = res.dense["mean"]
     first = experiments[0]
     cols: dict[str, list] = {"level": [], "rewind_iter": [], "density": []}
     for what in ("barrier", "acc"):
@@ -186,6 +189,17 @@ def side_by_side_key_table(side: pa.Table, experiments: list[str]) -> KeyTable:
                     else f"{100 * r[f'{what}_diff_{n}_minus_{first}']:+.2f}" for n in experiments[1:]]
         kt.rows.append(row)
     return kt
+
+
+def _print_table(console, kt: KeyTable) -> None:
+    from rich.table import Table
+
+    table = Table(title=kt.title)
+    for i, c in enumerate(kt.columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row in kt.rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def legend_labels(experiments: list[str], differences) -> dict[str, str]:

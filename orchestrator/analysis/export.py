@@ -6,7 +6,7 @@ from orchestrator.analysis.present import KeyTable
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX_SYMBOLS = {"±": r"$\pm$", "—": "---", "–": "--", "×": r"$\times$", "α": r"$\alpha$", "−": "$-$"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "—": "---", "–": "--", "×": r"$\times$", "α": r"$\alpha$", "−": "$-$"}
 
 
 def latex_escape(text: str) -> str:
