@@ -21,11 +21,11 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, consoles, figures as figs
 from orchestrator.analysis.figure_plan import primary_mode
-from orchestrator.analysis.present import KeyTable, header, key_tables, present, print_key_tables
+from orchestrator.analysis.present import KeyTable, key_tables, present, print_key_tables
 from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import ScanCache, Store, read_num_classes, read_progress, read_raw
-from orchestrator.analysis.report import CSS, key_table_html, table_html
+from orchestrator.analysis.report import CSS, key_table_html
 
 
 def compare(store_root: str, experiments: list[str], out_dir: str | None = None, threshold: float = 0.02,
