@@ -16,6 +16,10 @@ Two fields reach the id on purpose: `train.deterministic` (non-deterministic ker
 weights on a GPU) and a train job's `noise_replica`, which changes nothing the job computes but
 keeps apart the two otherwise identical runs of a noise-floor pair (sweep.branch.noise_floor),
 whose difference is the point of running them.
+
+Fields added to a description after jobs were stored are left out while they hold their
+default (`_OMITTED_AT_DEFAULT`): a job that does not use them keeps the id it always had, and a
+job that does (BatchNorm per replica on N ranks) gets its own.
 """
 from __future__ import annotations
 
@@ -26,19 +30,32 @@ import math
 from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
-from trainers.jobs import TrainJob
+from trainers.jobs import TrainConfig, TrainJob
 
 ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
 
 # Fields of a job description that are not part of its identity (see the module docstring).
 _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
+# Fields left out while they equal their default (see the module docstring).
+_OMITTED_AT_DEFAULT = {
+    TrainConfig: {"bn_sync": "global", "bn_batch": None},
+}
+
+
+def _omitted(obj: Any, name: str) -> bool:
+    defaults = _OMITTED_AT_DEFAULT.get(type(obj))
+    return defaults is not None and name in defaults and getattr(obj, name) == defaults[name]
 
 
 def _plain(obj: Any) -> Any:
     """dataclasses.asdict (minus the excluded fields), tuples as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         skip = _EXCLUDED.get(type(obj), ())
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+        return {
+            f.name: _plain(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.name not in skip and not _omitted(obj, f.name)
+        }
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -101,7 +118,9 @@ class _Encoder:
         hit = self._memo.get(id(obj)) if memo else None
         if hit is not None and hit[0] is obj:
             return hit[1]
-        text = "{" + ",".join(key + self(getattr(obj, n)) for n, key in self._field_keys(type(obj))) + "}"
+        text = "{" + ",".join(
+            key + self(getattr(obj, n)) for n, key in self._field_keys(type(obj)) if not _omitted(obj, n)
+        ) + "}"
         if memo:
             if len(self._memo) >= self._max_size:
                 self._memo.clear()
