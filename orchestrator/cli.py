@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also publish the report to W&B")
     s.add_argument("--no-titles", dest="titles", action="store_false",
                    help="figures without titles (a paper's captions replace them); panel headings stay")
+    s.add_argument("--profile-level", type=int, default=None, metavar="LEVEL",
+                   help="the pruning level whose per-layer densities the layer-profile figure draws "
+                        "(default: the deepest measured)")
     s = sub.add_parser("schema", help="print the config's JSON schema (or its field reference)")
     s.add_argument("--markdown", action="store_true",
                    help="the field reference as Markdown (docs/config-reference.md) instead of the JSON schema")
@@ -97,6 +100,10 @@ def _print_plan(summary: dict, console: Console) -> None:
         d = row.get("density")
         table.add_row(str(row["level"]), "-" if d is None else f"{d:.4f}", str(row["train"]), str(row["interpolate"]))
     console.print(table)
+    pai = summary.get("at_init_jobs_by_method")
+    if pai:
+        console.print(f"pruning at initialization: {sum(pai.values())} train jobs "
+                      f"({', '.join(f'{k} {n}' for k, n in pai.items())})")
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
@@ -428,8 +435,11 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_INPUT
         return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
                        titles=args.titles)
+    if args.profile_level is not None and args.profile_level < 1:
+        print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats, titles=args.titles)
+                   formats=formats, profile_level=args.profile_level, titles=args.titles)
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

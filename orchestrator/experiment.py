@@ -40,11 +40,17 @@ _GROWS_AS_SET = {
     "sweep.branch.levels",
     "pruning.retrain",
     "pruning.controls",
+    "pruning.at_init.methods",
+    "pruning.at_init.at_iters",
+    "pruning.at_init.ablations",
 }
 _GROWS_AS_NUMBER = {"pruning.levels"}
 # Fields added after experiments were stored: left out of the identity while at their default,
 # so that an existing config keeps its config_hash.
-_NEW_AT_DEFAULT = {"train": {"bn_sync": "global", "bn_batch": None}}
+_NEW_AT_DEFAULT = {
+    "train": {"bn_sync": "global", "bn_batch": None},
+    "pruning": {"criterion": "magnitude", "at_init": None},
+}
 
 
 def identity_config(spec: ExperimentSpec) -> dict[str, Any]:

@@ -17,7 +17,7 @@ JobKind = Literal["train", "interpolate"]
 @dataclass(frozen=True)
 class JobMeta:
     experiment: str
-    role: Literal["level", "branch", "noise", "interpolate"]  # noise: a noise-floor child
+    role: Literal["level", "branch", "noise", "interpolate", "pai"]  # noise: a noise-floor child; pai: pruning at init
     replicate: int
     rewind_iter: int
     level: int

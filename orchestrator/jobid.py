@@ -19,7 +19,8 @@ whose difference is the point of running them.
 
 Fields added to a description after jobs were stored are left out while they hold their
 default (`_OMITTED_AT_DEFAULT`): a job that does not use them keeps the id it always had, and a
-job that does (BatchNorm per replica on N ranks) gets its own.
+job that does (BatchNorm per replica on N ranks, pruning at initialization, a mask criterion,
+a sign-keeping reinit) gets its own.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import math
 from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
-from trainers.jobs import TrainConfig, TrainJob
+from trainers.jobs import PruneConfig, TrainConfig, TrainJob
 
 ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
 
@@ -39,6 +40,8 @@ _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
 # Fields left out while they equal their default (see the module docstring).
 _OMITTED_AT_DEFAULT = {
     TrainConfig: {"bn_sync": "global", "bn_batch": None},
+    TrainJob: {"at_init": None, "reinit_keep_signs": False},
+    PruneConfig: {"criterion": "magnitude"},
 }
 
 

@@ -46,9 +46,9 @@ from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
 from orchestrator.spec import ExperimentSpec, SpecError
-from trainers.jobs import InterpolateJob, TrainConfig, TrainJob
+from trainers.jobs import AtInitConfig, InterpolateJob, TrainConfig, TrainJob
 from trainers.model_catalog import conv_linear_weights
-from trainers.prune_counts import planned_remaining, prune_count, select_prunable
+from trainers.prune_counts import DATA_METHODS, planned_layer_remaining, planned_remaining, prune_count, select_prunable
 
 WEIGHTS = "weights.pt"
 MASK = "mask.pt"
@@ -67,6 +67,13 @@ def derived_seed(tag: str, *values: int) -> int:
 def planned_densities(spec: ExperimentSpec) -> list[float]:
     """Density at levels 0..L, from the model's weight counts alone (model_catalog.py: no model
     is built and torch is not imported where the catalog holds the model and data shape)."""
+    sizes = prunable_sizes(spec)
+    _check_floor(sizes, spec)
+    return [r / sum(sizes.values()) for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
+
+
+def prunable_sizes(spec: ExperimentSpec) -> dict[str, int]:
+    """Prunable tensor name -> number of weights, in state_dict order, from the model catalog."""
     info = spec.data_info
     try:
         weights = conv_linear_weights(spec.model, tuple(info.input_shape), int(info.num_classes))
@@ -76,11 +83,9 @@ def planned_densities(spec: ExperimentSpec) -> list[float]:
         sizes = {n: weights[n] for n in select_prunable(list(weights), spec.pruning.ignore)}
     except ValueError as e:
         raise SpecError("pruning.ignore", str(e)) from None
-    total = sum(sizes.values())
-    if total == 0:
+    if sum(sizes.values()) == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
-    _check_floor(sizes, spec)
-    return [r / total for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
+    return sizes
 
 
 def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
@@ -127,6 +132,7 @@ class _Builder:
         self.density = planned_densities(spec)
         self.prune = spec.prune_config()
         self.prune_random = spec.prune_config("random")
+        self.at_init_keep = self._at_init_counts() if spec.pruning.at_init is not None else {}
         b = spec.sweep.branch
         self.interp = InterpolateJob(
             train=self.cfg,
@@ -137,6 +143,24 @@ class _Builder:
             bn_reset_batches=b.bn_reset_batches,
         )
         self.jobs: dict[str, Job] = {}
+
+    def _at_init_counts(self) -> dict[int, tuple[int, ...]]:
+        """level -> the counts pruning at init keeps: IMP's planned remaining total (scope global)
+        or magnitude_layerwise's per-tensor counts (scope layerwise)."""
+        p = self.spec.pruning
+        sizes = prunable_sizes(self.spec)
+        if p.at_init.scope == "global":
+            totals = planned_remaining(sizes, self.prune, self.levels)
+            return {lv: (totals[lv],) for lv in range(1, self.levels + 1)}
+        out = {}
+        for lv in range(1, self.levels + 1):
+            counts = planned_layer_remaining(sizes, p.fraction, lv)
+            if min(counts) < 1:
+                empty = list(sizes)[counts.index(min(counts))]
+                raise SpecError("pruning.at_init.scope", f"layerwise: level {lv} leaves no weight in {empty}; "
+                                f"at most {lv - 1} levels, or scope global")
+            out[lv] = tuple(counts)
+        return out
 
     def add(self, kind: str, spec: Any, inputs: dict[str, tuple[str, str]], meta: JobMeta) -> str:
         jid = job_id(kind, spec, inputs)
@@ -166,6 +190,9 @@ class _Builder:
         families = list(spec.pruning.retrain)
         random_prune = "random_prune" in spec.pruning.controls
         reinit = "random_reinit" in spec.pruning.controls
+        reinit_signs = "random_reinit_signs" in spec.pruning.controls
+        # magnitude_increase ranks by |w_T| - |w_k|: every pruning job also reads W_k
+        needs_w_k = self.prune.criterion != "magnitude"
         branch_levels = set(spec.branch_levels)
         seeds = sorted(spec.sweep.branch.seeds)
         strategy = self.prune.strategy
@@ -246,11 +273,60 @@ class _Builder:
                             reinit_seed=derived_seed("random_reinit", r, level),
                         )
                         inputs = {"parent_weights": (prev, WEIGHTS), "parent_mask": (prev, MASK)}
+                        if needs_w_k:
+                            inputs["rewind_weights"] = w_k
                         self.add("train", job, inputs, self.meta("level", r, k, level, self.ds, "reinit", strategy, parent=prev))
+                if reinit_signs:  # Zhou et al.: random_reinit's fresh draw (same seed), W_k's signs
+                    for level in range(1, self.levels + 1):
+                        prev = rewind_chain[level - 1]
+                        job = TrainJob(train=self.cfg, init_seed=r, data_seed=self.ds, start_iter=k, prune=self.prune,
+                                       reinit_seed=derived_seed("random_reinit", r, level), reinit_keep_signs=True)
+                        inputs = {"parent_weights": (prev, WEIGHTS), "parent_mask": (prev, MASK), "rewind_weights": w_k}
+                        self.add("train", job, inputs,
+                                 self.meta("level", r, k, level, self.ds, "reinit_signs", strategy, parent=prev))
+                if spec.pruning.at_init is not None and k in spec.pruning.at_init.at_iters:
+                    self.at_init_lineages(r, k, dense, w_k)
         return self.jobs
+
+    def at_init_lineages(self, r: int, k: int, dense: str, w_k: tuple[str, str]) -> None:
+        """Pruning at initialization: per method and level, one job scoring W_k at the level's
+        planned count then training k -> T, and one job per ablation (shuffle: its mask shuffled
+        within each layer; reinit: its mask, fresh weights; invert: the lowest scores kept)."""
+        a = self.spec.pruning.at_init
+        total = sum(prunable_sizes(self.spec).values())
+        for method in a.methods:
+            data = method in DATA_METHODS
+            for level in range(1, self.levels + 1):
+                cfg = AtInitConfig(
+                    method=method,
+                    keep=self.at_init_keep[level],
+                    scope=a.scope,
+                    ignore=tuple(self.spec.pruning.ignore),
+                    seed=derived_seed("random_init", r, k, level) if method == "random_init" else 0,
+                    examples_per_class=a.scoring.examples_per_class if data else 0,
+                    bn_mode=a.scoring.bn_mode if data else "eval",
+                    temperature=a.grasp.temperature if method.startswith("grasp") else 0.0,
+                    iterations=a.synflow.iterations if method == "synflow" else 1,
+                    schedule=a.synflow.schedule if method == "synflow" else "exponential",
+                )
+                base = TrainJob(train=self.cfg, init_seed=r, data_seed=self.ds, start_iter=k, at_init=cfg)
+                variants = [("rewind", base)]
+                if "shuffle" in a.ablations:
+                    variants.append(("pai_shuffle", replace(base, at_init=replace(cfg, shuffle=True),
+                                                            prune_seed=derived_seed("pai_shuffle", r, k, level))))
+                if "reinit" in a.ablations:
+                    variants.append(("pai_reinit", replace(base, reinit_seed=derived_seed("pai_reinit", r, k, level))))
+                if "invert" in a.ablations:
+                    variants.append(("pai_invert", replace(base, at_init=replace(cfg, invert=True))))
+                density = sum(cfg.keep) / total
+                for retrain, job in variants:
+                    meta = replace(self.meta("pai", r, k, level, self.ds, retrain, method, parent=dense), density=density)
+                    self.add("train", job, {"rewind_weights": w_k}, meta)
 
     def level_job(self, family: str, r: int, k: int, level: int, parent: str, w_k: tuple[str, str]):
         parent_in = {"parent_weights": (parent, WEIGHTS), "parent_mask": (parent, MASK)}
+        if self.prune.criterion != "magnitude":  # magnitude_increase: |w_T| - |w_k|
+            parent_in["rewind_weights"] = w_k
         base = dict(train=self.cfg, init_seed=r, data_seed=self.ds, start_iter=k, prune=self.prune)
         if family == "rewind":
             return TrainJob(**base), {**parent_in, "rewind_weights": w_k}, "rewind", self.prune.strategy
@@ -326,6 +402,7 @@ def summarize(plan: Plan) -> dict:
     interp_by_level: Counter = Counter()
     by_role: Counter = Counter()
     by_family: Counter = Counter()
+    at_init: Counter = Counter()
     density: dict[int, float] = {}
     lineages = set()
     dense = 0
@@ -340,10 +417,13 @@ def summarize(plan: Plan) -> dict:
                 dense += 1
             if m.level >= 1 and m.role == "level":
                 # named as the config names them: pruning.retrain modes and pruning.controls
-                family = "random_prune" if m.prune_strategy == "random" else "random_reinit" if m.retrain == "reinit" else m.retrain
+                family = ("random_prune" if m.prune_strategy == "random" else "random_reinit" if m.retrain == "reinit"
+                          else "random_reinit_signs" if m.retrain == "reinit_signs" else m.retrain)
                 by_family[family] += 1
                 lineages.add((m.replicate, m.rewind_iter, family))
-            if m.prune_strategy != "random" and m.retrain != "reinit":
+            if m.role == "pai":  # named as the config names them: method, and ablation if any
+                at_init[m.prune_strategy if m.retrain == "rewind" else f"{m.prune_strategy}+{m.retrain.removeprefix('pai_')}"] += 1
+            elif m.prune_strategy != "random" and m.retrain not in ("reinit", "reinit_signs"):
                 density.setdefault(m.level, m.density)
         else:
             interp_by_level[m.level] += 1
@@ -354,6 +434,7 @@ def summarize(plan: Plan) -> dict:
         "by_kind": dict(sorted(plan.by_kind().items())),
         "by_role": dict(sorted(by_role.items())),
         "level_jobs_by_family": dict(sorted(by_family.items())),
+        "at_init_jobs_by_method": dict(sorted(at_init.items())),
         "dense_runs": dense,
         "lineages": len(lineages),
         "pairs": sum(interp_by_level.values()),

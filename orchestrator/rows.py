@@ -45,13 +45,19 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "deterministic": res.get("deterministic"),
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
+            "weight_correlation": res.get("weight_correlation"),
         }
         metrics = [
             {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],
              "config_hash": meta.config_hash}
             for m in res["metrics"]
         ]
-        return {"runs": [run], "metrics": metrics}
+        layers = [
+            {"job_id": job.id, "layer": r["layer"], "kept": r["kept"], "total": r["total"],
+             "weight_correlation": r["weight_correlation"], "config_hash": meta.config_hash}
+            for r in res.get("layers", [])
+        ]
+        return {"layers": layers, "metrics": metrics, "runs": [run]}  # runs last: see result_tables
     if job.kind == "interpolate":
         if meta.pair is None:
             raise ValueError(f"interpolate job {job.id} has no pair in its metadata")
@@ -85,6 +91,9 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
 
 
 def result_tables(kind: str) -> tuple[str, ...]:
+    """The tables a finished job of `kind` must have rows in before it counts as recorded. A train
+    job's `layers` rows are staged before its `runs` row (job_rows' order), so a recorded job has
+    them, except a job finished before the table existed, which has none to give."""
     return ("runs", "metrics") if kind == "train" else ("interpolation", "instability")
 
 
@@ -95,7 +104,7 @@ def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, An
     a rerun (a dense run that gains a rewinding point, a job finished again after a crash
     before its done record) never writes them a second time."""
     for table, rows in job_rows(job, record).items():
-        if job.id in stored[table]:
+        if job.id in stored[table] or (not rows and table not in result_tables(job.kind)):
             continue
         store.stage_rows(table, experiment, rows, key=job.id)
         stored[table].add(job.id)

@@ -14,7 +14,7 @@ RUNS = pa.schema(
         ("experiment", pa.string()),
         ("job_id", pa.string()),
         ("parent_job_id", pa.string()),
-        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child)
+        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child) | "pai" (pruning at init)
         ("replicate", pa.int64()),
         ("rewind_iter", pa.int64()),
         ("level", pa.int64()),
@@ -38,6 +38,22 @@ RUNS = pa.schema(
         ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
+        # Pearson r of the starting and final weights over the kept prunable entries (Liu et al.
+        # 2021); null: a run recorded before this column existed
+        ("weight_correlation", pa.float64()),
+    ]
+)
+
+# One row per prunable tensor of every finished train job: its kept count and weight correlation.
+LAYERS = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("job_id", pa.string()),
+        ("layer", pa.string()),
+        ("kept", pa.int64()),
+        ("total", pa.int64()),
+        ("weight_correlation", pa.float64()),  # as runs.weight_correlation, over this tensor's kept entries
+        ("config_hash", pa.string()),
     ]
 )
 
@@ -86,11 +102,13 @@ TABLES: dict[str, pa.Schema] = {
     "metrics": METRICS,
     "interpolation": INTERPOLATION,
     "instability": INSTABILITY,
+    "layers": LAYERS,
 }
 
 
 # The column naming the job a row belongs to: a job's rows of a table are stored exactly once.
-KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id"}
+KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id",
+                               "layers": "job_id"}
 
 
 def file_schema(table: str) -> pa.Schema:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.compiling import compile_by_default
+from trainers.graph_rules import cuda_graphs_problem
 from trainers.data.catalog import DESCRIPTIONS
 from trainers.model_catalog import model_names
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
@@ -42,9 +43,12 @@ class SpecError(Exception):
 # allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 # resources.pack: auto. Models whose step on a GPU is a few hundred tiny kernels (CIFAR-sized
-# and smaller), and the pack size the H100 anchor measured (BENCHMARKS.md, "Packing").
+# and smaller), and how many of them one process trains as one stacked network. The shipped
+# CIFAR configs give each actor a whole GPU (gpus: 1) and fill it with one large pack, rather
+# than time-sharing a GPU between processes (a fraction: one CUDA context, memory pool and graph
+# pool per process, no MPS); the benchmark's K = 32 row is that configuration (BENCHMARKS.md).
 SMALL_MODELS = ("mlp_", "cifar_")
-AUTO_PACK = 8
+AUTO_PACK = 32
 
 
 class _Model(BaseModel):
@@ -158,6 +162,37 @@ class TrainSpec(_Model):
         return self
 
 
+class ScoringSpec(_Model):
+    examples_per_class: int = Field(10, ge=1, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP")
+    bn_mode: Literal["eval", "train"] = Field("eval", description="snip, grasp, grasp_abs: BatchNorm while scoring: eval (running statistics, as Synaptic-Flow) or train (batch statistics, as the GraSP authors' code); synflow always scores in eval mode")
+
+
+class GraspSpec(_Model):
+    temperature: float = Field(200.0, gt=0, description="grasp, grasp_abs: the gradients are those of the loss of logits / temperature (Wang et al. 2020 use 200)")
+
+
+class SynflowSpec(_Model):
+    iterations: int = Field(100, ge=1, description="synflow: rounds of scoring and pruning (Tanaka et al. 2020 use 100)")
+    schedule: Literal["exponential", "linear"] = Field("exponential", description="synflow: kept count after round r of n: exponential N * d^(r/n) (the paper's) or linear")
+
+
+class AtInitSpec(_Model):
+    methods: list[Literal["snip", "grasp", "grasp_abs", "synflow", "magnitude_init", "random_init"]] = Field(min_length=1, description="pruning-at-initialization methods, one lineage each at every IMP level's exact remaining count: snip (Lee et al. 2019), grasp (Wang et al. 2020; keeps the largest theta*Hg), grasp_abs (keeps the largest |theta*Hg|), synflow (Tanaka et al. 2020), magnitude_init (|W_k|), random_init (random scores)")
+    scope: Literal["global", "layerwise"] = Field("global", description="rank scores over all prunable tensors at once (global: the papers' choice; the total equals IMP's remaining count) or per tensor (layerwise: each tensor keeps magnitude_layerwise's planned count)")
+    at_iters: list[int] = Field(default_factory=lambda: [0], min_length=1, description="score W_k for these k (iterations; each must be one of sweep.rewind_iters), then train k -> T as a level does")
+    ablations: list[Literal["shuffle", "reinit", "invert"]] = Field(default_factory=list, description="Frankle et al. 2021's checks, one lineage per method each: shuffle (the method's mask shuffled within each layer), reinit (its mask, fresh weights), invert (keep the lowest scores at the same count)")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="the scoring batch of the data-dependent methods")
+    grasp: GraspSpec = Field(default_factory=GraspSpec, description="GraSP's parameters")
+    synflow: SynflowSpec = Field(default_factory=SynflowSpec, description="SynFlow's parameters")
+
+    @model_validator(mode="after")
+    def _lists(self) -> "AtInitSpec":
+        _unique(self.methods, "pruning.at_init.methods")
+        _unique(self.at_iters, "pruning.at_init.at_iters")
+        _unique(self.ablations, "pruning.at_init.ablations")
+        return self
+
+
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
@@ -165,7 +200,9 @@ class PruningSpec(_Model):
     ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
     finetune_lr: float | None = Field(None, gt=0, description="learning rate of the finetune retrain mode (resolved: the schedule's rate at the last training iteration, as Renda et al. 2020 fine-tune at the final learning rate)")
-    controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights)")
+    controls: list[Literal["random_prune", "random_reinit", "random_reinit_signs"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights), random_reinit_signs (IMP's mask, fresh magnitudes with the signs of W_k; Zhou et al. 2019)")
+    criterion: Literal["magnitude", "magnitude_increase"] = Field("magnitude", description="which trained weights a level keeps (Zhou et al. 2019): magnitude (the largest |w_T|, the original IMP) or magnitude_increase (the largest |w_T| - |w_k|)")
+    at_init: AtInitSpec | None = Field(None, description="pruning at initialization, scored on W_k at IMP's exact counts (absent: none)")
 
     @model_validator(mode="after")
     def _lists(self) -> "PruningSpec":
@@ -180,7 +217,8 @@ class PruningSpec(_Model):
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
-        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore))
+        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
+                           criterion=self.criterion)
 
 
 class BranchSpec(_Model):
@@ -244,7 +282,7 @@ class SweepSpec(_Model):
 class ResourcesSpec(_Model):
     """Per job (Ray resources); a fractional gpus packs small jobs onto one GPU."""
 
-    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between jobs')
+    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between worker processes, each with its own CUDA context (time-shared, no MPS): for small models prefer 1 with a larger pack')
     cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
     memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
     pack: Union[int, Literal["auto"]] = Field(
@@ -395,6 +433,11 @@ class ExperimentSpec(_Model):
         if t.cuda_graphs and self.resources.gpus == 0:
             # Caught here rather than by every job failing max_attempts times on a CPU worker.
             raise SpecError("train.cuda_graphs", "CUDA graphs need a GPU: give resources.gpus > 0, or cuda_graphs: false")
+        if t.cuda_graphs:
+            # auto compiles no model under a hand-captured graph (trainers/graph_rules.py)
+            problem = cuda_graphs_problem(self.data.name, t.compile is True)
+            if problem is not None:
+                raise SpecError(*problem)
         T = t.iterations
         for i, m in enumerate(s.milestones or []):
             if not 0 < m <= T:
@@ -420,6 +463,19 @@ class ExperimentSpec(_Model):
                         f"sweep.branch.levels[{i}]",
                         f"level {lev} is beyond the last pruning level ({self.pruning.levels}, pruning.levels)",
                     )
+        a = self.pruning.at_init
+        if a is not None:
+            for i, k in enumerate(a.at_iters):
+                if k not in sw.rewind_iters:
+                    raise SpecError(
+                        f"pruning.at_init.at_iters[{i}]",
+                        f"{k} is not a rewinding point: W_k is saved only at sweep.rewind_iters ({sw.rewind_iters})",
+                    )
+            need = a.scoring.examples_per_class * int(info.num_classes)
+            if need > info.num_train:
+                raise SpecError("pruning.at_init.scoring.examples_per_class",
+                                f"{a.scoring.examples_per_class} per class x {info.num_classes} classes = {need} "
+                                f"examples, more than the training set holds ({info.num_train})")
         if b.seeds and "rewind" not in self.pruning.retrain:
             raise SpecError(
                 "sweep.branch.seeds",
@@ -480,7 +536,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
+            compile=(not t.cuda_graphs and compile_by_default(self.model)) if t.compile == "auto" else t.compile,
             cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
             bn_sync=t.bn_sync,

@@ -121,22 +121,27 @@ def job_config(job: Any, attempt: int) -> dict[str, Any]:
 
 def run_name(job: Any, attempt: int = 1) -> str:
     """A W&B run name a person can read: r0-k50-L2-s1 (replicate, rewinding point, level, data
-    seed), prefixed by the role when it is not a level of the IMP lineage (branch-, noise-), by
-    the lineage when it is not IMP with weight rewinding (lr_rewind-, finetune-, random_prune-,
-    reinit-: their levels have the same coordinates), and `-a2` for a retry."""
+    seed), prefixed by the role when it is not a level of the IMP lineage (branch-, noise-; by
+    the method, and ablation, for pruning at initialization), by the lineage when it is not IMP
+    with weight rewinding (lr_rewind-, finetune-, random_prune-, reinit-: their levels have the
+    same coordinates), and `-a2` for a retry."""
     m = job.meta
     if m is None:
         name = f"{job.kind}-{job.id[:8]}"
     else:
-        lineage = "random_prune" if m.prune_strategy == "random" else m.retrain
         coords = f"r{m.replicate}-k{m.rewind_iter}-L{m.level}"
-        if lineage not in ("rewind", None):
-            coords = f"{lineage}-{coords}"
+        if m.role != "pai":
+            lineage = "random_prune" if m.prune_strategy == "random" else m.retrain
+            if lineage not in ("rewind", None):
+                coords = f"{lineage}-{coords}"
         if job.kind == "interpolate":
             name = f"interp-{coords}"
         else:
             name = f"{coords}-s{m.data_seed}"
-            if m.role not in ("level", None):
+            if m.role == "pai":  # pruning at init: the method, and its ablation (snip+shuffle-r0-k0-L2-s0)
+                ablation = (m.retrain or "rewind").removeprefix("pai_")
+                name = f"{m.prune_strategy}{'' if ablation == 'rewind' else '+' + ablation}-{name}"
+            elif m.role not in ("level", None):
                 name = f"{m.role}-{name}"
     return name if attempt <= 1 else f"{name}-a{attempt}"
 

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 # configs/demo.yaml shrunk to seconds: 1 replicate, k in {0, 10}, 2 levels, branches at 0 and 2
-# (1 dense run + 2 x (2 levels + 4 children) = 13 train jobs, 4 interpolate jobs).
+# (1 dense run + 2 x (2 levels + 4 children) = 13 train jobs, 4 interpolate jobs; plus the
+# demo's pruning at init from W_0: 2 methods x 2 levels x (method, shuffle) = 8 train jobs).
 TINY = [
     "train.iterations=40",
     "train.schedule.milestones=[20, 30]",
@@ -78,6 +79,31 @@ def masked_snapshots(runs, iteration: int):
         mask = checkpoint.load_mask(r.mask_path)
         for path in (r.saved_weights[iteration], r.weights_path):
             yield path, checkpoint.load_weights(path), mask
+
+
+def _gpu_suite_selected(config) -> bool:
+    """Whether this run is the GPU suite: `-m gpu` (make gpu-test, benchmarks/gpu_session.sh)."""
+    return (config.option.markexpr or "").strip() == "gpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device. In the CPU suite they are skipped where there is
+    none; the GPU suite (-m gpu) fails instead: a GPU run that skipped everything must not pass."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if _gpu_suite_selected(config):
+        raise pytest.UsageError(
+            "the GPU suite (-m gpu) found no CUDA device (torch.cuda.is_available() is False: "
+            f"torch {torch.__version__}, CUDA build {torch.version.cuda}); it runs only where a GPU is visible"
+        )
+    skip = pytest.mark.skip(reason="needs a CUDA device (the GPU suite: make gpu-test)")
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -552,11 +552,21 @@ def test_analyze_a_real_tiny_demo_sweep(ray_session, tmp_path):
     exp = expected_barriers(raw["interpolation"])
     assert got.keys() == exp.keys() and all(close(got[k], exp[k], 1e-9) for k in exp)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["jobs_planned"] == summary["jobs_done"] == 17  # 13 train + 4 interpolate
+    # 13 train + 4 interpolate + pruning at init: 2 methods x 2 levels x (method, shuffle)
+    assert summary["jobs_planned"] == summary["jobs_done"] == 25
     html = (out / "report.html").read_text()
-    assert "17/17 jobs done" in html and "spec.yaml" in html
-    for name in ("instability_vs_rewind", "interpolation_path", "accuracy_vs_density"):
+    assert "25/25 jobs done" in html and "spec.yaml" in html
+    for name in ("instability_vs_rewind", "interpolation_path", "accuracy_vs_density", "method_comparison",
+                 "layer_profiles", "weight_correlation"):
         _decode_png(out / f"{name}.png")
+    # the method table against the stored rows: each pruning-at-init family's mean accuracy
+    pai: dict = {}
+    for r in raw["runs"]:
+        if r["role"] == "pai":
+            fam = r["prune_strategy"] + ("" if r["retrain"] == "rewind" else "+" + r["retrain"].removeprefix("pai_"))
+            pai.setdefault((fam, r["level"]), []).append(r["test_accuracy"])
+    methods = {(r["family"], r["level"]): r for r in written(out / "methods.parquet").to_pylist()}
+    assert len(pai) == 8 and all(close(methods[k]["acc_mean"], sum(v) / len(v), WRITTEN_TOL) for k, v in pai.items())
 
 
 def test_remote_store_through_fsspec(tmp_path):

@@ -49,7 +49,8 @@ def test_changed_config_is_refused_naming_old_and_new_values_and_writing_nothing
     "extra, field",
     [
         (("pruning.levels=1", "sweep.branch.levels=[0]"), "pruning.levels: changed from 2 to 1"),  # work taken away
-        (("sweep.rewind_iters=[10]",), "sweep.rewind_iters: changed from [0, 10] to [10]"),
+        # (the demo's pruning at init scores W_0: it must move with the rewinding points)
+        (("sweep.rewind_iters=[10]", "pruning.at_init.at_iters=[10]"), "sweep.rewind_iters: changed from [0, 10] to [10]"),
         (("sweep.branch.num_alphas=5",), "sweep.branch.num_alphas: changed from 3 to 5"),
         (("train.iterations=50",), "train.iterations: changed from 40 to 50"),
     ],

@@ -241,8 +241,9 @@ def test_compare_says_how_the_configs_differ(tmp_path, capsys):
 
 def test_every_float_a_reader_sees_has_a_unit():
     """Every fraction of every written table (the noise floor's included) is in percent or
-    percentage points; only the interpolation coefficient alpha has no unit. The converted
-    values equal 100 x the computed fractions."""
+    percentage points; only the interpolation coefficient alpha and Pearson correlations
+    (weight_correlation_*, in [-1, 1], not fractions) have no unit. The converted values equal
+    100 x the computed fractions."""
     from orchestrator.analysis import compute
     from orchestrator.analysis import tables as T
     from orchestrator.analysis.read import INSTABILITY_COLUMNS, INTERPOLATION_COLUMNS, RUNS_COLUMNS
@@ -259,7 +260,8 @@ def test_every_float_a_reader_sees_has_a_unit():
     for stem, _title, t in res.tables():
         p = present(t)
         for name in p.column_names:
-            if pa.types.is_floating(p.schema.field(name).type) and name != "alpha":
+            if pa.types.is_floating(p.schema.field(name).type) and name != "alpha" \
+                    and not name.startswith("weight_correlation_"):
                 assert name.endswith(("_pct", "_pp")), (stem, name)
                 seen.add(name)
     assert {"end_error_mean_pct", "noise_barrier_mean_pp", "noise_barrier_max_pp",

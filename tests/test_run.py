@@ -422,5 +422,7 @@ def test_missing_config_file_and_bad_arguments(tmp_path, capsys):
 def test_plan_json(capsys):
     assert main(["plan", DEMO, "--json", *tiny_args()]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["jobs"] == len(_plan().jobs) == 17
-    assert summary["by_kind"] == {"interpolate": 4, "train": 13}
+    assert summary["jobs"] == len(_plan().jobs) == 25
+    # 13 IMP train jobs + pruning at init: 2 methods x 2 levels x (the method, its shuffle)
+    assert summary["by_kind"] == {"interpolate": 4, "train": 21}
+    assert summary["at_init_jobs_by_method"] == {"snip": 2, "snip+shuffle": 2, "synflow": 2, "synflow+shuffle": 2}

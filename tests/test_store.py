@@ -18,7 +18,7 @@ def _run_row(job_id: str, level: int, density: float) -> dict:
         "train_loss": 1.25, "train_accuracy": 0.625, "wall_seconds": 3.0, "attempts": 1, "host": "h",
         "node": "n", "device": "cpu", "world_size": 1, "config_hash": "c0", "deterministic": True,
         "weights_path": f"artifacts/{job_id}/weights.pt",
-        "mask_path": f"artifacts/{job_id}/mask.pt",
+        "mask_path": f"artifacts/{job_id}/mask.pt", "weight_correlation": 0.9,
     }
 
 

@@ -50,7 +50,12 @@ def test_run_names_are_readable_and_unique():
         m = job.meta
         if job.kind == "train" and m.role == "level":
             assert names[job.id] == f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
-        assert re.fullmatch(r"([a-z_]+-)*r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
+        if m.role == "pai":  # the method and its ablation: snip+shuffle-r0-k0-L2-s0
+            ablation = m.retrain.removeprefix("pai_")
+            method = m.prune_strategy + ("" if ablation == "rewind" else f"+{ablation}")
+            assert names[job.id] == f"{method}-r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
+        else:
+            assert re.fullmatch(r"([a-z_]+-)*r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
         assert {m.role, f"k{m.rewind_iter}", f"L{m.level}"} <= set(run_tags(job))
     assert run_name(next(iter(p.jobs.values())), attempt=2).endswith("-a2")
 

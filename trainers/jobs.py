@@ -93,6 +93,34 @@ class PruneConfig:
     strategy: PruneStrategy = "magnitude_global"
     fraction: float = 0.2  # of the *remaining* prunable weights, per level
     ignore: tuple[str, ...] = ()  # parameter names (fnmatch patterns) that are never pruned
+    # Which trained weights a level keeps (Zhou et al. 2019): "magnitude" |w_T| (large_final) or
+    # "magnitude_increase" |w_T| - |w_k| (needs W_k: paths.rewind_weights). Left out of the job id
+    # at its default, so existing jobs keep their ids (orchestrator/jobid.py).
+    criterion: Literal["magnitude", "magnitude_increase"] = "magnitude"
+
+
+@dataclass(frozen=True)
+class AtInitConfig:
+    """Pruning at initialization (trainers/methods/): the head of a train job scores W_k with
+    `method` and keeps exactly `keep` weights, then the job trains k -> T from the masked W_k.
+
+    Every field decides the mask; the planner sets the fields a method does not read to their
+    defaults, so that, say, SNIP's id does not change with SynFlow's number of rounds.
+    """
+
+    method: str  # a key of trainers.methods.AT_INIT
+    keep: tuple[int, ...]  # scope global: (total,); layerwise: one count per prunable tensor, in mask order
+    scope: Literal["global", "layerwise"] = "global"
+    ignore: tuple[str, ...] = ()  # as PruneConfig.ignore
+    invert: bool = False  # Frankle et al. 2021's ablation: keep the lowest scores, same counts
+    shuffle: bool = False  # ... the method's mask shuffled within each layer (TrainJob.prune_seed)
+    seed: int = 0  # random_init's scores
+    examples_per_class: int = 0  # snip/grasp: the class-balanced scoring batch (seeded by data_seed and k;
+    # augmented as training batches are, when data.augment)
+    bn_mode: Literal["eval", "train"] = "eval"  # snip/grasp: BatchNorm while scoring (SynFlow: always eval)
+    temperature: float = 0.0  # grasp/grasp_abs: logits / T
+    iterations: int = 1  # synflow: rounds of scoring and pruning
+    schedule: Literal["exponential", "linear"] = "exponential"  # synflow: kept count after each round
 
 
 @dataclass(frozen=True)
@@ -119,6 +147,13 @@ class TrainJob:
     # the same inputs and data seed with non-deterministic kernels; the tag changes nothing the
     # job computes, it keeps the two runs' ids apart.
     noise_replica: int = 0
+    # Pruning at initialization: the mask is computed from W_k (paths.rewind_weights) at the head
+    # of this job (prune must be None). Left out of the id when None, as is reinit_keep_signs
+    # when False.
+    at_init: AtInitConfig | None = None
+    # control random_reinit_signs (Zhou et al. 2019): with reinit_seed, fresh magnitudes carrying
+    # the signs of W_k (paths.rewind_weights).
+    reinit_keep_signs: bool = False
 
     @property
     def stop_iter(self) -> int:
@@ -168,6 +203,14 @@ class MetricRow:
 
 
 @dataclass
+class LayerRow:
+    layer: str  # a prunable tensor's name
+    kept: int
+    total: int
+    weight_correlation: float | None  # Pearson, starting vs final weights over the kept entries
+
+
+@dataclass
 class TrainResult:
     metrics: list[MetricRow]
     test_loss: float
@@ -187,6 +230,10 @@ class TrainResult:
     # How it trained: "single" (train()), "stacked" (packed as one network: trainers/packed.py) or
     # "sequential" (a pack trained one by one, asked for or fallen back to: never silently).
     strategy: str = "single"
+    # Pearson correlation of the starting weights (m * W_k, or W_0 for a dense run) and the final
+    # weights over the kept prunable entries (Liu et al. 2021); None: not recorded
+    weight_correlation: float | None = None
+    layers: list[LayerRow] = field(default_factory=list)
 
 
 @dataclass

@@ -38,7 +38,8 @@ from trainers.graphed import make_step
 from trainers.evaluate import evaluate, param_dtype
 from trainers.jobs import MetricRow, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
-from trainers.pruning import MaskApplier, density
+from trainers.correlation import layer_rows
+from trainers.pruning import MaskApplier, density, masked_weights
 from trainers.runtime import Runtime
 from trainers.stacked import COUNTER, build_stacked, member_logits_loss, member_state, stack_inputs, stack_problem
 from trainers.train import (
@@ -181,16 +182,19 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
     dtype = param_dtype(cfg.precision)
 
     # --- starting points: each member's checkpoint, or its inputs, exactly as train() --------
-    states, masks, metrics = [], [], []
+    states, masks, metrics, initials = [], [], [], []
     resumed = ckpts[0] is not None
     # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded (train())
     model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job0.init_seed).to(dtype)
     for job, p, ckpt in zip(jobs, paths, ckpts):
         if ckpt is not None:
             weights, mask, rows = ckpt["model"], ckpt["mask"], [MetricRow(**m) for m in ckpt["metrics"]]
+            w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(dtype)
+            initials.append(masked_weights(*starting_point(job, p, w0, info, data)))  # the weight correlation's start
         else:
             w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(dtype)
-            weights, mask = starting_point(job, p, w0, info)
+            weights, mask = starting_point(job, p, w0, info, data)
+            initials.append(masked_weights(weights, mask))
             rows = []
             checkpoint.save(mask, os.path.join(p.out_dir, MASK))
         model.load_state_dict(weights)  # the single model's dtypes and checks, as train() loads them
@@ -293,7 +297,9 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
     for k, (job, p) in enumerate(zip(jobs, paths)):
         out = p.out_dir
         final = {m.split: m for m in metrics[k] if m.iteration == end}
-        checkpoint.save(member(k), os.path.join(out, WEIGHTS))
+        final_weights = member(k)
+        checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
+        correlation, layers = layer_rows(initials[k], final_weights, masks[k])
         result = TrainResult(
             metrics=metrics[k],
             test_loss=final["test"].loss,
@@ -311,6 +317,8 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
             resumed_from=start if resumed else None,
             deterministic=applied(cfg.deterministic, device),
             strategy="stacked",
+            weight_correlation=correlation,
+            layers=layers,
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)

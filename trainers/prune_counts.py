@@ -93,3 +93,18 @@ def planned_densities(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -
         raise ValueError("sizes: no prunable weights")
     return [r / total for r in planned_remaining(sizes, cfg, levels)]
 
+
+
+# ---- pruning at initialization: names and counts, without torch ----------------------------
+
+AT_INIT_METHODS = ("snip", "grasp", "grasp_abs", "synflow", "magnitude_init", "random_init")
+DATA_METHODS = frozenset({"snip", "grasp", "grasp_abs"})  # score on a batch of training data
+
+
+def planned_layer_remaining(sizes: Mapping[str, int], fraction: float, level: int) -> list[int]:
+    """Per-tensor remaining counts (sizes' order) after `level` layerwise steps: what
+    magnitude_layerwise leaves in each tensor, and what layerwise pruning at init keeps."""
+    counts = [int(s) for s in sizes.values()]
+    for _ in range(int(level)):
+        counts = [c - prune_count(c, fraction) for c in counts]
+    return counts

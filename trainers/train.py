@@ -30,13 +30,15 @@ import torch.nn.functional as F
 
 from trainers import checkpoint, distributed
 from trainers.compiling import compiled
-from trainers.data.sources import DataInfo, open_data
+from trainers.data.sources import DataBundle, DataInfo, open_data
 from trainers.determinism import applied, kernels
 from trainers.evaluate import evaluate, param_dtype, to_model_input
+from trainers.graph_rules import cuda_graphs_problem
 from trainers.graphed import make_step
-from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
+from trainers.jobs import LayerRow, MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
-from trainers.pruning import MaskApplier, density, full_mask, prunable_names, prune, shuffle_within_layers
+from trainers.correlation import layer_rows
+from trainers.pruning import MaskApplier, density, full_mask, masked_weights, prunable_names, prune, shuffle_within_layers
 from trainers.runtime import Runtime
 from trainers.schedule import lr_at
 
@@ -61,6 +63,11 @@ def fingerprint(job: TrainJob) -> str:
         if fields["train"].get(name) == default:
             fields["train"].pop(name)
     fields.pop("save_iters", None)
+    for name, default in (("at_init", None), ("reinit_keep_signs", False)):  # as the job id: old checkpoints resume
+        if fields.get(name) == default:
+            fields.pop(name)
+    if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
+        fields["prune"].pop("criterion")
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -87,10 +94,21 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
             raise ValueError("paths: the random-pruning control needs parent_mask (IMP's mask of its level)")
         if job.prune.strategy != "random" and (paths.parent_weights is None or paths.parent_mask is None):
             raise ValueError("paths: a pruning job needs parent_weights and parent_mask")
+    if job.at_init is not None:
+        if job.prune is not None or paths.rewind_weights is None:
+            raise ValueError("paths.rewind_weights: pruning at initialization scores W_k (and prune must be None)")
+    if job.prune is not None and job.prune.criterion != "magnitude" and paths.rewind_weights is None:
+        raise ValueError(f"paths.rewind_weights: prune criterion {job.prune.criterion} needs W_k")
+    if job.reinit_keep_signs and (job.reinit_seed is None or paths.rewind_weights is None):
+        raise ValueError("paths.rewind_weights: reinit_keep_signs takes the signs of W_k and needs reinit_seed")
     if job.retrain in ("lr_rewind", "finetune") and job.prune is not None and paths.parent_weights is None:
         raise ValueError(f"paths.parent_weights: retrain={job.retrain} starts from the parent's weights")
     if job.train.batch_size <= 0:
         raise ValueError(f"train.batch_size: must be positive, got {job.train.batch_size}")
+    if job.train.cuda_graphs:
+        problem = cuda_graphs_problem(job.train.data.name, job.train.compile)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
 
 
 def _restrict(mask: dict[str, torch.Tensor], names: list[str], path: str) -> dict[str, torch.Tensor]:
@@ -100,9 +118,11 @@ def _restrict(mask: dict[str, torch.Tensor], names: list[str], path: str) -> dic
     return {n: mask[n] for n in names}
 
 
-def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, info: DataInfo) -> tuple[dict, dict]:
-    """(weights, mask) the job starts from, on CPU. `model` holds W0 (from init_seed)."""
-    ignore = job.prune.ignore if job.prune is not None else ()
+def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, info: DataInfo,
+                   data: DataBundle | None = None) -> tuple[dict, dict]:
+    """(weights, mask) the job starts from, on CPU. `model` holds W0 (from init_seed). `data`:
+    the job's data, for pruning at initialization's scoring batch (opened on CPU when None)."""
+    ignore = job.prune.ignore if job.prune is not None else job.at_init.ignore if job.at_init is not None else ()
     names = prunable_names(model, ignore)
     if paths.parent_mask is None:
         mask = full_mask(model, ignore)
@@ -112,18 +132,27 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
         mask = _restrict(checkpoint.load_mask(paths.parent_mask), names, paths.parent_mask)
 
     parent = checkpoint.load_weights(paths.parent_weights) if paths.parent_weights else None
-    if job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
+    w_k = checkpoint.load_weights(paths.rewind_weights) if paths.rewind_weights else None
+    if job.at_init is not None:  # pruning at initialization: score W_k (trainers/methods/)
+        from trainers.methods.job import mask_at_init
+
+        mask = mask_at_init(job, w_k, model, lambda: data or open_data(job.train.data, torch.device("cpu")))
+    elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
     elif job.prune is not None:
-        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
+        initial = {n: w_k[n] for n in names} if job.prune.criterion != "magnitude" else None
+        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed, initial=initial)
 
     if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
         fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed)
         weights = checkpoint.state_dict_cpu(fresh)
+        if job.reinit_keep_signs:  # Zhou et al.'s control: fresh magnitudes, the signs of W_k
+            weights = {n: (v.abs() * torch.where(w_k[n] < 0, -1.0, 1.0).to(v.dtype) if n in mask else v)
+                       for n, v in weights.items()}
     elif job.retrain in ("lr_rewind", "finetune") and parent is not None:
         weights = parent
-    elif paths.rewind_weights is not None:
-        weights = checkpoint.load_weights(paths.rewind_weights)
+    elif w_k is not None:
+        weights = w_k
     elif job.start_iter == 0:
         weights = checkpoint.state_dict_cpu(model)
     else:
@@ -195,9 +224,11 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     if ckpt is not None:
         weights, mask, start = ckpt["model"], ckpt["mask"], ckpt["iteration"]
         metrics = [MetricRow(**m) for m in ckpt["metrics"]]
+        initial = masked_weights(*starting_point(job, paths, model, info, data))  # for the weight correlation
     else:
-        weights, mask = starting_point(job, paths, model, info)
+        weights, mask = starting_point(job, paths, model, info, data)
         start, metrics = job.start_iter, []
+        initial = masked_weights(weights, mask)
         if writer:
             checkpoint.save(mask, os.path.join(out, MASK))
     model.load_state_dict(weights)
@@ -288,7 +319,9 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     save_rewind_point(end)
     run_eval(end)
     final = {m.split: m for m in metrics if m.iteration == end}
-    checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, WEIGHTS))
+    final_weights = checkpoint.state_dict_cpu(model)
+    checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
+    correlation, layers = layer_rows(initial, final_weights, mask)
     result = TrainResult(
         metrics=metrics,
         test_loss=final["test"].loss,
@@ -305,6 +338,8 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         saved_weights=saved_rewind_points(job, out),
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
         deterministic=applied(cfg.deterministic, device),
+        weight_correlation=correlation,
+        layers=layers,
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
@@ -360,4 +395,5 @@ def result_from_json(d: dict) -> TrainResult:
     d = dict(d)
     d["metrics"] = [MetricRow(**m) for m in d["metrics"]]
     d["saved_weights"] = {int(k): v for k, v in d["saved_weights"].items()}
+    d["layers"] = [LayerRow(**r) for r in d.get("layers", [])]
     return TrainResult(**d)

@@ -22,11 +22,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.analysis import curves
+from orchestrator.analysis import methods as M
 from orchestrator.analysis import tables as T
 from orchestrator.analysis.figure_plan import FORMATS
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import (
-    ScanCache, Store, known_experiments, read_config_text, read_num_classes, read_progress, read_raw,
+    LAYERS_COLUMNS, ScanCache, Store, known_experiments, only_planned, plan_job_ids, read_config_text,
+    read_num_classes, read_progress, read_raw, read_table,
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
@@ -52,6 +54,11 @@ class AnalysisResult:
     n_pairs: int
     noise_floor: pa.Table | None = None  # sweep.branch.noise_floor: kernel noise's barrier
     pairs: pa.Table | None = None  # one row per (data-order pair, split): its barrier and mode
+    methods: pa.Table | None = None  # every family's accuracy and weight correlation (methods.py)
+    ablations: pa.Table | None = None  # pruning at init: each ablation against its method
+    layer_profiles: pa.Table | None = None  # per-layer kept fractions (from the layers table)
+    num_classes: int | None = None
+    roles: tuple[str, ...] = ()  # the runs' roles ("pai": the experiment prunes at initialization)
 
     def add_path(self, interpolation: pa.Table) -> None:
         """The mean interpolation path, computed apart from the summary's tables because only
@@ -80,6 +87,15 @@ class AnalysisResult:
                         self.retrain_comparison))
         out.append(("interpolation_path", "Error along the interpolation path (mean over pairs)",
                     self.interpolation_path))
+        if self.methods is not None and self.methods.num_rows:
+            out.append(("methods", "Every family (IMP, controls, pruning at initialization and its ablations): "
+                        "test accuracy and weight correlation by density", self.methods))
+        if self.ablations is not None and self.ablations.num_rows:
+            out.append(("ablations", "Ablations of pruning at initialization (Frankle et al. 2021): accuracy "
+                        "change against the unablated method", self.ablations))
+        if self.layer_profiles is not None and self.layer_profiles.num_rows:
+            out.append(("layer_profiles", "Fraction of each layer's weights kept, by family and level",
+                        self.layer_profiles))
         if self.noise_floor is not None:
             out.append(("noise_floor", "Noise floor: the barrier of kernel noise alone (same data seed, "
                         "non-deterministic kernels) beside the data-order barrier", self.noise_floor))
@@ -87,10 +103,12 @@ class AnalysisResult:
 
 
 def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
-            threshold: float, num_classes: int | None = None, path: bool = True) -> AnalysisResult:
+            threshold: float, num_classes: int | None = None, path: bool = True,
+            layers: pa.Table | None = None) -> AnalysisResult:
     """The whole analysis from the three raw tables (file-free; tests call it directly).
     `num_classes` sets the chance error (None: no cell is called at chance). `path=False`
-    leaves the interpolation path for a later `add_path`."""
+    leaves the interpolation path for a later `add_path`. `layers`: the layers table, for the
+    per-layer density profiles."""
     runs_m = T.add_mode(runs)
     barriers, check = T.combine_barriers(instability, T.barriers_from_interpolation(interpolation),
                                          interpolation)
@@ -116,6 +134,12 @@ def compute(runs: pa.Table, instability: pa.Table, interpolation: pa.Table,
         noise_floor=T.noise_floor(barriers, noise),
         pairs=barriers,
     )
+    runs_f = M.add_family(runs_m)
+    res.methods = M.method_table(runs_f)
+    res.ablations = M.ablation_table(res.methods)
+    res.layer_profiles = M.layer_profiles(layers, runs_f) if layers is not None else None
+    res.num_classes = num_classes
+    res.roles = tuple(sorted(set(runs["role"].drop_null().to_pylist())))
     if path:
         res.add_path(interpolation)
     return res
@@ -288,9 +312,11 @@ def consoles(console=None):
 
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
-            titles: bool = True) -> int:
+            profile_level: int | None = None, titles: bool = True) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
     (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
+    `profile_level`: the level whose per-layer densities the layer-profile figure draws (None:
+    the deepest level measured).
     The summary is printed as soon as the tables are computed, before any figure is drawn.
     `titles=False` (`--no-titles`): figures without a title, for a paper's own captions."""
     console, errors = consoles(console)
@@ -310,8 +336,15 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     except UnreadablePart as e:
         errors.print(f"[red]error:[/red] {e}")
         return 2
+    try:
+        layers = only_planned(read_table(store, "layers", experiment, LAYERS_COLUMNS, cache), "job_id",
+                              plan_job_ids(store, experiment))
+    except UnreadablePart as e:
+        errors.print(f"[red]error:[/red] {e}")
+        return 2
     clock.lap("read")
-    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False)
+    res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False,
+                  layers=layers)
     clock.lap("compute")
     recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
     progress = read_progress(store, experiment, res.n_train_runs, res.n_pairs, recorded)
@@ -374,6 +407,11 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense, all_ks),
          (res.accuracy, res.dense, all_ks)),
         ("learning_curves", lambda: figs.learning_curves(curve_table), (curve_table,)),
+        ("method_comparison", lambda: figs.method_comparison(res.methods, res.num_classes),
+         (res.methods, res.num_classes)),
+        ("layer_profiles", lambda: figs.layer_profiles(res.layer_profiles, profile_level),
+         (res.layer_profiles, profile_level)),
+        ("weight_correlation", lambda: figs.weight_correlation(res.methods), (res.methods,)),
     ):
         got = fcache.get(name, make, *inputs)
         if got is not None:

@@ -80,11 +80,14 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     drawn = {}
     inst = {n: r.instability for n, r in results.items()}
     accs = {n: (r.accuracy, r.dense) for n, r in results.items()}
+    wcs = {n: r.methods for n, r in results.items()}
     for name, make, inputs in (
         ("compare_instability", lambda: figs.compare_instability(inst, threshold, labels),
          (list(inst), *inst.values(), threshold, labels)),
         ("compare_accuracy", lambda: figs.compare_accuracy(accs, labels),
          (list(accs), *(a for a, _ in accs.values()), [d for _, d in accs.values()], labels)),
+        ("compare_weight_correlation", lambda: figs.compare_weight_correlation(wcs),
+         (list(wcs), *[t for t in wcs.values() if t is not None])),
     ):
         got = fcache.get(name, make, *inputs)
         if got is not None:

@@ -16,6 +16,10 @@ TITLES = {
     "learning_curves": "Learning curves",
     "compare_instability": "Instability against the rewinding point, by experiment",
     "compare_accuracy": "Test accuracy against the weights remaining, by experiment",
+    "method_comparison": "Every family at IMP's densities: test accuracy against the weights remaining",
+    "layer_profiles": "Per-layer density of each method at one level",
+    "weight_correlation": "Weight correlation (starting vs final weights) against the weights remaining",
+    "compare_weight_correlation": "Weight correlation against the weights remaining, by experiment",
 }
 
 

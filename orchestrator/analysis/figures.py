@@ -451,3 +451,158 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, s
     _legend_right(fig, axes[0][0])
     fig.suptitle("Test accuracy against the weights remaining, by experiment (mean ± std over replicates)", fontsize=11)
     return fig
+
+
+# ---- methods: IMP, controls, pruning at initialization (orchestrator/analysis/methods.py) -----
+
+_ABLATION_STYLE = {"": "-", "shuffle": "--", "reinit": ":", "invert": "-."}
+
+
+def _family_style(families: list[str]) -> dict[str, dict]:
+    """A colour per method (an ablation shares its method's colour, with its own line style)."""
+    bases = sorted({f.partition("+")[0] for f in families}, key=lambda b: (not b.startswith("imp_"), b))
+    cmap = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20")
+    colour = {b: cmap(i % cmap.N) for i, b in enumerate(bases)}
+    return {f: {"color": colour[f.partition("+")[0]], "ls": _ABLATION_STYLE.get(f.partition("+")[2], "-")}
+            for f in families}
+
+
+def _main_k(t: pa.Table) -> int | None:
+    """The rewinding point with the most families measured (pruning at init's k first)."""
+    counts: dict[int, set] = {}
+    for f, k in zip(t["family"].to_pylist(), t["rewind_iter"].to_pylist()):
+        counts.setdefault(k, set()).add(f)
+    return max(counts, key=lambda k: (len(counts[k]), -k)) if counts else None
+
+
+def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | None:
+    """Test accuracy against the weights remaining, one line per family (mean ± std over
+    replicates) at one rewinding point, with the dense network and chance level marked."""
+    if methods is None:
+        return None
+    sparse = methods.filter(pc.greater(methods["level"], 0))
+    families = sorted(set(sparse["family"].to_pylist()))
+    if len(families) < 2:
+        return None
+    k = _main_k(sparse)
+    t = _where(sparse, rewind_iter=k)
+    style = _family_style(families)
+    fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
+    ys = []
+    for f in sorted(set(t["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f)):
+        c = _where(t, family=f).sort_by("density")
+        x, y = _col(c, "density"), 100 * _col(c, "acc_mean")
+        s = 100 * np.nan_to_num(_col(c, "acc_std"))
+        ys += [y - s, y + s]
+        ax.errorbar(x, y, yerr=s, marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+    dense = _where(methods, family="dense")
+    if dense.num_rows:
+        m = 100 * float(np.nanmean(_col(dense, "acc_mean")))
+        ys.append(np.array([m]))
+        ax.axhline(m, color="k", lw=1, label="dense")
+    if num_classes:
+        ax.axhline(100 / num_classes, color="0.5", lw=1, ls=":", label=f"chance ({100 / num_classes:.3g}%)")
+        ys.append(np.array([100 / num_classes]))
+    _density_axis(ax, t["density"].to_pylist())
+    sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"k = {k}", fontsize=10)
+    _legend_right(fig, ax)
+    fig.suptitle("Every family at IMP's densities: test accuracy (mean ± std over replicates)", fontsize=11)
+    return fig
+
+
+def layer_profiles(profiles: pa.Table | None, level: int | None) -> Figure | None:
+    """Fraction of each layer kept, one line per family, at one level (default: the deepest).
+    Shuffle and reinit ablations keep their method's per-layer counts by construction, so they
+    are not drawn."""
+    if profiles is None or profiles.num_rows == 0:
+        return None
+    t = profiles.filter(pc.greater(profiles["level"], 0))
+    if t.num_rows == 0:
+        return None
+    lv = max(t["level"].to_pylist()) if level is None else level
+    t = _where(t, level=lv)
+    if t.num_rows == 0:
+        return None
+    k = _main_k(t)
+    t = _where(t, rewind_iter=k)
+    families = [f for f in sorted(set(t["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f))
+                if f.partition("+")[2] not in ("shuffle", "reinit")]
+    style = _family_style(families)
+    names = [n for _, n in sorted(set(zip(t["layer_index"].to_pylist(), t["layer"].to_pylist())))]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(names) + 4.0), 4.4), layout="constrained")
+    for f in families:
+        c = _where(t, family=f).sort_by("layer_index")
+        ax.plot(_col(c, "layer_index"), 100 * _col(c, "density"), marker="o", ms=3, label=f, **style[f])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("weights kept in the layer (%, log scale)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"level {lv}, k = {k}", fontsize=10)
+    _legend_right(fig, ax)
+    fig.suptitle("Per-layer density: what each method keeps where", fontsize=11)
+    return fig
+
+
+def weight_correlation(methods: pa.Table | None) -> Figure | None:
+    """Pearson r of starting and final weights (kept weights) against the weights remaining."""
+    if methods is None or methods.num_rows == 0:
+        return None
+    t = methods.filter(pc.invert(pc.is_null(methods["weight_correlation_mean"])))
+    sparse = t.filter(pc.greater(t["level"], 0))
+    if sparse.num_rows == 0:
+        return None
+    k = _main_k(sparse)
+    sparse = _where(sparse, rewind_iter=k)
+    families = sorted(set(sparse["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f))
+    style = _family_style(families)
+    fig, ax = plt.subplots(figsize=(8.5, 4.4), layout="constrained")
+    for f in families:
+        c = _where(sparse, family=f).sort_by("density")
+        ax.errorbar(_col(c, "density"), _col(c, "weight_correlation_mean"), yerr=np.nan_to_num(_col(c, "weight_correlation_std")),
+                    marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+    dense = _where(t, family="dense")
+    if dense.num_rows:
+        ax.axhline(float(np.nanmean(_col(dense, "weight_correlation_mean"))), color="k", lw=1, label="dense (W_0 vs W_T)")
+    _density_axis(ax, sparse["density"].to_pylist())
+    ax.set_ylabel("weight correlation (Pearson r)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"k = {k}", fontsize=10)
+    _legend_right(fig, ax)
+    fig.suptitle("Correlation of starting and final weights by level (mean ± std over replicates)", fontsize=11)
+    return fig
+
+
+def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
+    """Weight correlation of each experiment's IMP lineage (rewind, else its first family)
+    against the weights remaining: the learning-rate question of Liu et al. 2021."""
+    fig, ax = plt.subplots(figsize=(8.0, 4.2), layout="constrained")
+    drawn, dens = 0, []
+    for name, m in tables.items():
+        if m is None:
+            continue
+        t = m.filter(pc.and_(pc.greater(m["level"], 0), pc.invert(pc.is_null(m["weight_correlation_mean"]))))
+        fams = sorted(set(t["family"].to_pylist()))
+        if not fams:
+            continue
+        fam = "imp_rewind" if "imp_rewind" in fams else fams[0]
+        t = _where(t, family=fam)
+        t = _where(t, rewind_iter=min(t["rewind_iter"].to_pylist())).sort_by("density")
+        ax.errorbar(_col(t, "density"), _col(t, "weight_correlation_mean"), yerr=np.nan_to_num(_col(t, "weight_correlation_std")),
+                    marker="o", ms=3, capsize=2, label=f"{name} ({fam})")
+        dens += t["density"].to_pylist()
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    _density_axis(ax, dens)
+    ax.set_ylabel("weight correlation (Pearson r)")
+    ax.grid(alpha=0.3)
+    _legend_right(fig, ax)
+    fig.suptitle("Correlation of starting and final weights, by experiment", fontsize=11)
+    return fig

@@ -27,7 +27,7 @@ RENAME = {"frac_stable": "stable_pairs_pct", "alpha": "alpha"}
 def _unit(name: str, modes: set[str]) -> str | None:
     """'pct', 'pp' or None for a computed column name."""
     words = name.split("_")
-    if "barrier" in words:  # barrier_mean, noise_barrier_max, data_order_barrier_mean
+    if "barrier" in words or name.startswith("delta_"):  # barrier_mean, ...; delta_acc: a difference
         return "pp"
     if name in ("density", "smallest_matching_density", "frac_stable") or name.startswith(PERCENT_PREFIXES):
         return "pct"
@@ -144,7 +144,42 @@ def key_tables(res, threshold: float, planned_levels: int | None) -> tuple[list[
             acc = f"{100 * r['acc_mean']:.2f}%" if r["acc_mean"] is not None else MISSING
             tab.rows.append([r["mode"], str(r["rewind_iter"]), text, acc, f"{r['levels_measured']}/{total}"])
         out.append(tab)
+    methods = _methods_key_table(res)
+    if methods is not None:
+        out.append(methods)
     return out, dense_line
+
+
+def _methods_key_table(res) -> KeyTable | None:
+    """Test accuracy of every family at each density (the comparison pruning at initialization
+    asks for), when the experiment prunes at initialization (otherwise the accuracy and
+    winning-ticket tables already compare its IMP lineages and controls)."""
+    m = getattr(res, "methods", None)
+    if m is None or "pai" not in set(getattr(res, "roles", ()) or ()):
+        return None
+    sparse = m.filter(pc.greater(m["level"], 0))
+    families = sorted(set(sparse["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f))
+    counts: dict[int, set] = {}
+    for f, k in zip(sparse["family"].to_pylist(), sparse["rewind_iter"].to_pylist()):
+        counts.setdefault(k, set()).add(f)
+    k = max(counts, key=lambda k: (len(counts[k]), -k))
+    t = sparse.filter(pc.equal(sparse["rewind_iter"], k))
+    cells = {(r["family"], r["level"]): r for r in t.to_pylist()}
+    levels = sorted({lv for _, lv in cells})
+    tab = KeyTable(title=f"Test accuracy (%) of every family at IMP's densities, k = {k} (mean ± std over replicates)",
+                   columns=["family", *[_pct(next((c["density"] for (f, l), c in cells.items() if l == lv), None))
+                                         for lv in levels]], rows=[])
+    for f in families:
+        row = [f]
+        for lv in levels:
+            c = cells.get((f, lv))
+            if c is None or c["acc_mean"] is None:
+                row.append(MISSING)
+            else:
+                std = "" if c["acc_std"] is None else f" ± {100 * c['acc_std']:.1f}"
+                row.append(f"{100 * c['acc_mean']:.1f}{std}")
+        tab.rows.append(row)
+    return tab
 
 
 def print_key_tables(console, tables: list[KeyTable], dense_line: str | None) -> None:

@@ -27,8 +27,9 @@ from orchestrator.store import Store as ResultStore
 # Columns the analysis needs from each table (projection: nothing else is decoded).
 RUNS_COLUMNS = [
     "job_id", "parent_job_id", "role", "replicate", "rewind_iter", "level", "data_seed",
-    "retrain", "prune_strategy", "density", "start_iter", "end_iter", "test_accuracy",
+    "retrain", "prune_strategy", "density", "start_iter", "end_iter", "test_accuracy", "weight_correlation",
 ]
+LAYERS_COLUMNS = ["job_id", "layer", "kept", "total", "weight_correlation"]
 INSTABILITY_COLUMNS = [
     "pair_id", "job_a", "job_b", "replicate", "rewind_iter", "level", "density", "split",
     "error_a", "error_b", "max_error", "barrier",

@@ -2,7 +2,7 @@
 
 Definitions (the ones the report states):
 - lineage mode: `random_prune` when prune_strategy is "random", `random_reinit` when retrain is
-  "reinit", else the retrain mode (rewind | lr_rewind | finetune); the level-0 lineage run
+  "reinit", `random_reinit_signs` when it is "reinit_signs", else the retrain mode (rewind | lr_rewind | finetune); the level-0 lineage run
   (role "level") is `dense`.
 - barrier of a pair on a split: max over alpha of error(alpha) - (error(0) + error(1)) / 2.
 - a (mode, level, rewind point, split) cell is *stable* when its mean barrier over replicates
@@ -45,7 +45,8 @@ def add_mode(runs: pa.Table) -> pa.Table:
     retrain = pc.fill_null(runs["retrain"], "rewind")
     mode = pc.if_else(pc.equal(pc.fill_null(runs["prune_strategy"], ""), "random"),
                       pa.scalar("random_prune"),
-                      pc.if_else(pc.equal(retrain, "reinit"), pa.scalar("random_reinit"), retrain))
+                      pc.if_else(pc.equal(retrain, "reinit"), pa.scalar("random_reinit"),
+                                 pc.if_else(pc.equal(retrain, "reinit_signs"), pa.scalar("random_reinit_signs"), retrain)))
     # Only the lineage's own level-0 run is the dense network; a level-0 branch child (a
     # restart from W_k) keeps its lineage's mode so its pairs are counted with that lineage.
     is_dense = pc.and_(pc.equal(runs["level"], 0), pc.equal(runs["role"], "level"))

@@ -71,3 +71,12 @@ def data_subset(n_available: int, n_wanted: int | None, seed: int, split: str) -
         return None
     g = generator(STREAM_DATA_SUBSET, seed, 0 if split == "train" else 1)
     return torch.randperm(n_available, generator=g)[:n_wanted].sort().values
+
+
+STREAM_PRUNE_BATCH = 8  # the scoring batch of pruning at initialization (trainers/methods/job.py)
+
+
+def scoring_stream_seed(data_seed: int, k: int) -> int:
+    """The data-order seed of the stream the scoring batch of a job starting at k is drawn from:
+    independent of the training stream of the same data seed."""
+    return mix(STREAM_PRUNE_BATCH, data_seed, k)
