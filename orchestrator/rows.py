@@ -2,13 +2,32 @@
 
 Because rows come from the done record alone, a job finished by another experiment sharing
 the store gets its rows in this experiment without running again.
+
+A job's rows describe its artifacts, always (DESIGN.md "The store"). A job can finish more than
+once (redone because its output was damaged, finished again after the driver died before its done
+record, a dense run that gains a rewinding point): its staged rows are then replaced (no reader
+has seen them), and its published rows, which are never rewritten, must be the rows of the new
+record; when they are not, the job is refused (`RowsDisagree`) rather than done with rows that
+describe other artifacts.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pyarrow as pa
+
 from orchestrator.graph import Job
+from orchestrator.schemas import file_schema
 from orchestrator.store import Store
+
+# Where, when and how often a job ran, and under which config of its experiment (one that grew
+# since has another hash), not what it produced: a job finished again may differ in these.
+PROVENANCE = ("wall_seconds", "attempts", "host", "node", "config_hash")
+
+
+class RowsDisagree(RuntimeError):
+    """A job finished again, and its new results differ from the rows already published for it."""
 
 
 def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -99,12 +118,48 @@ def result_tables(kind: str) -> tuple[str, ...]:
 
 def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, Any],
                    stored: dict[str, set[str]]) -> None:
-    """Stage the job's rows of each table that does not hold them yet (`stored`: table -> the
-    jobs whose rows are staged or published, updated here). A job's rows are written once:
-    a rerun (a dense run that gains a rewinding point, a job finished again after a crash
-    before its done record) never writes them a second time."""
-    for table, rows in job_rows(job, record).items():
-        if job.id in stored[table] or (not rows and table not in result_tables(job.kind)):
-            continue
+    """Stage the job's rows of each table (`stored`: table -> the jobs whose rows are staged or
+    published, updated here). A job whose rows are stored already gets its staged rows replaced,
+    and its published rows checked: RowsDisagree, before anything is written, when they are not
+    the rows of `record` (see the module docstring)."""
+    tables = job_rows(job, record)
+    for table, rows in tables.items():
+        if job.id in stored[table] and not store.is_staged(table, experiment, job.id):
+            differ = _differences(table, store.published_rows(table, experiment, job.id), rows)
+            if differ:
+                raise RowsDisagree(
+                    f"job {job.id} finished again with results that differ from its published rows "
+                    f"(table {table}, experiment {experiment}: {differ}); published rows are never "
+                    "rewritten, so it is refused: run the sweep under a new experiment name (--set name=...) "
+                    "to keep these results"
+                )
+    for table, rows in tables.items():
+        if job.id in stored[table] and not store.is_staged(table, experiment, job.id):
+            continue  # published, and equal to these
+        if not rows and table not in result_tables(job.kind):
+            continue  # (a table a job of this kind may leave empty: layers of a pre-layers record)
         store.stage_rows(table, experiment, rows, key=job.id)
         stored[table].add(job.id)
+
+
+def _differences(table: str, published: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """'' when the published rows are `rows` (but for PROVENANCE, and for columns a published row
+    does not have: null, written before the column existed); else what differs, briefly."""
+    schema = file_schema(table)
+    new = pa.Table.from_pylist(rows, schema=schema).to_pylist()  # the values as the file stores them
+
+    def canonical(row: dict[str, Any], keep: set[str]) -> str:
+        return json.dumps({k: row.get(k) for k in sorted(keep)}, sort_keys=True, default=str)
+
+    if len(published) != len(new):
+        return f"{len(published)} rows published, {len(new)} now"
+    columns = set(schema.names) - set(PROVENANCE)
+    unknown = {c for c in columns if published and all(r.get(c) is None for r in published)}
+    keep = columns - unknown
+    old_rows = sorted(canonical(r, keep) for r in published)
+    new_rows = sorted(canonical(r, keep) for r in new)
+    if old_rows == new_rows:
+        return ""
+    changed = sorted({k for a, b in zip(old_rows, new_rows)
+                      for k, v in json.loads(a).items() if json.loads(b).get(k) != v})
+    return f"columns {', '.join(changed)} differ"

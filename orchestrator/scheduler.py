@@ -11,7 +11,10 @@ checkpoint.pt) until `max_attempts`, then recorded as failed (failed.json with t
 and its descendants are blocked; the rest of the sweep goes on. Two errors are not the job's
 and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set aside and its
 producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
-which every job would hit alike: the sweep stops at once and says so).
+which every job would hit alike: the sweep stops at once and says so). While a producer is
+redone, every consumer of it waits, and the further reports of the same damage (one per worker
+that read it) cost nothing and count as no redo (`JobQueue.stale_report`). A job finished again
+whose results differ from its published rows is refused (`rows.RowsDisagree`).
 
 Gangs (`RunOptions.gang`: a train job on N ranks, orchestrator/gang.py): train jobs go to a
 `GangLauncher` (one placement group and N actors per job), the other jobs (interpolations, on one
@@ -39,12 +42,12 @@ from typing import Any
 
 from orchestrator.gang import GangLauncher, GangOutcome, GangShape
 from orchestrator.graph import Job, Plan
-from orchestrator.integrity import CorruptInput, set_aside
+from orchestrator.integrity import CorruptInput, seal_from_record, set_aside
 from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
-from orchestrator.rows import result_tables, write_job_rows
+from orchestrator.rows import RowsDisagree, result_tables, write_job_rows
 from orchestrator.schemas import TABLES
-from orchestrator.store import DONE, Store
+from orchestrator.store import CHECKSUMS, DONE, Store
 from orchestrator.worker import JobRunner, StorageError, WorkerContext
 
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
@@ -141,6 +144,7 @@ class Scheduler:
                     # again; the trainer sees its result.json and only replays up to the W_k
                     # it lacks, leaving weights.pt (which children already used) untouched
                     self.progress.log(f"rerun  {job_id}: done but lacks {sorted(missing)}")
+                    seal_from_record(self.store, job_id)  # (a store from before checksums.json)
                     self.store.delete(Store.artifact(job_id, "done.json"))
                     done.discard(job_id)
                     # alone: train() adds missing W_k to a finished run, a pack returns it as is
@@ -164,7 +168,11 @@ class Scheduler:
                                   f"set aside as {aside}; the job runs again")
                 done.discard(job_id)
                 continue
-            write_job_rows(self.store, experiment, job, record, self._stored)
+            try:
+                write_job_rows(self.store, experiment, job, record, self._stored)
+            except RowsDisagree as e:  # its record is not what its rows say: run it, to refuse it or not
+                self.progress.log(f"rerun  {job_id}: {e}")
+                done.discard(job_id)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -379,7 +387,11 @@ class Scheduler:
             raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
         job = self.plan.jobs[job_id]
         record["attempts"] = self.summary.attempts[job_id]
-        write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
+        try:
+            write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
+        except RowsDisagree as e:
+            self._refuse(job_id, str(e), record, queue)
+            return
         self.store.write_done(job_id, record)  # last: from now on the job is done
         self.summary.ran.append(job_id)
         for note in record.get("notes", []):
@@ -392,9 +404,15 @@ class Scheduler:
 
     def _redo_producer(self, cause: CorruptInput, group: tuple[str, ...], queue: JobQueue) -> None:
         """A job found an input damaged: set the file aside, run its producer again, and let the
-        job wait for it (it never ran: no attempt spent)."""
+        job wait for it (it never ran: no attempt spent). With many workers, several consumers
+        report one damage; only the first report is a redo: one about a producer already being
+        redone, or redone since the reporting job was dispatched, costs nothing and counts nothing."""
         producer = cause.producer
-        self._redone[producer] += 1
+        if producer in self.plan.jobs and queue.stale_report(producer, group):
+            self.progress.log(f"waits  {' '.join(group)}: {producer} is being redone")
+            self._wait_for_redo(group, queue)
+            return
+        self._redone[producer] += 1  # redos of this producer, not reports of its absence
         if producer not in self.plan.jobs or self._redone[producer] > self.options.max_attempts:
             for job_id in group:  # redoing did not help (or cannot): an ordinary failure
                 self._retry_or_fail(job_id, f"corrupt input {cause}", queue)
@@ -406,10 +424,26 @@ class Scheduler:
         where = f"set aside as {aside}" if aside else "gone"
         self.progress.log(f"corrupt {Store.artifact(producer, cause.name)} ({cause.reason}): {where}; "
                           f"redoing {producer}")
-        if queue.reopen(producer):  # (not when a sibling already asked for it)
-            self.progress.counts.done -= 1
+        queue.reopen(producer)  # its other consumers, ready or running, wait for it too
+        self.progress.counts.done -= 1
+        self._wait_for_redo(group, queue)
+
+    def _refuse(self, job_id: str, reason: str, record: dict[str, Any], queue: JobQueue) -> None:
+        """A job finished again with results its published rows do not describe: it is not done,
+        and its new outputs are set aside (`<name>.refused-...`), so that its directory never holds
+        outputs other than those its rows describe. Final: running it again would do the same."""
+        for name in [*record.get("checksums", {}), CHECKSUMS]:
+            set_aside(self.store, job_id, name, why="refused")
+        attempt = self.summary.attempts[job_id]
+        self.progress.job_failed(job_id, attempt, True, reason)
+        self.summary.failed[job_id] = reason
+        self.progress.counts.failed += 1
+        self.store.write_failed(job_id, reason, attempt)
+        self.progress.counts.blocked += queue.fail(job_id)
+
+    def _wait_for_redo(self, group: tuple[str, ...], queue: JobQueue) -> None:
         for job_id in group:
-            self.summary.attempts[job_id] -= 1
+            self.summary.attempts[job_id] -= 1  # it never ran
             queue.wait_again(job_id)
 
     def _publish(self) -> None:

@@ -44,6 +44,8 @@ from orchestrator.schemas import KEY_COLUMN, TABLES, file_schema
 DONE = "done.json"
 FAILED = "failed.json"
 CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"  # a finished train job's result, written by the trainer
+CHECKSUMS = "checksums.json"  # {file: sha256} of a job's outputs, written by the worker that produced them
 PUBLISHING = "publishing.json"  # a publish's intent: the batch file it writes, the staged files it replaces
 PUBLISH_ROW_GROUP = 1 << 20  # rows per row group of a published file
 # Filesystems where a single write is atomic but a rename is a copy: write in place.
@@ -275,6 +277,18 @@ class Store:
         column = KEY_COLUMN[table]
         t = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=self.fs).to_table(columns=[column])
         return set(pc.unique(t[column]).to_pylist())
+
+    def is_staged(self, table: str, experiment: str, key: str) -> bool:
+        return self.exists(f"{self._staging(table, experiment)}/{key}.parquet")
+
+    def published_rows(self, table: str, experiment: str, key: str) -> list[dict]:
+        """The published rows of job `key` (KEY_COLUMN of the table), as dicts of the file columns."""
+        paths = [i.path for i in self.partition_listing(table, experiment)]
+        if not paths:
+            return []
+        schema = file_schema(table)
+        dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs)
+        return dataset.to_table(filter=pc.field(KEY_COLUMN[table]) == key).to_pylist()
 
     def stored_keys(self, table: str, experiment: str, finish_publish: bool = True) -> set[str]:
         """The jobs whose rows of `table` are stored, staged or published: never stage them again.

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from orchestrator.graph import Job
-from orchestrator.integrity import CorruptInput, checkpoint_problem, checksums, set_aside, verify_input
-from orchestrator.store import CHECKPOINT, DONE, FAILED, Store
+from orchestrator.integrity import (CorruptInput, aside_name, checkpoint_problem, result_problem, seal, set_aside,
+                                   verify_input)
+from orchestrator.store import CHECKPOINT, CHECKSUMS, DONE, FAILED, RESULT, Store
 from orchestrator.tracking import JobTracker, TrackingSettings
 
 
@@ -215,7 +216,7 @@ class JobRunner:
                         strategy=self.ctx.pack_strategy,  # type: ignore[arg-type]
                     )
                 for job, p in zip(jobs, paths):
-                    self._checksums[job.id] = _artifact_checksums(p.out_dir)
+                    self._checksums[job.id] = seal(p.out_dir)
                 results = [_store_relative(job, dataclasses.asdict(r)) for job, r in zip(jobs, results)]
         except BaseException:
             for tracker in trackers:
@@ -268,7 +269,7 @@ class JobRunner:
             spec, paths = self._train_paths(job, out_dir, input_path)
             with _inputs_named(job, paths):
                 result = run_train_job(spec, paths, self.rt)
-            self._checksums[job.id] = _artifact_checksums(out_dir)
+            self._checksums[job.id] = seal(out_dir)
             return _store_relative(job, dataclasses.asdict(result))
         if job.kind == "interpolate":
             spec = localize_job_spec(job.spec)
@@ -294,12 +295,41 @@ class JobRunner:
         problem = checkpoint_problem(path)
         if problem is None:
             return
-        aside = f"{CHECKPOINT}.corrupt-{int(time.time())}"
+        aside = aside_name(CHECKPOINT)
         os.replace(path, os.path.join(out_dir, aside))
         if self.store.is_remote:  # the staged copy came from the store: set that one aside too
             set_aside(self.store, job.id, CHECKPOINT)
         self._notes.setdefault(job.id, []).append(
             f"{CHECKPOINT} was unreadable ({problem}): set aside as {aside}, the job started over"
+        )
+
+    def _result_or_start_over(self, job: Job, out_dir: str) -> None:
+        """A result an earlier run left in `out_dir` (the trainer returns it without training) is
+        reused only when every output matches the checksums.json the worker wrote when it
+        produced them; otherwise the damaged files are set aside and the job trains again."""
+        if self.rt.rank != 0:  # a gang's other ranks write nothing: rank 0 decides, they follow its files
+            return
+        found = result_problem(out_dir)
+        if found is None:
+            return
+        problem, damaged = found
+        kept = []
+        for name in damaged:
+            local = os.path.join(out_dir, name)
+            if self.store.is_remote:  # the staged copy came from the store: set that one aside
+                kept.append(set_aside(self.store, job.id, name))
+                os.unlink(local)
+            else:
+                kept.append(Store.artifact(job.id, aside_name(name)))
+                os.replace(local, self.store.local_path(kept[-1]))
+        for name in (RESULT, CHECKSUMS):  # what made the trainer reuse the outputs
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, name))
+            if self.store.is_remote:
+                self.store.delete(Store.artifact(job.id, name))
+        aside = f"; set aside as {', '.join(filter(None, kept))}" if kept else ""
+        self._notes.setdefault(job.id, []).append(
+            f"its earlier result could not be verified ({problem}){aside}: the job trained again"
         )
 
     def _train_paths(self, job: Job, out_dir: str, input_path: Any) -> tuple[Any, Any]:
@@ -312,6 +342,7 @@ class JobRunner:
         inputs = self._verified_inputs(job, input_path)
         os.makedirs(out_dir, exist_ok=True)
         self._checkpoint_or_start_over(job, out_dir)
+        self._result_or_start_over(job, out_dir)
         paths = TrainPaths(
             out_dir=out_dir,
             checkpoint_every_iters=self.ctx.checkpoint_every_iters,
@@ -421,12 +452,6 @@ def job_log(store: Store, job_ids: list[str], attempt: int) -> Iterator[None]:
         finally:
             if not local:
                 os.remove(path)
-
-
-def _artifact_checksums(out_dir: str) -> dict[str, str]:
-    """sha256 of a finished train job's artifacts (weights, mask, rewinding points)."""
-    names = [n for n in os.listdir(out_dir) if n.endswith(".pt") and n != CHECKPOINT and not n.startswith(".")]
-    return checksums(out_dir, names)
 
 
 @contextlib.contextmanager

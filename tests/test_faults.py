@@ -6,6 +6,7 @@ Jobs are slowed or broken with the LTH_FAULT_INJECT test hook (orchestrator/work
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -292,6 +293,125 @@ def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
             return t.sort_by([(k, "ascending") for k in key])
 
         assert rows(mine, "demo_copy").equals(rows(ref, "demo")), table
+
+
+def _flip(path: Path, n: int = 16) -> None:
+    """n bytes in the middle of a file inverted: a torch file still loads, with other numbers."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+
+
+def _records(store: Path, job_ids) -> dict[str, dict]:
+    return {j: json.loads((store / "artifacts" / j / "done.json").read_text()) for j in job_ids}
+
+
+def test_one_damaged_parent_with_many_workers_is_redone_once_while_its_consumers_wait(reference, tmp_path, capsys):
+    """Issue 18.1: the dense run's mask.pt (read by all six of its children) damaged, the
+    children gone, four workers. Every child reports the damage as it gets a worker; only the
+    first report is a redo, the others wait for it without spending attempts (before: each report
+    counted as a redo, past max_attempts, and the children failed in a second)."""
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    dense = next(j for j in p.jobs.values() if j.kind == "train" and not j.parents)
+    consumers = [j.id for j in p.jobs.values() if (dense.id, "mask.pt") in j.inputs.values()]
+    assert len(consumers) == 6 > 2  # more reports than scheduler.max_attempts
+    for job_id in consumers:
+        shutil.rmtree(store / "artifacts" / job_id)
+    _flip(store / "artifacts" / dense.id / "mask.pt")
+
+    capsys.readouterr()
+    rc = main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled", "resources.cpus=0.5")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count(f"redoing {dense.id}") == 1, out  # one redo, however many reports
+    print(f"reports that waited: {out.count('waits  ')}")
+    assert list((store / "artifacts" / dense.id).glob("mask.pt.corrupt-*"))
+    records = _records(store, p.jobs)
+    assert all(records[j]["attempts"] == 1 for j in consumers)  # waiting cost nothing
+    _assert_same_results(store, reference)  # nothing trained on the damaged mask
+
+
+def test_a_redone_job_reuses_only_outputs_its_worker_verified(reference, tmp_path, capsys):
+    """Issue 18.2: finished jobs whose outputs are still there run again, each with damaged or
+    unverifiable outputs: a level's done.json cut short and its weights.pt flipped; another
+    level's done.json gone (a driver that died before recording it) and its weights.pt flipped;
+    a leaf whose checksums.json is gone with its done.json (a worker that died before writing it).
+    Each is trained again from its verified inputs, the next level of each lineage (gone too)
+    trains on the good weights, and the published rows (the same experiment: its rows are already
+    there) still describe the artifacts. Before: the worker reused result.json and weights.pt as
+    they were, hashed the damaged file into a new done.json, and the next level trained on it."""
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    art = store / "artifacts"
+    by = {(j.meta.role, j.meta.rewind_iter, j.meta.level, j.meta.data_seed): j.id for j in p.jobs.values() if j.kind == "train"}
+    cut, lost, unsealed = by[("level", 0, 1, 0)], by[("level", 10, 1, 0)], by[("branch", 10, 0, 1)]
+
+    for next_level in (by[("level", 0, 2, 0)], by[("level", 10, 2, 0)]):
+        shutil.rmtree(art / next_level)
+    record = (art / cut / "done.json").read_bytes()
+    (art / cut / "done.json").write_bytes(record[: len(record) // 2])
+    (art / lost / "done.json").unlink()
+    (art / unsealed / "done.json").unlink()
+    (art / unsealed / "checksums.json").unlink(missing_ok=True)  # (none before checksums.json)
+    for job_id in (cut, lost):
+        _flip(art / job_id / "weights.pt")
+
+    capsys.readouterr()
+    rc = main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled", "resources.cpus=0.5")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for job_id in (cut, lost):
+        assert f"note   {job_id}: its earlier result could not be verified (weights.pt does not match" in out, out
+        assert len(list((art / job_id).glob("weights.pt.corrupt-*"))) == 1
+    assert f"note   {unsealed}: its earlier result could not be verified (no checksums.json" in out, out
+    assert list((art / cut).glob("done.json.corrupt-*"))
+    for job_id, r in _records(store, p.jobs).items():  # every record's sums are its files'
+        for name, digest in r["checksums"].items():
+            assert hashlib.sha256((art / job_id / name).read_bytes()).hexdigest() == digest, (job_id, name)
+    _assert_same_results(store, reference)
+    runs = Store(str(store)).read_table("runs", "demo")
+    assert sorted(runs.column("job_id").to_pylist()) == sorted(j for j in p.jobs if p.jobs[j].kind == "train")
+
+
+def test_a_redo_that_contradicts_its_published_rows_is_refused(reference, tmp_path, capsys):
+    """Published rows are never rewritten: a job finished again whose results differ from them (a
+    non-deterministic job redone; here the published row is edited to stand for the first run) is
+    refused, not recorded: it fails saying why, its new outputs are set aside, its pair is
+    blocked, and the published rows stay as they were, once each."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    pair = next(j for j in p.jobs.values() if j.kind == "interpolate")
+    leaf = pair.meta.pair[0]
+    (store / "artifacts" / leaf / "done.json").unlink()  # it runs again (its outputs are reused)
+    shutil.rmtree(store / "artifacts" / pair.id)
+    for part in (store / "results" / "runs" / "experiment=demo").glob("part-*.parquet"):
+        t = pq.read_table(part)
+        mine = pc.equal(t["job_id"], leaf)
+        if pc.any(mine).as_py():
+            col = t.schema.get_field_index("test_accuracy")
+            t = t.set_column(col, "test_accuracy", pc.if_else(mine, 0.5, t["test_accuracy"]))
+            pq.write_table(t, part)
+
+    capsys.readouterr()
+    rc = main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.out
+    assert f"failed: {leaf}" in captured.err and "differ from its published rows" in captured.err
+    assert "test_accuracy" in captured.err and "--set name=" in captured.err
+    art = store / "artifacts" / leaf
+    assert not (art / "done.json").exists() and (art / "failed.json").exists()
+    assert not (art / "weights.pt").exists() and list(art.glob("weights.pt.refused-*"))
+    assert not (store / "artifacts" / pair.id / "done.json").exists()  # blocked
+    runs = Store(str(store)).read_table("runs", "demo").to_pylist()
+    assert [r["test_accuracy"] for r in runs if r["job_id"] == leaf] == [0.5]  # untouched, once
 
 
 @pytest.fixture

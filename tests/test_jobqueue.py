@@ -51,12 +51,90 @@ def test_failure_blocks_every_descendant_once():
 def test_a_reopened_producer_runs_again_and_its_consumer_waits_for_it():
     q = JobQueue(_plan(EDGES), done=("a",))
     assert q.pop() == "b"  # dispatched; it finds a's output damaged
-    assert q.reopen("a") and not q.reopen("a")  # a second report does not reopen it twice
+    assert not q.stale_report("a", ["b"])  # news: a is complete and b was dispatched after it
+    q.reopen("a")
     q.wait_again("b")
-    assert q.pop() == "a"  # b is not ready before a is redone
-    assert [j for j in _drain(q)] == ["c", "e"]  # (c was ready before the redo: unchanged here)
+    assert q.stale_report("a", ["c"])  # a second report while a is redone is old news
+    assert _drain(q) == ["a", "e"]  # c, ready before the redo, waits for it too
     q.completed("a")
+    assert _drain(q) == ["b", "c"]
+    assert q.running == {"b", "c", "e"}
+
+
+def test_every_pending_consumer_waits_for_a_redo_whatever_its_state():
+    """Many workers: when a's output is found damaged, b is running, c is ready, d waits. None
+    may run before a is redone, and none spends anything for the wait."""
+    q = JobQueue(_plan(EDGES), done=("a",))
     assert q.pop() == "b"
+    assert q.pop() == "c"  # c is running too
+    assert not q.stale_report("a", ["c"])
+    q.reopen("a")
+    q.wait_again("c")
+    # b's report arrives later: old news, whether a is still being redone ...
+    assert q.stale_report("a", ["b"])
+    assert q.pop() == "a" and q.pop() == "e" and q.pop() is None
+    q.completed("a")
+    # ... or already redone (b was dispatched before the redo: its report is about the old output)
+    assert q.stale_report("a", ["b"])
+    q.wait_again("b")
+    assert sorted(_drain(q)) == ["b", "c"]
+    # dispatched after the redo, a new report is news again (the new output is damaged)
+    assert not q.stale_report("a", ["b"])
+
+
+def test_a_consumer_that_finishes_during_a_redo_is_not_run_again():
+    q = JobQueue(_plan(EDGES), done=("a",))
+    assert q.pop() == "b"
+    assert q.pop() == "c"
+    q.reopen("a")  # reported by c
+    q.wait_again("c")
+    q.completed("b")  # b had verified its input before the damage: its result stands
+    assert q.pop() == "a"
+    q.completed("a")
+    assert _drain(q) == ["c", "e"]  # b is not run again; d still waits for c
+    q.completed("c")
+    assert q.pop() == "d"
+
+
+def test_a_retry_of_a_consumer_waits_for_a_redo():
+    """A consumer that fails for its own reasons while its input is redone is retried after the
+    redo, not at once against the missing input."""
+    q = JobQueue(_plan(EDGES), done=("a",))
+    assert q.pop() == "b" and q.pop() == "c"
+    q.reopen("a")
+    q.wait_again("c")
+    q.push("b")  # b's worker died: a retry
+    assert _drain(q) == ["a", "e"]
+    q.completed("a")
+    assert sorted(_drain(q)) == ["b", "c"]
+
+
+def test_a_redo_of_a_job_done_before_this_run_waits_for_its_own_redone_parent():
+    q = JobQueue(_plan(EDGES), done=("a", "b", "c"))
+    assert q.pop() == "d"
+    q.reopen("b")  # d found b's output damaged
+    q.wait_again("d")
+    assert q.pop() == "b"
+    q.reopen("a")  # and b, redone, found a's damaged too
+    q.wait_again("b")
+    assert _drain(q) == ["a", "e"]
+    q.completed("a")
+    assert _drain(q) == ["b"]
+    q.completed("b")
+    assert _drain(q) == ["d"]
+
+
+def test_a_failed_redo_blocks_the_consumers_waiting_for_it():
+    q = JobQueue(_plan(EDGES), done=("a",))
+    assert q.pop() == "b"
+    q.reopen("a")
+    q.wait_again("b")
+    assert q.pop() == "a"
+    assert q.fail("a") == 3  # b, c, d
+    assert q.pop() == "e" and q.pop() is None
+    assert q.unfinished == 1  # e, running
+    q.completed("e")
+    assert q.unfinished == 0
 
 
 # ---- the scheduler's bounded wait for pack-mates (Scheduler._dispatch, without Ray) ------------
