@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.02, help="stability threshold on the barrier (fraction)")
     s.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="also publish the report to W&B")
+    s.add_argument("--no-titles", dest="titles", action="store_false",
+                   help="figures without titles (a paper's captions replace them); panel headings stay")
     s.add_argument("--profile-level", type=int, default=None, metavar="LEVEL",
                    help="the pruning level whose per-layer densities the layer-profile figure draws "
                         "(default: the deepest measured)")
@@ -357,6 +359,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return code
     finally:
         restore_sigterm(previous_sigterm)
+    _log_experiment_run(tracking, store, plan, config_hash(spec), set(summary.ran))
     line = (
         f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
         f"{len(summary.failed)} failed, {len(summary.diverged)} diverged, "
@@ -381,6 +384,20 @@ def _left_line(total: int, done: int, left: int) -> str:
     if below:
         line += f", {below} blocked below a diverged job (not run)"
     return line
+
+
+def _log_experiment_run(tracking, store, plan, config_hash: str, ran: set[str]) -> None:
+    """The experiment's W&B group made complete (orchestrator/wandb_group.py); a W&B error is a
+    warning, never a failed sweep."""
+    if tracking.mode == "disabled":
+        return
+    from orchestrator.wandb_group import log_experiment_run
+
+    try:
+        log_experiment_run(tracking, store, plan, config_hash, ran)
+    except Exception as e:  # noqa: BLE001 - tracking is a side channel
+        print(f"warning: W&B experiment run of {plan.experiment} failed (the sweep is unaffected): "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -556,12 +573,13 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         if args.wandb != "disabled":
             print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats)
+        return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
+                       titles=args.titles)
     if args.profile_level is not None and args.profile_level < 1:
         print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats, profile_level=args.profile_level)
+                   formats=formats, profile_level=args.profile_level, titles=args.titles)
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

@@ -213,7 +213,7 @@ class PruningSpec(_Model):
     levels: int = Field(8, ge=0, le=L.MAX_LEVELS, description='pruning levels after the dense run: density (1 - fraction)^levels at the last one' + _at_most(L.MAX_LEVELS))
     ignore: list[str] = Field(default_factory=list, description='parameter names (fnmatch patterns) never pruned, e.g. fc.weight for the output layer')
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
-    finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
+    finetune_lr: float | None = Field(None, gt=0, description="learning rate of the finetune retrain mode (resolved: the schedule's rate at the last training iteration, as Renda et al. 2020 fine-tune at the final learning rate)")
     controls: list[Literal["random_prune", "random_reinit", "random_reinit_signs"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights), random_reinit_signs (IMP's mask, fresh magnitudes with the signs of W_k; Zhou et al. 2019)")
     criterion: Literal["magnitude", "magnitude_increase"] = Field("magnitude", description="which trained weights a level keeps (Zhou et al. 2019): magnitude (the largest |w_T|, the original IMP) or magnitude_increase (the largest |w_T| - |w_k|)")
     at_init: AtInitSpec | None = Field(None, description="pruning at initialization, scored on W_k at IMP's exact counts (absent: none)")
@@ -471,6 +471,8 @@ class ExperimentSpec(_Model):
                     f"rewinding point {k} (iterations) is outside training: it must satisfy 0 <= k < {T} (train.iterations)",
                 )
         _unique(sw.rewind_iters, rewind_field)
+        if self.pruning.finetune_lr is None:
+            self.pruning.finetune_lr = final_lr(self)
         b = sw.branch
         if b.levels != "all":
             for i, lev in enumerate(b.levels):
@@ -573,6 +575,17 @@ class ExperimentSpec(_Model):
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def final_lr(spec: "ExperimentSpec") -> float:
+    """The learning rate of the last training iteration (T - 1), the default fine-tuning rate
+    (Renda, Frankle & Carbin, ICLR 2020: fine-tune at the final learning rate of training).
+    Rounded to 12 significant digits so that 0.05 x 0.1 x 0.1 reads 0.0005, not 0.0005000000000000001."""
+    from trainers.schedule import lr_at
+
+    t = spec.train
+    rate = lr_at(t.schedule.to_config(), t.optimizer.lr, int(t.iterations), int(t.iterations) - 1)
+    return float(f"{rate:.12g}")
 
 
 def _data_error(e: Exception, unnamed: str = "data") -> SpecError:

@@ -127,6 +127,16 @@ def _init_timeout() -> float:
         return default
 
 
+def wandb_parent_dir(store_local_dir: str | None) -> str:
+    """Where W&B runs land (under <this>/wandb/): $LTH_WANDB_DIR, else the store's directory when
+    it is local, else a temporary directory. Job runs and the analysis run alike, so that
+    `wandb sync STORE/wandb` finds every run of a local store."""
+    run_dir = os.environ.get("LTH_WANDB_DIR")
+    if run_dir is None:
+        run_dir = store_local_dir or os.path.join(tempfile.gettempdir(), "lth-wandb")
+    return os.path.abspath(run_dir)
+
+
 def job_config(job: Any, attempt: int) -> dict[str, Any]:
     """The W&B config of a job: the sweep coordinates first (for filtering), then the job spec."""
     meta = job.meta
@@ -152,20 +162,28 @@ def job_config(job: Any, attempt: int) -> dict[str, Any]:
 
 def run_name(job: Any, attempt: int = 1) -> str:
     """A W&B run name a person can read: r0-k50-L2-s1 (replicate, rewinding point, level, data
-    seed), prefixed by the role when it is not a level of the IMP lineage (by the method, and
-    ablation, for pruning at initialization), and `-a2` for a retry."""
+    seed), prefixed by the role when it is not a level of the IMP lineage (branch-, noise-; by
+    the method, and ablation, for pruning at initialization), by the lineage when it is not IMP
+    with weight rewinding (lr_rewind-, finetune-, random_prune-, reinit-: their levels have the
+    same coordinates), and `-a2` for a retry."""
     m = job.meta
     if m is None:
         name = f"{job.kind}-{job.id[:8]}"
-    elif job.kind == "interpolate":
-        name = f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
     else:
-        name = f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
-        if m.role == "pai":  # pruning at init: the method, and its ablation (snip+shuffle-r0-k0-L2-s0)
-            ablation = (m.retrain or "rewind").removeprefix("pai_")
-            name = f"{m.prune_strategy}{'' if ablation == 'rewind' else '+' + ablation}-{name}"
-        elif m.role not in ("level", None):
-            name = f"{m.role}-{name}"
+        coords = f"r{m.replicate}-k{m.rewind_iter}-L{m.level}"
+        if m.role != "pai":
+            lineage = "random_prune" if m.prune_strategy == "random" else m.retrain
+            if lineage not in ("rewind", None):
+                coords = f"{lineage}-{coords}"
+        if job.kind == "interpolate":
+            name = f"interp-{coords}"
+        else:
+            name = f"{coords}-s{m.data_seed}"
+            if m.role == "pai":  # pruning at init: the method, and its ablation (snip+shuffle-r0-k0-L2-s0)
+                ablation = (m.retrain or "rewind").removeprefix("pai_")
+                name = f"{m.prune_strategy}{'' if ablation == 'rewind' else '+' + ablation}-{name}"
+            elif m.role not in ("level", None):
+                name = f"{m.role}-{name}"
     return name if attempt <= 1 else f"{name}-a{attempt}"
 
 
@@ -269,6 +287,11 @@ class JobTracker:
             import wandb
 
             alphas = sorted({r["alpha"] for r in rows})
+            # W&B draws the path against alpha, not against the step index
+            self.run.define_metric("alpha")
+            for split in sorted({r["split"] for r in rows}):
+                for key in ("error", "loss"):
+                    self.run.define_metric(f"{split}/{key}", step_metric="alpha")
             for step, alpha in enumerate(alphas):
                 point: dict[str, Any] = {"alpha": alpha}
                 for r in rows:
@@ -280,7 +303,8 @@ class JobTracker:
             self.run.log({"interpolation": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])},
                          step=len(alphas) - 1)
             for inst in instability:
-                self.run.summary[f"{inst['split']}/barrier"] = inst["barrier"]
+                # percentage points, as the report and the console give the barrier
+                self.run.summary[f"{inst['split']}/barrier_pp"] = 100.0 * inst["barrier"]
                 self.run.summary[f"{inst['split']}/max_error"] = inst["max_error"]
         except Exception as exc:  # noqa: BLE001
             self._warn("log", exc)

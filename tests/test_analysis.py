@@ -475,12 +475,18 @@ def test_bad_input_exit_2(tmp_path):
 
 def test_wandb_offline_logs_analysis_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("LTH_WANDB_DIR", raising=False)
     rows, _ = build_sweep()
     write_store(tmp_path, rows)
     console = Console(file=io.StringIO(), width=200)
     assert analyze(str(tmp_path), EXP, wandb_mode="offline", console=console) == 0
-    runs = list((tmp_path / "reports" / EXP / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    # in STORE/wandb beside the job runs, where `wandb sync STORE/wandb` finds it (issue 21, item 8)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and not (tmp_path / "reports" / EXP / "wandb").exists()
+    from wandb_records import records, run_record
+
+    run = run_record(records(next(runs[0].glob("*.wandb"))))
+    assert (run.run_group, run.job_type) == (EXP, "analysis")
     assert list(runs[0].glob("*.wandb")), "no run log written"
     logged = "".join(p.name for p in (runs[0] / "files").rglob("*"))
     assert "instability" in logged and "accuracy_vs_density" in logged, logged

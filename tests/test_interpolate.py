@@ -110,3 +110,63 @@ def test_mismatched_pair_is_refused(pair, tmp_path):
     with pytest.raises(ValueError, match="num_alphas"):
         run_interpolate_job(dataclasses.replace(InterpolateJob(train=CFG), num_alphas=1),
                             InterpolatePaths(a.weights_path, a.weights_path), RT)
+
+
+def test_bn_reset_batches_are_at_the_evaluation_resolution():
+    """Progressive resizing trains epoch 0 at min_res; the BatchNorm reset must see what
+    evaluation sees: the evaluation side (issue 21, item 13)."""
+    from trainers.interpolate import bn_reset_batches
+
+    cfg = DataConfig(name="synthetic", image_size=64, num_classes=4, num_train=64, num_test=32,
+                     min_res=32, max_res=64, start_ramp_epoch=0, end_ramp_epoch=4)
+    data = open_data(cfg, CPU, {})
+    first_train = next(data.train_stream(0, 16, 0))[0]
+    assert first_train.shape[-1] == 32  # the premise: epoch 0 trains at min_res
+    eval_side = next(iter(data.eval_batches("test", 16)))[0].shape[-1]
+    batches = bn_reset_batches(data, 16, 3)
+    assert len(batches) == 3 and all(x.shape == (16, 3, eval_side, eval_side) for x, _ in batches)
+    assert eval_side == 64
+
+
+def test_bn_reset_runs_with_evaluations_input_conversion():
+    """Autocast (bf16 here, on CPU) and channels_last reach the BatchNorm layers during the
+    reset, as they do during evaluation; the running mean is the mean of what the first conv
+    outputs under that same conversion (an independent forward, by hand)."""
+    cfg = DataConfig(name="synthetic", image_size=8, num_classes=4, num_train=64, num_test=32)
+    data = open_data(cfg, CPU, {})
+    model = build_model("cifar_resnet_20", data.info.input_shape, 4, seed=0)
+    model.to(memory_format=torch.channels_last)
+    batches = [next(iter(data.eval_batches("train", 16, 16)))]
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first_conv.register_forward_hook(
+        lambda m, inp, out: seen.append((inp[0].is_contiguous(memory_format=torch.channels_last), out.dtype)))
+    recompute_bn_stats(model, batches, CPU, "bf16", channels_last=True)
+    hook.remove()
+    assert seen == [(True, torch.bfloat16)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = first_conv(batches[0][0].contiguous(memory_format=torch.channels_last))
+    # BatchNorm keeps its statistics in fp32 from the bf16 conv output: equal to the fp32 mean
+    # of that same bf16 tensor up to fp32 summation order (64 values per channel: ~1e-6 relative).
+    assert torch.allclose(first_bn.running_mean, feats.float().mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_fp64_interpolation_runs_in_float64(pair, tmp_path):
+    """precision fp64: the model holds float64 weights like its inputs (it crashed: fp32
+    weights, fp64 inputs; issue 21, item 14). The midpoint's error equals a float64 forward
+    of the averaged weights, computed here by hand."""
+    root, a, b = pair
+    cfg64 = dataclasses.replace(CFG, precision="fp64")
+    res = run_interpolate_job(InterpolateJob(train=cfg64, num_alphas=3, splits=("test",)),
+                              InterpolatePaths(a.weights_path, b.weights_path), RT)
+    wa, wb = checkpoint.load_weights(a.weights_path), checkpoint.load_weights(b.weights_path)
+    data = open_data(CFG.data, CPU, RT.data_cache)
+    model = build_model(CFG.model, data.info.input_shape, data.info.num_classes, seed=0).double()
+    model.load_state_dict({k: (wa[k].double() + wb[k].double()) / 2 for k in wa})
+    x = torch.cat([x for x, _ in data.eval_batches("test", 512)]).double()
+    y = torch.cat([y for _, y in data.eval_batches("test", 512)])
+    with torch.no_grad():
+        err_mid = (model(x).argmax(1) != y).double().mean().item()
+    mid = next(r for r in res.rows if r.alpha == 0.5)
+    assert mid.error == pytest.approx(err_mid, abs=1e-12)

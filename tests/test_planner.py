@@ -166,7 +166,9 @@ def test_families_and_controls_are_distinct_and_wired_as_documented():
     rw1, lr1 = find("rewind", "magnitude_global", 0, 1), find("lr_rewind", "magnitude_global", 0, 1)
     assert rw1.id != lr1.id and "rewind_weights" not in lr1.inputs and lr1.spec.retrain == "lr_rewind"
     ft = find("finetune", "magnitude_global", 50, 2)
-    assert ft.spec.retrain == "finetune" and ft.spec.finetune_lr == 1e-3 and ft.spec.start_iter == 50
+    # finetune_lr defaults to the schedule's final rate (Renda et al.): lr 0.1 x 0.1 x 0.1 after
+    # BASE's milestones 200 and 300 of 400 iterations (issue 21, item 12; was a fixed 1e-3).
+    assert ft.spec.retrain == "finetune" and ft.spec.finetune_lr == pytest.approx(1e-3) and ft.spec.start_iter == 50
     assert ft.spec.stop_iter == 400
     assert p.jobs[ft.meta.parent_job_id].meta.retrain == "finetune"  # its own chain
     assert rw1.spec.finetune_lr == TrainJob.finetune_lr  # finetune_lr is not part of other jobs' ids

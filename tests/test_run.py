@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+import wandb_records
 from conftest import DEMO, lth_env, run_lth, tiny_args, tree_digest
 from orchestrator.cli import main
 from orchestrator.experiment import config_hash
@@ -272,30 +273,7 @@ def test_an_address_that_is_not_ray_fails_at_once_writing_nothing(tmp_path, serv
 
 def _wandb_records(path: Path):
     """The records of an offline run's .wandb file (W&B's LevelDB-style log of protobufs)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # full, last
-            rec = pb.Record()
-            rec.ParseFromString(buf + payload if kind == 4 else payload)
-            buf = b""
-            yield rec
-        elif kind == 2:
-            buf = payload
-        elif kind == 3:
-            buf += payload
+    return wandb_records.records(path)
 
 
 def test_wandb_offline_runs(swept):
@@ -314,6 +292,10 @@ def test_wandb_offline_runs(swept):
                 items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item}
                 history.setdefault(items["_step"], {}).update(items)
         info["history"] = history
+        info["metrics"] = wandb_records.metrics(_wandb_records(f))
+        info["summary"] = wandb_records.summary(_wandb_records(f))
+        if info["job_type"] == "experiment":  # the group's experiment run (test below)
+            continue
         key = info["config"]["job_id"]
         # a job run again (the dense run that added w_20.pt) has a second, metric-less W&B run
         if key not in runs or len(history) > len(runs[key]["history"]):
@@ -329,6 +311,11 @@ def test_wandb_offline_runs(swept):
             assert run["name"] == f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
             assert [run["history"][i]["alpha"] for i in sorted(run["history"])] == [0.0, 0.5, 1.0]
             assert all(0 <= h["test/error"] <= 1 for h in run["history"].values())
+            # drawn against alpha, not the step index; the barrier in percentage points
+            assert run["metrics"]["test/error"] == run["metrics"]["train/loss"] == "alpha"
+            inst = Store(str(store_dir)).read_table("instability", "demo").to_pylist()
+            barrier = next(r["barrier"] for r in inst if r["pair_id"] == job_id and r["split"] == "test")
+            assert run["summary"]["test/barrier_pp"] == pytest.approx(100 * barrier, abs=1e-9)
         assert run["group"] == "demo"
         assert run["job_type"] == job.meta.role
         c = run["config"]
@@ -340,6 +327,42 @@ def test_wandb_offline_runs(swept):
             assert c["job"]["train"]["iterations"] == 40
             assert 40 in run["history"] and "test/accuracy" in run["history"][40]
             assert 0 <= run["history"][40]["test/accuracy"] <= 1
+
+
+def _experiment_runs(store_dir: Path, group: str) -> list[Path]:
+    out = []
+    for f in sorted((store_dir / "wandb").glob("offline-run-*/*.wandb")):
+        run = wandb_records.run_record(wandb_records.records(f))
+        if run.run_group == group and run.job_type == "experiment":
+            out.append(f)
+    return out
+
+
+def test_a_fork_that_reuses_every_job_has_them_all_in_its_wandb_group(swept, capsys):
+    """A fork that runs nothing (every job reused) still gets a complete W&B group: one
+    `experiment` run whose `jobs` table lists every planned job with its results; a rerun with
+    nothing new logs no second one (issue 21, item 7)."""
+    store_dir, _ = swept
+    args = ["run", DEMO, "--store", str(store_dir), *tiny_args("name=demo_wandb_fork")]
+    assert main(args) == 0
+    assert _ran(capsys.readouterr().out) == 0
+    (f,) = _experiment_runs(store_dir, "demo_wandb_fork")
+    assert wandb_records.run_record(wandb_records.records(f)).display_name == "experiment-demo_wandb_fork"
+    (table_file,) = (f.parent / "files" / "media" / "table").glob("jobs_*.table.json")
+    table = json.loads(table_file.read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    p = _plan("name=demo_wandb_fork")
+    assert {r["job_id"] for r in rows} == set(p.jobs) and len(rows) == len(p.jobs)
+    assert all(r["done"] and not r["ran_by_this_lth_run"] for r in rows)
+    store = Store(str(store_dir))
+    acc = {r["job_id"]: r["test_accuracy"] for r in store.read_table("runs", "demo_wandb_fork").to_pylist()}
+    for r in rows:
+        if r["kind"] == "train":
+            assert r["test_accuracy_pct"] == pytest.approx(100 * acc[r["job_id"]])
+        else:
+            assert r["test_barrier_pp"] is not None
+    assert main(args) == 0  # nothing new: no second experiment run
+    assert len(_experiment_runs(store_dir, "demo_wandb_fork")) == 1
 
 
 # ---- the remote-store code path (copy through a local scratch directory) ------------------

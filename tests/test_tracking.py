@@ -55,7 +55,7 @@ def test_run_names_are_readable_and_unique():
             method = m.prune_strategy + ("" if ablation == "rewind" else f"+{ablation}")
             assert names[job.id] == f"{method}-r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
         else:
-            assert re.fullmatch(r"([a-z]+-)?r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
+            assert re.fullmatch(r"([a-z_]+-)*r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
         assert {m.role, f"k{m.rewind_iter}", f"L{m.level}"} <= set(run_tags(job))
     assert run_name(next(iter(p.jobs.values())), attempt=2).endswith("-a2")
 
@@ -68,3 +68,18 @@ def test_a_wandb_error_in_a_job_is_kept_for_the_driver(tmp_path):
     with pytest.warns(UserWarning, match="W&B init failed"):
         tracker.start()
     assert tracker.run is None and len(tracker.problems) == 1 and "init failed" in tracker.problems[0]
+
+
+def test_run_names_are_unique_across_lineages_and_say_which():
+    """Levels of the rewind, lr_rewind, finetune and control lineages share (replicate, k, level,
+    seed): the name says the lineage, so no two runs of a group share a name (issue 21, item 8)."""
+    p = plan(load_spec(DEMO, [a for a in tiny_args("pruning.retrain=[rewind, lr_rewind, finetune]",
+                                                     "pruning.controls=[random_prune, random_reinit]")
+                              if a != "--set"]))
+    names = [run_name(job) for job in p.jobs.values()]
+    assert len(set(names)) == len(names)
+    lv1 = {run_name(j) for j in p.jobs.values() if j.kind == "train" and j.meta.role == "level"
+           and (j.meta.replicate, j.meta.rewind_iter, j.meta.level) == (0, 10, 1)}
+    assert lv1 == {f"{prefix}r0-k10-L1-s0" for prefix in ("", "lr_rewind-", "finetune-", "random_prune-", "reinit-")}
+    child = next(j for j in p.jobs.values() if j.meta.role == "branch" and j.meta.level == 2 and j.meta.rewind_iter == 10)
+    assert run_name(child) == f"branch-r0-k10-L2-s{child.meta.data_seed}"  # the README's example

@@ -2,7 +2,10 @@
 
 `barrier = max_a error(a) - (error(0) + error(1)) / 2` per split (Frankle et al., ICML 2020).
 Interpolated BatchNorm running statistics are not the statistics of the interpolated network;
-`bn_reset` recomputes them on a fixed set of training batches for every alpha.
+`bn_reset` recomputes them on a fixed set of training batches for every alpha. Those batches are
+training images as evaluation sees them (its transform, so its resolution: not the first epoch's
+low-resolution crops of progressive resizing) and go through evaluation's input conversion
+(autocast, channels_last, fp64), so the statistics are those of the inputs they normalise.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 from trainers import checkpoint
 from trainers.data.sources import open_data
 from trainers.determinism import kernels
-from trainers.evaluate import evaluate
+from trainers.evaluate import autocast_for, evaluate, param_dtype, to_model_input
 from trainers.jobs import Instability, InterpolateJob, InterpolatePaths, InterpolateResult, InterpolationRow
 from trainers.models import build_model
 from trainers.runtime import Runtime
@@ -46,7 +49,12 @@ def check_pair(a: dict, b: dict, paths: InterpolatePaths) -> None:
 
 
 @torch.no_grad()
-def recompute_bn_stats(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def recompute_bn_stats(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                       device: torch.device | None = None, precision: str = "fp32",
+                       channels_last: bool = False) -> None:
+    """BatchNorm running statistics from `batches`, run as `evaluate` runs the model (same
+    autocast and input conversion), so that evaluation normalises with statistics of its own
+    arithmetic."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -56,11 +64,20 @@ def recompute_bn_stats(model: torch.nn.Module, batches: list[tuple[torch.Tensor,
         m.momentum = None  # cumulative average over the reset batches
     was_training = model.training
     model.train()
-    for x, _ in batches:
-        model(x)
+    device = device if device is not None else next(model.parameters()).device
+    with autocast_for(device, precision):
+        for x, _ in batches:
+            model(to_model_input(x, channels_last, precision))
     model.train(was_training)
     for m, mom in zip(norms, momenta):
         m.momentum = mom
+
+
+def bn_reset_batches(data, batch_size: int, n_batches: int) -> list:
+    """The BatchNorm-reset batches: the first `n_batches` full batches of the training split
+    through the evaluation transform (the fixed subset evaluation draws, at its resolution)."""
+    n = min(batch_size * n_batches, data.info.num_train)
+    return list(data.eval_batches("train", batch_size, n))
 
 
 def _eval_source(data, split: str, batch_size: int, limit: int | None):
@@ -93,7 +110,9 @@ def _interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> I
     data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     channels_last = cfg.channels_last and device.type == "cuda"
     model = build_model(cfg.model, data.info.input_shape, data.info.num_classes, seed=0)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # fp64: the weights in float64 as evaluation's inputs are (train() holds them so too)
+    model.to(device, dtype=param_dtype(cfg.precision),
+             memory_format=torch.channels_last if channels_last else torch.preserve_format)
     # 31 alphas x 2 splits of forward passes only: big batches keep a GPU busy.
     eval_bs = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
     sources = {
@@ -102,11 +121,13 @@ def _interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> I
     }
     bn_batches: list = []
     if job.bn_reset:
-        stream = data.train_stream(0, cfg.batch_size, 0)
-        bn_batches = [next(stream) for _ in range(job.bn_reset_batches)]
+        bn_batches = bn_reset_batches(data, cfg.batch_size, job.bn_reset_batches)
 
-    wa = {k: v.to(device) for k, v in wa.items()}
-    wb = {k: v.to(device) for k, v in wb.items()}
+    dtype = param_dtype(cfg.precision)
+    # Floating tensors in the model's dtype before the lerp (an fp32 checkpoint read for an
+    # fp64 evaluation is interpolated in float64); integer buffers stay as they are.
+    wa = {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in wa.items()}
+    wb = {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in wb.items()}
     mask = {k: v.to(device) for k, v in mask.items()}
     alphas = torch.linspace(0.0, 1.0, job.num_alphas, dtype=torch.float64).tolist()
     rows: list[InterpolationRow] = []
@@ -116,7 +137,7 @@ def _interpolate(job: InterpolateJob, paths: InterpolatePaths, rt: Runtime) -> I
             state[name].mul_(m)
         model.load_state_dict(state)
         if job.bn_reset:
-            recompute_bn_stats(model, bn_batches)
+            recompute_bn_stats(model, bn_batches, device, cfg.precision, channels_last)
         for split in job.splits:
             loss, acc = evaluate(model, sources[split](), device, cfg.precision, channels_last)
             rows.append(InterpolationRow(split=split, alpha=alpha, loss=loss, error=1.0 - acc))

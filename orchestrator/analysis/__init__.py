@@ -213,8 +213,8 @@ class _FigureCache:
 
     NAME = ".figures.json"
 
-    def __init__(self, out: "_Out", formats: tuple[str, ...]):
-        self.out, self.formats = out, formats
+    def __init__(self, out: "_Out", formats: tuple[str, ...], titles: bool = True):
+        self.out, self.formats, self.titles = out, formats, titles
         try:
             with out.fs.open_input_stream(out.file(self.NAME)) as f:
                 self.keys = json.loads(f.read().decode())
@@ -238,7 +238,7 @@ class _FigureCache:
 
     def get(self, name: str, make, *inputs) -> dict[str, bytes] | None:
         """{format: bytes} of figure `name` (always with png), or None if nothing to draw."""
-        key = self.key(name, sorted(self.formats), *inputs)
+        key = self.key(name, sorted(self.formats), *inputs, *(() if self.titles else ("no titles",)))
         if self.keys.get(name) == key:
             try:
                 out = {}
@@ -256,6 +256,8 @@ class _FigureCache:
         if fig is None:
             self.keys.pop(name, None)
             return None
+        if not self.titles:
+            figs.without_title(fig)
         try:
             out = {fmt: figs.encode(fig, fmt) for fmt in self.formats}
         finally:
@@ -269,6 +271,15 @@ class _FigureCache:
 
     def save(self) -> None:
         self.out.write(self.NAME, json.dumps(self.keys, indent=1).encode())
+
+
+def write_summary_exports(out: "_Out", key, dense_line: str | None, stem: str = "summary") -> None:
+    """The summary tables as Markdown and LaTeX for a paper (summary.md, summary.tex)."""
+    from orchestrator.analysis.export import latex, markdown
+
+    notes = [dense_line + "."] if dense_line else []
+    out.write(f"{stem}.md", markdown(key, notes).encode("utf-8"))
+    out.write(f"{stem}.tex", latex(key, notes).encode("utf-8"))
 
 
 def parse_formats(text: str) -> tuple[str, ...] | str:
@@ -318,12 +329,13 @@ def job_outcomes_line(store, experiment: str) -> str | None:
 
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
-            profile_level: int | None = None) -> int:
+            profile_level: int | None = None, titles: bool = True) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
     (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
     `profile_level`: the level whose per-layer densities the layer-profile figure draws (None:
     the deepest level measured).
-    The summary is printed as soon as the tables are computed, before any figure is drawn."""
+    The summary is printed as soon as the tables are computed, before any figure is drawn.
+    `titles=False` (`--no-titles`): figures without a title, for a paper's own captions."""
     console, errors = consoles(console)
     store = Store.open(store_root)
     problem = _check_args(store, experiment, threshold, wandb_mode)
@@ -394,7 +406,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         out.write_table(stem, t)
     clock.lap("tables")
 
-    fcache = _FigureCache(out, formats)
+    fcache = _FigureCache(out, formats, titles)
     chosen = curves.chosen_runs(T.add_mode(raw[0]))
     try:
         metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
@@ -405,14 +417,16 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     clock.lap("metrics")
     from orchestrator.analysis import figures as figs  # matplotlib, after the summary is printed
 
+    # every rewinding point of the experiment: k keeps one colour across the figures
+    all_ks = sorted(set(res.accuracy["rewind_iter"].to_pylist()) | set(res.instability["rewind_iter"].to_pylist()))
     drawn = {}
     for name, make, inputs in (
         ("instability_vs_rewind", lambda: figs.instability_vs_rewind(res.instability, threshold),
          (res.instability, threshold)),
-        ("interpolation_path", lambda: figs.interpolation_paths(res.interpolation_path),
-         (res.interpolation_path,)),
-        ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense),
-         (res.accuracy, res.dense)),
+        ("interpolation_path", lambda: figs.interpolation_paths(res.interpolation_path, all_ks),
+         (res.interpolation_path, all_ks)),
+        ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense, all_ks),
+         (res.accuracy, res.dense, all_ks)),
         ("learning_curves", lambda: figs.learning_curves(curve_table), (curve_table,)),
         ("method_comparison", lambda: figs.method_comparison(res.methods, res.num_classes),
          (res.methods, res.num_classes)),
@@ -442,17 +456,19 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     html = render(experiment, progress.summary(), notes, key, dense_line, config, figures,
                   figure_files, tables)
     out.write("report.html", html.encode("utf-8"))
+    write_summary_exports(out, key, dense_line)
     clock.lap("write")
     summary["timings_s"] = clock.laps
     out.write("summary.json", json.dumps(summary, indent=2).encode())
     console.print(f"Report: {out.file('report.html')}")
 
     if wandb_mode != "disabled":
-        local = out.path if isinstance(out.fs, pafs.LocalFileSystem) else None
-        if local is None:
-            import tempfile
+        from orchestrator.tracking import wandb_parent_dir
 
-            local = tempfile.mkdtemp(prefix="lth-analysis-")
+        # beside the sweep's job runs (STORE/wandb, or $LTH_WANDB_DIR), so that one
+        # `wandb sync STORE/wandb` uploads the analysis too
+        local = wandb_parent_dir(None if store.results.is_remote else store.root)
+        os.makedirs(local, exist_ok=True)
         from orchestrator.analysis.publish import log_to_wandb  # wandb is slow to import
 
         run_dir = log_to_wandb(wandb_mode, experiment, config, local, tables, figures, summary, console)

@@ -2,8 +2,12 @@
 learning rates) on the same axes, in one report (STORE/reports/compare/A-vs-B/ by default).
 
 Each experiment is read and computed exactly as `lth analyze NAME` does; only the
-presentation differs: one line per experiment, the fields in which their configs differ, and
-each experiment's summary tables.
+presentation differs: the summary first (one line per experiment, the fields in which their
+configs differ, a side-by-side table of barrier and accuracy per cell with each experiment's
+difference from the first, each experiment's summary tables), then the figures, whose legends
+say what differs (`demo (lr 0.05)`). The side-by-side table is written as Parquet and CSV
+(`side_by_side.*`) and every summary table as Markdown and LaTeX (`summary.md`, `summary.tex`)
+beside the figures.
 """
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, consoles, figures as figs
-from orchestrator.analysis.present import key_tables, print_key_tables
+from orchestrator.analysis.figure_plan import primary_mode
+from orchestrator.analysis.present import KeyTable, key_tables, present, print_key_tables
 from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import ScanCache, Store, read_num_classes, read_progress, read_raw
@@ -23,7 +29,7 @@ from orchestrator.analysis.report import CSS, key_table_html
 
 
 def compare(store_root: str, experiments: list[str], out_dir: str | None = None, threshold: float = 0.02,
-            console=None, formats: tuple[str, ...] = ("png",)) -> int:
+            console=None, formats: tuple[str, ...] = ("png",), titles: bool = True) -> int:
     console, errors = consoles(console)
     if len(set(experiments)) != len(experiments):
         errors.print(f"[red]error:[/red] name: an experiment is named twice ({' '.join(experiments)})")
@@ -47,27 +53,39 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
         progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs, recorded)
         keys[name] = key_tables(res, threshold, progress[name].planned_levels)
-        console.rule(f"{name}: {progress[name].summary()}")
-        print_key_tables(console, *keys[name])
 
     differences = config_differences(store, experiments)
+    labels = legend_labels(experiments, differences)
+    side = side_by_side(results, experiments)
+    side_key = side_by_side_key_table(side, experiments)
+    # the summary first: how they differ and the side-by-side cells, then each one's tables
     _print_differences(console, experiments, differences)
+    _print_table(console, side_key)
+    for name in experiments:
+        console.rule(f"{name}: {progress[name].summary()}")
+        print_key_tables(console, *keys[name])
 
     label = "-vs-".join(experiments)
     if out_dir is None:
         out = _Out(store.fs, store.path("reports", "compare", label))
     else:
         out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
-    fcache = _FigureCache(out, formats)
+    side_presented = present(side)
+    out.write_table("side_by_side", side_presented)
+    from orchestrator.analysis import write_summary_exports
+
+    all_keys = [side_key] + [KeyTable(f"{n}: {kt.title}", kt.columns, kt.rows) for n in experiments for kt in keys[n][0]]
+    write_summary_exports(out, all_keys, None)
+    fcache = _FigureCache(out, formats, titles)
     drawn = {}
     inst = {n: r.instability for n, r in results.items()}
     accs = {n: (r.accuracy, r.dense) for n, r in results.items()}
     wcs = {n: r.methods for n, r in results.items()}
     for name, make, inputs in (
-        ("compare_instability", lambda: figs.compare_instability(inst, threshold),
-         (list(inst), *inst.values(), threshold)),
-        ("compare_accuracy", lambda: figs.compare_accuracy(accs),
-         (list(accs), *(a for a, _ in accs.values()), [d for _, d in accs.values()])),
+        ("compare_instability", lambda: figs.compare_instability(inst, threshold, labels),
+         (list(inst), *inst.values(), threshold, labels)),
+        ("compare_accuracy", lambda: figs.compare_accuracy(accs, labels),
+         (list(accs), *(a for a, _ in accs.values()), [d for _, d in accs.values()], labels)),
         ("compare_weight_correlation", lambda: figs.compare_weight_correlation(wcs),
          (list(wcs), *[t for t in wcs.values() if t is not None])),
     ):
@@ -87,12 +105,10 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         parts.append(f"<li><b>{html.escape(n)}</b>: {html.escape(progress[n].summary())}</li>")
     parts.append("</ul>")
     parts.append(_differences_html(experiments, differences))
-    parts.append("<h2>Figures</h2>")
-    for name, got in drawn.items():
-        b64 = base64.b64encode(got["png"]).decode("ascii")
-        files = ", ".join(f"{name}.{f}" for f in got)
-        parts.append(f"<h3>{html.escape(TITLES[name])} <small>({files})</small></h3>"
-                     f"<img alt='{html.escape(TITLES[name])}' src='data:image/png;base64,{b64}'>")
+    parts.append("<h2 id='side-by-side'>Side by side</h2>")
+    parts.append(key_table_html(side_key))
+    parts.append("<p><small>side_by_side.parquet, side_by_side.csv; every summary table as "
+                 "summary.md and summary.tex</small></p>")
     parts.append("<h2>Summaries</h2>")
     for n in experiments:
         tables, dense_line = keys[n]
@@ -101,10 +117,102 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
             parts.append(key_table_html(kt))
         if dense_line:
             parts.append(f"<p>{html.escape(dense_line)}.</p>")
+    parts.append("<h2>Figures</h2>")
+    for name, got in drawn.items():
+        b64 = base64.b64encode(got["png"]).decode("ascii")
+        files = ", ".join(f"{name}.{f}" for f in got)
+        parts.append(f"<h3>{html.escape(TITLES[name])} <small>({files})</small></h3>"
+                     f"<img alt='{html.escape(TITLES[name])}' src='data:image/png;base64,{b64}'>")
     parts.append("</body></html>")
     out.write("report.html", "\n".join(parts).encode("utf-8"))
     console.print(f"Report: {out.file('report.html')}")
     return 0
+
+
+# ---- side by side ------------------------------------------------------------------------------
+
+
+def side_by_side(results: dict, experiments: list[str]) -> pa.Table:
+    """One row per cell (level, k) any experiment measured, of each one's primary mode on the
+    test split: density, and per experiment its mean barrier and mean test accuracy (fractions;
+    `present` turns them into pp and %), and for every experiment after the first its
+    difference from the first (this minus first; null where either is missing)."""
+    cells: dict[tuple[int, int], dict] = {}
+    for name in experiments:
+        res = results[name]
+        mode = primary_mode(sorted(set(res.instability["mode"].to_pylist()) | set(res.accuracy["mode"].to_pylist())))
+        for r in res.instability.to_pylist():
+            if r["mode"] == mode and r["split"] == "test":
+                c = cells.setdefault((r["level"], r["rewind_iter"]), {"density": r["density"]})
+                c[("barrier", name)] = r["barrier_mean"]
+        for r in res.accuracy.to_pylist():
+            if r["mode"] == mode:
+                c = cells.setdefault((r["level"], r["rewind_iter"]), {"density": r["density"]})
+                c[("acc", name)] = r["acc_mean"]
+                c["density"] = c["density"] or r["density"]
+        for (level, _k), c in cells.items():
+            if level == 0:  # the dense network: one accuracy, whatever k its children rewind to
+                c[("acc", name)] = res.dense["mean"]
+    first = experiments[0]
+    cols: dict[str, list] = {"level": [], "rewind_iter": [], "density": []}
+    for what in ("barrier", "acc"):
+        for name in experiments:
+            cols[f"{what}_{name}"] = []
+        for name in experiments[1:]:
+            cols[f"{what}_diff_{name}_minus_{first}"] = []
+    for (level, k), c in sorted(cells.items()):
+        cols["level"].append(level)
+        cols["rewind_iter"].append(k)
+        cols["density"].append(c["density"])
+        for what in ("barrier", "acc"):
+            for name in experiments:
+                cols[f"{what}_{name}"].append(c.get((what, name)))
+            for name in experiments[1:]:
+                a, b = c.get((what, first)), c.get((what, name))
+                cols[f"{what}_diff_{name}_minus_{first}"].append(None if a is None or b is None else b - a)
+    types = {"level": pa.int64(), "rewind_iter": pa.int64()}
+    return pa.table({n: pa.array(v, types.get(n, pa.float64())) for n, v in cols.items()})
+
+
+def side_by_side_key_table(side: pa.Table, experiments: list[str]) -> KeyTable:
+    """The side-by-side table as the console and the report show it: barrier (pp) and test
+    accuracy (%) per experiment, and the difference from the first."""
+    first = experiments[0]
+    columns = ["weights remaining", "k"]
+    for what, unit in (("barrier", "pp"), ("acc", "%")):
+        columns += [f"{'barrier' if what == 'barrier' else 'accuracy'} {n} ({unit})" for n in experiments]
+        columns += [f"Δ {n} − {first} ({'pp' if what == 'barrier' else 'points'})" for n in experiments[1:]]
+    kt = KeyTable(title=("Side by side: test error barrier (mean over pairs) and test accuracy (mean over "
+                         f"replicates) per cell, and the difference from {first}"), columns=columns, rows=[])
+    for r in side.to_pylist():
+        row = [f"{100 * r['density']:.3g}%" if r["density"] else f"level {r['level']}", str(r["rewind_iter"])]
+        for what in ("barrier", "acc"):
+            row += ["—" if r[f"{what}_{n}"] is None else f"{100 * r[f'{what}_{n}']:.2f}" for n in experiments]
+            row += ["—" if r[f"{what}_diff_{n}_minus_{first}"] is None
+                    else f"{100 * r[f'{what}_diff_{n}_minus_{first}']:+.2f}" for n in experiments[1:]]
+        kt.rows.append(row)
+    return kt
+
+
+def _print_table(console, kt: KeyTable) -> None:
+    from rich.table import Table
+
+    table = Table(title=kt.title)
+    for i, c in enumerate(kt.columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row in kt.rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def legend_labels(experiments: list[str], differences) -> dict[str, str]:
+    """`demo (lr 0.05)`: each experiment's name with the values of the (at most two) config
+    fields in which the experiments differ, by the field's last word."""
+    if not differences:
+        return {n: n for n in experiments}
+    shown = differences[:2]
+    return {n: f"{n} ({', '.join(f'{field.rsplit(chr(46), 1)[-1]} {values[i]}' for field, values in shown)})"
+            for i, n in enumerate(experiments)}
 
 
 # ---- how the configs differ -------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Learning curves from the `metrics` table: accuracy against iteration for the dense network
-and a few pruning levels of the primary lineage mode.
+and a few pruning levels of the primary lineage mode, at every rewinding point k.
 
 Only the chosen jobs' rows are read (a filtered scan of the experiment's live part files), so
 the cost does not grow with the whole table; figures are drawn after the summary is printed.
@@ -23,7 +23,7 @@ SCHEMA = pa.schema([("level", pa.int64()), ("density", pa.float64()), ("rewind_i
 
 
 def chosen_runs(runs_m: pa.Table) -> pa.Table:
-    """The dense runs, and the primary mode's runs at its largest rewinding point for up to
+    """The dense runs, and the primary mode's runs at every rewinding point for up to
     MAX_LEVELS evenly spaced levels (job_id, level, density, rewind_iter)."""
     lv = runs_m.filter(pc.equal(runs_m["role"], "level"))
     dense = lv.filter(pc.equal(lv["level"], 0))
@@ -33,8 +33,6 @@ def chosen_runs(runs_m: pa.Table) -> pa.Table:
     if mode is None:
         return dense.select(cols)
     sparse = sparse.filter(pc.equal(sparse["mode"], mode))
-    k = max(sparse["rewind_iter"].to_pylist())
-    sparse = sparse.filter(pc.equal(sparse["rewind_iter"], k))
     levels = _pick(sorted(set(sparse["level"].to_pylist())), MAX_LEVELS)
     sparse = sparse.filter(pc.is_in(sparse["level"], pa.array(levels, pa.int64())))
     return pa.concat_tables([dense.select(cols), sparse.select(cols)])
@@ -53,13 +51,14 @@ def read_metrics(store: Store, experiment: str, job_ids: list[str]) -> pa.Table:
 
 
 def curves(chosen: pa.Table, metrics: pa.Table) -> pa.Table:
-    """Mean and sample std of accuracy over replicates per (level, split, iteration)."""
+    """Mean and sample std of accuracy over replicates per (rewinding point, level, split,
+    iteration); the dense runs are level 0 at k = 0."""
     if chosen.num_rows == 0 or metrics.num_rows == 0:
         return SCHEMA.empty_table()
     t = metrics.join(chosen, keys="job_id", join_type="inner")
-    keys = ["level", "split", "iteration"]
+    keys = ["rewind_iter", "level", "split", "iteration"]
     agg = t.group_by(keys).aggregate([
-        ("density", "mean"), ("rewind_iter", "max"), ("accuracy", "mean"),
+        ("density", "mean"), ("accuracy", "mean"),
         ("accuracy", "stddev", pc.VarianceOptions(ddof=1)), ("accuracy", "count")])
-    agg = agg.rename_columns(keys + ["density", "rewind_iter", "acc_mean", "acc_std", "n_replicates"])
+    agg = agg.rename_columns(keys + ["density", "acc_mean", "acc_std", "n_replicates"])
     return agg.select(SCHEMA.names).cast(SCHEMA).sort_by([(k, "ascending") for k in keys])

@@ -12,6 +12,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # no display; must precede pyplot
+# SVG text as <text> elements, not glyph outlines: a figure stays editable (labels, fonts) in
+# Inkscape or Illustrator when it goes into a paper.
+matplotlib.rcParams["svg.fonttype"] = "none"
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -52,6 +55,56 @@ def _pct(x, _pos=None) -> str:
 
 def density_label(d: float | None, level: int) -> str:
     return f"{_pct(d)} remaining" if d else f"level {level}"
+
+
+# ---- one colour per meaning, in every figure --------------------------------------------------
+# A pruning level keeps its colour in every figure (the instability, path and learning-curve
+# figures draw levels; the dense network is black everywhere), a rewinding point k its colour
+# (viridis by rank among the experiment's k: early light to late dark... without the pale
+# yellow end, which a white page washes out), a retrain mode its colour, and an experiment its
+# colour in a comparison.
+DENSE_COLOR = "black"
+_LEVEL_CYCLE = plt.get_cmap("tab10").colors
+MODE_COLORS = {"rewind": "#1f77b4", "lr_rewind": "#ff7f0e", "finetune": "#2ca02c",
+               "random_prune": "#7f7f7f", "reinit": "#9467bd"}
+EXPERIMENT_COLORS = plt.get_cmap("Dark2").colors
+
+
+def level_color(level: int):
+    return DENSE_COLOR if level == 0 else _LEVEL_CYCLE[(level - 1) % len(_LEVEL_CYCLE)]
+
+
+def k_colors(ks) -> dict[int, tuple]:
+    ks = sorted(set(int(k) for k in ks))
+    return {k: c for k, c in zip(ks, plt.get_cmap("viridis")(np.linspace(0, 0.75, max(len(ks), 1))))}
+
+
+def mode_color(mode: str, i: int = 0):
+    return MODE_COLORS.get(mode, _LEVEL_CYCLE[i % len(_LEVEL_CYCLE)])
+
+
+def n_text(counts, unit: str) -> str:
+    """'n = 2 pairs', or 'n = 1–3 pairs' when cells differ: the sample size a reader needs
+    beside every mean ± std, in the figure itself (titles are optional)."""
+    vals = sorted({int(v) for v in counts if v is not None and v == v and v > 0})
+    if not vals:
+        return f"n = 0 {unit}"
+    n = str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+    return f"n = {n} {unit}"
+
+
+def without_title(fig: Figure) -> None:
+    """`lth analyze --no-titles`: the figure without its title (a paper's caption replaces it);
+    the panels' own headings (split, density, k) stay, as they say what each panel holds."""
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.remove()
+        fig._suptitle = None
+
+
+def _all_zero(values) -> bool:
+    v = np.concatenate([np.ravel(np.asarray(a, dtype=float)) for a in values] or [np.zeros(0)])
+    v = v[np.isfinite(v)]
+    return v.size > 0 and bool(np.all(v == 0))
 
 
 def _splits(t: pa.Table) -> list[str]:
@@ -118,6 +171,10 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
         return None
     t = _where(summary, mode=mode)
     splits = _splits(t)
+    # A split whose every barrier is 0 (a network stable everywhere on it) says so in a note, not
+    # in a flat panel; the first split keeps its panel whatever it holds.
+    zero = [sp for sp in splits[1:] if _all_zero([_col(_where(t, split=sp), "barrier_mean")])]
+    splits = [sp for sp in splits if sp not in zero]
     levels = _pick(sorted(set(t["level"].to_pylist())))
     ks = sorted(set(t["rewind_iter"].to_pylist()))
     fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 3.8), squeeze=False,
@@ -129,7 +186,8 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
             x = _col(c, "rewind_iter")
             y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
             ys += [y - s, y + s]
-            line, = ax.plot(x, y, marker="o", label=density_label(c["density"][0].as_py(), lv))
+            label = f"{density_label(c['density'][0].as_py(), lv)} ({n_text(c['n_pairs'].to_pylist(), 'pairs')})"
+            line, = ax.plot(x, y, marker="o", color=level_color(lv), label=label)
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
@@ -138,12 +196,16 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     sensible_ylim(axes[0][0], ys, include=(0.0, 100 * threshold))
     axes[0][0].set_ylabel("error barrier (percentage points)")
     _legend_right(fig, axes[0][0])
+    if zero:
+        fig.text(0.01, 0.01, f"{', '.join(zero)} set: every barrier is 0.00 points (panel omitted)",
+                 fontsize=8, ha="left", va="bottom")
     fig.suptitle(f"Instability against the rewinding point ({mode}; mean ± std over pairs)", fontsize=11)
     return fig
 
 
-def interpolation_paths(path: pa.Table) -> Figure | None:
-    """Panels: split x density; lines: every measured rewinding point."""
+def interpolation_paths(path: pa.Table, all_ks=None) -> Figure | None:
+    """Panels: split x density; lines: every measured rewinding point (coloured as in every
+    figure of the experiment: `all_ks`, default the path's own)."""
     if path.num_rows == 0:
         return None
     mode = primary_mode(sorted(set(path["mode"].to_pylist())))
@@ -151,8 +213,8 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
     splits = _splits(t)
     ks = sorted(set(t["rewind_iter"].to_pylist()))
     levels = _pick(sorted(set(t["level"].to_pylist())), 4)
-    # viridis without its pale yellow end, which a white page and a light band wash out
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.75, len(ks)))
+    palette = k_colors(all_ks if all_ks is not None else ks)
+    colors = [palette[k] for k in ks]
     fig, axes = plt.subplots(len(splits), len(levels), figsize=(3.6 * len(levels) + 1.4, 3.2 * len(splits)),
                              squeeze=False, sharex=True, layout="constrained")
     for i, split in enumerate(splits):
@@ -170,6 +232,9 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
                 ys += [y - s, y + s]
                 ax.plot(x, y, color=color, label=f"k = {k}")
                 ax.fill_between(x, y - s, y + s, color=color, alpha=0.12)
+            if d is not None:
+                n = _where(t, split=split, level=lv)["n_pairs"].to_pylist()
+                ax.text(0.98, 0.02, n_text(n, "pairs"), transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
             ax.set_title(f"{split}, {density_label(d, lv)}", fontsize=10)
             ax.set_xlim(0, 1)
             ax.margins(x=0)
@@ -187,7 +252,8 @@ def interpolation_paths(path: pa.Table) -> Figure | None:
 def _density_axis(ax, densities: list[float]) -> None:
     ax.set_xscale("log")
     ax.invert_xaxis()  # sparser to the right, as in the papers
-    ticks = _pick(sorted(set(d for d in densities if d)), 8)
+    # 100% (the dense network) always on the axis: where the sparse lines start from
+    ticks = _pick(sorted(set(d for d in densities if d) | {1.0}), 8)
     if ticks:
         ax.set_xticks(ticks)  # the measured densities: a narrow log range has no decades
         lo, hi = np.log(min(ticks)), np.log(max(ticks))
@@ -198,9 +264,10 @@ def _density_axis(ax, densities: list[float]) -> None:
     ax.set_xlabel("weights remaining (log scale)")
 
 
-def accuracy_vs_density(acc: pa.Table, dense: dict) -> Figure | None:
+def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | None:
     if acc.num_rows == 0:
         return None
+    palette = k_colors(all_ks if all_ks is not None else acc["rewind_iter"].to_pylist())
     modes = sorted(set(acc["mode"].to_pylist()))
     # One panel per mode (lines: rewinding points); with several modes, one more panel
     # comparing them at the rewinding point with the most measurements.
@@ -225,18 +292,22 @@ def accuracy_vs_density(acc: pa.Table, dense: dict) -> Figure | None:
         else:
             t, series, label = _where(acc, rewind_iter=val), "mode", str
             title = f"retrain modes at k = {val}"
-        for v in _pick(sorted(set(t[series].to_pylist()))):
+        for i, v in enumerate(_pick(sorted(set(t[series].to_pylist())))):
             c = _where(t, **{series: v}).sort_by("density")
             x = _col(c, "density")
             y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
             ys += [y - s, y + s]
-            line, = ax.plot(x, y, marker="o", ms=3, label=label(v))
+            color = palette[int(v)] if series == "rewind_iter" else mode_color(v, i)
+            n = n_text(c["n_replicates"].to_pylist(), "replicates")
+            line, = ax.plot(x, y, marker="o", ms=3, color=color, label=f"{label(v)} ({n})")
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         if dense["mean"] is not None:
             m, s = 100 * dense["mean"], 100 * (dense["std"] or 0.0)
             ys += [np.array([m - s, m + s])]
-            ax.axhline(m, color="k", lw=1, label="dense (± 1 std)")
+            ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (± 1 std; n = {dense.get('n')} replicates)")
             ax.axhspan(m - s, m + s, color="k", alpha=0.1)
+            # the dense network measured at 100%, where every sparse line starts from
+            ax.errorbar([1.0], [m], yerr=[s], color=DENSE_COLOR, marker="o", ms=4, capsize=2, label="_dense point")
         _density_axis(ax, acc["density"].to_pylist())
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -251,42 +322,57 @@ def accuracy_vs_density(acc: pa.Table, dense: dict) -> Figure | None:
 
 
 def learning_curves(curves: pa.Table) -> Figure | None:
-    """curves: level, density, rewind_iter, split, iteration, acc_mean, acc_std (see
-    analysis.curves); panels: test and train accuracy; lines: the chosen levels."""
+    """curves: rewind_iter, level, density, split, iteration, acc_mean, acc_std, n_replicates
+    (see analysis.curves); panels: split (rows) x rewinding point k (columns, at most four);
+    lines: the dense network and the chosen levels, each in its level's colour. The accuracy
+    axis spans the second half of training (where levels differ by a point or two), not the
+    climb from chance that would flatten them."""
     if curves.num_rows == 0:
         return None
     splits = _splits(curves)
-    levels = sorted(set(curves["level"].to_pylist()))
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 3.8), squeeze=False,
-                             layout="constrained", sharey=True)
-    ys = []
-    ks = sorted(set(curves.filter(pc.greater(curves["level"], 0))["rewind_iter"].to_pylist()))
-    for ax, split in zip(axes[0], splits):
-        for lv in levels:
-            c = _where(curves, split=split, level=lv).sort_by("iteration")
-            if c.num_rows == 0:
-                continue
-            x = _col(c, "iteration")
-            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
-            ys += [y - s, y + s]
-            d = c["density"][0].as_py()
-            label = "dense" if lv == 0 else density_label(d, lv)
-            line, = ax.plot(x, y, marker="o" if len(x) <= 40 else None, ms=3, label=label)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
-        ax.set_xlabel("training iteration")
-        ax.set_title(f"{split} set")
-        ax.grid(alpha=0.3)
-    sensible_ylim(axes[0][0], ys, floor=0.0, ceiling=100.0)
-    axes[0][0].set_ylabel("accuracy (%)")
+    dense = _where(curves, level=0)
+    sparse = curves.filter(pc.greater(curves["level"], 0))
+    ks = _pick(sorted(set(sparse["rewind_iter"].to_pylist())), 4) or [0]
+    levels = sorted(set(sparse["level"].to_pylist()))
+    fig, axes = plt.subplots(len(splits), len(ks), figsize=(3.8 * len(ks) + 1.8, 3.2 * len(splits)),
+                             squeeze=False, layout="constrained", sharex=True, sharey="row")
+    last = max(curves["iteration"].to_pylist())
+    for i, split in enumerate(splits):
+        ys = []
+        for j, k in enumerate(ks):
+            ax = axes[i][j]
+            lines = [(0, _where(dense, split=split))] + [
+                (lv, _where(sparse, split=split, level=lv, rewind_iter=k)) for lv in levels]
+            for lv, c in lines:
+                c = c.sort_by("iteration")
+                if c.num_rows == 0:
+                    continue
+                x = _col(c, "iteration")
+                y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
+                late = x > last / 2
+                ys += [(y - s)[late], (y + s)[late]]
+                n = n_text(c["n_replicates"].to_pylist(), "replicates")
+                label = ("dense" if lv == 0 else density_label(c["density"][0].as_py(), lv)) + f" ({n})"
+                line, = ax.plot(x, y, marker="o" if len(x) <= 40 else None, ms=3, color=level_color(lv), label=label)
+                ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{split} set, sparse levels rewound to k = {k}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(splits) - 1:
+                ax.set_xlabel("training iteration")
+        sensible_ylim(axes[i][0], ys, floor=0.0, ceiling=100.0)
+        axes[i][0].set_ylabel(f"{split} accuracy (%)\n(second half of training)", fontsize=9)
     _legend_right(fig, axes[0][0])
-    k_text = f"sparse levels rewound to k = {ks[0]}" if len(ks) == 1 else "sparse levels"
-    fig.suptitle(f"Learning curves: dense and {k_text} (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Learning curves: dense and pruned networks at every rewinding point (mean ± std over "
+                 "replicates)", fontsize=11)
     return fig
 
 
-def compare_instability(summaries: dict[str, pa.Table], threshold: float) -> Figure | None:
+def compare_instability(summaries: dict[str, pa.Table], threshold: float,
+                        labels: dict[str, str] | None = None) -> Figure | None:
     """Panels: up to four densities (test split, each experiment's primary mode); lines:
-    experiments."""
+    experiments, named by `labels` (what differs: `demo (lr 0.05)`), one colour each."""
+    labels = labels or {}
+    colors = {n: EXPERIMENT_COLORS[i % len(EXPERIMENT_COLORS)] for i, n in enumerate(summaries)}
     cells = {}
     for name, s in summaries.items():
         mode = primary_mode(sorted(set(s["mode"].to_pylist())))
@@ -312,7 +398,8 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float) -> Fig
             x = _col(c, "rewind_iter")
             y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
             ys += [y - s, y + s]
-            line, = ax.plot(x, y, marker="o", label=name)
+            n = n_text(c["n_pairs"].to_pylist(), "pairs")
+            line, = ax.plot(x, y, marker="o", color=colors[name], label=f"{labels.get(name, name)} ({n})")
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
@@ -325,9 +412,11 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float) -> Fig
     return fig
 
 
-def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]]) -> Figure | None:
+def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, str] | None = None) -> Figure | None:
     """One panel per rewinding point both experiments measured (at most three); lines:
-    experiments (primary mode), with each one's dense accuracy as a dashed line."""
+    experiments (primary mode, named by `labels`), with each one's dense accuracy as a dashed line."""
+    labels = labels or {}
+    colors = {n: EXPERIMENT_COLORS[i % len(EXPERIMENT_COLORS)] for i, n in enumerate(accs)}
     tables = {}
     for name, (acc, dense) in accs.items():
         mode = primary_mode(sorted(set(acc["mode"].to_pylist())))
@@ -347,12 +436,13 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]]) -> Figure | None:
             x = _col(c, "density")
             y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
             ys += [y - s, y + s]
-            line, = ax.plot(x, y, marker="o", ms=3, label=name)
+            n = n_text(c["n_replicates"].to_pylist(), "replicates")
+            line, = ax.plot(x, y, marker="o", ms=3, color=colors[name], label=f"{labels.get(name, name)} ({n})")
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
             if dense["mean"] is not None:
                 ys.append(np.array([100 * dense["mean"]]))
                 ax.axhline(100 * dense["mean"], color=line.get_color(), ls=":", lw=1,
-                           label=f"{name}: dense")
+                           label=f"{labels.get(name, name)}: dense")
         _density_axis(ax, [d for t, _ in tables.values() for d in t["density"].to_pylist()])
         ax.set_title(f"k = {k}", fontsize=10)
         ax.grid(alpha=0.3)

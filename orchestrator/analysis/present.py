@@ -148,6 +148,8 @@ def key_tables(res, threshold: float, planned_levels: int | None,
             dens = r["smallest_matching_density"]
             if dens is not None:
                 text = _pct(dens)
+                if r.get("sparsest_measured"):  # the search stopped before accuracy fell
+                    text += " (the sparsest level measured: sparser ones may match too)"
             else:  # without a plan in the store, more levels may still come
                 text = "none" if planned_levels and r["levels_measured"] >= total else "none yet"
             acc = f"{100 * r['acc_mean']:.2f}%" if r["acc_mean"] is not None else MISSING

@@ -293,16 +293,20 @@ def winning_tickets(acc: pa.Table) -> pa.Table:
     for (mode, k), rows in sorted(groups.items()):
         matching = [r for r in rows if r["matches_dense"]]
         best = min(matching, key=lambda r: r["density"]) if matching else None
+        measured = [r for r in rows if r["n_replicates"] > 0]
+        sparsest = min(measured, key=lambda r: r["density"]) if measured else None
         out.append({"mode": mode, "rewind_iter": k,
                     "smallest_matching_density": best["density"] if best else None,
                     "level": best["level"] if best else None,
                     "acc_mean": best["acc_mean"] if best else None,
-                    "levels_measured": sum(r["n_replicates"] > 0 for r in rows),
-                    "levels_total": len(rows)})
+                    "levels_measured": len(measured),
+                    "levels_total": len(rows),
+                    # the ticket is the sparsest level measured: a sparser one may match too
+                    "sparsest_measured": (best["level"] == sparsest["level"]) if best else None})
     schema = pa.schema([("mode", pa.string()), ("rewind_iter", pa.int64()),
                         ("smallest_matching_density", pa.float64()), ("level", pa.int64()),
                         ("acc_mean", pa.float64()), ("levels_measured", pa.int64()),
-                        ("levels_total", pa.int64())])
+                        ("levels_total", pa.int64()), ("sparsest_measured", pa.bool_())])
     return pa.Table.from_pylist(out, schema=schema)
 
 
