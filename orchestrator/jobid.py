@@ -26,19 +26,36 @@ import math
 from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
-from trainers.jobs import TrainJob
+from trainers.jobs import PruneConfig, TrainConfig, TrainJob
 
 ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
 
 # Fields of a job description that are not part of its identity (see the module docstring).
 _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
 
+# Fields added after ids were in use, left out of the identity while they hold the default that
+# reproduces the earlier behaviour: every job of an existing config keeps its id, and a job that
+# uses the field gets a new one.
+_OMITTED_AT_DEFAULT: dict[type, dict[str, Any]] = {
+    TrainConfig: {"l1_gamma": 0.0},
+    PruneConfig: {"granularity": "weight", "channel_score": "l1_filter", "groups": "block_internal"},
+}
+
+
+def _identity_fields(obj: Any) -> list[str]:
+    """The field names of a description that reach its id (sorted by the caller where needed)."""
+    skip = _EXCLUDED.get(type(obj), ())
+    omit = _OMITTED_AT_DEFAULT.get(type(obj), {})
+    return [
+        f.name for f in dataclasses.fields(obj)
+        if f.name not in skip and not (f.name in omit and getattr(obj, f.name) == omit[f.name])
+    ]
+
 
 def _plain(obj: Any) -> Any:
     """dataclasses.asdict (minus the excluded fields), tuples as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        skip = _EXCLUDED.get(type(obj), ())
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+        return {n: _plain(getattr(obj, n)) for n in _identity_fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -101,7 +118,11 @@ class _Encoder:
         hit = self._memo.get(id(obj)) if memo else None
         if hit is not None and hit[0] is obj:
             return hit[1]
-        text = "{" + ",".join(key + self(getattr(obj, n)) for n, key in self._field_keys(type(obj))) + "}"
+        keys = self._field_keys(type(obj))
+        omit = _OMITTED_AT_DEFAULT.get(type(obj))
+        if omit:
+            keys = [(n, key) for n, key in keys if not (n in omit and getattr(obj, n) == omit[n])]
+        text = "{" + ",".join(key + self(getattr(obj, n)) for n, key in keys) + "}"
         if memo:
             if len(self._memo) >= self._max_size:
                 self._memo.clear()

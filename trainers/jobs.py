@@ -80,13 +80,21 @@ class TrainConfig:
     # Deterministic kernels (trainers/determinism.py): on a GPU, the same job gives the same bits.
     # Part of the id: a non-deterministic run's weights are another result (the noise-floor pair).
     deterministic: bool = True
+    # Network slimming (Liu et al. 2017): l1_gamma * sign(gamma) added to every BatchNorm scale's
+    # gradient after backward. Left out of the job id at 0 (orchestrator/jobid.py).
+    l1_gamma: float = 0.0
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     strategy: PruneStrategy = "magnitude_global"
-    fraction: float = 0.2  # of the *remaining* prunable weights, per level
+    fraction: float = 0.2  # of the *remaining* prunable weights (or channels), per level
     ignore: tuple[str, ...] = ()  # parameter names (fnmatch patterns) that are never pruned
+    # Structured pruning (trainers/structure.py, trainers/methods/channels.py); left out of the
+    # job id at their defaults, so weight-granularity jobs keep their ids.
+    granularity: Literal["weight", "channel"] = "weight"
+    channel_score: Literal["l1_filter", "bn_gamma"] = "l1_filter"
+    groups: Literal["block_internal", "coupled"] = "block_internal"
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,11 @@ class TrainResult:
     # How it trained: "single" (train()), "stacked" (packed as one network: trainers/packed.py) or
     # "sequential" (a pack trained one by one, asked for or fallen back to: never silently).
     strategy: str = "single"
+    # Structured pruning's measures: alive channels / channels of the pruned groups (channel
+    # granularity only), and the multiply-accumulates of Conv/Linear layers with the mask's
+    # weights removed over the dense network's (trainers/structure.flops_fraction).
+    channel_density: float | None = None
+    flops_fraction: float | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainers import checkpoint
+from trainers import checkpoint, structure
 from trainers.compiling import compiled
 from trainers.data.sources import DataInfo, open_data
 from trainers.determinism import applied, kernels
@@ -105,7 +105,9 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
         mask = _restrict(checkpoint.load_mask(paths.parent_mask), names, paths.parent_mask)
 
     parent = checkpoint.load_weights(paths.parent_weights) if paths.parent_weights else None
-    if job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
+    if job.prune is not None and job.prune.granularity == "channel":
+        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent)
+    elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
     elif job.prune is not None:
         mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
@@ -122,6 +124,26 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
     else:
         raise ValueError(f"paths.rewind_weights: a job starting at iteration {job.start_iter} needs W_k")
     return weights, mask
+
+
+def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None) -> dict:
+    """The structured head of a level: channel flags read from the parent's mask, pruned (or
+    shuffled, for the random control) and expanded into a parameter mask over the prunable
+    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices)."""
+    from trainers.methods.channels import prune_channels, shuffle_channels
+
+    cfg = job.prune
+    groups = structure.channel_groups(model, cfg.groups, cfg.ignore)
+    alive = structure.alive_channels(groups, parent_mask)
+    if cfg.strategy == "random":  # IMP's channel mask of this level, shuffled within each group
+        alive = shuffle_channels(alive, job.prune_seed)
+    else:
+        alive = prune_channels(parent, alive, groups, cfg)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    mask = full_mask(model, cfg.ignore)
+    for name, part in structure.expand(groups, alive, shapes).items():
+        mask[name] = mask[name] & part if name in mask else part
+    return mask
 
 
 def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -189,7 +211,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     model.load_state_dict(weights)
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    masks = MaskApplier(model, mask)
+    masks = MaskApplier(model, mask, l1_gamma=cfg.l1_gamma)
     masks.apply_to_weights()
     optimizer = make_optimizer(job, model, device)
     if ckpt is not None:
@@ -265,7 +287,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         test_accuracy=final["test"].accuracy,
         train_loss=final["train"].loss,
         train_accuracy=final["train"].accuracy,
-        density=density(mask),
+        density=density(_prunable_part(job, model, mask)),
         start_iter=job.start_iter,
         end_iter=end,
         wall_seconds=time.time() - t_start,
@@ -275,12 +297,30 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         saved_weights=saved_rewind_points(job, out),
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
         deterministic=applied(cfg.deterministic, device),
+        **structured_measures(job, model, mask, info.input_shape),
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
     # a rewinding point added while this run was interrupted past it: replay up to it
     return add_missing_rewind_points(job, out, result, rt)
+
+
+def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
+    """The mask's prunable Conv/Linear weights: density is over these, whatever else a structured
+    mask covers (biases, BatchNorm, the input slices of ignored layers)."""
+    names = set(prunable_names(model, job.prune.ignore if job.prune is not None else ()))
+    part = {k: v for k, v in mask.items() if k in names}
+    return part or mask
+
+
+def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input_shape) -> dict:
+    """flops_fraction for every run; channel_density for a channel-granularity run."""
+    out: dict = {"flops_fraction": structure.flops_fraction(model, mask, tuple(input_shape))}
+    if job.prune is not None and job.prune.granularity == "channel":
+        groups = structure.channel_groups(model, job.prune.groups, job.prune.ignore)
+        out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
+    return out
 
 
 def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: Runtime) -> TrainResult:

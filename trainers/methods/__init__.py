@@ -1,0 +1,1 @@
+"""Pruning methods, each in its own module, each ending in trainers.pruning.remove_smallest."""
