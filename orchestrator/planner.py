@@ -42,6 +42,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.channel_plan import check_slimming, planned_channel_densities
 from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
@@ -66,7 +67,13 @@ def derived_seed(tag: str, *values: int) -> int:
 
 def planned_densities(spec: ExperimentSpec) -> list[float]:
     """Density at levels 0..L, from the model's weight counts alone (model_catalog.py: no model
-    is built and torch is not imported where the catalog holds the model and data shape)."""
+    is built and torch is not imported where the catalog holds the model and data shape).
+    pruning.granularity channel: the channel density (orchestrator/channel_plan.py), exact; the
+    weight density of a global channel level depends on which layers lose channels, and is
+    measured (runs.density)."""
+    if spec.pruning.granularity == "channel":
+        return planned_channel_densities(spec)
+    check_slimming(spec)
     info = spec.data_info
     try:
         weights = conv_linear_weights(spec.model, tuple(info.input_shape), int(info.num_classes))
@@ -159,6 +166,7 @@ class _Builder:
             parent_job_id=parent,
             pair=pair,
             config_hash=self.config_hash,
+            granularity=self.spec.pruning.granularity,
         )
 
     def build(self) -> dict[str, Job]:

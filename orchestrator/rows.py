@@ -44,6 +44,9 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "deterministic": res.get("deterministic"),
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
+            "granularity": meta.granularity,
+            "channel_density": res.get("channel_density"),
+            "flops_fraction": res.get("flops_fraction"),
         }
         metrics = [
             {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],

@@ -37,6 +37,9 @@ RUNS = pa.schema(
         ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),
         ("mask_path", pa.string()),
+        ("granularity", pa.string()),  # pruning.granularity: weight | channel
+        ("channel_density", pa.float64()),  # alive / all channels of the pruned groups; null: weight granularity
+        ("flops_fraction", pa.float64()),  # Conv/Linear multiply-accumulates with the mask over dense; null: not recorded
     ]
 )
 

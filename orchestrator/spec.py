@@ -138,6 +138,13 @@ class TrainSpec(_Model):
         description="deterministic GPU kernels (cuDNN/cuBLAS, no autotuning): a job run twice gives the same "
         "bits, so branch children differ only in data order; false trades that for speed",
     )
+    l1_gamma: float = Field(
+        0.0,
+        ge=0,
+        description="network slimming's sparsity penalty on BatchNorm scales (Liu et al. 2017): "
+        "l1_gamma * sign(gamma) added to their gradients after backward, in every train job (part of the job id); "
+        "0: off. Needs a model with BatchNorm",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -155,6 +162,24 @@ class PruningSpec(_Model):
     retrain: list[Literal["rewind", "lr_rewind", "finetune"]] = Field(default_factory=lambda: ["rewind"], min_length=1, description='retrain modes, one lineage each: rewind (weights to W_k), lr_rewind (schedule only), finetune (fixed small lr)')
     finetune_lr: float = Field(1e-3, gt=0, description='learning rate of the finetune retrain mode')
     controls: list[Literal["random_prune", "random_reinit"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights)")
+    granularity: Literal["weight", "channel"] = Field(
+        "weight",
+        description="what a level removes: weight (unstructured magnitude pruning) or channel (whole "
+        "convolution channels: filter, bias, BatchNorm scale and shift, the next layer's input slice; "
+        "fraction is then of the remaining channels, and strategy magnitude_global ranks channels over all "
+        "groups, magnitude_layerwise within each)",
+    )
+    channel_score: Literal["l1_filter", "bn_gamma"] = Field(
+        "l1_filter",
+        description="granularity channel: l1_filter (L1 norm of the filter, Li et al. 2017) or bn_gamma "
+        "(|BatchNorm scale|, network slimming; train with train.l1_gamma > 0)",
+    )
+    groups: Literal["block_internal", "coupled"] = Field(
+        "block_internal",
+        description="granularity channel: block_internal (channels inside residual blocks and of plain "
+        "conv layers) or coupled (also the channels meeting at residual adds, one group per stage; needs "
+        "the torch-pruning package)",
+    )
 
     @model_validator(mode="after")
     def _lists(self) -> "PruningSpec":
@@ -169,7 +194,8 @@ class PruningSpec(_Model):
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
-        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore))
+        return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
+                           granularity=self.granularity, channel_score=self.channel_score, groups=self.groups)
 
 
 class BranchSpec(_Model):
@@ -428,6 +454,7 @@ class ExperimentSpec(_Model):
             compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
             cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
+            l1_gamma=t.l1_gamma,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

@@ -2,6 +2,7 @@
 (research file sections 2.6 and 3.6), and the training loop keeping pruned channels dead."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -302,3 +303,45 @@ def test_pruned_channels_are_bitwise_zero_after_training_bn_bias_included(tmp_pa
                 assert torch.count_nonzero(w[f"{consumer}.weight"][:, dead.repeat_interleave(k)]) == 0
         assert 0 < res.flops_fraction < 1 and 0 < res.density < 1
         parent_w, parent_m = res.weights_path, res.mask_path
+
+
+# ---- planning --------------------------------------------------------------------------------
+
+
+def _spec(**pruning):
+    from orchestrator.spec import load_spec
+
+    sets = [f"pruning.{k}={v}" for k, v in pruning.items()]
+    return load_spec("configs/demo_structured.yaml", sets)
+
+
+def test_planned_channel_densities_are_exact_and_the_floor_is_refused():
+    from orchestrator.planner import plan, planned_densities
+    from orchestrator.spec import SpecError
+
+    # small_cnn_bn coupled groups: 8 (stem + block output) + 8 (block.conv1) + 16 (conv2) = 32
+    assert planned_densities(_spec()) == [1.0, 22 / 32, 15 / 32]  # 32 - ceil(9.6), 22 - ceil(6.6)
+    lw = _spec(strategy="magnitude_layerwise", groups="block_internal")  # 8 and 16 channels
+    assert planned_densities(lw) == [1.0, (5 + 11) / 24, (3 + 7) / 24]
+    with pytest.raises(SpecError) as e:
+        planned_densities(_spec(strategy="magnitude_layerwise", groups="block_internal", levels=6, fraction=0.5))
+    assert e.value.field == "pruning.levels"
+    jobs = plan(_spec()).jobs.values()
+    assert {j.meta.granularity for j in jobs} == {"channel"}
+    assert {j.spec.prune.granularity for j in jobs if j.spec.prune is not None} == {"channel"}
+
+
+def test_l1_gamma_needs_batchnorm_and_reaches_the_id_only_when_set():
+    from orchestrator.jobid import job_id
+    from orchestrator.planner import plan
+    from orchestrator.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError) as e:
+        plan(load_spec("configs/demo.yaml", ["train.l1_gamma=0.001"]))  # an MLP: no BatchNorm
+    assert e.value.field == "train.l1_gamma"
+    plain = TrainJob(train=TrainConfig(model="mlp_300_100", data=DataConfig(), iterations=10), init_seed=0, data_seed=0)
+    slim = dataclasses.replace(plain, train=dataclasses.replace(plain.train, l1_gamma=1e-4))
+    assert job_id("train", plain, {}) != job_id("train", slim, {})
+    weight = dataclasses.replace(plain, prune=PruneConfig())
+    channel = dataclasses.replace(plain, prune=PruneConfig(granularity="channel"))
+    assert job_id("train", weight, {}) != job_id("train", channel, {})

@@ -54,15 +54,18 @@ _PASS_FUNCTIONS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.avg_pool2d
 _PASS_METHODS = {"relu", "relu_", "flatten"}
 
 
-def channel_groups(model: nn.Module, mode: str, ignore: Iterable[str] = ()) -> list[ChannelGroup]:
+def channel_groups(model: nn.Module, mode: str, ignore: Iterable[str] = (),
+                   input_shape: tuple[int, ...] | None = None) -> list[ChannelGroup]:
     """The channel groups of `model`, in the model order of their first producer. A group one of
     whose producer filters is matched by `ignore` (pruning.ignore, fnmatch on weight names) is
-    left out: its channels are never pruned."""
+    left out: its channels are never pruned. `input_shape` (coupled mode: the dependency graph
+    runs the model once) defaults to the model's own image shape or 3x64x64; a `meta` model
+    works."""
     if mode not in GROUP_MODES:
         raise ValueError(f"pruning.groups must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
     groups = _internal_groups(model)
     if mode == "coupled":
-        groups = _with_coupled_groups(model, groups)
+        groups = _with_coupled_groups(model, groups, input_shape)
     ignore = tuple(ignore)
     if ignore:
         from trainers.pruning import candidate_names
@@ -134,7 +137,8 @@ def _follow(start: torch.fx.Node, size: int, mods: Mapping[str, nn.Module]):
     return tuple(sorted(set(norms))), tuple(sorted(set(consumers)))
 
 
-def _with_coupled_groups(model: nn.Module, internal: list[ChannelGroup]) -> list[ChannelGroup]:
+def _with_coupled_groups(model: nn.Module, internal: list[ChannelGroup],
+                         input_shape: tuple[int, ...] | None) -> list[ChannelGroup]:
     """`internal` plus Torch-Pruning's groups of the convolutions it does not cover."""
     try:
         import torch_pruning as tp
@@ -146,7 +150,8 @@ def _with_coupled_groups(model: nn.Module, internal: list[ChannelGroup]) -> list
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     covered = {c for g in internal for c in g.convs}
-    example = torch.zeros(1, *_input_shape(model))
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *(input_shape or _input_shape(model)), device=device)
     was_training = model.training
     dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example)
     model.train(was_training)
