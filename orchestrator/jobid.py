@@ -39,6 +39,7 @@ _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
 _OMITTED_AT_DEFAULT: dict[type, dict[str, Any]] = {
     TrainConfig: {"l1_gamma": 0.0},
     PruneConfig: {"granularity": "weight", "channel_score": "l1_filter", "groups": "block_internal"},
+    TrainJob: {"early_bird": None, "start_at_detection": False},
 }
 
 

@@ -345,3 +345,41 @@ def test_l1_gamma_needs_batchnorm_and_reaches_the_id_only_when_set():
     weight = dataclasses.replace(plain, prune=PruneConfig())
     channel = dataclasses.replace(plain, prune=PruneConfig(granularity="channel"))
     assert job_id("train", weight, {}) != job_id("train", channel, {})
+
+
+# ---- the early-bird search and its retrain jobs ---------------------------------------------
+
+
+def test_early_bird_search_is_deterministic_and_feeds_its_retrain_jobs(tmp_path):
+    from trainers import early_bird as eb
+    from trainers.jobs import EarlyBirdConfig
+
+    ipe = -(-1437 // CFG.batch_size)  # digits: 1437 training examples, so 45 iterations an epoch
+    cfg = dataclasses.replace(CFG, iterations=ipe * 12, l1_gamma=1e-2)
+    search_cfg = EarlyBirdConfig(kind="channel", fractions=(0.3, 0.5), queue=3, threshold=0.2)
+    job = TrainJob(train=cfg, init_seed=0, data_seed=1, save_iters=(0,), early_bird=search_cfg)
+    a = run_train_job(job, TrainPaths(out_dir=str(tmp_path / "a")), RT)
+    b = run_train_job(job, TrainPaths(out_dir=str(tmp_path / "b")), RT)
+    assert a.early_bird == b.early_bird
+    for rec in a.early_bird:
+        assert rec["detected"] and rec["detect_epoch"] >= 2  # queue 3: never before 2 epochs of training
+        assert rec["detect_iter"] == ipe * rec["detect_epoch"]
+        assert all(d <= 0.2 for d in rec["distances"]) and len(rec["distances"]) == 2
+        ma, mb = (checkpoint.load_mask(tmp_path / d / eb.mask_file(rec["fraction"])) for d in "ab")
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert a.end_iter == max(r["detect_iter"] for r in a.early_bird)  # stop: at_detection
+    p = a.early_bird[0]["fraction"]
+    src = tmp_path / "a"
+    mask_in = str(src / eb.mask_file(p))
+    cont = run_train_job(
+        TrainJob(train=cfg, init_seed=0, data_seed=1, start_at_detection=True),
+        TrainPaths(out_dir=str(tmp_path / "cont"), parent_mask=mask_in, rewind_weights=str(src / eb.weights_file(p)),
+                   detection=str(src / eb.detection_file(p))), RT)
+    assert cont.start_iter == a.early_bird[0]["detect_iter"] and cont.end_iter == cfg.iterations
+    reinit = run_train_job(TrainJob(train=cfg, init_seed=0, data_seed=1, reinit_seed=7),
+                           TrainPaths(out_dir=str(tmp_path / "reinit"), parent_mask=mask_in), RT)
+    for res in (cont, reinit):
+        mask, w = checkpoint.load_mask(res.mask_path), checkpoint.load_weights(res.weights_path)
+        for name, m in mask.items():
+            assert torch.count_nonzero(w[name][~m]) == 0, name  # BatchNorm shifts of dead channels included
+        assert res.density == pytest.approx(a.early_bird[0]["density"])

@@ -14,6 +14,8 @@ number of scales at or below t), so this method ends in the one selector like ev
 """
 from __future__ import annotations
 
+import math
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -80,3 +82,136 @@ class Detector:
 def distance_matrix(masks: list[torch.Tensor]) -> list[list[float]]:
     """Pairwise distances of the per-epoch masks (the paper's figure)."""
     return [[mask_distance(a, b) for b in masks] for a in masks]
+
+
+# ---- the search: what a search job does at each epoch start -----------------------------------
+
+
+def mask_file(p: float) -> str:
+    return f"eb_mask_{float(p)!r}.pt"
+
+
+def weights_file(p: float) -> str:
+    return f"eb_weights_{float(p)!r}.pt"
+
+
+def detection_file(p: float) -> str:
+    return f"eb_{float(p)!r}.json"
+
+
+SCALES_FILE = "eb_scales.pt"  # per-epoch scores (channel kind): a new threshold is analysis, not training
+
+
+class Search:
+    """The detectors of one search job. `at_epoch_start` is called by the training loop at every
+    iteration that starts an epoch; a detection writes the fraction's mask (a parameter mask, as
+    mask.pt: for channels expanded over filters, biases, BatchNorm and input slices), the
+    weights at that point, and eb_<p>.json. `finish` writes what never fired (the mask at the end
+    of training, `detected: false`) and the score trajectory."""
+
+    def __init__(self, cfg, model: nn.Module, iters_per_epoch: int, out_dir: str):
+        from trainers import structure
+        from trainers.pruning import prunable_names
+
+        self.cfg, self.ipe, self.out = cfg, int(iters_per_epoch), out_dir
+        for p in cfg.fractions:
+            if not 0 < p < 1:
+                raise ValueError(f"early_bird.fractions: each must be in (0, 1), got {p}")
+        self.detectors = [Detector(float(p), cfg.queue, cfg.threshold) for p in cfg.fractions]
+        self.records: dict[float, dict] = {}
+        self.trajectory: list[torch.Tensor] = []
+        self.shapes = {n: tuple(t.shape) for n, t in model.named_parameters()}
+        if cfg.kind == "channel":
+            self.groups = structure.channel_groups(model, cfg.groups, cfg.ignore)
+            if not all(g.norms for g in self.groups):
+                raise ValueError("early_bird.kind: channel needs a BatchNorm after every pruned convolution")
+        else:
+            self.names = prunable_names(model, cfg.ignore)
+
+    # state for checkpoints (plain tensors, lists and numbers: torch.load(weights_only=True))
+    def state(self) -> dict:
+        return {
+            "queues": [list(d.masks) for d in self.detectors],
+            "detected": [[d.detected_at, d.distances] for d in self.detectors],
+            "records": {repr(p): r for p, r in self.records.items()},
+            "trajectory": list(self.trajectory),
+        }
+
+    def load_state(self, st: dict) -> None:
+        for d, q, (at, dist) in zip(self.detectors, st["queues"], st["detected"]):
+            d.masks = deque(q)
+            d.detected_at, d.distances = at, dist
+        self.records = {float(p): r for p, r in st["records"].items()}
+        self.trajectory = list(st["trajectory"])
+
+    def scores(self, model: nn.Module) -> torch.Tensor:
+        params = dict(model.named_parameters())
+        if self.cfg.kind == "channel":
+            from trainers.methods.channels import bn_gamma
+
+            return torch.cat([bn_gamma(params, g) for g in self.groups])
+        return torch.cat([params[n].detach().abs().reshape(-1).to("cpu", torch.float64) for n in self.names])
+
+    @property
+    def done(self) -> bool:
+        return all(d.detected_at is not None for d in self.detectors)
+
+    def at_epoch_start(self, it: int, model: nn.Module) -> bool:
+        """Push this epoch's masks; True when the search should stop here."""
+        if it % self.ipe:
+            return False
+        epoch = it // self.ipe
+        scores = self.scores(model)
+        if self.cfg.kind == "channel":
+            self.trajectory.append(scores.to(torch.float32))
+        for d in self.detectors:
+            if d.detected_at is None and d.push(epoch, reference_mask(scores, d.fraction)):
+                self._save(d, it, model, scores, detected=True)
+        return self.cfg.stop == "at_detection" and self.done
+
+    def finish(self, it: int, model: nn.Module) -> list[dict]:
+        scores = self.scores(model)
+        for d in self.detectors:
+            if d.fraction not in self.records:
+                self._save(d, it, model, scores, detected=False)
+        if self.trajectory:
+            from trainers import checkpoint
+
+            checkpoint.save({"scores": torch.stack(self.trajectory)}, os.path.join(self.out, SCALES_FILE))
+        return [self.records[float(p)] for p in self.cfg.fractions]
+
+    def _save(self, d: Detector, it: int, model: nn.Module, scores: torch.Tensor, detected: bool) -> None:
+        from trainers import checkpoint, structure
+        from trainers.pruning import density, full_mask
+
+        keep = reference_mask(scores, d.fraction)
+        if self.cfg.kind == "channel":
+            parts = torch.split(keep, [g.size for g in self.groups])
+            alive = {}
+            for g, part, s in zip(self.groups, parts, torch.split(scores, [g.size for g in self.groups])):
+                a = part.clone()
+                if not a.any():  # the reference keeps one channel of an emptied layer (cfg.append(1))
+                    a[int(s.numel() - 1 - torch.argmax(s.flip(0)))] = True
+                alive[g.name] = a
+            mask = full_mask(model, self.cfg.ignore)
+            for name, part in structure.expand(self.groups, alive, self.shapes).items():
+                mask[name] = mask[name] & part if name in mask else part
+            kept = sum(int(a.count_nonzero()) for a in alive.values())
+        else:
+            sizes = [math.prod(self.shapes[n]) for n in self.names]
+            mask = {n: m.reshape(self.shapes[n]) for n, m in zip(self.names, torch.split(keep, sizes))}
+            kept = int(keep.count_nonzero())
+        weights = {n: t for n, t in mask.items() if n.endswith("weight") and len(t.shape) > 1}
+        record = {
+            "fraction": d.fraction,
+            "detected": detected,
+            "detect_epoch": d.detected_at if detected else None,
+            "detect_iter": it,
+            "distances": list(d.distances) if detected else [],
+            "channels_kept": kept,
+            "density": density(weights),
+        }
+        checkpoint.save(mask, os.path.join(self.out, mask_file(d.fraction)))
+        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(self.out, weights_file(d.fraction)))
+        checkpoint.save_json(record, os.path.join(self.out, detection_file(d.fraction)))
+        self.records[d.fraction] = record

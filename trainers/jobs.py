@@ -98,6 +98,20 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class EarlyBirdConfig:
+    """An early-bird search (You et al. 2020; trainers/early_bird.py): the detectors run at every
+    epoch start of a dense run; each fraction's mask and weights at detection are outputs."""
+
+    kind: Literal["channel", "unstructured"] = "channel"  # BatchNorm scales of the groups, or |w| of the prunable weights
+    fractions: tuple[float, ...] = (0.3, 0.5, 0.7)  # p: what each detector's mask prunes
+    queue: int = 5
+    threshold: float = 0.1
+    stop: Literal["at_detection", "never"] = "at_detection"  # stop once every detector has fired
+    groups: Literal["block_internal", "coupled"] = "block_internal"  # channel kind: the ranked channels
+    ignore: tuple[str, ...] = ()  # never-pruned weights (pruning.ignore)
+
+
+@dataclass(frozen=True)
 class TrainJob:
     """One `train` job: a dense run, a level of a lineage, or a branch child.
 
@@ -121,6 +135,10 @@ class TrainJob:
     # the same inputs and data seed with non-deterministic kernels; the tag changes nothing the
     # job computes, it keeps the two runs' ids apart.
     noise_replica: int = 0
+    # Early-bird (left out of the id at their defaults): a search job, and a retrain job that
+    # continues from the detection point its search recorded (TrainPaths.detection).
+    early_bird: EarlyBirdConfig | None = None
+    start_at_detection: bool = False
 
     @property
     def stop_iter(self) -> int:
@@ -137,6 +155,7 @@ class TrainPaths:
     rewind_weights: str | None = None  # W_k from the dense run (retrain=rewind)
     checkpoint_every_iters: int = 0  # 0: only by time
     checkpoint_every_seconds: float = 300.0
+    detection: str | None = None  # eb_<p>.json of an early-bird search (start_at_detection)
 
 
 @dataclass(frozen=True)
@@ -194,6 +213,7 @@ class TrainResult:
     # weights removed over the dense network's (trainers/structure.flops_fraction).
     channel_density: float | None = None
     flops_fraction: float | None = None
+    early_bird: list[dict] | None = None  # a search's detections, one per fraction (trainers/early_bird.py)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainers import checkpoint, structure
+from trainers import checkpoint, early_bird, structure
 from trainers.compiling import compiled
 from trainers.data.sources import DataInfo, open_data
 from trainers.determinism import applied, kernels
@@ -179,7 +179,21 @@ def lr_for(job: TrainJob, it: int) -> float:
 
 def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     with kernels(job.train.deterministic, rt.device):
-        return _train(job, paths, rt)
+        return _train(resolve_start(job, paths), paths, rt)
+
+
+def resolve_start(job: TrainJob, paths: TrainPaths) -> TrainJob:
+    """An early-bird `continue` job starts where its search detected the ticket (an output of
+    the search, so not part of the description): the iteration is read from eb_<p>.json."""
+    if not job.start_at_detection:
+        return job
+    if paths.detection is None:
+        raise ValueError("paths.detection: a start_at_detection job needs its search's eb_<p>.json")
+    with open(paths.detection) as f:
+        start = int(json.load(f)["detect_iter"])
+    if start >= job.stop_iter:
+        start = job.stop_iter - 1  # detected at the very end: one step of continued training
+    return dataclasses.replace(job, start_iter=start, start_at_detection=False)
 
 
 def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
@@ -223,6 +237,11 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
 
     step = make_step(forward, loss_of, model, optimizer, masks, device, cfg.precision, cfg.cuda_graphs)
+    search = None
+    if job.early_bird is not None:  # an early-bird search: detectors at every epoch start
+        search = early_bird.Search(job.early_bird, model, -(-info.num_train // cfg.batch_size), out)
+        if ckpt is not None:
+            search.load_state(ckpt["early_bird"])
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
@@ -245,6 +264,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
                 "mask": mask,
                 "metrics": [dataclasses.asdict(m) for m in metrics],
                 "rng": {"cpu": torch.get_rng_state()},
+                **({"early_bird": search.state()} if search is not None else {}),
             },
             ckpt_path,
         )
@@ -263,7 +283,11 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     stream = data.train_stream(job.data_seed, cfg.batch_size, start)
     last_ckpt_time = time.time()
     model.train()
+    end = job.stop_iter
     for it in range(start, job.stop_iter):
+        if search is not None and search.at_epoch_start(it, model):
+            end = it  # every detector has fired: the search stops here (stop: at_detection)
+            break
         hooks_at(it)
         x, y = next(stream)
         # forward, backward, gradient masks (pruned weights stay exactly zero), optimizer step
@@ -276,7 +300,6 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
             last_ckpt_time = time.time()
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
-    end = job.stop_iter
     save_rewind_point(end)
     run_eval(end)
     final = {m.split: m for m in metrics if m.iteration == end}
@@ -298,6 +321,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         resumed_from=ckpt["iteration"] if ckpt is not None else None,
         deterministic=applied(cfg.deterministic, device),
         **structured_measures(job, model, mask, info.input_shape),
+        early_bird=search.finish(end, model) if search is not None else None,
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
@@ -331,6 +355,8 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
     keep only the missing W_k: weights.pt and everything else already stored stay untouched.
     """
     missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
+    if job.early_bird is not None:  # a search that stopped at detection never reaches the later points
+        missing = [k for k in missing if k <= result.end_iter]
     if not missing:
         return result
     if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
