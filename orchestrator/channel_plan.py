@@ -16,10 +16,15 @@ from trainers.prune_counts import prune_count
 
 def check_slimming(spec: ExperimentSpec) -> None:
     info = spec.data_info
-    needs_bn = spec.train.l1_gamma > 0 or (spec.pruning.granularity == "channel" and spec.pruning.channel_score == "bn_gamma")
-    if needs_bn and not has_batchnorm(spec.model, tuple(info.input_shape), int(info.num_classes)):
-        field = "train.l1_gamma" if spec.train.l1_gamma > 0 else "pruning.channel_score"
-        raise SpecError(field, f"model {spec.model!r} has no BatchNorm scales to penalise or rank")
+    eb = spec.pruning.early_bird
+    needs = [("train.l1_gamma", spec.train.l1_gamma > 0),
+             ("pruning.channel_score", spec.pruning.granularity == "channel" and spec.pruning.channel_score == "bn_gamma"),
+             ("pruning.early_bird.kind", eb is not None and eb.kind == "channel")]
+    for field, needed in needs:
+        if needed and not has_batchnorm(spec.model, tuple(info.input_shape), int(info.num_classes)):
+            raise SpecError(field, f"model {spec.model!r} has no BatchNorm scales to penalise or rank")
+    if eb is not None and eb.kind == "channel":
+        group_sizes(spec)  # refuses a model without channel groups in pruning.groups' mode
 
 
 def group_sizes(spec: ExperimentSpec) -> dict[str, int]:

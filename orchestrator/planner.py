@@ -43,6 +43,7 @@ from dataclasses import replace
 from typing import Any
 
 from orchestrator.channel_plan import check_slimming, planned_channel_densities
+from orchestrator.early_bird_plan import add_early_bird
 from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
@@ -255,6 +256,8 @@ class _Builder:
                         )
                         inputs = {"parent_weights": (prev, WEIGHTS), "parent_mask": (prev, MASK)}
                         self.add("train", job, inputs, self.meta("level", r, k, level, self.ds, "reinit", strategy, parent=prev))
+            if spec.pruning.early_bird is not None:
+                add_early_bird(self, r)
         return self.jobs
 
     def level_job(self, family: str, r: int, k: int, level: int, parent: str, w_k: tuple[str, str]):
@@ -351,7 +354,7 @@ def summarize(plan: Plan) -> dict:
                 family = "random_prune" if m.prune_strategy == "random" else "random_reinit" if m.retrain == "reinit" else m.retrain
                 by_family[family] += 1
                 lineages.add((m.replicate, m.rewind_iter, family))
-            if m.prune_strategy != "random" and m.retrain != "reinit":
+            if m.prune_strategy != "random" and m.retrain != "reinit" and m.role != "early_bird":
                 density.setdefault(m.level, m.density)
         else:
             interp_by_level[m.level] += 1

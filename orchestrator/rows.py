@@ -53,7 +53,12 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
              "config_hash": meta.config_hash}
             for m in res["metrics"]
         ]
-        return {"runs": [run], "metrics": metrics}
+        tables = {"runs": [run], "metrics": metrics}
+        if res.get("early_bird"):
+            # staged before runs (dict order): a job whose runs row is stored has its detections too
+            tables = {"early_bird": [{"job_id": job.id, **d, "config_hash": meta.config_hash} for d in res["early_bird"]],
+                      **tables}
+        return tables
     if job.kind == "interpolate":
         if meta.pair is None:
             raise ValueError(f"interpolate job {job.id} has no pair in its metadata")

@@ -83,16 +83,34 @@ INSTABILITY = pa.schema(
     ]
 )
 
+# One row per fraction of an early-bird search (pruning.early_bird; trainers/early_bird.py).
+EARLY_BIRD = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("job_id", pa.string()),  # the search job
+        ("fraction", pa.float64()),  # p of the detector
+        ("detected", pa.bool_()),  # false: never fired; the mask is the one at the end of the search
+        ("detect_epoch", pa.int64()),  # epochs trained at detection; null when never detected
+        ("detect_iter", pa.int64()),  # iteration of the mask and weights saved (the stop when not detected)
+        ("distances", pa.list_(pa.float64())),  # newest mask vs each older one in the queue, oldest first
+        ("channels_kept", pa.int64()),  # channels (kind channel) or weights (kind unstructured) kept
+        ("density", pa.float64()),  # weight density of the mask over Conv/Linear weights
+        ("config_hash", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "runs": RUNS,
     "metrics": METRICS,
     "interpolation": INTERPOLATION,
     "instability": INSTABILITY,
+    "early_bird": EARLY_BIRD,
 }
 
 
 # The column naming the job a row belongs to: a job's rows of a table are stored exactly once.
-KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id"}
+KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id",
+                               "early_bird": "job_id"}
 
 
 def file_schema(table: str) -> pa.Schema:

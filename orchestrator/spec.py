@@ -154,6 +154,24 @@ class TrainSpec(_Model):
         return self
 
 
+class EarlyBirdSpec(_Model):
+    kind: Literal["channel", "unstructured"] = Field("channel", description="early-bird masks: channel (BatchNorm scales of pruning.groups' channels, one global ranking; needs BatchNorm) or unstructured (global |w| of the prunable weights)")
+    fractions: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], min_length=1, description="p of each detector (fraction of channels or weights its mask prunes); all run in one search")
+    queue: int = Field(5, ge=2, description="masks in the detector's FIFO: the newest is compared with each older one")
+    threshold: float = Field(0.1, gt=0, lt=1, description="a ticket is detected when the newest mask is within this normalised Hamming distance of every older mask in the queue (the reference code's rule)")
+    stop: Literal["at_detection", "never"] = Field("at_detection", description="at_detection: the search stops once every fraction has fired; never: it trains to T and records every detection")
+    retrain: list[Literal["continue", "reinit", "rewind"]] = Field(default_factory=lambda: ["continue", "reinit", "rewind"], min_length=1, description="retrain jobs per fraction: continue (weights and schedule from the detection point), reinit (fresh weights), rewind (W_k of the search, for each sweep rewinding point)")
+
+    @model_validator(mode="after")
+    def _lists(self) -> "EarlyBirdSpec":
+        _unique(self.fractions, "pruning.early_bird.fractions")
+        _unique(self.retrain, "pruning.early_bird.retrain")
+        for i, p in enumerate(self.fractions):
+            if not 0 < p < 1:
+                raise SpecError(f"pruning.early_bird.fractions[{i}]", f"must be in (0, 1), got {p}")
+        return self
+
+
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
@@ -179,6 +197,12 @@ class PruningSpec(_Model):
         description="granularity channel: block_internal (channels inside residual blocks and of plain "
         "conv layers) or coupled (also the channels meeting at residual adds, one group per stage; needs "
         "the torch-pruning package)",
+    )
+    early_bird: EarlyBirdSpec | None = Field(
+        None,
+        description="early-bird tickets (You et al. 2020): a search job per replicate trains the dense network "
+        "(with train.l1_gamma) and detects, per fraction, when the mask stops changing; retrain jobs per "
+        "(fraction, mode) are planned from the search's id. null: none",
     )
 
     @model_validator(mode="after")

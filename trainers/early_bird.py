@@ -100,6 +100,7 @@ def detection_file(p: float) -> str:
 
 
 SCALES_FILE = "eb_scales.pt"  # per-epoch scores (channel kind): a new threshold is analysis, not training
+DISTANCES_FILE = "eb_distances.json"  # {p: distance matrix of the per-epoch masks}: the paper's figure
 
 
 class Search:
@@ -178,6 +179,9 @@ class Search:
             from trainers import checkpoint
 
             checkpoint.save({"scores": torch.stack(self.trajectory)}, os.path.join(self.out, SCALES_FILE))
+            matrices = {repr(float(p)): distance_matrix([reference_mask(s, p) for s in self.trajectory])
+                        for p in self.cfg.fractions}
+            checkpoint.save_json(matrices, os.path.join(self.out, DISTANCES_FILE))
         return [self.records[float(p)] for p in self.cfg.fractions]
 
     def _save(self, d: Detector, it: int, model: nn.Module, scores: torch.Tensor, detected: bool) -> None:

@@ -335,6 +335,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     else:
         out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
     tables = _presented_tables(res, progress.planned_levels)
+    from orchestrator.analysis.structured import structured_tables
+
+    extra = [(stem, title, present(t)) for stem, title, t in structured_tables(store.results, experiment)]
+    for stem, title, t in extra:
+        console.print(f"{title}: {stem}.csv")
+    tables += extra
     for stem, _title, t in tables:
         out.write_table(stem, t)
     clock.lap("tables")
