@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from trainers import early_bird as eb
+from trainers import early_bird_files as eb
 from trainers.jobs import EarlyBirdConfig, TrainJob
 
 ROLE = "early_bird"

@@ -383,3 +383,39 @@ def test_early_bird_search_is_deterministic_and_feeds_its_retrain_jobs(tmp_path)
         for name, m in mask.items():
             assert torch.count_nonzero(w[name][~m]) == 0, name  # BatchNorm shifts of dead channels included
         assert res.density == pytest.approx(a.early_bird[0]["density"])
+
+
+def test_early_bird_jobs_are_planned_up_front_from_the_search_id():
+    from orchestrator.graph import JobMeta  # noqa: F401  (the plan's metadata type)
+    from orchestrator.planner import plan
+    from orchestrator.rows import job_rows
+    from orchestrator.schemas import EARLY_BIRD
+    from trainers import early_bird as eb
+
+    jobs = list(plan(_spec()).jobs.values())
+    searches = [j for j in jobs if j.meta.retrain == "eb_search"]
+    assert len(searches) == 1 and searches[0].spec.early_bird.fractions == (0.3, 0.5)
+    sid = searches[0].id
+    retrains = [j for j in jobs if j.meta.role == "early_bird" and j.id != sid]
+    # 2 fractions x (continue, reinit, rewind at the one rewinding point k = 0)
+    assert sorted(j.meta.retrain for j in retrains) == ["eb_continue"] * 2 + ["eb_reinit"] * 2 + ["eb_rewind"] * 2
+    for j in retrains:
+        assert j.parents == (sid,)
+        p = round(1 - j.meta.density, 6)
+        assert j.inputs["parent_mask"] == (sid, eb.mask_file(p))
+        if j.meta.retrain == "eb_continue":
+            assert j.spec.start_at_detection and j.inputs["detection"] == (sid, eb.detection_file(p))
+            assert j.inputs["rewind_weights"] == (sid, eb.weights_file(p))
+    # the IMP lineages are unchanged by adding the early-bird block
+    without = {j.id for j in plan(_spec(early_bird="null")).jobs.values()}
+    assert without == {j.id for j in jobs if j.meta.role != "early_bird"}
+    # a search's record becomes rows of the early_bird table with its schema's columns
+    rec = {"fraction": 0.3, "detected": True, "detect_epoch": 3, "detect_iter": 69, "distances": [0.0, 0.05],
+           "channels_kept": 22, "density": 0.56}
+    result = {"density": 1.0, "start_iter": 0, "end_iter": 69, "test_loss": 1.0, "test_accuracy": 0.5,
+              "train_loss": 1.0, "train_accuracy": 0.5, "weights_path": "w", "mask_path": "m", "metrics": [],
+              "early_bird": [rec]}
+    record = {"result": result, "wall_seconds": 1.0, "attempts": 1, "host": "h", "node": "n", "device": "cpu"}
+    rows = job_rows(searches[0], record)
+    assert list(rows) == ["early_bird", "runs", "metrics"]
+    assert set(rows["early_bird"][0]) == set(EARLY_BIRD.names) - {"experiment"}

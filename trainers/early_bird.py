@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from trainers.early_bird_files import DISTANCES_FILE, SCALES_FILE, detection_file, mask_file, weights_file  # noqa: F401
 from trainers.pruning import remove_smallest
 
 
@@ -85,22 +86,6 @@ def distance_matrix(masks: list[torch.Tensor]) -> list[list[float]]:
 
 
 # ---- the search: what a search job does at each epoch start -----------------------------------
-
-
-def mask_file(p: float) -> str:
-    return f"eb_mask_{float(p)!r}.pt"
-
-
-def weights_file(p: float) -> str:
-    return f"eb_weights_{float(p)!r}.pt"
-
-
-def detection_file(p: float) -> str:
-    return f"eb_{float(p)!r}.json"
-
-
-SCALES_FILE = "eb_scales.pt"  # per-epoch scores (channel kind): a new threshold is analysis, not training
-DISTANCES_FILE = "eb_distances.json"  # {p: distance matrix of the per-epoch masks}: the paper's figure
 
 
 class Search:

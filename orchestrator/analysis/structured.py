@@ -21,8 +21,7 @@ from statistics import mean, pstdev
 import pyarrow as pa
 
 from orchestrator.store import Store
-
-DISTANCES_FILE = "eb_distances.json"  # trainers.early_bird.DISTANCES_FILE (not imported: it imports torch)
+from trainers.early_bird_files import DISTANCES_FILE
 
 
 def _family(r: dict) -> str:
