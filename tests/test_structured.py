@@ -419,3 +419,23 @@ def test_early_bird_jobs_are_planned_up_front_from_the_search_id():
     rows = job_rows(searches[0], record)
     assert list(rows) == ["early_bird", "runs", "metrics"]
     assert set(rows["early_bird"][0]) == set(EARLY_BIRD.names) - {"experiment"}
+
+
+def test_unstructured_early_bird_search_on_a_network_without_batchnorm(tmp_path):
+    from trainers import early_bird as eb
+    from trainers.jobs import EarlyBirdConfig
+
+    cfg = TrainConfig(model="mlp_300_100", data=DataConfig(name="digits"), iterations=45 * 4, batch_size=32,
+                      optimizer=OptimizerConfig(lr=0.01, momentum=0.0), eval_train_examples=64)
+    search = EarlyBirdConfig(kind="unstructured", fractions=(0.5,), queue=2, threshold=0.5, stop="never")
+    res = run_train_job(TrainJob(train=cfg, init_seed=0, data_seed=0, early_bird=search),
+                        TrainPaths(out_dir=str(tmp_path)), RT)
+    (rec,) = res.early_bird
+    assert rec["detected"] and rec["detect_epoch"] == 1  # queue 2: the first comparison, well within 0.5
+    assert res.end_iter == cfg.iterations  # stop: never
+    total = 64 * 300 + 300 * 100 + 100 * 10
+    # continuous weights, no ties: the strict threshold removes int(C p) + 1 weights
+    assert rec["channels_kept"] == total - (int(total * 0.5) + 1)
+    assert rec["density"] == pytest.approx(rec["channels_kept"] / total)
+    mask = checkpoint.load_mask(tmp_path / eb.mask_file(0.5))
+    assert sum(int(m.sum()) for m in mask.values()) == rec["channels_kept"]
