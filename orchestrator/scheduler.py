@@ -26,10 +26,11 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.graph import Job, Plan
 from orchestrator.integrity import CorruptInput, set_aside
+from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import result_tables, write_job_rows
 from orchestrator.schemas import TABLES
@@ -99,6 +100,9 @@ class Scheduler:
         self._pack_keys: dict[str, Any] = {}
         self._stored: dict[str, set[str]] = {}  # table -> jobs whose rows are staged or published
         self._last_publish = time.time()
+        self._last_beat = 0.0
+        self._last_running: list[str] = []
+        self._redone: dict[str, int] = defaultdict(int)  # producer -> times redone for a damaged output
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
 
@@ -153,208 +157,28 @@ class Scheduler:
         return len(self.plan.jobs) - len(self._done)
 
     def run(self) -> RunSummary:
+        """Run every job of the plan that is not done; returns what happened."""
         self.prepare()
-        jobs = self.plan.jobs
-        done = self._done
-        assert done is not None
-
-        children: dict[str, list[str]] = defaultdict(list)
-        waiting: dict[str, int] = {}
-        for job in jobs.values():
-            if job.id in done:
-                continue
-            unknown = [p for p in job.parents if p not in jobs]
-            if unknown:
-                raise ValueError(f"job {job.id} depends on {unknown}, which are not in the plan")
-            waiting[job.id] = sum(1 for p in job.parents if p not in done)
-            for p in job.parents:
-                children[p].append(job.id)
-        order = {job_id: i for i, job_id in enumerate(jobs)}
-        ready: list[tuple[float, int, str]] = []
-        for job_id, n in waiting.items():
-            if n == 0:
-                heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
-
-        self.progress.start(total=len(jobs), done=len(done), work={j: _work(jobs[j]) for j in waiting})
-        if not waiting:
+        assert self._done is not None
+        queue = JobQueue(self.plan, self._done)
+        self.summary.blocked = queue.blocked  # one set: what the queue blocks, the summary reports
+        self.progress.start(total=len(self.plan.jobs), done=len(self._done),
+                            work={j: _work(self.plan.jobs[j]) for j in queue.pending})
+        if not queue.pending:
             self.progress.stop()
             self._publish()
             return self.summary
 
-        import ray
-
-        remote_cls = ray.remote(JobRunner).options(
-            num_cpus=self.options.num_cpus,
-            num_gpus=self.options.num_gpus,
-            memory=int(self.options.memory_gb * 2**30) if self.options.memory_gb else None,
-            max_restarts=0,
-            max_task_retries=0,
-        )
-        lost_errors = _actor_lost_errors()
-        idle: list[Any] = []
-        starting: dict[Any, Any] = {}  # ready ref -> actor not yet running (it may wait for a node)
-        busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, start time)
-        n_actors = 0
-        attempts = self.summary.attempts
-        last_pool = last_beat = 0.0
-        last_running: list[str] = []
-        capacity = 0
-        warned_capacity = False
-        remaining = len(waiting)
-
-        def block_descendants(job_id: str) -> None:
-            stack = list(children[job_id])
-            while stack:
-                child = stack.pop()
-                if child not in self.summary.blocked:
-                    self.summary.blocked.add(child)
-                    self.progress.counts.blocked += 1
-                    stack.extend(children[child])
-
-        redone: dict[str, int] = defaultdict(int)
-        complete = set(done)  # done before this run, or by it
-
-        def redo_producer(cause: CorruptInput, group: tuple[str, ...]) -> None:
-            nonlocal remaining
-            producer = cause.producer
-            redone[producer] += 1
-            if producer not in jobs or redone[producer] > self.options.max_attempts:
-                for job_id in group:  # redoing did not help (or cannot): an ordinary failure
-                    self._retry_or_fail(job_id, f"corrupt input {cause}", ready, order, block_descendants)
-                return
-            aside = set_aside(self.store, producer, cause.name)
-            if cause.name != DONE:  # the artifacts are rebuilt only when its result is gone too
-                self.store.delete(Store.artifact(producer, "result.json"))
-                self.store.delete(Store.artifact(producer, DONE))
-            where = f"set aside as {aside}" if aside else "gone"
-            self.progress.log(f"corrupt {Store.artifact(producer, cause.name)} ({cause.reason}): {where}; "
-                              f"redoing {producer}")
-            if producer in complete:  # (not when a sibling already asked for it)
-                complete.discard(producer)
-                remaining += 1
-                self.progress.counts.done -= 1
-                heapq.heappush(ready, (-jobs[producer].priority, order[producer], producer))
-            for job_id in group:
-                attempts[job_id] -= 1  # it never ran: no attempt spent
-                waiting[job_id] = sum(1 for p in jobs[job_id].parents if p not in complete)
-                for p in jobs[job_id].parents:
-                    if p not in complete and job_id not in children[p]:
-                        children[p].append(job_id)
-                if waiting[job_id] == 0:
-                    heapq.heappush(ready, (-jobs[job_id].priority, order[job_id], job_id))
-
+        pool = _ActorPool(self.options)
         try:
-            while remaining > len(self.summary.failed) + len(self.summary.blocked):
-                now = time.time()
-                if now - last_pool >= POOL_RECHECK_SECONDS:  # the cluster may have grown
-                    last_pool = now
-                    capacity = self._capacity()
-                    if capacity == 0 and ready and not warned_capacity:
-                        warned_capacity = True
-                        self.progress.log("waiting for the cluster to offer the resources of one job "
-                                          f"({self.options.num_cpus} CPUs, {self.options.num_gpus} GPUs) ...")
-                # actors live for the whole sweep (their data caches with them): start as many
-                # as the cluster and the jobs left allow, before their jobs are even ready
-                unfinished = remaining - len(self.summary.failed) - len(self.summary.blocked)
-                while n_actors < min(capacity, unfinished):
-                    # a job goes only to an actor that is up: one still waiting for resources
-                    # (a node that died, a join that has not happened) must not hold a job
-                    actor = remote_cls.remote(self.options.worker)
-                    starting[actor.info.remote()] = actor
-                    n_actors += 1
-                self.progress.workers = n_actors
-
-                while idle and ready:
-                    _, _, job_id = heapq.heappop(ready)
-                    if job_id in self.summary.blocked:
-                        continue
-                    actor = idle.pop()
-                    group = (job_id, *self._take_pack_mates(job_id, ready))
-                    for j in group:
-                        attempts[j] = attempts.get(j, 0) + 1
-                    if len(group) == 1:
-                        ref = actor.run.remote(jobs[job_id], attempts[job_id])
-                    else:
-                        ref = actor.run_pack.remote([jobs[j] for j in group], [attempts[j] for j in group])
-                    busy[ref] = (group, actor, time.time())
-                    self.progress.counts.running += len(group)
-                self.progress.refresh()
-
-                running_now = sorted(j for g, _, _ in busy.values() for j in g)
-                # at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS
-                if now - last_beat >= HEARTBEAT_SECONDS or (running_now != last_running and now - last_beat >= 1.0):
-                    last_beat, last_running = now, running_now
-                    self.store.write_heartbeat(self.plan.experiment, [j for g, _, _ in busy.values() for j in g])
-                    if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
-                        self._publish()
-
-                if not busy and not starting:
-                    time.sleep(0.5)
-                    continue
-                finished, _ = ray.wait(list(busy) + list(starting), num_returns=1, timeout=1.0)
-                for ref in finished:
-                    if ref in starting:  # an actor is up: from now on it takes jobs
-                        actor = starting.pop(ref)
-                        try:
-                            ray.get(ref)
-                            idle.append(actor)
-                        except Exception:  # noqa: BLE001 - it died starting (its node is gone)
-                            ray.kill(actor, no_restart=True)
-                            n_actors -= 1
-                            last_pool = 0.0
-                        continue
-                    group, actor, started = busy.pop(ref)
-                    self.progress.counts.running -= len(group)
-                    try:
-                        out = ray.get(ref)
-                    except lost_errors as exc:  # the process is gone: drop the actor
-                        ray.kill(actor, no_restart=True)
-                        n_actors -= 1
-                        last_pool = 0.0  # replace it at once
-                        for job_id in group:
-                            self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", ready, order,
-                                                block_descendants, packed=len(group) > 1)
-                        continue
-                    except StorageError:
-                        raise  # every job would fail alike: stop the sweep (the CLI says why)
-                    except CorruptInput as exc:  # a damaged input: redo its producer, then the job
-                        idle.append(actor)
-                        redo_producer(getattr(exc, "cause", exc), group)
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
-                        idle.append(actor)
-                        for job_id in group:
-                            self._retry_or_fail(job_id, _task_traceback(exc), ready, order, block_descendants,
-                                                packed=len(group) > 1)
-                        continue
-                    idle.append(actor)
-                    records = out if len(group) > 1 else [out]
-                    for job_id, record in zip(group, records):
-                        if record["job_id"] != job_id:
-                            raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
-                        job = jobs[job_id]
-                        record["attempts"] = attempts[job_id]
-                        write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
-                        self.store.write_done(job_id, record)  # last: from now on the job is done
-                        self.summary.ran.append(job_id)
-                        complete.add(job_id)
-                        for note in record.get("notes", []):
-                            if note not in self._seen_notes:  # a W&B outage would repeat itself per job
-                                self._seen_notes.add(note)
-                                self.progress.log(f"note   {job_id}: {note}")
-                        self.progress.counts.done += 1
-                        remaining -= 1
-                        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
-                        for child in children[job_id]:
-                            waiting[child] -= 1
-                            if waiting[child] == 0 and child not in self.summary.blocked:
-                                heapq.heappush(ready, (-jobs[child].priority, order[child], child))
+            while queue.unfinished > 0:
+                self._fit_pool(pool, queue)
+                self._dispatch(pool, queue)
+                self._beat(pool)
+                for ref in pool.wait(timeout=1.0):
+                    self._collect(ref, pool, queue)
         finally:
-            for actor in idle + list(starting.values()) + [a for _, a, _ in busy.values()]:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+            pool.shutdown()
             try:
                 self.store.write_heartbeat(self.plan.experiment, [])
             except OSError:
@@ -363,6 +187,119 @@ class Scheduler:
             self._publish()  # failed jobs, interrupted or not: what is done becomes visible
         return self.summary
 
+    # ---- one turn of the loop ------------------------------------------------------------
+
+    def _fit_pool(self, pool: _ActorPool, queue: JobQueue) -> None:
+        """Start actors up to what the cluster offers now (it may have grown) and the jobs left
+        need: actors live for the whole sweep, their data caches with them, and are started
+        before their jobs are even ready."""
+        now = time.time()
+        if now - pool.last_check >= POOL_RECHECK_SECONDS:
+            pool.last_check = now
+            pool.capacity = self._capacity()
+            if pool.capacity == 0 and queue and not pool.warned:
+                pool.warned = True
+                self.progress.log("waiting for the cluster to offer the resources of one job "
+                                  f"({self.options.num_cpus} CPUs, {self.options.num_gpus} GPUs) ...")
+        pool.grow(min(pool.capacity, queue.unfinished))
+        self.progress.workers = pool.size
+
+    def _dispatch(self, pool: _ActorPool, queue: JobQueue) -> None:
+        """Give each idle actor the highest-priority ready job (with its pack-mates)."""
+        attempts = self.summary.attempts
+        while pool.idle and queue:
+            job_id = queue.pop()
+            if job_id is None:
+                break
+            group = (job_id, *self._take_pack_mates(job_id, queue))
+            for j in group:
+                attempts[j] = attempts.get(j, 0) + 1
+            pool.submit([self.plan.jobs[j] for j in group], [attempts[j] for j in group])
+            self.progress.counts.running += len(group)
+        self.progress.refresh()
+
+    def _beat(self, pool: _ActorPool) -> None:
+        """The heartbeat (which jobs run, for `lth status`) and the periodic publishing of rows:
+        at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS."""
+        now = time.time()
+        running = pool.running_jobs()
+        if now - self._last_beat >= HEARTBEAT_SECONDS or (running != self._last_running and now - self._last_beat >= 1.0):
+            self._last_beat, self._last_running = now, running
+            self.store.write_heartbeat(self.plan.experiment, running)
+            if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
+                self._publish()
+
+    def _collect(self, ref: Any, pool: _ActorPool, queue: JobQueue) -> None:
+        """One finished call: an actor that came up, or a job (or pack) that ended."""
+        import ray
+
+        if pool.is_starting(ref):
+            pool.started(ref)
+            return
+        group, actor, started = pool.finished(ref)
+        self.progress.counts.running -= len(group)
+        packed = len(group) > 1
+        try:
+            out = ray.get(ref)
+        except pool.lost_errors as exc:  # the process is gone: drop the actor, replace it at once
+            pool.drop(actor)
+            for job_id in group:
+                self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", queue, packed=packed)
+            return
+        except StorageError:
+            raise  # every job would fail alike: stop the sweep (the CLI says why)
+        except CorruptInput as exc:  # a damaged input: redo its producer, then the job
+            pool.idle.append(actor)
+            self._redo_producer(getattr(exc, "cause", exc), group, queue)
+            return
+        except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
+            pool.idle.append(actor)
+            for job_id in group:
+                self._retry_or_fail(job_id, _task_traceback(exc), queue, packed=packed)
+            return
+        pool.idle.append(actor)
+        for job_id, record in zip(group, out if packed else [out]):
+            self._record(job_id, record, started, queue)
+
+    def _record(self, job_id: str, record: dict[str, Any], started: float, queue: JobQueue) -> None:
+        """A job finished: its rows, then its done record (from then on it is done)."""
+        if record["job_id"] != job_id:
+            raise RuntimeError(f"worker returned the record of {record['job_id']} for job {job_id}")
+        job = self.plan.jobs[job_id]
+        record["attempts"] = self.summary.attempts[job_id]
+        write_job_rows(self.store, self.plan.experiment, job, record, self._stored)
+        self.store.write_done(job_id, record)  # last: from now on the job is done
+        self.summary.ran.append(job_id)
+        for note in record.get("notes", []):
+            if note not in self._seen_notes:  # a W&B outage would repeat itself per job
+                self._seen_notes.add(note)
+                self.progress.log(f"note   {job_id}: {note}")
+        self.progress.counts.done += 1
+        self.progress.job_finished(job_id, _describe(job), time.time() - started, _key_result(record))
+        queue.completed(job_id)
+
+    def _redo_producer(self, cause: CorruptInput, group: tuple[str, ...], queue: JobQueue) -> None:
+        """A job found an input damaged: set the file aside, run its producer again, and let the
+        job wait for it (it never ran: no attempt spent)."""
+        producer = cause.producer
+        self._redone[producer] += 1
+        if producer not in self.plan.jobs or self._redone[producer] > self.options.max_attempts:
+            for job_id in group:  # redoing did not help (or cannot): an ordinary failure
+                self._retry_or_fail(job_id, f"corrupt input {cause}", queue)
+            return
+        aside = set_aside(self.store, producer, cause.name)
+        if cause.name != DONE:  # the artifacts are rebuilt only when its result is gone too
+            self.store.delete(Store.artifact(producer, "result.json"))
+            self.store.delete(Store.artifact(producer, DONE))
+        where = f"set aside as {aside}" if aside else "gone"
+        self.progress.log(f"corrupt {Store.artifact(producer, cause.name)} ({cause.reason}): {where}; "
+                          f"redoing {producer}")
+        if queue.reopen(producer):  # (not when a sibling already asked for it)
+            self.progress.counts.done -= 1
+        for job_id in group:
+            self.summary.attempts[job_id] -= 1
+            queue.wait_again(job_id)
+
     def _publish(self) -> None:
         """Each table's staged rows of this experiment into one published file (Store.publish).
         Safe here: this driver holds the experiment lock and is the only writer of its rows."""
@@ -370,8 +307,7 @@ class Scheduler:
             self.store.publish(table, self.plan.experiment)
         self._last_publish = time.time()
 
-    def _retry_or_fail(self, job_id: str, error: str, ready: list, order: dict, block: Callable[[str], None],
-                       packed: bool = False) -> None:
+    def _retry_or_fail(self, job_id: str, error: str, queue: JobQueue, packed: bool = False) -> None:
         if packed:
             self._solo.add(job_id)
         attempt = self.summary.attempts[job_id]
@@ -381,9 +317,9 @@ class Scheduler:
             self.summary.failed[job_id] = error
             self.progress.counts.failed += 1
             self.store.write_failed(job_id, error, attempt)
-            block(job_id)
+            self.progress.counts.blocked += queue.fail(job_id)
         else:
-            heapq.heappush(ready, (-self.plan.jobs[job_id].priority, order[job_id], job_id))
+            queue.push(job_id)
 
     def _pack_key(self, job_id: str) -> Any:
         """Jobs with equal keys can be packed (what `packing_problem` compares, as one hashable
@@ -398,27 +334,24 @@ class Scheduler:
             self._pack_keys[job_id] = key
         return self._pack_keys[job_id]
 
-    def _take_pack_mates(self, job_id: str, ready: list[tuple[float, int, str]]) -> list[str]:
+    def _take_pack_mates(self, job_id: str, queue: JobQueue) -> list[str]:
         """Up to pack - 1 ready jobs to train with `job_id`, highest priority first, taken out
-        of `ready`; [] when packing is off or nothing fits."""
+        of the queue; [] when packing is off or nothing fits."""
         if self.options.pack <= 1 or job_id in self._solo:
             return []
         key = self._pack_key(job_id)
         if key is None:
             return []
-        blocked = self.summary.blocked
-        fits = [e for e in ready if e[2] not in self._solo and e[2] not in blocked and self._pack_key(e[2]) == key]
+        fits = [e for e in queue.ready_entries() if e[2] not in self._solo and self._pack_key(e[2]) == key]
         if not fits:
             return []
-        chosen = heapq.nsmallest(self.options.pack - 1, fits)
+        chosen = [e[2] for e in heapq.nsmallest(self.options.pack - 1, fits)]
         from trainers.packed import packing_problem
 
-        if packing_problem([self.plan.jobs[j].spec for j in (job_id, *(e[2] for e in chosen))]) is not None:
+        if packing_problem([self.plan.jobs[j].spec for j in (job_id, *chosen)]) is not None:
             return []  # the key is coarser than the trainer's rule: run alone rather than fail
-        taken = {e[2] for e in chosen}
-        ready[:] = [e for e in ready if e[2] not in taken]
-        heapq.heapify(ready)
-        return [e[2] for e in chosen]
+        queue.take(chosen)
+        return chosen
 
     def _capacity(self) -> int:
         """How many job slots the cluster offers now, capped by max_workers."""
@@ -428,6 +361,93 @@ class Scheduler:
 
         return job_slots(ray.nodes(), self.options.num_cpus, self.options.num_gpus, self.options.max_workers)
 
+
+
+class _ActorPool:
+    """The sweep's `JobRunner` actors: starting (not yet up: a job goes only to an actor that is
+    up, since one still waiting for resources, on a node that died or a join that has not
+    happened, must not hold a job), idle, or busy with a call."""
+
+    def __init__(self, options: RunOptions):
+        import ray
+
+        self.worker = options.worker
+        self.remote_cls = ray.remote(JobRunner).options(
+            num_cpus=options.num_cpus,
+            num_gpus=options.num_gpus,
+            memory=int(options.memory_gb * 2**30) if options.memory_gb else None,
+            max_restarts=0,
+            max_task_retries=0,
+        )
+        self.lost_errors = _actor_lost_errors()
+        self.idle: list[Any] = []
+        self._starting: dict[Any, Any] = {}  # ready ref -> actor
+        self._busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, start time)
+        self.size = 0
+        self.capacity = 0  # job slots the cluster offers (Scheduler._capacity)
+        self.last_check = 0.0
+        self.warned = False  # "waiting for the cluster" said once
+
+    def grow(self, target: int) -> None:
+        while self.size < target:
+            actor = self.remote_cls.remote(self.worker)
+            self._starting[actor.info.remote()] = actor
+            self.size += 1
+
+    def submit(self, jobs: list[Any], attempts: list[int]) -> None:
+        actor = self.idle.pop()
+        if len(jobs) == 1:
+            ref = actor.run.remote(jobs[0], attempts[0])
+        else:
+            ref = actor.run_pack.remote(jobs, attempts)
+        self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
+
+    def running_jobs(self) -> list[str]:
+        return sorted(j for group, _, _ in self._busy.values() for j in group)
+
+    def wait(self, timeout: float) -> list[Any]:
+        """Calls that finished (at most one), waiting up to `timeout` seconds."""
+        import ray
+
+        if not self._busy and not self._starting:
+            time.sleep(0.5)
+            return []
+        finished, _ = ray.wait(list(self._busy) + list(self._starting), num_returns=1, timeout=timeout)
+        return finished
+
+    def is_starting(self, ref: Any) -> bool:
+        return ref in self._starting
+
+    def started(self, ref: Any) -> None:
+        """An actor's start call returned: it takes jobs from now on, unless it died starting."""
+        import ray
+
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+            self.idle.append(actor)
+        except Exception:  # noqa: BLE001 - it died starting (its node is gone)
+            self.drop(actor)
+
+    def finished(self, ref: Any) -> tuple[tuple[str, ...], Any, float]:
+        return self._busy.pop(ref)
+
+    def drop(self, actor: Any) -> None:
+        """The actor's process is gone (or never came up): kill it and replace it at once."""
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        self.size -= 1
+        self.last_check = 0.0
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.idle + list(self._starting.values()) + [a for _, a, _ in self._busy.values()]:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
 def _task_traceback(exc: BaseException) -> str:
     """The job's own traceback (a RayTaskError carries the remote one)."""
