@@ -51,3 +51,6 @@ def test_structured_and_early_bird_sweep_end_to_end(ray_session, tmp_path, capsy
     report = store_dir / "reports" / "demo_structured"
     for stem in ("structured", "early_bird", "early_bird_distances"):
         assert (report / f"{stem}.csv").is_file(), stem
+    assert (report / "early_bird_distances.png").is_file()
+    html = (report / "report.html").read_text()
+    assert "Early-bird: mask distance between every two epochs" in html and "Structured pruning" in html

@@ -337,7 +337,9 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     tables = _presented_tables(res, progress.planned_levels)
     from orchestrator.analysis.structured import structured_tables
 
-    extra = [(stem, title, present(t)) for stem, title, t in structured_tables(store.results, experiment)]
+    raw_extra = structured_tables(store.results, experiment)
+    eb_dist = next((t for stem, _title, t in raw_extra if stem == "early_bird_distances"), None)
+    extra = [(stem, title, present(t)) for stem, title, t in raw_extra]
     for stem, title, t in extra:
         console.print(f"{title}: {stem}.csv")
     tables += extra
@@ -365,6 +367,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense),
          (res.accuracy, res.dense)),
         ("learning_curves", lambda: figs.learning_curves(curve_table), (curve_table,)),
+        ("early_bird_distances", lambda: figs.early_bird_distances(eb_dist), (eb_dist,)),
     ):
         got = fcache.get(name, make, *inputs)
         if got is not None:

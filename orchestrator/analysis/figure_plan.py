@@ -16,6 +16,7 @@ TITLES = {
     "learning_curves": "Learning curves",
     "compare_instability": "Instability against the rewinding point, by experiment",
     "compare_accuracy": "Test accuracy against the weights remaining, by experiment",
+    "early_bird_distances": "Early-bird: mask distance between every two epochs of the search",
 }
 
 
