@@ -9,7 +9,9 @@ ratios, TFLOP/s against the device's measured matmul rate), packing (K networks 
 vs one job), loaders (device-resident vs torchvision DataLoader vs FFCV), interpolation (31
 alphas, test + train), and on request imagenet_e2e (our trainer on generated ImageNet-like JPEG
 files beside the same model on device-resident data; exits 1 when its decoding fell back). See
-BENCHMARKS.md for the numbers and the exact commands.
+BENCHMARKS.md for the numbers and the exact commands. On request too: gang (one job on --ranks
+DDP ranks vs the same job on one rank, same device type; exits 1 when DDP did not run on the
+expected backend).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from benchmarks.common import Settings, device_label, matmul_tflops
 
 SECTIONS = ("training", "packing", "loaders", "interpolation")  # the default run
-ON_REQUEST = ("imagenet_e2e",)  # generates thousands of JPEG files: only when named
+ON_REQUEST = ("imagenet_e2e", "gang")  # generates thousands of JPEG files: only when named
 
 
 def _fmt(x, digits: int = 0) -> str:
@@ -87,6 +89,13 @@ def render(report: dict) -> str:
         parts.append(_table("ImageNet end to end: JPEG files vs device-resident data, our trainer, same process",
                             ["model", "input", "files", "JPEG img/s", "resident img/s", "ratio", "compile", "path",
                              "files decoded", "path check"], rows))
+    if report.get("gang"):
+        rows = [[r["model"], f"b{r['batch_size']}", r["device"], str(r["ranks"]), _fmt(r["images_per_s_one_rank"]),
+                 _fmt(r["images_per_s_n_ranks"]), f"{r['ratio_n_vs_one']:.2f}", r["path"],
+                 "FELL BACK" if r["fell_back"] else "ok"] for r in report["gang"]]
+        parts.append(_table("One job on N ranks vs one rank (global images/s, our trainer, steady state)",
+                            ["model", "global batch", "device", "N", "1 rank img/s", "N ranks img/s", "ratio", "path",
+                             "path check"], rows))
     return "\n".join(parts)
 
 
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer and shorter timing windows")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds of (a), (b), (c) (default: 2 on cpu, 3 on cuda)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine may be shared)")
+    p.add_argument("--ranks", type=int, default=2, help="gang: ranks of the N-rank job (one GPU each on cuda)")
     p.add_argument("--json", default=None, help="also write the report here")
     p.add_argument("--cpus", type=int, default=None, help="imagenet_e2e: CPUs the job is given (default: this process's)")
     p.add_argument("--data-dir", default=None, help="imagenet_e2e: an existing image folder (train/, val/) instead of a generated one")
@@ -181,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         log("imagenet_e2e")
         report["imagenet_e2e"] = bench_imagenet_e2e(e2e_models, settings, cpus=a.cpus, compile=a.compile, data_dir=a.data_dir)
 
+    if "gang" in sections:
+        from benchmarks.gang import bench_gang
+
+        log("gang")
+        report["gang"] = bench_gang(a.models.split(",") if a.models else ["cifar_resnet_20"], settings, a.ranks)
+
     print(render(report))
     if a.json:
         with open(a.json, "w") as f:
@@ -189,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if fell_back:
         print(f"benchmarks.run: imagenet_e2e fell back from batched decoding on {device} for {', '.join(fell_back)}",
               file=sys.stderr)
+        return 1
+    fell_back = [r["model"] for r in report.get("gang") or [] if r["fell_back"]]
+    if fell_back:
+        print(f"error: the gang benchmark did not run DDP on the expected backend for {fell_back}", file=sys.stderr)
         return 1
     fell_back = [f"{r['model']}: {fb}" for r in report.get("packing") or [] for fb in r["fell_back"]]
     if fell_back:

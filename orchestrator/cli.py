@@ -170,6 +170,19 @@ def _check_local_resources(spec) -> None:
                                               "(give --address to run on a cluster)")
 
 
+def _gang_shape(spec):
+    """Train jobs on N ranks (resources.gpus > 1 or ranks > 1): one rank's share of the job's
+    resources, and where the ranks may go; None for jobs on one device."""
+    from orchestrator.gang import GangShape
+
+    r = spec.resources
+    n = r.world_size()
+    if n == 1:
+        return None
+    return GangShape(world_size=n, cpus=r.cpus / n, gpus=1.0 if r.gpus > 0 else 0.0, placement=r.placement,
+                     timeout_seconds=spec.scheduler.gang_timeout_seconds)
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     import yaml
 
@@ -228,20 +241,22 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             # every config the experiment has had, by the config_hash its rows carry
             store.write_bytes(f"experiments/{spec.name}/configs/{config_hash(spec)}.yaml", spec_yaml.encode())
             sched = spec.scheduler
+            gang = _gang_shape(spec)
             options = RunOptions(
                 address=args.address,
-                num_cpus=spec.resources.cpus,
-                num_gpus=spec.resources.gpus,
+                num_cpus=gang.cpus if gang else spec.resources.cpus,
+                num_gpus=gang.gpus if gang else spec.resources.gpus,
                 memory_gb=spec.resources.memory_gb,
                 max_attempts=sched.max_attempts,
                 max_workers=sched.max_workers,
                 pack=spec.pack_size(),
+                gang=gang,
                 worker=WorkerContext(
                     store_root=store.root,
                     tracking=tracking,
                     checkpoint_every_iters=sched.checkpoint_every_iters,
                     checkpoint_every_seconds=sched.checkpoint_every_seconds,
-                    num_cpus=max(1.0, spec.resources.cpus),
+                    num_cpus=max(1.0, gang.cpus if gang else spec.resources.cpus),
                     fault_inject=os.environ.get("LTH_FAULT_INJECT", ""),
                     pack_strategy=spec.resources.pack_strategy,
                 ),

@@ -42,6 +42,9 @@ _GROWS_AS_SET = {
     "pruning.controls",
 }
 _GROWS_AS_NUMBER = {"pruning.levels"}
+# Fields added after experiments were stored: left out of the identity while at their default,
+# so that an existing config keeps its config_hash.
+_NEW_AT_DEFAULT = {"train": {"bn_sync": "global", "bn_batch": None}}
 
 
 def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
@@ -50,6 +53,10 @@ def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
     data.pop("name", None)
     for section in RUNTIME_SECTIONS:
         data.pop(section, None)
+    for section, defaults in _NEW_AT_DEFAULT.items():
+        for key, default in defaults.items():
+            if key in data.get(section, {}) and data[section][key] == default:
+                del data[section][key]
     return data
 
 

@@ -16,6 +16,10 @@ Two fields reach the id on purpose: `train.deterministic` (non-deterministic ker
 weights on a GPU) and a train job's `noise_replica`, which changes nothing the job computes but
 keeps apart the two otherwise identical runs of a noise-floor pair (sweep.branch.noise_floor),
 whose difference is the point of running them.
+
+Fields added to a description after jobs were stored are left out while they hold their
+default (`_OMITTED_AT_DEFAULT`): a job that does not use them keeps the id it always had, and a
+job that does (BatchNorm per replica on N ranks) gets its own.
 """
 from __future__ import annotations
 
@@ -32,31 +36,29 @@ ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
 
 # Fields of a job description that are not part of its identity (see the module docstring).
 _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
-
-# Fields added after ids were in use, left out of the identity while they hold the default that
-# reproduces the earlier behaviour: every job of an existing config keeps its id, and a job that
-# uses the field gets a new one.
-_OMITTED_AT_DEFAULT: dict[type, dict[str, Any]] = {
-    TrainConfig: {"l1_gamma": 0.0},
+# Fields left out while they equal their default (see the module docstring).
+_OMITTED_AT_DEFAULT = {
+    TrainConfig: {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
+    # structured pruning and early-bird tickets (issue 20): at these defaults, weight pruning as before
     PruneConfig: {"granularity": "weight", "channel_score": "l1_filter", "groups": "block_internal"},
     TrainJob: {"early_bird": None, "start_at_detection": False},
 }
 
 
-def _identity_fields(obj: Any) -> list[str]:
-    """The field names of a description that reach its id (sorted by the caller where needed)."""
-    skip = _EXCLUDED.get(type(obj), ())
-    omit = _OMITTED_AT_DEFAULT.get(type(obj), {})
-    return [
-        f.name for f in dataclasses.fields(obj)
-        if f.name not in skip and not (f.name in omit and getattr(obj, f.name) == omit[f.name])
-    ]
+def _omitted(obj: Any, name: str) -> bool:
+    defaults = _OMITTED_AT_DEFAULT.get(type(obj))
+    return defaults is not None and name in defaults and getattr(obj, name) == defaults[name]
 
 
 def _plain(obj: Any) -> Any:
     """dataclasses.asdict (minus the excluded fields), tuples as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {n: _plain(getattr(obj, n)) for n in _identity_fields(obj)}
+        skip = _EXCLUDED.get(type(obj), ())
+        return {
+            f.name: _plain(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.name not in skip and not _omitted(obj, f.name)
+        }
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -119,11 +121,9 @@ class _Encoder:
         hit = self._memo.get(id(obj)) if memo else None
         if hit is not None and hit[0] is obj:
             return hit[1]
-        keys = self._field_keys(type(obj))
-        omit = _OMITTED_AT_DEFAULT.get(type(obj))
-        if omit:
-            keys = [(n, key) for n, key in keys if not (n in omit and getattr(obj, n) == omit[n])]
-        text = "{" + ",".join(key + self(getattr(obj, n)) for n, key in keys) + "}"
+        text = "{" + ",".join(
+            key + self(getattr(obj, n)) for n, key in self._field_keys(type(obj)) if not _omitted(obj, n)
+        ) + "}"
         if memo:
             if len(self._memo) >= self._max_size:
                 self._memo.clear()

@@ -151,6 +151,8 @@ class ExperimentStatus:
     running: list[str]
     failed: list[str]
     blocked: list[str]  # not done, waiting on a failed job: they run once it is fixed and rerun
+    # running jobs on N ranks: job id -> {"world_size": N, "nodes": [Ray node ids]} (one job each)
+    gangs: dict[str, dict] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         c = self.counts
@@ -158,7 +160,7 @@ class ExperimentStatus:
         return {"experiment": self.name, "done": c.done, "running": c.running, "pending": c.pending,
                 "failed": c.failed, "blocked": c.blocked, "resumable": c.resumable, "total": c.total,
                 "driver": driver, "running_jobs": self.running, "failed_jobs": self.failed,
-                "blocked_jobs": self.blocked}
+                "blocked_jobs": self.blocked, "gangs": self.gangs}
 
 
 def _driver_alive(holder: dict | None) -> bool:
@@ -189,11 +191,13 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     done -= unrecorded
     holder = read_holder(store, experiment)
     running: set[str] = set()
+    gangs: dict[str, dict] = {}
     beat = store.heartbeat(experiment)
     # the driver rewrites its heartbeat as jobs start and end; trusted while that driver holds the lock
     if beat and holder and beat.get("pid") == holder.get("pid") and beat.get("host") == holder.get("host") \
             and _driver_alive(holder):
         running = set(beat.get("running", [])) & ids - done
+        gangs = {j: g for j, g in (beat.get("gangs") or {}).items() if j in running}
     else:
         holder = holder if _driver_alive(holder) else None
     failed = (listing.failed() & ids) - running
@@ -216,7 +220,7 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
         blocked=len(blocked - failed),
         resumable=len((listing.checkpointed() & ids) - running),
     )
-    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed))
+    return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed), gangs)
 
 
 def print_status(store: Store, names: list[str], console: Console | None = None, as_json: bool = False) -> None:
@@ -250,10 +254,20 @@ def print_status(store: Store, names: list[str], console: Console | None = None,
     for row in rows:
         table.add_row(*row[:columns])
     console.print(table)
+    _print_gangs(statuses, console)
     if columns < len(STATUS_COLUMNS):
         for row in rows:
             if row[-1] != "-":
                 console.print(f"{row[0]}: driver {row[-1]}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_gangs(statuses: list[ExperimentStatus], console: Console) -> None:
+    """One line per running job on N ranks (counted once in `running` above)."""
+    for st in statuses:
+        for job_id, g in sorted(st.gangs.items()):
+            nodes = ", ".join(n[:12] for n in g.get("nodes") or []) or "being placed"
+            console.print(f"{st.name}: {job_id} on {g.get('world_size')} ranks, nodes: {nodes}",
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 STATUS_COLUMNS = ("experiment", "done", "running", "pending", "failed", "blocked", "resumable", "total", "driver")

@@ -40,6 +40,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "host": record["host"],
             "node": record["node"],
             "device": record["device"],
+            "world_size": record.get("world_size", 1),
             "config_hash": meta.config_hash,
             "deterministic": res.get("deterministic"),
             "weights_path": res["weights_path"],

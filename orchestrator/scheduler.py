@@ -13,6 +13,13 @@ and cost no attempt: a damaged input (`integrity.CorruptInput`: the file is set 
 producer redone first) and a storage error (`worker.StorageError`: a full or read-only store,
 which every job would hit alike: the sweep stops at once and says so).
 
+Gangs (`RunOptions.gang`: a train job on N ranks, orchestrator/gang.py): train jobs go to a
+`GangLauncher` (one placement group and N actors per job), the other jobs (interpolations, on one
+rank) to the pool. While a gang waits for its placement group, no new single job starts and idle
+pool actors are let go, so the gang is next in line (no starvation by small jobs); one gang
+reserves at a time, and placement groups are reserved whole, so no two gangs each hold half of
+what both need (no deadlock). A gang's failure, however it happened, costs its job one attempt.
+
 Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
 pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
 end and learning-rate schedule: `trainers.packed.packing_problem`), in one `run_pack` call.
@@ -28,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.gang import GangLauncher, GangOutcome, GangShape
 from orchestrator.graph import Job, Plan
 from orchestrator.integrity import CorruptInput, set_aside
 from orchestrator.jobqueue import JobQueue
@@ -52,6 +60,7 @@ class RunOptions:
     max_workers: int | None = None
     worker: WorkerContext | None = None
     pack: int = 1  # train jobs per actor call (resources.pack); 1: every job alone
+    gang: GangShape | None = None  # train jobs on N ranks (num_cpus/num_gpus are then one rank's)
 
 
 @dataclass
@@ -105,6 +114,7 @@ class Scheduler:
         self._redone: dict[str, int] = defaultdict(int)  # producer -> times redone for a damaged output
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
+        self._gangs: GangLauncher | None = None  # run(), when options.gang
 
     # ---- startup: what is done, what is missing --------------------------------------------
 
@@ -170,14 +180,18 @@ class Scheduler:
             return self.summary
 
         pool = _ActorPool(self.options)
+        if self.options.gang is not None:
+            self._gangs = self._start_gangs(pool)
         try:
             while queue.unfinished > 0:
                 self._fit_pool(pool, queue)
                 self._dispatch(pool, queue)
                 self._beat(pool)
-                for ref in pool.wait(timeout=1.0):
+                for ref in pool.wait(timeout=1.0, extra=self._gangs.refs() if self._gangs else ()):
                     self._collect(ref, pool, queue)
         finally:
+            if self._gangs is not None:
+                self._gangs.shutdown()
             pool.shutdown()
             try:
                 self.store.write_heartbeat(self.plan.experiment, [])
@@ -201,14 +215,24 @@ class Scheduler:
                 pool.warned = True
                 self.progress.log("waiting for the cluster to offer the resources of one job "
                                   f"({self.options.num_cpus} CPUs, {self.options.num_gpus} GPUs) ...")
-        pool.grow(min(pool.capacity, queue.unfinished))
+        if self._gangs is None:
+            pool.grow(min(pool.capacity, queue.unfinished))
+        else:  # single jobs only as many as are ready, and none while a gang waits for its resources
+            if self._gangs.waiting():
+                pool.retire_idle()
+            else:
+                pool.grow(min(pool.capacity, len(pool.running_jobs()) + len(self._ready_singles(queue))))
         self.progress.workers = pool.size
 
     def _dispatch(self, pool: _ActorPool, queue: JobQueue) -> None:
         """Give each idle actor the highest-priority ready job (with its pack-mates)."""
         attempts = self.summary.attempts
+        if self._gangs is not None:
+            for outcome in self._gangs.watchdog():  # gangs with a rank that stopped making progress
+                self._gang_ended(outcome, queue)
+            self._dispatch_gangs(queue)
         while pool.idle and queue:
-            job_id = queue.pop()
+            job_id = queue.pop() if self._gangs is None else self._pop_single(queue)
             if job_id is None:
                 break
             group = (job_id, *self._take_pack_mates(job_id, queue))
@@ -222,10 +246,10 @@ class Scheduler:
         """The heartbeat (which jobs run, for `lth status`) and the periodic publishing of rows:
         at once when the running set changed (at most every second), else every HEARTBEAT_SECONDS."""
         now = time.time()
-        running = pool.running_jobs()
+        running = pool.running_jobs() + (sorted(self._gangs.running_jobs()) if self._gangs else [])
         if now - self._last_beat >= HEARTBEAT_SECONDS or (running != self._last_running and now - self._last_beat >= 1.0):
             self._last_beat, self._last_running = now, running
-            self.store.write_heartbeat(self.plan.experiment, running)
+            self.store.write_heartbeat(self.plan.experiment, running, self._gangs.running_jobs() if self._gangs else None)
             if now - self._last_publish >= PUBLISH_EVERY_SECONDS:
                 self._publish()
 
@@ -233,6 +257,11 @@ class Scheduler:
         """One finished call: an actor that came up, or a job (or pack) that ended."""
         import ray
 
+        if self._gangs is not None and self._gangs.owns(ref):
+            outcome = self._gangs.advance(ref)
+            if outcome is not None:
+                self._gang_ended(outcome, queue)
+            return
         if pool.is_starting(ref):
             pool.started(ref)
             return
@@ -260,6 +289,72 @@ class Scheduler:
         pool.idle.append(actor)
         for job_id, record in zip(group, out if packed else [out]):
             self._record(job_id, record, started, queue)
+
+    # ---- gangs (orchestrator/gang.py) ------------------------------------------------------
+
+    def _start_gangs(self, pool: _ActorPool) -> GangLauncher:
+        """The gang launcher, after checking that the cluster can hold one gang at all."""
+        import ray
+
+        from orchestrator.spec import SpecError
+
+        shape = self.options.gang
+        assert shape is not None
+        problem = shape.problem(ray.nodes())
+        if problem is not None:
+            raise SpecError("resources", problem)
+        return GangLauncher(shape, self.options.worker, pool.lost_errors)
+
+    def _ready_singles(self, queue: JobQueue) -> list[tuple[float, int, str]]:
+        return [e for e in queue.ready_entries() if self.plan.jobs[e[2]].kind != "train"]
+
+    def _pop_single(self, queue: JobQueue) -> str | None:
+        """The highest-priority ready job that runs on one rank (an interpolation), unless a gang
+        waits for its resources (it is next in line)."""
+        assert self._gangs is not None
+        singles = self._ready_singles(queue)
+        if not singles or self._gangs.waiting():
+            return None
+        job_id = min(singles)[2]
+        queue.take([job_id])
+        return job_id
+
+    def _dispatch_gangs(self, queue: JobQueue) -> None:
+        """The highest-priority ready train job reserves its gang, one reservation at a time."""
+        assert self._gangs is not None
+        if self._gangs.waiting():
+            self._gangs.release_idle()  # a gang kept for reuse must not hold what the waiting one needs
+        while not self._gangs.waiting():
+            gangs = [e for e in queue.ready_entries() if self.plan.jobs[e[2]].kind == "train"]
+            if not gangs:
+                self._gangs.release_idle()  # nothing to reuse them for now
+                return
+            job_id = min(gangs)[2]
+            queue.take([job_id])
+            attempts = self.summary.attempts
+            attempts[job_id] = attempts.get(job_id, 0) + 1
+            self._gangs.start(self.plan.jobs[job_id], attempts[job_id])
+            self.progress.counts.running += 1
+
+    def _gang_ended(self, outcome: GangOutcome, queue: JobQueue) -> None:
+        """A gang ended: its record, or one attempt spent (a retry resumes from the checkpoint)."""
+        job_id = outcome.job_id
+        self.progress.counts.running -= 1
+        if outcome.record is not None:
+            self._record(job_id, outcome.record, outcome.started, queue)
+            return
+        exc = outcome.error
+        if isinstance(exc, StorageError):
+            raise exc
+        if isinstance(exc, CorruptInput):
+            self._redo_producer(getattr(exc, "cause", exc), (job_id,), queue)
+            return
+        if outcome.lost:
+            self._retry_or_fail(job_id, f"gang lost a rank: {type(exc).__name__}: {exc}", queue)
+        elif isinstance(exc, BaseException):
+            self._retry_or_fail(job_id, _task_traceback(exc), queue)
+        else:
+            self._retry_or_fail(job_id, str(exc), queue)
 
     def _record(self, job_id: str, record: dict[str, Any], started: float, queue: JobQueue) -> None:
         """A job finished: its rows, then its done record (from then on it is done)."""
@@ -388,6 +483,14 @@ class _ActorPool:
         self.last_check = 0.0
         self.warned = False  # "waiting for the cluster" said once
 
+    def retire_idle(self) -> None:
+        """Let the idle actors go (their resources serve a waiting gang); started again when needed."""
+        import ray
+
+        while self.idle:
+            ray.kill(self.idle.pop(), no_restart=True)
+            self.size -= 1
+
     def grow(self, target: int) -> None:
         while self.size < target:
             actor = self.remote_cls.remote(self.worker)
@@ -405,14 +508,16 @@ class _ActorPool:
     def running_jobs(self) -> list[str]:
         return sorted(j for group, _, _ in self._busy.values() for j in group)
 
-    def wait(self, timeout: float) -> list[Any]:
-        """Calls that finished (at most one), waiting up to `timeout` seconds."""
+    def wait(self, timeout: float, extra: Any = ()) -> list[Any]:
+        """Calls that finished (at most one), waiting up to `timeout` seconds; `extra`: other
+        refs to wait on as well (a gang's)."""
         import ray
 
-        if not self._busy and not self._starting:
+        refs = list(self._busy) + list(self._starting) + list(extra)
+        if not refs:
             time.sleep(0.5)
             return []
-        finished, _ = ray.wait(list(self._busy) + list(self._starting), num_returns=1, timeout=timeout)
+        finished, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         return finished
 
     def is_starting(self, ref: Any) -> bool:

@@ -33,6 +33,7 @@ RUNS = pa.schema(
         ("host", pa.string()),
         ("node", pa.string()),
         ("device", pa.string()),
+        ("world_size", pa.int64()),  # ranks the job trained on (runtime, not identity); null: recorded before this column
         ("deterministic", pa.bool_()),  # kernels were deterministic; null: recorded before this column existed
         ("config_hash", pa.string()),  # orchestrator.experiment.config_hash of the run's config
         ("weights_path", pa.string()),

@@ -138,6 +138,17 @@ class TrainSpec(_Model):
         description="deterministic GPU kernels (cuDNN/cuBLAS, no autotuning): a job run twice gives the same "
         "bits, so branch children differ only in data order; false trades that for speed",
     )
+    bn_sync: Literal["global", "per_replica"] = Field(
+        "global",
+        description="BatchNorm of a job on several ranks: global (statistics of the whole global batch, "
+        "SyncBatchNorm: the same mathematics for every number of ranks) or per_replica (each rank's "
+        "slice of bn_batch examples: then the ranks are batch_size / bn_batch); part of the job id",
+    )
+    bn_batch: int | None = Field(
+        None, gt=0,
+        description="bn_sync per_replica: examples per rank that BatchNorm normalises over (required "
+        "there; resources must give batch_size / bn_batch ranks); part of the job id",
+    )
     l1_gamma: float = Field(
         0.0,
         ge=0,
@@ -295,6 +306,17 @@ class ResourcesSpec(_Model):
         "(SMALL_MODELS), else 1. Results are those of one-by-one training (bitwise with pack_strategy "
         "sequential, up to float rounding stacked)",
     )
+    ranks: int | None = Field(
+        None, ge=1,
+        description="CPU ranks of one job (torch.distributed over gloo) when gpus is 0; with gpus > 1 the "
+        "ranks are the GPUs (one each) and this may be left out. Runtime, not identity: results equal "
+        "one rank's up to float rounding (docs/design.md, Jobs on N ranks)",
+    )
+    placement: Literal["same_node", "spread"] = Field(
+        "same_node",
+        description="where a job's ranks go (one Ray placement group, reserved at once): same_node (all "
+        "on one node: NVLink, no network between ranks) or spread (several nodes allowed)",
+    )
     pack_strategy: Literal["auto", "stacked", "sequential"] = Field(
         "auto",
         description="how a pack trains: stacked (the K networks as one network: grouped convolutions, "
@@ -313,7 +335,18 @@ class ResourcesSpec(_Model):
     def _whole_gpus(self) -> "ResourcesSpec":
         if self.gpus > 1 and self.gpus != int(self.gpus):
             raise SpecError("resources.gpus", f"more than one GPU must be a whole number, got {self.gpus}")
+        if self.ranks is not None and self.ranks > 1 and self.gpus > 0 and self.ranks != self.gpus:
+            raise SpecError("resources.ranks", f"{self.ranks} ranks with gpus: {self.gpus}: a rank takes one GPU, "
+                                               "so give gpus: N (and no ranks), or gpus: 0 and ranks: N for CPU ranks")
+        if self.world_size() > 1 and self.pack not in ("auto", 1):
+            raise SpecError("resources.pack", f"a job on {self.world_size()} ranks runs alone (pack: 1), got {self.pack}")
         return self
+
+    def world_size(self) -> int:
+        """Ranks of one train job: N GPUs, or `ranks` CPU processes; 1 for a job on one device."""
+        if self.gpus > 1:
+            return int(self.gpus)
+        return self.ranks or 1
 
 
 class SchedulerSpec(_Model):
@@ -322,6 +355,11 @@ class SchedulerSpec(_Model):
     checkpoint_every_iters: int = Field(0, ge=0, description='in-job checkpoint interval in iterations; 0: by time only')
     checkpoint_every_seconds: float = Field(300.0, gt=0, description='in-job checkpoint interval in seconds')
     max_workers: int | None = Field(None, ge=1, description='at most this many jobs at once; null: as many as the cluster fits')
+    gang_timeout_seconds: float = Field(
+        1800.0, gt=0,
+        description="a job on several ranks that makes no progress for this long (a dead or hung rank, a stuck "
+        "collective) is stopped and costs one attempt: the process-group timeout and the driver's watchdog",
+    )
 
 
 class TrackingSpec(_Model):
@@ -391,6 +429,19 @@ class ExperimentSpec(_Model):
         if sw.replicates is not None:
             sw.init_seeds, sw.replicates = list(range(sw.replicates)), None
 
+        world = self.resources.world_size()
+        if t.bn_sync == "per_replica":
+            if t.bn_batch is None:
+                raise SpecError("train.bn_batch", "bn_sync per_replica needs the per-rank batch (bn_batch): it is part of the job")
+            if t.bn_batch * world != t.batch_size:
+                raise SpecError("resources", f"{world} ranks give {t.batch_size} / {world} examples per rank, but "
+                                             f"train.bn_batch is {t.bn_batch} (bn_sync per_replica): the per-rank "
+                                             f"batch is part of the job, so the ranks must be {t.batch_size / t.bn_batch:g}")
+        elif t.bn_batch is not None:
+            raise SpecError("train.bn_batch", "only bn_sync per_replica has a per-rank batch; leave bn_batch out")
+        if world > 1 and t.cuda_graphs:
+            raise SpecError("train.cuda_graphs", "a step captured as a CUDA graph cannot hold DDP's collectives: "
+                                                 "cuda_graphs: false for jobs on several ranks")
         if t.cuda_graphs and self.resources.gpus == 0:
             # Caught here rather than by every job failing max_attempts times on a CPU worker.
             raise SpecError("train.cuda_graphs", "CUDA graphs need a GPU: give resources.gpus > 0, or cuda_graphs: false")
@@ -456,6 +507,8 @@ class ExperimentSpec(_Model):
         """resources.pack resolved: `auto` packs AUTO_PACK sibling jobs of a small model on a GPU
         (one small network leaves a GPU mostly idle; BENCHMARKS.md), and nothing elsewhere."""
         pack = self.resources.pack
+        if self.resources.world_size() > 1:
+            return 1  # a gang runs alone
         if pack != "auto":
             return int(pack)
         small = self.model.startswith(SMALL_MODELS)
@@ -478,6 +531,8 @@ class ExperimentSpec(_Model):
             compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
             cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
+            bn_sync=t.bn_sync,
+            bn_batch=t.bn_batch,
             l1_gamma=t.l1_gamma,
         )
 

@@ -391,11 +391,12 @@ class Store:
             raise FileNotFoundError(f"experiment {name!r} has never been run with store {self.root!r} (no {rel})")
         return self.read_json(rel)
 
-    def write_heartbeat(self, name: str, running: list[str]) -> None:
-        self.write_json(
-            f"experiments/{name}/heartbeat.json",
-            {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "running": sorted(running)},
-        )
+    def write_heartbeat(self, name: str, running: list[str], gangs: dict[str, dict] | None = None) -> None:
+        """`gangs`: the running jobs on N ranks, {job id: {"world_size", "nodes"}} (lth status)."""
+        beat = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "running": sorted(running)}
+        if gangs:
+            beat["gangs"] = gangs
+        self.write_json(f"experiments/{name}/heartbeat.json", beat)
 
     def heartbeat(self, name: str) -> dict | None:
         rel = f"experiments/{name}/heartbeat.json"

@@ -325,11 +325,13 @@ class JobRunner:
             return self._run(job, out_dir, stage)
 
     @contextlib.contextmanager
-    def _staged(self, job: Job) -> Iterator[tuple[str, Callable[[str], str]]]:
+    def _staged(self, job: Job, writes: bool = True) -> Iterator[tuple[str, Callable[[str], str]]]:
         """Remote store: inputs and any partial outputs (a resumable checkpoint, the mask, W_k
         written before an interruption) down to scratch; outputs back up as they appear.
-        Yields (local output directory, store-relative input -> local path)."""
-        scratch = os.path.join(self.ctx.scratch_dir or tempfile.gettempdir(), "lth-scratch", job.id)
+        Yields (local output directory, store-relative input -> local path). writes=False: a
+        rank other than 0 of a gang, which reads the same files and uploads nothing."""
+        name = job.id if writes else f"{job.id}.reader-{os.getpid()}"  # a reader never touches rank 0's scratch
+        scratch = os.path.join(self.ctx.scratch_dir or tempfile.gettempdir(), "lth-scratch", name)
         out_dir = os.path.join(scratch, "out")
         os.makedirs(out_dir, exist_ok=True)
 
@@ -342,6 +344,12 @@ class JobRunner:
         for name in self.store.list_files(Store.artifact(job.id)):
             if name not in (DONE, FAILED) and not os.path.exists(os.path.join(out_dir, name)):
                 self.store.download(Store.artifact(job.id, name), os.path.join(out_dir, name))
+        if not writes:
+            try:
+                yield out_dir, stage
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
         try:
             mirror = _OutputMirror(self.store, out_dir, job.id)
             with mirror:

@@ -239,6 +239,34 @@ def test_each_node_copies_the_data_set_once_into_its_own_cache(undisturbed, swee
         assert _tree(entries[0] / Path(sweep["data"]).name) == _tree(Path(sweep["data"]))
 
 
+GANG = ["resources.ranks=2", "resources.cpus=2", "pruning.levels=0", "sweep.branch.seeds=[]",
+        "train.iterations=40", "train.schedule.milestones=[20]", "train.eval_every=20"]
+
+
+def _gang_driver(lc: LocalCluster, sweep: dict, store: str, *sets: str) -> subprocess.Popen:
+    args = [a for s in (*GANG, *sets) for a in ("--set", s)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", sweep["config"], "--address", lc.cluster.address,
+         "--store", store, *args],
+        cwd=ROOT, env=lc.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_a_gang_spans_two_nodes_with_placement_spread(ray_cluster, sweep, undisturbed):
+    """Each worker node offers 1 CPU, so a job of 2 ranks x 1 CPU fits only across both: with
+    placement spread it runs there and finishes (world_size 2, both nodes in its record); with
+    same_node no node can ever hold it, and the run is refused (exit 2, naming resources)."""
+    store = os.path.join(ray_cluster.tmp, "store-gang")
+    out = _finish(_gang_driver(ray_cluster, sweep, store, "resources.placement=spread"))
+    (run,) = _rows(store, "runs")
+    assert run["world_size"] == 2 and run["attempts"] == 1, out[-2000:]
+    done = json.loads(Path(store, "artifacts", run["job_id"], "done.json").read_text())
+    assert set(done["gang_nodes"]) == {node.node_id for node in ray_cluster.nodes.values()}
+    refused = _gang_driver(ray_cluster, sweep, os.path.join(ray_cluster.tmp, "store-gang-refused"))
+    out, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "resources" in out, out[-2000:]
+
+
 def test_losing_a_node_requeues_its_job_which_resumes_elsewhere_with_equal_results(ray_cluster, sweep, undisturbed):
     store = os.path.join(ray_cluster.tmp, "store-node-loss")
     child_dir = Path(store, "artifacts", sweep["child"])

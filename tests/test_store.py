@@ -16,7 +16,7 @@ def _run_row(job_id: str, level: int, density: float) -> dict:
         "level": level, "data_seed": 0, "retrain": "rewind", "prune_strategy": "magnitude_global",
         "density": density, "start_iter": 0, "end_iter": 10, "test_loss": 1.5, "test_accuracy": 0.5,
         "train_loss": 1.25, "train_accuracy": 0.625, "wall_seconds": 3.0, "attempts": 1, "host": "h",
-        "node": "n", "device": "cpu", "config_hash": "c0", "deterministic": True,
+        "node": "n", "device": "cpu", "world_size": 1, "config_hash": "c0", "deterministic": True,
         "weights_path": f"artifacts/{job_id}/weights.pt",
         "mask_path": f"artifacts/{job_id}/mask.pt",
         "granularity": "weight", "channel_density": None, "flops_fraction": 1.0,

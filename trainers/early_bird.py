@@ -95,11 +95,12 @@ class Search:
     weights at that point, and eb_<p>.json. `finish` writes what never fired (the mask at the end
     of training, `detected: false`) and the score trajectory."""
 
-    def __init__(self, cfg, model: nn.Module, iters_per_epoch: int, out_dir: str):
+    def __init__(self, cfg, model: nn.Module, iters_per_epoch: int, out_dir: str, write: bool = True):
         from trainers import structure
         from trainers.pruning import prunable_names
 
         self.cfg, self.ipe, self.out = cfg, int(iters_per_epoch), out_dir
+        self.write = write  # on N ranks every rank detects alike; rank 0 alone writes the files
         for p in cfg.fractions:
             if not 0 < p < 1:
                 raise ValueError(f"early_bird.fractions: each must be in (0, 1), got {p}")
@@ -200,7 +201,8 @@ class Search:
             "channels_kept": kept,
             "density": density(weights),
         }
-        checkpoint.save(mask, os.path.join(self.out, mask_file(d.fraction)))
-        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(self.out, weights_file(d.fraction)))
-        checkpoint.save_json(record, os.path.join(self.out, detection_file(d.fraction)))
         self.records[d.fraction] = record
+        if self.write:
+            checkpoint.save(mask, os.path.join(self.out, mask_file(d.fraction)))
+            checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(self.out, weights_file(d.fraction)))
+            checkpoint.save_json(record, os.path.join(self.out, detection_file(d.fraction)))

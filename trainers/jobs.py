@@ -80,6 +80,12 @@ class TrainConfig:
     # Deterministic kernels (trainers/determinism.py): on a GPU, the same job gives the same bits.
     # Part of the id: a non-deterministic run's weights are another result (the noise-floor pair).
     deterministic: bool = True
+    # BatchNorm on N ranks (trainers/distributed.py): "global" normalises over the whole global
+    # batch for every N; "per_replica" over each rank's slice of bn_batch examples (then the
+    # per-rank batch is part of the job, so N = batch_size / bn_batch). Left out of the id at
+    # these defaults (orchestrator/jobid.py): every job stored before keeps its id.
+    bn_sync: Literal["global", "per_replica"] = "global"
+    bn_batch: int | None = None
     # Network slimming (Liu et al. 2017): l1_gamma * sign(gamma) added to every BatchNorm scale's
     # gradient after backward. Left out of the job id at 0 (orchestrator/jobid.py).
     l1_gamma: float = 0.0

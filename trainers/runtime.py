@@ -32,6 +32,13 @@ class Runtime:
     on_metric: Callable[[MetricRow], None] | None = None
     # CPUs this job may use (Ray's num_cpus for the actor); None: those the process may run on.
     cpus: int | None = None
+    # This process's place in a gang of ranks (trainers/distributed.py; the process group is
+    # joined before the job). Runtime, not identity: a job's result does not depend on N beyond
+    # float rounding (and on per_replica BatchNorm, which fixes N through train.bn_batch).
+    rank: int = 0
+    world_size: int = 1
+    # Called with each iteration as it completes (a gang's progress watchdog); must not raise.
+    on_step: Callable[[int], None] | None = None
 
     def loader_workers(self) -> int:
         """Reader threads of file-based data sets for this job (trainers/data/workers.py)."""

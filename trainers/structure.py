@@ -109,7 +109,7 @@ def _follow(start: torch.fx.Node, size: int, mods: Mapping[str, nn.Module]):
         seen.add(node)
         if node.op == "call_module":
             m = mods[node.target]
-            if isinstance(m, nn.BatchNorm2d) and m.num_features == size:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_features == size:  # SyncBatchNorm too
                 norms.append(node.target)
             elif isinstance(m, nn.Conv2d):
                 if m.groups != 1 or m.in_channels != size:
@@ -169,7 +169,7 @@ def _with_coupled_groups(model: nn.Module, internal: list[ChannelGroup],
             out_side = handler in (tp.prune_conv_out_channels, tp.prune_batchnorm_out_channels)
             if isinstance(mod, nn.Conv2d) and handler == tp.prune_conv_out_channels:
                 convs.append(target)
-            elif isinstance(mod, nn.BatchNorm2d) and out_side:
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and out_side:
                 norms.append(target)
             elif isinstance(mod, (nn.Conv2d, nn.Linear)) and handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                 if len(idxs) % size:

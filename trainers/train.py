@@ -9,6 +9,10 @@ A job is a dense run (level 0), a level of a lineage, or a branch child. It
      resumable checkpoint every N iterations or seconds;
   4. writes weights.pt, mask.pt and result.json into `paths.out_dir` atomically.
 
+On N ranks (`rt.world_size` > 1, the process group joined: trainers/distributed.py) every rank
+runs this same loop on its slice of each global batch; rank 0 alone evaluates and writes
+(checkpoints, W_k, weights, result), and every rank resumes from rank 0's checkpoint.
+
 A job restarted with the same out_dir resumes from checkpoint.pt and ends bitwise-identical (on
 CPU) to an uninterrupted run; a job whose result.json exists returns it without training.
 """
@@ -24,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainers import checkpoint, early_bird, structure
+from trainers import checkpoint, distributed, early_bird, structure
 from trainers.compiling import compiled
 from trainers.data.sources import DataInfo, open_data
 from trainers.determinism import applied, kernels
@@ -53,6 +57,9 @@ def fingerprint(job: TrainJob) -> str:
     (`add_missing_rewind_points`)."""
     fields = dataclasses.asdict(job)
     fields["train"]["data"].pop("root", None)
+    for name, default in (("bn_sync", "global"), ("bn_batch", None)):  # as in the job id: older checkpoints resume
+        if fields["train"].get(name) == default:
+            fields["train"].pop(name)
     fields.pop("save_iters", None)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -177,7 +184,8 @@ def lr_for(job: TrainJob, it: int) -> float:
     return lr_at(job.train.schedule, job.train.optimizer.lr, job.train.iterations, it)
 
 
-def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
+def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
+    """The job's result (None on ranks other than 0 of a gang: rank 0 holds it)."""
     with kernels(job.train.deterministic, rt.device):
         return _train(resolve_start(job, paths), paths, rt)
 
@@ -196,15 +204,20 @@ def resolve_start(job: TrainJob, paths: TrainPaths) -> TrainJob:
     return dataclasses.replace(job, start_iter=start, start_at_detection=False)
 
 
-def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
+def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     t_start = time.time()
     validate(job, paths)
     cfg, device, out = job.train, rt.device, paths.out_dir
+    distributed.check(cfg.batch_size, cfg.bn_sync, cfg.bn_batch, rt.world_size, device, cfg.cuda_graphs)
+    writer = rt.rank == 0  # the one rank that evaluates and writes files
     os.makedirs(out, exist_ok=True)
     result_path = os.path.join(out, RESULT)
     if os.path.exists(result_path) and os.path.exists(os.path.join(out, WEIGHTS)):
-        with open(result_path) as f:
-            return add_missing_rewind_points(job, out, result_from_json(json.load(f)), rt)
+        if not writer:
+            return None
+        with open(result_path) as f:  # a missing W_k is replayed by rank 0 alone (on one rank)
+            alone = dataclasses.replace(rt, rank=0, world_size=1)
+            return add_missing_rewind_points(job, out, result_from_json(json.load(f)), alone)
 
     data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
@@ -221,25 +234,32 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
     else:
         weights, mask = starting_point(job, paths, model, info)
         start, metrics = job.start_iter, []
-        checkpoint.save(mask, os.path.join(out, MASK))
+        if writer:
+            checkpoint.save(mask, os.path.join(out, MASK))
     model.load_state_dict(weights)
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = distributed.sync_batchnorm(model, cfg.bn_sync, rt.world_size, device)
     masks = MaskApplier(model, mask, l1_gamma=cfg.l1_gamma)
     masks.apply_to_weights()
     optimizer = make_optimizer(job, model, device)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["cpu"])
-    forward = compiled(model) if cfg.compile else model
+    forward = distributed.data_parallel(model, device, rt.world_size)
+    forward = compiled(forward) if cfg.compile else forward
+    global_size = cfg.batch_size  # examples in this iteration's global batch (all ranks together)
 
     def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if rt.world_size == 1:
+            return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        # the exact mean over the global batch once DDP has averaged the ranks' gradients
+        return distributed.weighted_cross_entropy(logits, y, global_size, rt.world_size, cfg.label_smoothing)
 
     step = make_step(forward, loss_of, model, optimizer, masks, device, cfg.precision, cfg.cuda_graphs)
     search = None
     if job.early_bird is not None:  # an early-bird search: detectors at every epoch start
-        search = early_bird.Search(job.early_bird, model, -(-info.num_train // cfg.batch_size), out)
+        search = early_bird.Search(job.early_bird, model, -(-info.num_train // cfg.batch_size), out, write=writer)
         if ckpt is not None:
             search.load_state(ckpt["early_bird"])
 
@@ -255,6 +275,8 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
                 rt.on_metric(row)
 
     def save_checkpoint(next_it: int) -> None:
+        if not writer:
+            return
         checkpoint.save(
             {
                 "fingerprint": fp,
@@ -270,13 +292,13 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         )
 
     def save_rewind_point(it: int) -> None:
-        if it in job.save_iters:
+        if writer and it in job.save_iters:
             checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(it)))
 
     def hooks_at(it: int) -> None:
         save_rewind_point(it)
         due = it == job.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0)
-        if due and it < job.stop_iter:
+        if due and it < job.stop_iter and writer:
             run_eval(it)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -290,6 +312,10 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
             break
         hooks_at(it)
         x, y = next(stream)
+        # this rank's slice of the global batch (all of it on one rank)
+        global_size = len(y)
+        lo, hi = distributed.rank_slice(global_size, rt.rank, rt.world_size)
+        x, y = x[lo:hi], y[lo:hi]
         # forward, backward, gradient masks (pruned weights stay exactly zero), optimizer step
         step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it))
         done = it + 1
@@ -298,8 +324,12 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult:
         if done < job.stop_iter and (by_iters or by_time):
             save_checkpoint(done)
             last_ckpt_time = time.time()
+        if rt.on_step is not None:
+            rt.on_step(done)
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
+    if not writer:
+        return None
     save_rewind_point(end)
     run_eval(end)
     final = {m.split: m for m in metrics if m.iteration == end}
