@@ -16,7 +16,7 @@ export UV_PYTHON           := $(PYTHON)
 # they are (Debian/Ubuntu: apt-get install pkg-config libopencv-dev libturbojpeg0-dev).
 FFCV_EXTRA = $(shell pkg-config --exists opencv4 libturbojpeg 2>/dev/null && echo --extra ffcv)
 
-.PHONY: install demo test gpu-test bench lock clean docs
+.PHONY: install demo test gpu-test gpu-wheels bench lock clean docs
 
 install: $(STAMP)
 
@@ -42,9 +42,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# The GPU suite (pytest marker `gpu`); skipped where CUDA is absent.
+# The GPU suite (pytest marker `gpu`): one module that needs only torch, torchvision and
+# trainers/, so it also runs on a bare GPU machine without make or a venv (README, "GPU suite":
+# PYTHONPATH=.:<.gpu-wheels/*.whl> python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py).
+# Fails where no CUDA device is visible (tests/conftest.py); `make test` skips it there.
+GPU_TESTS := tests/test_gpu.py
 gpu-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m gpu $(GPU_TESTS)
+
+# pytest and its dependencies as wheels (the versions of uv.lock), for a GPU machine that has
+# torch but no pytest: carried in .gpu-wheels/ (1.8 MB) and put on PYTHONPATH by
+# benchmarks/gpu_session.sh. Python 3.12 needs no tomli or exceptiongroup.
+GPU_WHEELS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.3 pygments==2.21.0 pytest-timeout==2.4.0
+gpu-wheels: | $(UV)
+	$(TOOLS)/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .gpu-wheels $(GPU_WHEELS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

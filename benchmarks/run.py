@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 
 import torch
 
 from benchmarks.common import Settings, device_label, matmul_tflops
+from trainers.determinism import CUBLAS_ENV, prepare_process
 
 SECTIONS = ("training", "packing", "loaders", "interpolation")  # the default run
 ON_REQUEST = ("imagenet_e2e", "gang")  # generates thousands of JPEG files: only when named
@@ -53,7 +55,8 @@ def render(report: dict) -> str:
         for r in report["training"]:
             ips = r["images_per_s"]
             both = lambda key: f"{r[key]:.3f} ({r['best'][key]:.3f})"  # noqa: E731
-            rows.append([r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"], _fmt(ips["plain"]),
+            rows.append([r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"],
+                         "on" if r.get("deterministic", True) else "off", _fmt(ips["plain"]),
                          _fmt(ips["ours"]), _fmt(ips["ours_masked"]), both("ratio_ours_vs_plain"),
                          both("ratio_masked_vs_plain"), both("masked_step_overhead"),
                          _fmt(r["masked_step_overhead_from_ops"], 4), _fmt(r["achieved_tflops"], 3),
@@ -61,15 +64,18 @@ def render(report: dict) -> str:
         parts.append(_table(
             "Training images/s (median of windows; (a) plain loop, (b) ours, (c) ours at density 0.2);"
             " ratios: median (best window)",
-            ["model", "input", "precision", "(a) plain", "(b) ours", "(c) masked", "b/a", "c/a", "c/b",
+            ["model", "input", "precision", "deterministic", "(a) plain", "(b) ours", "(c) masked", "b/a", "c/a", "c/b",
              "c/b (mask ops)", "TFLOP/s (b)", "of peak"], rows))
     for r in report.get("packing") or []:
-        rows = [[r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"], "plain loop (anchor)", "1", "-",
-                 _fmt(r["plain_loop_images_per_s"]), "1.00"]]
-        rows += [[r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"], row["path"], str(row["k"]),
-                  "on" if row["deterministic"] else "off", _fmt(row["images_per_s"]), f"{row['vs_plain_loop']:.2f}"]
+        rows = [[r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"], "plain loop (anchor)", "1", d[0],
+                 _fmt(r["plain_loop_images_per_s"][d[1]]), "1.00"] for d in (("on", "deterministic"), ("off", "nondeterministic"))]
+        shipped = r["shipped_packing"]
+        rows += [[r["model"], f"{r['image_size']}px b{r['batch_size']}", r["precision"],
+                  row["path"] + (f" [shipped config: gpus {shipped['gpus']}, pack {shipped['k']}]" if row["shipped_config"] else ""),
+                  str(row["k"]), "on" if row["deterministic"] else "off", _fmt(row["images_per_s"]), f"{row['vs_plain_loop']:.2f}"]
                  for row in r["rows"]]
         parts.append(_table("Packing: aggregate images/s of K networks as one stacked network, one job, the plain loop"
+                            " (vs plain: against the anchor with the same deterministic setting)"
                             + (f"   FELL BACK: {r['fell_back']}" if r["fell_back"] else ""),
                             ["model", "input", "precision", "path that ran", "K", "deterministic", "images/s", "vs plain"], rows))
     if report.get("loaders"):
@@ -100,6 +106,11 @@ def render(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle: set it before any
+    # CUDA work of this process (the peak-rate matmul below is the first), so the deterministic
+    # rows run with the workspace a real job has, and every row (anchors too) with the same one.
+    # (torch.cuda.is_available() in the argument defaults only asks the driver.)
+    prepare_process()
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", default=None, help="comma-separated (default: cifar_resnet_20,resnet18; +resnet50 on cuda)")
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "device": device_label(device), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "python": platform.python_version(), "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
-        "quick": a.quick, "peak_tflops": peak, "peak_kind": peak_kind,
+        "quick": a.quick, "peak_tflops": peak, "peak_kind": peak_kind, CUBLAS_ENV: os.environ.get(CUBLAS_ENV),
     }
 
     def log(msg: str) -> None:
@@ -156,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
         report["training"] = []
         for m in models:
-            log(f"training {m}")
-            report["training"].append(bench_training(default_case(m, settings), settings, compile=a.compile))
+            for deterministic in (True, False):  # each against the plain loop with the same kernels
+                log(f"training {m} (deterministic kernels {'on' if deterministic else 'off'})")
+                report["training"].append(bench_training(default_case(m, settings), settings, compile=a.compile,
+                                                         deterministic=deterministic))
     if "packing" in sections:
         from benchmarks.training import bench_packing, default_case
 

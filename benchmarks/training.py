@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from benchmarks.common import EvalClock, Settings, median, step_flops, sync
 from trainers import checkpoint
 from trainers.data.sources import open_data
+from trainers.determinism import kernels
 from trainers.evaluate import autocast_for
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, TrainConfig, TrainJob, TrainPaths
 from trainers.models import build_model
@@ -29,6 +30,10 @@ from trainers.runtime import Runtime
 from trainers.train import train
 
 NO_CHECKPOINTS = 1e12  # seconds: the benchmark measures steps, not checkpoint writes
+# The packing the shipped CIFAR config runs (configs/cifar10_resnet20_lmc.yaml: a whole GPU per
+# actor, pack auto = orchestrator.spec.AUTO_PACK; tests/test_spec.py checks they agree): its
+# packing row is marked, the figure a sweep of that config gets per GPU.
+SHIPPED_PACKING = {"model": "cifar_resnet_20", "gpus": 1, "k": 32}
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,14 @@ def train_config(case: Case, settings: Settings, iterations: int, eval_every: in
 
 
 def plain_loop(cfg: TrainConfig, rt: Runtime, p: Plan) -> list[float]:
-    """Seconds per iteration of each timed window of a textbook PyTorch loop."""
+    """Seconds per iteration of each timed window of a textbook PyTorch loop, under the kernel
+    settings `cfg.deterministic` gives the trainer (trainers/determinism.py): an anchor compares
+    like with like."""
+    with kernels(cfg.deterministic, rt.device):
+        return _plain_loop(cfg, rt, p)
+
+
+def _plain_loop(cfg: TrainConfig, rt: Runtime, p: Plan) -> list[float]:
     device = rt.device
     data = open_data(cfg.data, device, rt.data_cache)
     images = (data.train_x.float() - data._shift) * data._scale  # normalised once, outside the loop
@@ -145,10 +157,12 @@ def sparse_mask(cfg: TrainConfig, rt: Runtime, path: str, target: float = 0.2) -
     return density(mask)
 
 
-def bench_training(case: Case, settings: Settings, compile: bool = False) -> dict:
+def bench_training(case: Case, settings: Settings, compile: bool = False, deterministic: bool = True) -> dict:
+    """(a), (b), (c) with deterministic kernels on or off, (a) under the same setting."""
     p = plan(settings)
     rt = Runtime(device=settings.device)
     cfg = train_config(case, settings, iterations=(p.windows + 1) * p.window, eval_every=p.window, compile=compile)
+    cfg = dataclasses.replace(cfg, deterministic=deterministic)
     a, b, c = [], [], []
     with tempfile.TemporaryDirectory(prefix="lth-bench-") as tmp:
         mask_path = os.path.join(tmp, "mask.pt")
@@ -164,6 +178,7 @@ def bench_training(case: Case, settings: Settings, compile: bool = False) -> dic
     return {
         "model": case.model, "image_size": case.image_size, "batch_size": B,
         "precision": "bf16 autocast" if settings.cuda else "fp32", "compile": compile,
+        "deterministic": deterministic,
         "images_per_s": ips,
         "ratio_ours_vs_plain": ips["ours"] / ips["plain"],
         "ratio_masked_vs_plain": ips["ours_masked"] / ips["plain"],
@@ -233,20 +248,22 @@ def pack_rows(ks: list[int], settings: Settings) -> list[PackRow]:
 
 def bench_packing(case: Case, settings: Settings, ks: list[int]) -> dict:
     """Aggregate images/s of K networks trained as one stacked network, of one job, eager and with
-    CUDA graphs, deterministic kernels on and off, and of the plain loop (the anchor), in this
-    one process. Each row states the path its results say ran; `fell_back` lists any row whose
+    CUDA graphs, deterministic kernels on and off, and of the plain loop (the anchor, once per
+    kernel setting: each row is compared with the anchor of its own setting), in this one
+    process. The row of the shipped CIFAR config's packing (SHIPPED_PACKING) is marked. Each row states the path its results say ran; `fell_back` lists any row whose
     path is not the one asked for (benchmarks.run then exits 1)."""
     p = plan(settings)
     rt = Runtime(device=settings.device)
     rows = pack_rows(ks, settings)
     secs: dict[PackRow, list[float]] = {r: [] for r in rows}
     paths: dict[PackRow, set[str]] = {r: set() for r in rows}
-    anchor: list[float] = []
+    anchor: dict[bool, list[float]] = {True: [], False: []}  # per deterministic setting
     base = dataclasses.replace(train_config(case, settings, iterations=(p.windows + 1) * p.window, eval_every=p.window,
                                             compile=False), precision="bf16" if settings.cuda else "fp32")
     with tempfile.TemporaryDirectory(prefix="lth-bench-pack-") as tmp:
         for r in range(p.repeats):  # interleaved rounds: a slow phase of the machine hits every row
-            anchor += plain_loop(base, rt, p)
+            for d in anchor:
+                anchor[d] += plain_loop(dataclasses.replace(base, deterministic=d), rt, p)
             for row in rows:
                 cfg = dataclasses.replace(base, cuda_graphs=row.cuda_graphs, deterministic=row.deterministic)
                 clock = EvalClock()
@@ -262,7 +279,7 @@ def bench_packing(case: Case, settings: Settings, ks: list[int]) -> dict:
                                f"deterministic kernels: {res.deterministic}" for res in results}
                 secs[row] += clock.iteration_seconds(p.window, members=row.k)
     B = case.batch_size
-    plain_ips = B / median(anchor)
+    plain_ips = {d: B / median(v) for d, v in anchor.items()}
     out_rows = []
     fell_back = []
     for row in rows:
@@ -272,10 +289,14 @@ def bench_packing(case: Case, settings: Settings, ks: list[int]) -> dict:
         ips = row.k * B / median(secs[row])
         out_rows.append({
             "k": row.k, "cuda_graphs": row.cuda_graphs, "deterministic": row.deterministic,
-            "path": "; ".join(sorted(paths[row])), "images_per_s": ips, "vs_plain_loop": ips / plain_ips,
+            "path": "; ".join(sorted(paths[row])), "images_per_s": ips,
+            "vs_plain_loop": ips / plain_ips[row.deterministic],  # the anchor with the same kernels
+            "shipped_config": case.model == SHIPPED_PACKING["model"] and row.k == SHIPPED_PACKING["k"],
             "samples": secs[row],
         })
     return {
         "model": case.model, "image_size": case.image_size, "batch_size": B, "precision": base.precision,
-        "plain_loop_images_per_s": plain_ips, "plain_loop_samples": anchor, "rows": out_rows, "fell_back": fell_back,
+        "plain_loop_images_per_s": {"deterministic": plain_ips[True], "nondeterministic": plain_ips[False]},
+        "plain_loop_samples": {"deterministic": anchor[True], "nondeterministic": anchor[False]},
+        "shipped_packing": SHIPPED_PACKING, "rows": out_rows, "fell_back": fell_back,
     }

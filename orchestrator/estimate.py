@@ -23,14 +23,17 @@ MEASURE = "python -m benchmarks.run --sections training --json benchmarks/result
 class Progress:
     done: int
     remaining: int
-    remaining_images: dict[tuple[str, int], int]  # (model, batch size) -> training images left
+    remaining_images: dict[tuple[str, int, bool], int]  # (model, batch size, deterministic) -> training images left
     gpu_hours: float | None
     source: str  # where the figure comes from, or why there is none
 
 
-def _gpu_rate(model: str, batch_size: int, results_dir: str) -> tuple[float, str] | None:
-    """(images/s, source) of the newest GPU benchmark of `model` at `batch_size`."""
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json")), key=os.path.getmtime, reverse=True):
+def _gpu_rate(model: str, batch_size: int, results_dir: str, deterministic: bool = True) -> tuple[float, str] | None:
+    """(images/s, source) of the newest GPU benchmark of `model` at `batch_size`, with the
+    job's kernel setting (benchmarks report both; rows from before that were deterministic).
+    Results may sit in subdirectories (a GPU session's folder: benchmarks/gpu_session.sh)."""
+    paths = glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True)
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
         try:
             with open(path) as f:
                 result = json.load(f)
@@ -40,7 +43,7 @@ def _gpu_rate(model: str, batch_size: int, results_dir: str) -> tuple[float, str
         if "cuda" not in device.lower() and "nvidia" not in device.lower():
             continue
         for row in result.get("training") or []:
-            if row.get("model") == model and row.get("batch_size") == batch_size:
+            if (row.get("model"), row.get("batch_size"), row.get("deterministic", True)) == (model, batch_size, deterministic):
                 rate = (row.get("images_per_s") or {}).get("ours_masked")
                 if rate:
                     return float(rate), f"{os.path.relpath(path)} ({device}, {result.get('date', '?')})"
@@ -53,13 +56,13 @@ def sweep_progress(plan: Plan, store: Store, results_dir: str = RESULTS_DIR) -> 
     for job in plan.jobs.values():
         if job.id in done or job.kind != "train":
             continue
-        key = (job.spec.train.model, job.spec.train.batch_size)
+        key = (job.spec.train.model, job.spec.train.batch_size, job.spec.train.deterministic)
         left[key] = left.get(key, 0) + (job.spec.stop_iter - job.spec.start_iter) * job.spec.train.batch_size
     hours, sources, missing = 0.0, [], []
-    for (model, batch), images in sorted(left.items()):
-        found = _gpu_rate(model, batch, results_dir)
+    for (model, batch, deterministic), images in sorted(left.items()):
+        found = _gpu_rate(model, batch, results_dir, deterministic)
         if found is None:
-            missing.append(f"{model} at batch {batch}")
+            missing.append(f"{model} at batch {batch}" + ("" if deterministic else " (non-deterministic kernels)"))
             continue
         rate, source = found
         hours += images / rate / 3600

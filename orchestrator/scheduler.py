@@ -23,7 +23,9 @@ what both need (no deadlock). A gang's failure, however it happened, costs its j
 Packing (`RunOptions.pack` > 1): an idle actor gets the highest-priority ready job plus up to
 pack - 1 other ready train jobs that can train with it as one pack (same TrainConfig, start,
 end and learning-rate schedule: `trainers.packed.packing_problem`), in one `run_pack` call.
-Each member is then recorded exactly like a job run alone. A failed pack costs each member
+A pack not yet full waits up to `RunOptions.pack_wait_seconds` (while other calls run) for
+siblings that become ready close together, rather than packing only what is ready at the same
+instant (`pack_wait`). Each member is then recorded exactly like a job run alone. A failed pack costs each member
 one attempt, and members retry alone, so one broken job cannot take its pack-mates down with it.
 """
 from __future__ import annotations
@@ -50,6 +52,12 @@ HEARTBEAT_SECONDS = 10.0
 PUBLISH_EVERY_SECONDS = 120.0  # staged rows become visible in results/ at least this often
 
 
+# Jobs that become ready close together (the same level of several lineages whose parents end
+# seconds apart) still share a pack: a partial pack waits this long at most (`pack_wait`),
+# against train jobs of minutes to hours.
+PACK_WAIT_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     address: str | None = None  # None: start a local Ray; "auto", "host:port", "ray://..."
@@ -61,6 +69,8 @@ class RunOptions:
     worker: WorkerContext | None = None
     pack: int = 1  # train jobs per actor call (resources.pack); 1: every job alone
     gang: GangShape | None = None  # train jobs on N ranks (num_cpus/num_gpus are then one rank's)
+    # A pack not yet full waits at most this long for sibling jobs to become ready (pack_wait).
+    pack_wait_seconds: float = PACK_WAIT_SECONDS
 
 
 @dataclass
@@ -107,6 +117,7 @@ class Scheduler:
             raise ValueError(f"RunOptions.pack must be at least 1, got {options.pack}")
         self._solo: set[str] = set()  # jobs never packed (retries of failed packs, reruns)
         self._pack_keys: dict[str, Any] = {}
+        self._offered: dict[str, float] = {}  # job -> when an idle actor could first have taken it
         self._stored: dict[str, set[str]] = {}  # table -> jobs whose rows are staged or published
         self._last_publish = time.time()
         self._last_beat = 0.0
@@ -231,15 +242,21 @@ class Scheduler:
             for outcome in self._gangs.watchdog():  # gangs with a rank that stopped making progress
                 self._gang_ended(outcome, queue)
             self._dispatch_gangs(queue)
+        held: list[str] = []
         while pool.idle and queue:
             job_id = queue.pop() if self._gangs is None else self._pop_single(queue)
             if job_id is None:
                 break
             group = (job_id, *self._take_pack_mates(job_id, queue))
+            if self._hold_for_pack_mates(group, bool(pool.running_jobs())):
+                held += group
+                continue
             for j in group:
                 attempts[j] = attempts.get(j, 0) + 1
             pool.submit([self.plan.jobs[j] for j in group], [attempts[j] for j in group])
             self.progress.counts.running += len(group)
+        for j in held:
+            queue.push(j)
         self.progress.refresh()
 
     def _beat(self, pool: _ActorPool) -> None:
@@ -448,6 +465,14 @@ class Scheduler:
         queue.take(chosen)
         return chosen
 
+    def _hold_for_pack_mates(self, group: tuple[str, ...], others_running: bool) -> bool:
+        """Whether a partial pack of train jobs waits (for now) for more ready siblings."""
+        if self.options.pack <= 1 or self._pack_key(group[0]) is None or group[0] in self._solo:
+            return False
+        now = time.time()
+        first = min(self._offered.setdefault(j, now) for j in group)
+        return pack_wait(len(group), self.options.pack, now - first, others_running, self.options.pack_wait_seconds)
+
     def _capacity(self) -> int:
         """How many job slots the cluster offers now, capped by max_workers."""
         import ray
@@ -553,6 +578,13 @@ class _ActorPool:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+def pack_wait(size: int, pack: int, waited: float, others_running: bool, limit: float) -> bool:
+    """Whether a pack of `size` ready jobs (at most `pack`) that has waited `waited` seconds
+    should wait longer: only while it is not full, for at most `limit` seconds, and only while
+    other calls run, since only a call's end makes new jobs ready."""
+    return size < pack and others_running and waited < limit
+
 
 def _task_traceback(exc: BaseException) -> str:
     """The job's own traceback (a RayTaskError carries the remote one)."""

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.compiling import compile_by_default
+from trainers.graph_rules import cuda_graphs_problem
 from trainers.data.catalog import DESCRIPTIONS
 from trainers.model_catalog import model_names
 from trainers.jobs import DataConfig, OptimizerConfig, PruneConfig, ScheduleConfig, TrainConfig
@@ -42,9 +43,12 @@ class SpecError(Exception):
 # allow_inf_nan=False: .inf or .nan in a float field is bad input, named like any other.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 # resources.pack: auto. Models whose step on a GPU is a few hundred tiny kernels (CIFAR-sized
-# and smaller), and the pack size the H100 anchor measured (BENCHMARKS.md, "Packing").
+# and smaller), and how many of them one process trains as one stacked network. The shipped
+# CIFAR configs give each actor a whole GPU (gpus: 1) and fill it with one large pack, rather
+# than time-sharing a GPU between processes (a fraction: one CUDA context, memory pool and graph
+# pool per process, no MPS); the benchmark's K = 32 row is that configuration (BENCHMARKS.md).
 SMALL_MODELS = ("mlp_", "cifar_")
-AUTO_PACK = 8
+AUTO_PACK = 32
 
 
 class _Model(BaseModel):
@@ -294,7 +298,7 @@ class SweepSpec(_Model):
 class ResourcesSpec(_Model):
     """Per job (Ray resources); a fractional gpus packs small jobs onto one GPU."""
 
-    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between jobs')
+    gpus: float = Field(0, ge=0, description='GPUs per job (Ray resource); a fraction shares one GPU between worker processes, each with its own CUDA context (time-shared, no MPS): for small models prefer 1 with a larger pack')
     cpus: float = Field(1, ge=0, description='CPUs per job (Ray resource)')
     memory_gb: float | None = Field(None, gt=0, description='host memory per job in GB (Ray resource); null: not reserved')
     pack: Union[int, Literal["auto"]] = Field(
@@ -445,6 +449,11 @@ class ExperimentSpec(_Model):
         if t.cuda_graphs and self.resources.gpus == 0:
             # Caught here rather than by every job failing max_attempts times on a CPU worker.
             raise SpecError("train.cuda_graphs", "CUDA graphs need a GPU: give resources.gpus > 0, or cuda_graphs: false")
+        if t.cuda_graphs:
+            # auto compiles no model under a hand-captured graph (trainers/graph_rules.py)
+            problem = cuda_graphs_problem(self.data.name, t.compile is True)
+            if problem is not None:
+                raise SpecError(*problem)
         T = t.iterations
         for i, m in enumerate(s.milestones or []):
             if not 0 < m <= T:
@@ -528,7 +537,7 @@ class ExperimentSpec(_Model):
             eval_train_examples=t.eval_train_examples,
             precision=t.precision,
             channels_last=t.channels_last,
-            compile=compile_by_default(self.model) if t.compile == "auto" else t.compile,
+            compile=(not t.cuda_graphs and compile_by_default(self.model)) if t.compile == "auto" else t.compile,
             cuda_graphs=t.cuda_graphs,
             deterministic=t.deterministic,
             bn_sync=t.bn_sync,

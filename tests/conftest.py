@@ -80,6 +80,31 @@ def masked_snapshots(runs, iteration: int):
             yield path, checkpoint.load_weights(path), mask
 
 
+def _gpu_suite_selected(config) -> bool:
+    """Whether this run is the GPU suite: `-m gpu` (make gpu-test, benchmarks/gpu_session.sh)."""
+    return (config.option.markexpr or "").strip() == "gpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device. In the CPU suite they are skipped where there is
+    none; the GPU suite (-m gpu) fails instead: a GPU run that skipped everything must not pass."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if _gpu_suite_selected(config):
+        raise pytest.UsageError(
+            "the GPU suite (-m gpu) found no CUDA device (torch.cuda.is_available() is False: "
+            f"torch {torch.__version__}, CUDA build {torch.version.cuda}); it runs only where a GPU is visible"
+        )
+    skip = pytest.mark.skip(reason="needs a CUDA device (the GPU suite: make gpu-test)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def isolated_default_store(tmp_path_factory, monkeypatch):
     """A command given no --store uses $LTH_STORE, then ./lth-store: point it at a fresh folder,

@@ -85,3 +85,42 @@ def test_no_declared_dependency_is_unused():
     not_imported_by_design = {"pytest", "pytest-timeout", "tomli", "numba", "opencv-python-headless"}
     unused = declared() - used - not_imported_by_design
     assert not unused, f"declared but never imported by orchestrator/ or trainers/: {sorted(unused)}"
+
+
+# The GPU machine (README, "The GPU suite"): Python 3.12 with these, and pytest carried as wheels.
+GPU_MACHINE = {"torch", "torchvision", "numpy", "pyarrow", "sklearn", "triton", "PIL", "pytest"}
+
+
+def test_the_gpu_suite_imports_only_what_the_gpu_machine_has():
+    """tests/test_gpu.py, the conftest it loads and everything of the project they import run
+    where Ray, W&B, pydantic, DuckDB, PyYAML and ffcv are absent: every import they reach, at
+    any depth through the project's own modules, is the standard library, the project, or a
+    package of the GPU machine. (ffcv_io imports ffcv inside its functions only: not reached.)"""
+    seen: set[str] = set()
+    outside: dict[str, str] = {}
+    todo = [ROOT / "tests" / "test_gpu.py", ROOT / "tests" / "conftest.py"]
+    while todo:
+        path = todo.pop()
+        if str(path) in seen:
+            continue
+        seen.add(str(path))
+        tree = ast.parse(path.read_text(), filename=str(path))
+        # every import of the suite itself; module-level ones elsewhere (an import inside a
+        # function runs only when it is called: conftest's Ray fixture, ffcv_io's ffcv)
+        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        if path.name != "test_gpu.py":
+            nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        for node in nodes:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("trainers", "benchmarks"):
+                    target = ROOT / (name.replace(".", "/") + ".py")
+                    todo.append(target if target.exists() else ROOT / name.replace(".", "/") / "__init__.py")
+                elif top == "conftest":
+                    todo.append(ROOT / "tests" / "conftest.py")
+                elif top not in sys.stdlib_module_names and top != "__future__" and top not in GPU_MACHINE:
+                    outside.setdefault(top, str(path.relative_to(ROOT)))
+    assert len(seen) > 10  # the walk followed the project's imports
+    assert outside == {}, f"imports the GPU machine lacks: {outside}"

@@ -65,3 +65,43 @@ def test_spec_validates_and_passes_the_flag(tmp_path):
     assert off.train_config().deterministic is False
     with pytest.raises(SpecError, match="train.deterministic"):
         validate_spec({**base, "train": {"iterations": 10, "deterministic": "sometimes"}})
+
+
+def test_deterministic_kernels_do_not_fill_new_tensors_and_restore_the_fill():
+    """use_deterministic_algorithms(True) turns on fill_uninitialized_memory (NaN into every
+    torch.empty); inside `kernels` it is off, and the process's own setting comes back after."""
+    import torch.utils.deterministic as tud
+
+    before = tud.fill_uninitialized_memory
+    try:
+        tud.fill_uninitialized_memory = True
+        with kernels(True, torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled() and tud.fill_uninitialized_memory is False
+        assert tud.fill_uninitialized_memory is True
+    finally:
+        tud.fill_uninitialized_memory = before
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_results_are_the_same_bits_with_and_without_the_fill(tmp_path, monkeypatch, packed):
+    """Nothing reads memory before writing it: training with the fill (PyTorch's default under
+    deterministic algorithms) and without it (ours) ends in the same bits, one job and a stacked
+    pack alike (the pack's stacking, slicing and optimizer state are where empty tensors are made)."""
+    from trainers import determinism
+    from trainers.packed import train_packed
+
+    cfg = dataclasses.replace(CFG, model="cifar_resnet_20", data=DataConfig(name="synthetic", image_size=8, num_classes=4,
+                              num_train=64, num_test=16), iterations=3, eval_every=2, eval_train_examples=16)
+    jobs = [TrainJob(train=cfg, init_seed=s, data_seed=s) for s in range(2 if packed else 1)]
+
+    def run(tag: str) -> list[dict]:
+        paths = [TrainPaths(out_dir=str(tmp_path / f"{tag}{i}")) for i in range(len(jobs))]
+        rt = Runtime(device=torch.device("cpu"))
+        results = train_packed(jobs, paths, rt, strategy="stacked") if packed else [train(jobs[0], paths[0], rt)]
+        return [torch.load(r.weights_path, weights_only=True) for r in results]
+
+    without = run("off")
+    monkeypatch.setattr(determinism, "FILL_UNINITIALIZED", True)
+    with_fill = run("on")
+    for a, b in zip(without, with_fill):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -54,3 +54,16 @@ def test_cuda_graphs_need_a_cuda_device(tmp_path):
     eager = make_step(model, F.cross_entropy, model, torch.optim.SGD(model.parameters(), lr=0.1), MaskApplier(model, full_mask(model)),
                       torch.device("cpu"), "fp32", cuda_graphs=False)
     eager(torch.randn(4, 64), torch.tensor([0, 1, 2, 3]), 0.1)
+
+
+@pytest.mark.parametrize("data, compile, field", [
+    (DataConfig(name="imagenet", root="/nonexistent", image_size=32), False, "train.cuda_graphs"),
+    (DataConfig(name="digits"), True, "train.compile"),
+])
+def test_the_trainer_refuses_what_a_graph_cannot_capture(tmp_path, data, compile, field):
+    """The same refusals as the spec (trainers/graph_rules.py), for a job that reaches the trainer
+    another way: before any data is opened or any file written, on any device."""
+    cfg = TrainConfig(model="mlp_300_100", data=data, iterations=2, batch_size=16, cuda_graphs=True, compile=compile)
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        train(TrainJob(train=cfg, init_seed=0, data_seed=0), TrainPaths(out_dir=str(tmp_path / "out")), Runtime(device=torch.device("cpu")))
+    assert not (tmp_path / "out").exists()

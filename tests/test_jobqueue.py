@@ -57,3 +57,59 @@ def test_a_reopened_producer_runs_again_and_its_consumer_waits_for_it():
     assert [j for j in _drain(q)] == ["c", "e"]  # (c was ready before the redo: unchanged here)
     q.completed("a")
     assert q.pop() == "b"
+
+
+# ---- the scheduler's bounded wait for pack-mates (Scheduler._dispatch, without Ray) ------------
+
+
+class _Pool:
+    """The two things _dispatch asks of the actor pool: idle actors, and what runs now."""
+
+    def __init__(self, idle: int, running: list[str]):
+        self.idle, self.running, self.submitted = [object()] * idle, running, []
+
+    def running_jobs(self) -> list[str]:
+        return self.running
+
+    def submit(self, jobs, attempts) -> None:
+        self.idle = self.idle[1:]
+        self.submitted.append(sorted(j.id for j in jobs))
+
+
+def _siblings(n: int, pack: int, wait: float):
+    from orchestrator.scheduler import RunOptions, Scheduler
+    from trainers.jobs import DataConfig, TrainConfig, TrainJob
+
+    cfg = TrainConfig(model="mlp_300_100", data=DataConfig(name="digits"), iterations=10)
+    jobs = {f"j{i}": Job(id=f"j{i}", kind="train", spec=TrainJob(train=cfg, init_seed=i, data_seed=i), parents=())
+            for i in range(n)}
+    plan = Plan(experiment="x", jobs=jobs)
+    sched = Scheduler(plan, store=None, options=RunOptions(pack=pack, pack_wait_seconds=wait, worker=object()))  # type: ignore[arg-type]
+    return sched, JobQueue(plan, done=())
+
+
+def test_a_partial_pack_waits_a_bounded_time_for_siblings_while_others_run():
+    import time
+
+    from orchestrator.scheduler import pack_wait
+
+    assert pack_wait(2, 4, 0.0, True, 5.0) and not pack_wait(4, 4, 0.0, True, 5.0)  # full: goes now
+    assert not pack_wait(2, 4, 5.0, True, 5.0) and not pack_wait(2, 4, 0.0, False, 5.0)  # waited enough / nothing runs
+
+    sched, queue = _siblings(2, pack=4, wait=0.3)
+    pool = _Pool(idle=1, running=["other"])
+    sched._dispatch(pool, queue)  # a pack of 2 of 4 while another call runs: held, back in the queue
+    assert pool.submitted == [] and sorted(e[2] for e in queue.ready_entries()) == ["j0", "j1"]
+    time.sleep(0.35)
+    sched._dispatch(pool, queue)  # the wait is bounded: it goes as it is
+    assert pool.submitted == [["j0", "j1"]] and not queue
+
+    sched, queue = _siblings(2, pack=4, wait=60.0)
+    pool = _Pool(idle=1, running=[])
+    sched._dispatch(pool, queue)  # nothing runs, so nothing can become ready: no wait
+    assert pool.submitted == [["j0", "j1"]]
+
+    sched, queue = _siblings(5, pack=4, wait=60.0)
+    pool = _Pool(idle=2, running=["other"])
+    sched._dispatch(pool, queue)  # a full pack goes at once; the fifth job waits for mates
+    assert pool.submitted == [["j0", "j1", "j2", "j3"]] and [e[2] for e in queue.ready_entries()] == ["j4"]

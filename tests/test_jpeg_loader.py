@@ -95,23 +95,56 @@ def test_crops_depend_on_seed_and_image_size_only(tmp_path, monkeypatch):
 
 
 def test_train_crops_against_torchvision_resized_crop(tmp_path):
-    """Each training image is torchvision's resized_crop (+ hflip) of the decoded file with its
-    position's box. torchvision on a uint8 tensor rounds to integers (<= 0.5) and we do not: the
-    bound is 0.5, plus 1e-3 for the float32 normalise/un-normalise of values up to 255."""
-    write_image_folder(tmp_path, num_classes=2, per_class_train=5, per_class_val=1, image_size=40, image_format="jpeg")
+    """Each training image is the decoded file's crop with its position's box (crop_params, the
+    per-image draws: test_batched_crop_boxes_equal_the_per_image_draws), resampled in one batched
+    roi_align call, flipped where drawn. Two independent references, per image:
+    - an enlarged crop (h, w <= side) is plain bilinear interpolation: torchvision's resized_crop
+      (+ hflip), which is what the per-image path computed before; torchvision on a uint8 tensor
+      rounds to integers (<= 0.5) and we do not: bound 0.5, plus 1e-3 for the float32
+      normalise/un-normalise of values up to 255;
+    - any crop is the mean of ceil(h/side) x ceil(w/side) bilinear samples per output pixel:
+      F.interpolate of the crop alone to (side * sh, side * sw), average-pooled by (sh, sw)
+      (float32 throughout: 1e-3 on a 0..255 scale)."""
+    import math
+
+    import torch.nn.functional as F
+
+    write_image_folder(tmp_path, num_classes=2, per_class_train=8, per_class_val=1, image_size=40, image_format="jpeg")
     bundle = D.open_data(folder_cfg(tmp_path), CPU, num_workers=1)
-    (x, y), = take(bundle.train_stream(3, 8, 0), 1)
-    perm = order.epoch_permutation(3, 0, 10).tolist()
+    (x, y), = take(bundle.train_stream(3, 16, 0), 1)
+    perm = order.epoch_permutation(3, 0, 16).tolist()
     from torchvision.io import decode_jpeg, read_file
 
-    for p in range(8):
+    enlarged = shrunk = 0
+    for p in range(16):
         img = decode_jpeg(read_file(bundle.train.samples[perm[p]][0]))
         box = imagenet.crop_params([order.sample_seed(3, 0, p)], [img.shape[1]], [img.shape[2]])
         i, j, h, w = (int(box[k][0]) for k in ("i", "j", "h", "w"))
-        ref = TF.resized_crop(img, i, j, h, w, [32, 32], antialias=True).float()
-        if bool(box["flip"][0]):
-            ref = ref.flip(-1)
-        assert (x[p] * STD[0] + MEAN[0] - ref).abs().max() <= 0.5 + 1e-3
+        got = x[p] * STD[0] + MEAN[0]
+        flip = bool(box["flip"][0])
+        if h <= 32 and w <= 32:
+            ref = TF.resized_crop(img, i, j, h, w, [32, 32], antialias=True).float()
+            assert (got - (ref.flip(-1) if flip else ref)).abs().max() <= 0.5 + 1e-3
+            enlarged += 1
+        else:
+            shrunk += 1
+        sh, sw = math.ceil(h / 32), math.ceil(w / 32)
+        crop = img[None, :, i : i + h, j : j + w].float()
+        ref = F.avg_pool2d(F.interpolate(crop, size=(32 * sh, 32 * sw), mode="bilinear", align_corners=False), (sh, sw))[0]
+        assert (got - (ref.flip(-1) if flip else ref)).abs().max() <= 1e-3
+    assert enlarged and shrunk  # both cases met
+
+
+def test_resized_crops_split_large_batches_into_canvases(monkeypatch):
+    """A batch whose crops do not fit one canvas is resampled in several roi_align calls, with
+    the same values as in one call."""
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 30 + 7 * k, 50 - 3 * k), dtype=torch.uint8, generator=gen) for k in range(6)]
+    boxes = imagenet.crop_params([order.sample_seed(1, 0, p) for p in range(6)], [im.shape[1] for im in images],
+                                 [im.shape[2] for im in images])
+    whole = imagenet.resized_crops(images, boxes, 24)
+    monkeypatch.setattr(imagenet, "CANVAS_BYTES", 3 * 4 * 40 * 40)  # about one crop per canvas
+    assert torch.equal(imagenet.resized_crops(images, boxes, 24), whole)
 
 
 def test_stream_same_for_any_worker_count_and_resumes(tmp_path):
@@ -242,20 +275,24 @@ def test_bad_files_in_a_folder_never_stop_the_stream(tmp_path, capfd):
 
 
 def _prefetch_threads() -> int:
-    return sum(t.name == "lth-prefetch" and t.is_alive() for t in threading.enumerate())
+    # the decoding producer and the finishing stage (crop, resize, normalise) after it
+    return sum(t.name.startswith("lth-prefetch") and t.is_alive() for t in threading.enumerate())
 
 
 def test_closing_a_stream_stops_its_thread(tmp_path):
     write_image_folder(tmp_path, num_classes=2, per_class_train=4, per_class_val=1, image_size=36, image_format="jpeg")
     bundle = D.open_data(folder_cfg(tmp_path), CPU, num_workers=2)
+    for t in threading.enumerate():  # streams earlier tests closed: their threads may still be ending
+        if t.name.startswith("lth-prefetch"):
+            t.join(timeout=10)
     before = _prefetch_threads()
     stream = bundle.train_stream(0, 2, 0)
     assert _prefetch_threads() == before  # nothing starts before the first batch is asked for
     next(stream)
-    assert _prefetch_threads() == before + 1
+    assert _prefetch_threads() == before + 2
     stream.close()
     for t in threading.enumerate():
-        if t.name == "lth-prefetch":
+        if t.name.startswith("lth-prefetch"):
             t.join(timeout=10)
     assert _prefetch_threads() == before
 
@@ -272,6 +309,21 @@ def test_a_producer_error_reaches_the_consumer():
             got.append(int(t))
     assert got == [0, 1]
     assert [int(t) for (t,) in Prefetcher(range(5), lambda plan: [], lambda p, c: (torch.tensor(p),), 3, 2, CPU)] == list(range(5))
+    # Two stages (decode, then finish): the order kept, an error of either stage raised in the consumer.
+    two = Prefetcher(range(5), lambda plan: [], lambda p, c: p * 10, 3, 2, CPU, finish=lambda p, made: (torch.tensor(made + p),))
+    assert [int(t) for (t,) in two] == [11 * p for p in range(5)]
+    for broken in ("make", "finish"):
+        def fail(p, x, where=broken, stage=None):
+            if p == 2 and where == stage:
+                raise ValueError(f"{stage} of plan 2 is broken")
+            return x
+        stages = Prefetcher(range(5), lambda plan: [], lambda p, c: fail(p, p, stage="make"), 2, 1, CPU,
+                            finish=lambda p, made: (torch.tensor(fail(p, made, stage="finish")),))
+        got = []
+        with pytest.raises(ValueError, match=f"{broken} of plan 2 is broken"):
+            for (t,) in stages:
+                got.append(int(t))
+        assert got == [0, 1]
 
 
 # ---- workers from the job's CPUs ---------------------------------------------------------------
@@ -326,24 +378,4 @@ def test_e2e_benchmark_reports_its_path_and_fails_on_a_fallback(tmp_path, capsys
     assert "FELL BACK" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
-def test_cuda_decode_draws_the_cpu_runs_crops(tmp_path, monkeypatch):
-    """On a GPU machine: the CUDA stream takes the same examples with the same crop boxes as the
-    CPU stream, decodes every colour JPEG in the batched nvJPEG call and hands over finished
-    batches. Pixels are not compared: nvJPEG and libjpeg-turbo may round IDCT and chroma
-    upsampling differently, and no bound on that difference is documented."""
-    write_image_folder(tmp_path, num_classes=2, per_class_train=6, per_class_val=2, image_size=40, image_format="jpeg")
-    seen: dict[str, list] = {"cpu": [], "cuda": []}
-    real = imagenet.crop_params
-    for kind in ("cpu", "cuda"):
-        monkeypatch.setattr(imagenet, "crop_params", lambda s, h, w, k=kind: seen[k].append((s, h, w)) or real(s, h, w))
-        bundle = D.open_data(folder_cfg(tmp_path), torch.device(kind), num_workers=2)
-        batches = take(bundle.train_stream(4, 4, 1), 4)
-        assert [x.device.type for x, _ in batches] == [kind] * 4 and [x.shape for x, _ in batches] == [(4, 3, 32, 32)] * 4
-        seen[kind + "_labels"] = [y.cpu().tolist() for _, y in batches]
-        ev = list(bundle.eval_batches("test", 3))
-        assert [x.shape[0] for x, _ in ev] == [3, 1]
-        stats = bundle.stats.as_dict()
-        assert stats["batched"] >= 20 and stats["single"] == stats["cpu"] == stats["failed"] == 0
-    # The producers run ahead by different depths: compare the batches both streams handed over.
-    assert seen["cpu"][:4] == seen["cuda"][:4] and seen["cpu_labels"] == seen["cuda_labels"]
+# The CUDA (nvJPEG) stream against this CPU stream: tests/test_gpu.py, the GPU suite.

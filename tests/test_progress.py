@@ -113,6 +113,15 @@ def test_plan_against_a_store_tells_done_remaining_and_gpu_hours_from_measured_f
     images = sum((j.spec.stop_iter - j.spec.start_iter) * j.spec.train.batch_size
                  for j in p.jobs.values() if j.kind == "train" and j.id != dense.id)
     assert progress.gpu_hours == images / 1000.0 / 3600 and "gpu.json" in progress.source
+    # a GPU session's folder, rows for both kernel settings: the jobs' own setting (deterministic) counts
+    session = results / "h200-session"
+    session.mkdir()
+    row = {"model": dense.spec.train.model, "batch_size": dense.spec.train.batch_size}
+    (session / "training.json").write_text(json.dumps({"device": "NVIDIA H200", "date": "e", "training": [
+        {**row, "deterministic": False, "images_per_s": {"ours_masked": 4000.0}},
+        {**row, "deterministic": True, "images_per_s": {"ours_masked": 2000.0}}]}))
+    progress = sweep_progress(p, store, str(results))
+    assert progress.gpu_hours == images / 2000.0 / 3600 and "training.json" in progress.source
     assert main(["plan", DEMO, "--json", "--store", store.root, *tiny_args()]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["store"]["done"] == 1 and out["store"]["remaining"] == len(p.jobs) - 1

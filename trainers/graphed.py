@@ -13,6 +13,13 @@ optimizer's update) and replays it with a single launch. What that needs, and ho
 Capture needs warm-up steps, which update the weights: every parameter, buffer and optimizer
 state is copied before and restored after, so the run's first real step is the captured one
 and the trajectory is the eager one's.
+A graph replays one input shape. Progressive resizing (data.min_res/max_res) changes the side
+at epoch boundaries: a batch of another shape releases the graph and captures a new one (its
+warm-up undone as above). Sides only grow along the ramp, so one graph is held at a time and a
+run captures once per side. What cannot be captured is refused before training
+(trainers/graph_rules.py: streamed data, torch.compile), and capture stays in PyTorch's default
+global error mode: any CUDA call another thread makes during capture is an error, not a silent
+corruption.
 
 Both loops (trainers/train.py, trainers/packed.py) call `make_step` and then `step(x, y, lr)`.
 """
@@ -69,6 +76,7 @@ class _Captured:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.captures = 0  # graphs captured so far (one per input shape met)
         self._parts = (forward, loss_of, model, masks, device, precision)
 
     def _body(self) -> None:
@@ -95,8 +103,17 @@ class _Captured:
         with torch.cuda.graph(self.graph):
             self._body()
         _restore(model, self.optimizer, saved)
+        self.captures += 1
+
+    def _release(self) -> None:
+        # The old graph's replays must be over before its memory pool goes back to the allocator.
+        torch.cuda.current_stream().synchronize()
+        self.graph, self.x, self.y = None, None, None
+        self.optimizer.zero_grad(set_to_none=True)  # gradients live in the old graph's pool
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        if self.graph is not None and (x.shape != self.x.shape or y.shape != self.y.shape):
+            self._release()
         if self.graph is None:
             self.lr.fill_(lr)
             self._capture(x, y)

@@ -33,6 +33,7 @@ from trainers.compiling import compiled
 from trainers.data.sources import DataInfo, open_data
 from trainers.determinism import applied, kernels
 from trainers.evaluate import evaluate, param_dtype, to_model_input
+from trainers.graph_rules import cuda_graphs_problem
 from trainers.graphed import make_step
 from trainers.jobs import MetricRow, OptimizerConfig, TrainJob, TrainPaths, TrainResult
 from trainers.models import build_model
@@ -91,6 +92,10 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
         raise ValueError(f"paths.parent_weights: retrain={job.retrain} starts from the parent's weights")
     if job.train.batch_size <= 0:
         raise ValueError(f"train.batch_size: must be positive, got {job.train.batch_size}")
+    if job.train.cuda_graphs:
+        problem = cuda_graphs_problem(job.train.data.name, job.train.compile)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
 
 
 def _restrict(mask: dict[str, torch.Tensor], names: list[str], path: str) -> dict[str, torch.Tensor]:

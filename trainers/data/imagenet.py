@@ -1,14 +1,16 @@
 """ImageNet-style image folders (root/train/<class>/*, root/val/<class>/*), streamed from files.
 
 The CPU only reads bytes: a pool of reader threads (as many as the job's CPUs allow, workers.py)
-reads each batch's files ahead of time, and one producer thread decodes them on the training
-device (nvJPEG on CUDA, libjpeg-turbo on the CPU: jpeg.py, with CPU fallbacks for the files
-nvJPEG cannot take) and crops, resizes, flips and normalises them there (prefetch.py).
+reads each batch's files ahead of time; one producer thread decodes them on the training device
+(nvJPEG on CUDA, libjpeg-turbo on the CPU: jpeg.py, with CPU fallbacks for the files nvJPEG
+cannot take) while a second one crops, resizes, flips and normalises the previous batch there,
+the whole batch's crops in one roi_align call (`resized_crops`; prefetch.py runs the stages).
 
 Training: random-resized crop (area 0.08-1, aspect 3/4-4/3) to image_size and a horizontal flip;
 evaluation: resize the shorter side to eval_image_size (default round(image_size * 8/7)) and
-centre-crop image_size. The crop and flip of the example at position p of epoch e come from a
-CPU generator seeded with order.sample_seed(data_seed, e, p) and the decoded image's size
+centre-crop image_size (one image at a time: evaluation is not on the training path). The crop
+and flip of the example at position p of epoch e come from a CPU generator seeded with
+order.sample_seed(data_seed, e, p) and the decoded image's size
 (ResizedCropFlip.uniforms/boxes), so the batches are a pure function of (data_seed, epoch,
 position) whatever the number of workers or the decode device; a resumed stream recomputes its
 epoch's plan and continues it. With progressive resizing (data.min_res/max_res) each batch's plan
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from torchvision.ops import roi_align
 from torch import Tensor
 from torchvision.datasets.folder import find_classes, make_dataset
 
@@ -66,12 +68,57 @@ class Plan:
 
 
 def crop_params(seeds: list[int], heights: list[int], widths: list[int]) -> dict[str, Tensor]:
-    """The random-resized crops and flips of one batch (CPU float64 boxes, bool flips): one
-    generator per position, so a crop depends on its position's seed and its image's size only."""
-    draws = [_CROP.uniforms(torch.Generator().manual_seed(s), 1) for s in seeds]
-    u = torch.cat([d[0] for d in draws])
-    flip = torch.cat([d[1] for d in draws])
-    return _CROP.boxes(u, flip, torch.tensor(heights, dtype=torch.float64), torch.tensor(widths, dtype=torch.float64))
+    """The random-resized crops and flips of one batch (CPU float64 boxes, bool flips). Each
+    position's draws come from one generator reseeded with that position's seed (the draws a
+    fresh generator with that seed makes), so a crop depends on its position's seed and its
+    image's size only; the batch's boxes are then computed at once."""
+    n, attempts = len(seeds), _CROP.attempts
+    u = torch.empty(n, attempts, 4, dtype=torch.float64)
+    coin = torch.empty(n)
+    gen = torch.Generator()
+    for k, s in enumerate(seeds):
+        gen.manual_seed(s)
+        torch.rand(attempts, 4, generator=gen, dtype=torch.float64, out=u[k])  # ResizedCropFlip.uniforms' order
+        torch.rand(1, generator=gen, out=coin[k : k + 1])
+    return _CROP.boxes(u, coin < 0.5, torch.tensor(heights, dtype=torch.float64), torch.tensor(widths, dtype=torch.float64))
+
+
+# Bytes of one float32 canvas of crops handed to roi_align: a batch holding some very large
+# crops (ImageNet has files of 2000+ px) is resampled in several calls instead of one huge one.
+CANVAS_BYTES = 512 * 2**20
+
+
+def resized_crops(images: list[Tensor], boxes: dict[str, Tensor], side: int) -> Tensor:
+    """The crops (rows i..i+h, columns j..j+w of each uint8 image) resampled to side x side and
+    flipped where boxes["flip"] says, as float32 (0..255): one roi_align call per canvas.
+
+    Each crop is copied into a zero canvas with its last row and column repeated once, so a
+    bilinear sample never reads past the crop: as resizing the cropped image alone does. roi_align
+    (aligned, adaptive sampling) averages ceil(h/side) x ceil(w/side) bilinear samples per output
+    pixel: plain bilinear interpolation where a crop is enlarged (the same values as
+    F.interpolate), a box prefilter against aliasing where it is shrunk."""
+    i, j, h, w = (boxes[k].to(torch.int64).tolist() for k in ("i", "j", "h", "w"))
+    device = images[0].device
+    out = torch.empty(len(images), 3, side, side, device=device)
+    lo = 0
+    while lo < len(images):
+        hi, rows, cols = lo, 0, 0
+        while hi < len(images):
+            r, c = max(rows, h[hi] + 1), max(cols, w[hi] + 1)
+            if hi > lo and (hi - lo + 1) * 3 * r * c * 4 > CANVAS_BYTES:
+                break
+            rows, cols, hi = r, c, hi + 1
+        canvas = torch.zeros(hi - lo, 3, rows, cols, device=device)
+        for n, k in enumerate(range(lo, hi)):
+            crop = images[k][:, i[k] : i[k] + h[k], j[k] : j[k] + w[k]]
+            canvas[n, :, : h[k], : w[k]] = crop
+            canvas[n, :, h[k], : w[k]] = crop[:, -1]
+            canvas[n, :, : h[k] + 1, w[k]] = canvas[n, :, : h[k] + 1, w[k] - 1]
+        rois = torch.tensor([[n, 0.0, 0.0, w[k], h[k]] for n, k in enumerate(range(lo, hi))], device=device)
+        out[lo:hi] = roi_align(canvas, rois, output_size=side, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        lo = hi
+    flip = boxes["flip"].to(device).view(-1, 1, 1, 1)
+    return torch.where(flip, out.flip(-1), out)
 
 
 def train_plans(n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool,
@@ -102,13 +149,7 @@ class FolderTransform:
 
     def crop(self, images: list[Tensor], seeds: list[int], side: int) -> Tensor:
         p = crop_params(seeds, [im.shape[1] for im in images], [im.shape[2] for im in images])
-        boxes = torch.stack([p["i"], p["j"], p["h"], p["w"]], 1).to(torch.int64).tolist()
-        out = torch.empty(len(images), 3, side, side, device=self.device)
-        for k, (im, (i, j, h, w)) in enumerate(zip(images, boxes)):
-            out[k] = F.interpolate(im[None, :, i : i + h, j : j + w].float(), size=(side, side), mode="bilinear",
-                                   antialias=True, align_corners=False)[0]
-        flip = p["flip"].to(self.device).view(-1, 1, 1, 1)
-        return torch.where(flip, out.flip(-1), out)
+        return resized_crops(images, p, side)
 
     def centre(self, images: list[Tensor], side: int) -> Tensor:
         # The evaluation view: the same fraction of the image at any side.
@@ -118,9 +159,12 @@ class FolderTransform:
             out[k] = TF.center_crop(TF.resize(im[None].float(), [resize], antialias=True), [side, side])[0]
         return out
 
-    def __call__(self, plan: Plan, contents: list) -> Batch:
-        paths = self.paths(plan)
-        images = decode_batch(contents, paths, self.device, self.stats, MEAN)
+    def decode(self, plan: Plan, contents: list) -> list[Tensor]:
+        """The prefetcher's first stage: the batch's files decoded on the device."""
+        return decode_batch(contents, self.paths(plan), self.device, self.stats, MEAN)
+
+    def finish(self, plan: Plan, images: list[Tensor]) -> Batch:
+        """The second stage (overlapping the next batch's decode): crop, resize, flip, normalise."""
         side = self.size if plan.side is None else plan.side
         if plan.seeds and plan.seeds[0] is not None:
             x = self.crop(images, list(plan.seeds), side)
@@ -128,6 +172,9 @@ class FolderTransform:
             x = self.centre(images, side)
         y = torch.tensor([self.samples[i][1] for i in plan.indices], dtype=torch.int64).to(self.device)
         return (x - self._mean) * self._inv_std, y
+
+    def __call__(self, plan: Plan, contents: list) -> Batch:
+        return self.finish(plan, self.decode(plan, contents))
 
 
 class FolderBundle(DataBundle):
@@ -146,7 +193,8 @@ class FolderBundle(DataBundle):
     def _batches(self, transform: FolderTransform, plans) -> Iterator[Batch]:
         # A generator, so no thread starts before the first batch is asked for, and closing it
         # (or dropping it) stops the prefetcher.
-        prefetcher = Prefetcher(plans, transform.paths, transform, self.num_workers, self.depth, self.device)
+        prefetcher = Prefetcher(plans, transform.paths, transform.decode, self.num_workers, self.depth, self.device,
+                                finish=transform.finish)
         try:
             yield from prefetcher
         finally:
