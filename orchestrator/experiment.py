@@ -48,8 +48,9 @@ _GROWS_AS_NUMBER = {"pruning.levels"}
 # Fields added after experiments were stored: left out of the identity while at their default,
 # so that an existing config keeps its config_hash.
 _NEW_AT_DEFAULT = {
-    "train": {"bn_sync": "global", "bn_batch": None},
-    "pruning": {"criterion": "magnitude", "at_init": None},
+    "train": {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
+    "pruning": {"criterion": "magnitude", "at_init": None, "granularity": "weight", "channel_score": "l1_filter",
+                "groups": "block_internal", "early_bird": None},
 }
 
 

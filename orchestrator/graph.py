@@ -28,6 +28,7 @@ class JobMeta:
     parent_job_id: str | None = None  # the previous level (train), None for dense runs
     pair: tuple[str, str] | None = None  # interpolate: (job_a, job_b), the two children
     config_hash: str = ""  # the experiment's resolved config (orchestrator.experiment.config_hash)
+    granularity: str = "weight"  # pruning.granularity of the experiment: weight | channel
 
 
 @dataclass(frozen=True)

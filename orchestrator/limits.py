@@ -27,6 +27,7 @@ MAX_BRANCH_SEEDS = 100  # children at each branch point: their pairs grow as the
 MAX_BN_BATCHES = 100_000  # training batches of one BatchNorm reset
 MAX_SCORING_EXAMPLES = 100_000  # pruning at init: examples of each class in the scoring batch (GraSP, SNIP: 10)
 MAX_SYNFLOW_ROUNDS = 100_000  # pruning at init: SynFlow's rounds (Tanaka et al.: 100)
+MAX_EARLY_BIRD_QUEUE = 10_000  # early-bird: masks in the detector's FIFO (one per epoch; You et al.: 5)
 MAX_ATTEMPTS = 100
 MAX_WORKERS = 100_000
 MAX_PACK = 1024

@@ -42,6 +42,8 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.channel_plan import check_slimming, planned_channel_densities
+from orchestrator.early_bird_plan import add_early_bird
 from orchestrator.experiment import config_hash
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
@@ -67,7 +69,13 @@ def derived_seed(tag: str, *values: int) -> int:
 
 def planned_densities(spec: ExperimentSpec) -> list[float]:
     """Density at levels 0..L, from the model's weight counts alone (model_catalog.py: no model
-    is built and torch is not imported where the catalog holds the model and data shape)."""
+    is built and torch is not imported where the catalog holds the model and data shape).
+    pruning.granularity channel: the channel density (orchestrator/channel_plan.py), exact; the
+    weight density of a global channel level depends on which layers lose channels, and is
+    measured (runs.density)."""
+    if spec.pruning.granularity == "channel":
+        return planned_channel_densities(spec)
+    check_slimming(spec)
     sizes = prunable_sizes(spec)
     _check_floor(sizes, spec)
     return [r / sum(sizes.values()) for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
@@ -188,6 +196,7 @@ class _Builder:
             parent_job_id=parent,
             pair=pair,
             config_hash=self.config_hash,
+            granularity=self.spec.pruning.granularity,
         )
 
     def build(self) -> dict[str, Job]:
@@ -291,6 +300,8 @@ class _Builder:
                                  self.meta("level", r, k, level, self.ds, "reinit_signs", strategy, parent=prev))
                 if spec.pruning.at_init is not None and k in spec.pruning.at_init.at_iters:
                     self.at_init_lineages(r, k, dense, w_k)
+            if spec.pruning.early_bird is not None:
+                add_early_bird(self, r)
         return self.jobs
 
     def at_init_lineages(self, r: int, k: int, dense: str, w_k: tuple[str, str]) -> None:
@@ -428,7 +439,7 @@ def summarize(plan: Plan) -> dict:
                 lineages.add((m.replicate, m.rewind_iter, family))
             if m.role == "pai":  # named as the config names them: method, and ablation if any
                 at_init[m.prune_strategy if m.retrain == "rewind" else f"{m.prune_strategy}+{m.retrain.removeprefix('pai_')}"] += 1
-            elif m.prune_strategy != "random" and m.retrain not in ("reinit", "reinit_signs"):
+            elif m.prune_strategy != "random" and m.retrain not in ("reinit", "reinit_signs") and m.role != "early_bird":
                 density.setdefault(m.level, m.density)
         else:
             interp_by_level[m.level] += 1

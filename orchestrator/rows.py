@@ -67,6 +67,9 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "weights_path": res["weights_path"],
             "mask_path": res["mask_path"],
             "weight_correlation": res.get("weight_correlation"),
+            "granularity": meta.granularity,
+            "channel_density": res.get("channel_density"),
+            "flops_fraction": res.get("flops_fraction"),
         }
         metrics = [
             {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],
@@ -78,7 +81,11 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
              "weight_correlation": r["weight_correlation"], "config_hash": meta.config_hash}
             for r in res.get("layers", [])
         ]
-        return {"layers": layers, "metrics": metrics, "runs": [run]}  # runs last: see result_tables
+        tables = {}
+        if res.get("early_bird"):  # staged before runs (dict order): a recorded job has its detections too
+            tables["early_bird"] = [{"job_id": job.id, **d, "config_hash": meta.config_hash} for d in res["early_bird"]]
+        tables.update(layers=layers, metrics=metrics, runs=[run])  # runs last: see result_tables
+        return tables
     if job.kind == "interpolate":
         if meta.pair is None:
             raise ValueError(f"interpolate job {job.id} has no pair in its metadata")

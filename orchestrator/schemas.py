@@ -42,6 +42,9 @@ RUNS = pa.schema(
         # Pearson r of the starting and final weights over the kept prunable entries (Liu et al.
         # 2021); null: a run recorded before this column existed
         ("weight_correlation", pa.float64()),
+        ("granularity", pa.string()),  # pruning.granularity: weight | channel
+        ("channel_density", pa.float64()),  # alive / all channels of the pruned groups; null: weight granularity
+        ("flops_fraction", pa.float64()),  # Conv/Linear multiply-accumulates with the mask over dense; null: not recorded
     ]
 )
 
@@ -98,18 +101,36 @@ INSTABILITY = pa.schema(
     ]
 )
 
+# One row per fraction of an early-bird search (pruning.early_bird; trainers/early_bird.py).
+EARLY_BIRD = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("job_id", pa.string()),  # the search job
+        ("fraction", pa.float64()),  # p of the detector
+        ("detected", pa.bool_()),  # false: never fired; the mask is the one at the end of the search
+        ("detect_epoch", pa.int64()),  # epochs trained at detection; null when never detected
+        ("detect_iter", pa.int64()),  # iteration of the mask and weights saved (the stop when not detected)
+        ("distances", pa.list_(pa.float64())),  # newest mask vs each older one in the queue, oldest first
+        ("channels_kept", pa.int64()),  # channels (kind channel) or weights (kind unstructured) kept
+        ("density", pa.float64()),  # weight density of the mask over Conv/Linear weights
+        ("config_hash", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "runs": RUNS,
     "metrics": METRICS,
     "interpolation": INTERPOLATION,
     "instability": INSTABILITY,
     "layers": LAYERS,
+    "early_bird": EARLY_BIRD,
 }
 
 
 # The column naming the job a row belongs to: a job's rows of a table are stored exactly once.
 KEY_COLUMN: dict[str, str] = {"runs": "job_id", "metrics": "job_id", "interpolation": "pair_id", "instability": "pair_id",
-                               "layers": "job_id"}
+                               "layers": "job_id",
+                               "early_bird": "job_id"}
 
 
 def file_schema(table: str) -> pa.Schema:

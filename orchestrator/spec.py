@@ -167,6 +167,13 @@ class TrainSpec(_Model):
         description="bn_sync per_replica: examples per rank that BatchNorm normalises over (required "
         "there; resources must give batch_size / bn_batch ranks); part of the job id" + _at_most(L.MAX_BATCH_SIZE),
     )
+    l1_gamma: float = Field(
+        0.0,
+        ge=0,
+        description="network slimming's sparsity penalty on BatchNorm scales (Liu et al. 2017): "
+        "l1_gamma * sign(gamma) added to their gradients after backward, in every train job (part of the job id); "
+        "0: off. Needs a model with BatchNorm",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -207,6 +214,24 @@ class AtInitSpec(_Model):
         return self
 
 
+class EarlyBirdSpec(_Model):
+    kind: Literal["channel", "unstructured"] = Field("channel", description="early-bird masks: channel (BatchNorm scales of pruning.groups' channels, one global ranking; needs BatchNorm) or unstructured (global |w| of the prunable weights)")
+    fractions: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], min_length=1, description="p of each detector (fraction of channels or weights its mask prunes); all run in one search")
+    queue: int = Field(5, ge=2, le=L.MAX_EARLY_BIRD_QUEUE, description="masks in the detector's FIFO: the newest is compared with each older one" + _at_most(L.MAX_EARLY_BIRD_QUEUE))
+    threshold: float = Field(0.1, gt=0, lt=1, description="a ticket is detected when the newest mask is within this normalised Hamming distance of every older mask in the queue (the reference code's rule)")
+    stop: Literal["at_detection", "never"] = Field("at_detection", description="at_detection: the search stops once every fraction has fired; never: it trains to T and records every detection")
+    retrain: list[Literal["continue", "reinit", "rewind"]] = Field(default_factory=lambda: ["continue", "reinit", "rewind"], min_length=1, description="retrain jobs per fraction: continue (weights and schedule from the detection point), reinit (fresh weights), rewind (W_k of the search, for each sweep rewinding point)")
+
+    @model_validator(mode="after")
+    def _lists(self) -> "EarlyBirdSpec":
+        _unique(self.fractions, "pruning.early_bird.fractions")
+        _unique(self.retrain, "pruning.early_bird.retrain")
+        for i, p in enumerate(self.fractions):
+            if not 0 < p < 1:
+                raise SpecError(f"pruning.early_bird.fractions[{i}]", f"must be in (0, 1), got {p}")
+        return self
+
+
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
@@ -217,6 +242,30 @@ class PruningSpec(_Model):
     controls: list[Literal["random_prune", "random_reinit", "random_reinit_signs"]] = Field(default_factory=list, description="control lineages: random_prune (shuffled mask, same per-layer counts), random_reinit (IMP's mask, fresh weights), random_reinit_signs (IMP's mask, fresh magnitudes with the signs of W_k; Zhou et al. 2019)")
     criterion: Literal["magnitude", "magnitude_increase"] = Field("magnitude", description="which trained weights a level keeps (Zhou et al. 2019): magnitude (the largest |w_T|, the original IMP) or magnitude_increase (the largest |w_T| - |w_k|)")
     at_init: AtInitSpec | None = Field(None, description="pruning at initialization, scored on W_k at IMP's exact counts (absent: none)")
+    granularity: Literal["weight", "channel"] = Field(
+        "weight",
+        description="what a level removes: weight (unstructured magnitude pruning) or channel (whole "
+        "convolution channels: filter, bias, BatchNorm scale and shift, the next layer's input slice; "
+        "fraction is then of the remaining channels, and strategy magnitude_global ranks channels over all "
+        "groups, magnitude_layerwise within each)",
+    )
+    channel_score: Literal["l1_filter", "bn_gamma"] = Field(
+        "l1_filter",
+        description="granularity channel: l1_filter (L1 norm of the filter, Li et al. 2017) or bn_gamma "
+        "(|BatchNorm scale|, network slimming; train with train.l1_gamma > 0)",
+    )
+    groups: Literal["block_internal", "coupled"] = Field(
+        "block_internal",
+        description="granularity channel: block_internal (channels inside residual blocks and of plain "
+        "conv layers) or coupled (also the channels meeting at residual adds, one group per stage; needs "
+        "the torch-pruning package)",
+    )
+    early_bird: EarlyBirdSpec | None = Field(
+        None,
+        description="early-bird tickets (You et al. 2020): a search job per replicate trains the dense network "
+        "(with train.l1_gamma) and detects, per fraction, when the mask stops changing; retrain jobs per "
+        "(fraction, mode) are planned from the search's id. null: none",
+    )
 
     @model_validator(mode="after")
     def _lists(self) -> "PruningSpec":
@@ -232,7 +281,8 @@ class PruningSpec(_Model):
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
         return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
-                           criterion=self.criterion)
+                           criterion=self.criterion, granularity=self.granularity,
+                           channel_score=self.channel_score, groups=self.groups)
 
 
 class BranchSpec(_Model):
@@ -559,6 +609,7 @@ class ExperimentSpec(_Model):
             deterministic=t.deterministic,
             bn_sync=t.bn_sync,
             bn_batch=t.bn_batch,
+            l1_gamma=t.l1_gamma,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

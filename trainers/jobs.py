@@ -86,17 +86,25 @@ class TrainConfig:
     # these defaults (orchestrator/jobid.py): every job stored before keeps its id.
     bn_sync: Literal["global", "per_replica"] = "global"
     bn_batch: int | None = None
+    # Network slimming (Liu et al. 2017): l1_gamma * sign(gamma) added to every BatchNorm scale's
+    # gradient after backward. Left out of the job id at 0 (orchestrator/jobid.py).
+    l1_gamma: float = 0.0
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     strategy: PruneStrategy = "magnitude_global"
-    fraction: float = 0.2  # of the *remaining* prunable weights, per level
+    fraction: float = 0.2  # of the *remaining* prunable weights (or channels), per level
     ignore: tuple[str, ...] = ()  # parameter names (fnmatch patterns) that are never pruned
     # Which trained weights a level keeps (Zhou et al. 2019): "magnitude" |w_T| (large_final) or
     # "magnitude_increase" |w_T| - |w_k| (needs W_k: paths.rewind_weights). Left out of the job id
     # at its default, so existing jobs keep their ids (orchestrator/jobid.py).
     criterion: Literal["magnitude", "magnitude_increase"] = "magnitude"
+    # Structured pruning (trainers/structure.py, trainers/methods/channels.py); left out of the
+    # job id at their defaults, so weight-granularity jobs keep their ids.
+    granularity: Literal["weight", "channel"] = "weight"
+    channel_score: Literal["l1_filter", "bn_gamma"] = "l1_filter"
+    groups: Literal["block_internal", "coupled"] = "block_internal"
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,20 @@ class AtInitConfig:
     temperature: float = 0.0  # grasp/grasp_abs: logits / T
     iterations: int = 1  # synflow: rounds of scoring and pruning
     schedule: Literal["exponential", "linear"] = "exponential"  # synflow: kept count after each round
+
+
+@dataclass(frozen=True)
+class EarlyBirdConfig:
+    """An early-bird search (You et al. 2020; trainers/early_bird.py): the detectors run at every
+    epoch start of a dense run; each fraction's mask and weights at detection are outputs."""
+
+    kind: Literal["channel", "unstructured"] = "channel"  # BatchNorm scales of the groups, or |w| of the prunable weights
+    fractions: tuple[float, ...] = (0.3, 0.5, 0.7)  # p: what each detector's mask prunes
+    queue: int = 5
+    threshold: float = 0.1
+    stop: Literal["at_detection", "never"] = "at_detection"  # stop once every detector has fired
+    groups: Literal["block_internal", "coupled"] = "block_internal"  # channel kind: the ranked channels
+    ignore: tuple[str, ...] = ()  # never-pruned weights (pruning.ignore)
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,10 @@ class TrainJob:
     # control random_reinit_signs (Zhou et al. 2019): with reinit_seed, fresh magnitudes carrying
     # the signs of W_k (paths.rewind_weights).
     reinit_keep_signs: bool = False
+    # Early-bird (left out of the id at their defaults): a search job, and a retrain job that
+    # continues from the detection point its search recorded (TrainPaths.detection).
+    early_bird: EarlyBirdConfig | None = None
+    start_at_detection: bool = False
 
     @property
     def stop_iter(self) -> int:
@@ -170,6 +196,7 @@ class TrainPaths:
     rewind_weights: str | None = None  # W_k from the dense run (retrain=rewind)
     checkpoint_every_iters: int = 0  # 0: only by time
     checkpoint_every_seconds: float = 300.0
+    detection: str | None = None  # eb_<p>.json of an early-bird search (start_at_detection)
 
 
 @dataclass(frozen=True)
@@ -234,6 +261,12 @@ class TrainResult:
     # weights over the kept prunable entries (Liu et al. 2021); None: not recorded
     weight_correlation: float | None = None
     layers: list[LayerRow] = field(default_factory=list)
+    # Structured pruning's measures: alive channels / channels of the pruned groups (channel
+    # granularity only), and the multiply-accumulates of Conv/Linear layers with the mask's
+    # weights removed over the dense network's (trainers/structure.flops_fraction).
+    channel_density: float | None = None
+    flops_fraction: float | None = None
+    early_bird: list[dict] | None = None  # a search's detections, one per fraction (trainers/early_bird.py)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CATALOG_FILE = HERE / "model_catalog.json"
-SOURCES = ("models.py", "pruning.py")  # what the recorded names and sizes are a function of (with torchvision)
+SOURCES = ("models.py", "pruning.py", "structure.py")  # what the recorded names and sizes are a function of (with torchvision)
 
 
 def fingerprint() -> dict[str, str]:
@@ -75,6 +75,44 @@ def conv_linear_weights(model: str, input_shape: tuple[int, ...], num_classes: i
     return _measure(model, tuple(input_shape), int(num_classes))
 
 
+def channel_groups(model: str, input_shape: tuple[int, ...], num_classes: int, mode: str) -> dict[str, int]:
+    """Channel group name -> channels (trainers/structure.py, pruning.groups `mode`), in model
+    order, for planning structured pruning; ValueError where the model has none (or, for
+    `coupled`, where torch-pruning is missing)."""
+    data = _load()
+    if data is not None:
+        entry = data["entries"].get(_key(model, input_shape, num_classes))
+        if entry is not None and "channels" in entry:
+            found = entry["channels"][mode]
+            if "error" in found:
+                raise ValueError(found["error"])
+            return {name: int(size) for name, size in found["groups"]}
+    return _measure_channels(model, tuple(input_shape), int(num_classes), mode)
+
+
+def has_batchnorm(model: str, input_shape: tuple[int, ...], num_classes: int) -> bool:
+    """Whether the model has BatchNorm scales (train.l1_gamma, channel_score bn_gamma)."""
+    data = _load()
+    if data is not None:
+        entry = data["entries"].get(_key(model, input_shape, num_classes))
+        if entry is not None and "batchnorm" in entry:
+            return bool(entry["batchnorm"])
+    from trainers.models import meta_model
+
+    import torch.nn as nn
+
+    net = meta_model(model, tuple(input_shape), int(num_classes))
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def _measure_channels(model: str, input_shape: tuple[int, ...], num_classes: int, mode: str) -> dict[str, int]:
+    from trainers.models import meta_model
+    from trainers.structure import channel_groups as groups_of
+
+    net = meta_model(model, input_shape, num_classes)
+    return {g.name: g.size for g in groups_of(net, mode, input_shape=input_shape)}
+
+
 def _measure(model: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
     from trainers.models import meta_model
     from trainers.pruning import candidate_names
@@ -100,7 +138,16 @@ def generate() -> dict[str, Any]:
         for shape, classes in shapes:
             try:
                 weights = _measure(model, shape, classes)
-                entries[_key(model, shape, classes)] = {"weights": [[n, s] for n, s in weights.items()]}
+                entry: dict[str, Any] = {"weights": [[n, s] for n, s in weights.items()]}
+                entry["batchnorm"] = has_batchnorm(model, shape, classes)
+                entry["channels"] = {}
+                for mode in ("block_internal", "coupled"):
+                    try:
+                        found = _measure_channels(model, shape, classes, mode)
+                        entry["channels"][mode] = {"groups": [[n, c] for n, c in found.items()]}
+                    except ValueError as e:
+                        entry["channels"][mode] = {"error": str(e)}
+                entries[_key(model, shape, classes)] = entry
             except ValueError as e:
                 entries[_key(model, shape, classes)] = {"error": str(e)}
     return {

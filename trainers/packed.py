@@ -55,6 +55,11 @@ def packing_problem(jobs: Sequence[TrainJob]) -> str | None:
     if not jobs:
         return "no jobs"
     first = jobs[0]
+    for i, job in enumerate(jobs):
+        # the slimming penalty and structured masks (BatchNorm, biases) are the single loop's
+        if (job.train.l1_gamma or (job.prune is not None and job.prune.granularity == "channel")
+                or job.early_bird is not None or job.start_at_detection):
+            return f"job {i} is structured or trains with train.l1_gamma: trained alone"
     for i, job in enumerate(jobs[1:], 1):
         if job.train != first.train:
             return f"job {i} has another TrainConfig than job 0"

@@ -230,7 +230,20 @@ class MaskApplier:
     multiply by one changes nothing, and a dense run then costs no mask work at all.
     """
 
-    def __init__(self, params: nn.Module | Mapping[str, torch.Tensor], mask: Mask):
+    def __init__(self, params: nn.Module | Mapping[str, torch.Tensor], mask: Mask, l1_gamma: float = 0.0):
+        # Network slimming's penalty l1_gamma * sum|gamma| enters as its subgradient on the
+        # BatchNorm scales, added after backward and before the gradient masks (so a pruned
+        # scale's gradient stays zero) and the optimizer step (so momentum sees it, as in the
+        # reference code; weight decay would be another penalty).
+        self.l1_gamma = float(l1_gamma)
+        self.scales: list[torch.Tensor] = []
+        if self.l1_gamma:
+            if not isinstance(params, nn.Module):
+                raise ValueError("train.l1_gamma needs the model (its BatchNorm layers), not a tensor mapping")
+            self.scales = [m.weight for m in params.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+            if not self.scales:
+                raise ValueError("train.l1_gamma: the model has no BatchNorm scales to penalise")
         params = dict(params.named_parameters()) if isinstance(params, nn.Module) else dict(params)
         missing = [k for k in mask if k not in params]
         if missing:
@@ -251,6 +264,9 @@ class MaskApplier:
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
+        if self.l1_gamma:
+            scales = [p for p in self.scales if p.grad is not None]
+            torch._foreach_add_([p.grad for p in scales], torch._foreach_sign(scales), alpha=self.l1_gamma)
         grads, masks = [], []
         for p, m in zip(self.params, self.masks):
             if p.grad is not None:

@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainers import checkpoint, distributed
+from trainers import checkpoint, distributed, early_bird, structure
 from trainers.compiling import compiled
 from trainers.data.sources import DataBundle, DataInfo, open_data
 from trainers.determinism import applied, kernels
@@ -137,6 +137,8 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
         from trainers.methods.job import mask_at_init
 
         mask = mask_at_init(job, w_k, model, lambda: data or open_data(job.train.data, torch.device("cpu")))
+    elif job.prune is not None and job.prune.granularity == "channel":
+        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent)
     elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
     elif job.prune is not None:
@@ -158,6 +160,26 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
     else:
         raise ValueError(f"paths.rewind_weights: a job starting at iteration {job.start_iter} needs W_k")
     return weights, mask
+
+
+def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None) -> dict:
+    """The structured head of a level: channel flags read from the parent's mask, pruned (or
+    shuffled, for the random control) and expanded into a parameter mask over the prunable
+    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices)."""
+    from trainers.methods.channels import prune_channels, shuffle_channels
+
+    cfg = job.prune
+    groups = structure.channel_groups(model, cfg.groups, cfg.ignore)
+    alive = structure.alive_channels(groups, parent_mask)
+    if cfg.strategy == "random":  # IMP's channel mask of this level, shuffled within each group
+        alive = shuffle_channels(alive, job.prune_seed)
+    else:
+        alive = prune_channels(parent, alive, groups, cfg)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    mask = full_mask(model, cfg.ignore)
+    for name, part in structure.expand(groups, alive, shapes).items():
+        mask[name] = mask[name] & part if name in mask else part
+    return mask
 
 
 def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -194,7 +216,21 @@ def lr_for(job: TrainJob, it: int) -> float:
 def train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     """The job's result (None on ranks other than 0 of a gang: rank 0 holds it)."""
     with kernels(job.train.deterministic, rt.device):
-        return _train(job, paths, rt)
+        return _train(resolve_start(job, paths), paths, rt)
+
+
+def resolve_start(job: TrainJob, paths: TrainPaths) -> TrainJob:
+    """An early-bird `continue` job starts where its search detected the ticket (an output of
+    the search, so not part of the description): the iteration is read from eb_<p>.json."""
+    if not job.start_at_detection:
+        return job
+    if paths.detection is None:
+        raise ValueError("paths.detection: a start_at_detection job needs its search's eb_<p>.json")
+    with open(paths.detection) as f:
+        start = int(json.load(f)["detect_iter"])
+    if start >= job.stop_iter:
+        start = job.stop_iter - 1  # detected at the very end: one step of continued training
+    return dataclasses.replace(job, start_iter=start, start_at_detection=False)
 
 
 def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
@@ -235,7 +271,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model = distributed.sync_batchnorm(model, cfg.bn_sync, rt.world_size, device)
-    masks = MaskApplier(model, mask)
+    masks = MaskApplier(model, mask, l1_gamma=cfg.l1_gamma)
     masks.apply_to_weights()
     optimizer = make_optimizer(job, model, device)
     if ckpt is not None:
@@ -252,6 +288,11 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         return distributed.weighted_cross_entropy(logits, y, global_size, rt.world_size, cfg.label_smoothing)
 
     step = make_step(forward, loss_of, model, optimizer, masks, device, cfg.precision, cfg.cuda_graphs)
+    search = None
+    if job.early_bird is not None:  # an early-bird search: detectors at every epoch start
+        search = early_bird.Search(job.early_bird, model, -(-info.num_train // cfg.batch_size), out, write=writer)
+        if ckpt is not None:
+            search.load_state(ckpt["early_bird"])
 
     # --- hooks: rewinding points, evaluation, checkpoints -------------------------------------
     eval_bs = max(cfg.batch_size, 256)
@@ -276,6 +317,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
                 "mask": mask,
                 "metrics": [dataclasses.asdict(m) for m in metrics],
                 "rng": {"cpu": torch.get_rng_state()},
+                **({"early_bird": search.state()} if search is not None else {}),
             },
             ckpt_path,
         )
@@ -294,7 +336,11 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     stream = data.train_stream(job.data_seed, cfg.batch_size, start)
     last_ckpt_time = time.time()
     model.train()
+    end = job.stop_iter
     for it in range(start, job.stop_iter):
+        if search is not None and search.at_epoch_start(it, model):
+            end = it  # every detector has fired: the search stops here (stop: at_detection)
+            break
         hooks_at(it)
         x, y = next(stream)
         # this rank's slice of the global batch (all of it on one rank)
@@ -313,7 +359,6 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
             rt.on_step(done)
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
-    end = job.stop_iter
     if not writer:
         return None
     save_rewind_point(end)
@@ -321,14 +366,14 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     final = {m.split: m for m in metrics if m.iteration == end}
     final_weights = checkpoint.state_dict_cpu(model)
     checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
-    correlation, layers = layer_rows(initial, final_weights, mask)
+    correlation, layers = layer_rows(initial, final_weights, _prunable_part(job, model, mask))
     result = TrainResult(
         metrics=metrics,
         test_loss=final["test"].loss,
         test_accuracy=final["test"].accuracy,
         train_loss=final["train"].loss,
         train_accuracy=final["train"].accuracy,
-        density=density(mask),
+        density=density(_prunable_part(job, model, mask)),
         start_iter=job.start_iter,
         end_iter=end,
         wall_seconds=time.time() - t_start,
@@ -340,12 +385,32 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         deterministic=applied(cfg.deterministic, device),
         weight_correlation=correlation,
         layers=layers,
+        **structured_measures(job, model, mask, info.input_shape),
+        early_bird=search.finish(end, model) if search is not None else None,
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
     # a rewinding point added while this run was interrupted past it: replay up to it
     return add_missing_rewind_points(job, out, result, rt)
+
+
+def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
+    """The mask's prunable Conv/Linear weights: density is over these, whatever else a structured
+    mask covers (biases, BatchNorm, the input slices of ignored layers)."""
+    ignore = job.prune.ignore if job.prune is not None else job.at_init.ignore if job.at_init is not None else ()
+    names = set(prunable_names(model, ignore))
+    part = {k: v for k, v in mask.items() if k in names}
+    return part or mask
+
+
+def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input_shape) -> dict:
+    """flops_fraction for every run; channel_density for a channel-granularity run."""
+    out: dict = {"flops_fraction": structure.flops_fraction(model, mask, tuple(input_shape))}
+    if job.prune is not None and job.prune.granularity == "channel":
+        groups = structure.channel_groups(model, job.prune.groups, job.prune.ignore)
+        out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
+    return out
 
 
 def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: Runtime) -> TrainResult:
@@ -356,6 +421,8 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
     keep only the missing W_k: weights.pt and everything else already stored stay untouched.
     """
     missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
+    if job.early_bird is not None:  # a search that stopped at detection never reaches the later points
+        missing = [k for k in missing if k <= result.end_iter]
     if not missing:
         return result
     if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:

@@ -402,6 +402,14 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     else:
         out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
     tables = _presented_tables(res, progress.planned_levels)
+    from orchestrator.analysis.structured import structured_tables
+
+    raw_extra = structured_tables(store.results, experiment)
+    eb_dist = next((t for stem, _title, t in raw_extra if stem == "early_bird_distances"), None)
+    extra = [(stem, title, present(t)) for stem, title, t in raw_extra]
+    for stem, title, t in extra:
+        console.print(f"{title}: {stem}.csv")
+    tables += extra
     for stem, _title, t in tables:
         out.write_table(stem, t)
     clock.lap("tables")
@@ -433,6 +441,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         ("layer_profiles", lambda: figs.layer_profiles(res.layer_profiles, profile_level),
          (res.layer_profiles, profile_level)),
         ("weight_correlation", lambda: figs.weight_correlation(res.methods), (res.methods,)),
+        ("early_bird_distances", lambda: figs.early_bird_distances(eb_dist), (eb_dist,)),
     ):
         got = fcache.get(name, make, *inputs)
         if got is not None:

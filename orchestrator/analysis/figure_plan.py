@@ -20,6 +20,7 @@ TITLES = {
     "layer_profiles": "Per-layer density of each method at one level",
     "weight_correlation": "Weight correlation (starting vs final weights) against the weights remaining",
     "compare_weight_correlation": "Weight correlation against the weights remaining, by experiment",
+    "early_bird_distances": "Early-bird: mask distance between every two epochs of the search",
 }
 
 

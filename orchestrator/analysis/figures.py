@@ -606,3 +606,23 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
     _legend_right(fig, ax)
     fig.suptitle("Correlation of starting and final weights, by experiment", fontsize=11)
     return fig
+
+
+def early_bird_distances(dist: pa.Table | None) -> Figure | None:
+    """The early-bird paper's figure: normalised Hamming distance between the masks of every two
+    epochs of a search, one panel per fraction (orchestrator/analysis/structured.py)."""
+    if dist is None or dist.num_rows == 0:
+        return None
+    fractions = sorted(set(dist["fraction"].to_pylist()))
+    fig, axes = plt.subplots(1, len(fractions), figsize=(3.6 * len(fractions) + 1.2, 3.4), squeeze=False,
+                             layout="constrained")
+    cols = [n for n in dist.column_names if n.startswith("vs_epoch_")]
+    for ax, p in zip(axes.flat, fractions):
+        t = _where(dist, fraction=p).sort_by("epoch")
+        m = np.array([[np.nan if v is None else v for v in t[c].to_pylist()] for c in cols], dtype=float).T
+        im = ax.imshow(m, cmap="viridis", origin="upper", vmin=0.0)
+        ax.set_title(f"p = {p:g}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("epoch")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="mask distance")
+    return fig

@@ -16,7 +16,8 @@ The registry is a plain dict, name -> scorer:
   iterative, so it selects itself round by round and returns the final mask as 0/1 scores),
   `magnitude_init` |W_k| and `random_init` (i.i.d. normal scores).
 
-Structured (channel) methods live beside these in their own modules and register here alike.
+Structured (channel) methods live beside these: channels.py scores whole channels (`l1_filter`,
+`bn_gamma`) and ends in the same selector, over channels instead of weights.
 """
 from __future__ import annotations
 
