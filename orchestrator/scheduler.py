@@ -719,4 +719,8 @@ def _describe(job: Job) -> str:
         return job.kind
     if job.kind == "interpolate":
         return f"interpolate r{m.replicate} k{m.rewind_iter} L{m.level}"
-    return f"{m.role} r{m.replicate} k{m.rewind_iter} L{m.level} seed{m.data_seed} {m.retrain}"
+    # the family where the role and retrain mode alone would not tell it: a pruning-at-init
+    # method, the random-pruning control
+    role = f"pai {m.prune_strategy}" if m.role == "pai" else m.role
+    retrain = f"{m.retrain} random_prune" if m.prune_strategy == "random" else m.retrain
+    return f"{role} r{m.replicate} k{m.rewind_iter} L{m.level} seed{m.data_seed} {retrain}"

@@ -188,3 +188,20 @@ def test_status_at_80_columns_keeps_names_and_headers_whole(tmp_path):
     names.append(long)
     lines = status(80, table=False)
     assert any(line.startswith(f"{long}: done 0, running 0, pending 1,") for line in lines), lines
+
+
+def test_a_jobs_description_names_its_family():
+    """Done, failed and status lines tell apart jobs that differ only in family: two
+    pruning-at-init methods at one level, IMP and its random-pruning control."""
+    from orchestrator.graph import Job, JobMeta
+    from orchestrator.scheduler import _describe
+
+    def job(role: str, strategy: str, retrain: str = "rewind") -> Job:
+        meta = JobMeta(experiment="e", role=role, replicate=0, rewind_iter=0, level=1, data_seed=0,  # type: ignore[arg-type]
+                       retrain=retrain, prune_strategy=strategy, density=0.5)
+        return Job(id="j", kind="train", spec=None, parents=(), meta=meta)  # type: ignore[arg-type]
+
+    assert _describe(job("level", "magnitude_global")) == "level r0 k0 L1 seed0 rewind"
+    assert _describe(job("level", "random")) == "level r0 k0 L1 seed0 rewind random_prune"
+    assert _describe(job("pai", "snip")) == "pai snip r0 k0 L1 seed0 rewind"
+    assert _describe(job("pai", "synflow", "pai_shuffle")) == "pai synflow r0 k0 L1 seed0 pai_shuffle"
