@@ -93,8 +93,10 @@ def test_lth_run_with_a_silent_wandb_service_logs_offline_with_one_warning(tmp_p
     assert proc.stderr.count("W&B is online but its service does not answer") == 1, proc.stderr[-3000:]
     assert "no answer within 3 s" in proc.stderr
     assert "W&B online failed" not in proc.stderr + proc.stdout  # no job tried online
-    runs = list((store / "wandb").glob("offline-run-*"))
+    runs = [r for r in (store / "wandb").glob("offline-run-*") if "-experiment-" not in r.name]
     assert len(runs) == 2, runs  # the dense run and one level, both logged offline
+    # ... and the experiment's own run (orchestrator/wandb_group.py) went offline too
+    assert len(list((store / "wandb").glob("offline-run-*-experiment-demo-*"))) == 1
     assert took < 180, took  # 2 jobs x 90 s on main, before anything else
 
 
