@@ -9,9 +9,9 @@ many survivors as groups; layerwise: each group's own count must stay >= 1).
 """
 from __future__ import annotations
 
+from orchestrator.floor import check_floor
 from orchestrator.spec import ExperimentSpec, SpecError
 from trainers.model_catalog import channel_groups, has_batchnorm
-from trainers.prune_counts import prune_count
 
 
 def check_slimming(spec: ExperimentSpec) -> None:
@@ -45,25 +45,5 @@ def group_sizes(spec: ExperimentSpec) -> dict[str, int]:
 def planned_channel_densities(spec: ExperimentSpec) -> list[float]:
     """Channel density (alive / all channels of the pruned groups) at levels 0..L."""
     check_slimming(spec)
-    p = spec.pruning
-    counts = group_sizes(spec)
-    total = sum(counts.values())
-    out = [1.0]
-    for level in range(1, p.levels + 1):
-        if p.strategy == "magnitude_layerwise":
-            counts = {g: c - prune_count(c, p.fraction) for g, c in counts.items()}
-            empty = [g for g, c in counts.items() if c < 1]
-            problem = f"leaves no channel in {empty[0]}" if empty else ""
-        else:
-            left = sum(counts.values())
-            left -= prune_count(left, p.fraction)
-            counts = {"all": left}
-            problem = f"leaves {left} channels for {len(group_sizes(spec))} groups" if left < len(group_sizes(spec)) else ""
-        if problem:
-            raise SpecError(
-                "pruning.levels",
-                f"{p.levels} levels of fraction {p.fraction} go below the floor of one channel per group: "
-                f"level {level} {problem}; at most {level - 1} levels",
-            )
-        out.append(sum(counts.values()) / total)
-    return out
+    remaining = check_floor(group_sizes(spec), spec, "channel", "group")
+    return [r / remaining[0] for r in remaining]

@@ -45,13 +45,14 @@ from typing import Any
 from orchestrator.channel_plan import check_slimming, planned_channel_densities
 from orchestrator.early_bird_plan import add_early_bird
 from orchestrator.experiment import config_hash
+from orchestrator.floor import check_floor
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import job_id
 from orchestrator.limits import MAX_JOBS
 from orchestrator.spec import ExperimentSpec, SpecError
 from trainers.jobs import AtInitConfig, InterpolateJob, TrainConfig, TrainJob
 from trainers.model_catalog import conv_linear_weights
-from trainers.prune_counts import DATA_METHODS, planned_layer_remaining, planned_remaining, prune_count, select_prunable
+from trainers.prune_counts import DATA_METHODS, planned_layer_remaining, planned_remaining, select_prunable
 
 WEIGHTS = "weights.pt"
 MASK = "mask.pt"
@@ -77,7 +78,7 @@ def planned_densities(spec: ExperimentSpec) -> list[float]:
         return planned_channel_densities(spec)
     check_slimming(spec)
     sizes = prunable_sizes(spec)
-    _check_floor(sizes, spec)
+    check_floor(sizes, spec, "weight", "prunable tensor")
     return [r / sum(sizes.values()) for r in planned_remaining(sizes, spec.prune_config(), spec.pruning.levels)]
 
 
@@ -95,35 +96,6 @@ def prunable_sizes(spec: ExperimentSpec) -> dict[str, int]:
     if sum(sizes.values()) == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
     return sizes
-
-
-def _check_floor(sizes: dict[str, int], spec: ExperimentSpec) -> None:
-    """Every prunable tensor keeps at least one weight at the last level: a level that empties
-    one trains a network with a layer of zeros (chance accuracy), which no sweep means to.
-
-    Layerwise pruning's per-tensor counts are known in advance. Global pruning's depend on the
-    trained weights, so the planner can only require as many survivors as there are prunable
-    tensors (necessary for one per tensor)."""
-    p = spec.pruning
-    layerwise = p.strategy == "magnitude_layerwise"
-    counts = dict(sizes)
-    floor = len(counts)
-    for level in range(1, p.levels + 1):
-        if layerwise:
-            counts = {n: c - prune_count(c, p.fraction) for n, c in counts.items()}
-            empty = [n for n, c in counts.items() if c < 1]
-            what = f"leaves no weight in {empty[0]}" if empty else ""
-        else:
-            left = sum(counts.values())
-            left -= prune_count(left, p.fraction)
-            counts = {"all": left}
-            what = f"leaves {left} weight{'s' if left != 1 else ''} for {floor} prunable tensors" if left < floor else ""
-        if what:
-            raise SpecError(
-                "pruning.levels",
-                f"{p.levels} levels of fraction {p.fraction} go below the floor of one weight per prunable "
-                f"tensor: level {level} {what}; at most {level - 1} levels",
-            )
 
 
 class _Builder:

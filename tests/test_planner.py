@@ -342,3 +342,22 @@ def test_fast_encoder_writes_every_scalar_as_json_does():
         assert enc(obj) == canonical_json(_plain(obj))
     with pytest.raises(ValueError):
         enc(Scalars(f=float("nan")))
+
+
+def test_the_floor_of_one_weight_per_tensor_names_the_deepest_allowed_level():
+    """One check serves weights and channels (orchestrator/floor.py). mlp_300_100 on digits:
+    64*300 + 300*100 + 100*10 = 50,200 prunable weights in 3 tensors."""
+    from orchestrator.floor import check_floor
+    from orchestrator.spec import SpecError
+
+    sizes = {"a": 8, "b": 4}
+    spec = make(**{"pruning.strategy": "magnitude_layerwise", "pruning.fraction": 0.5, "pruning.levels": 2})
+    assert check_floor(sizes, spec, "weight", "prunable tensor") == [12, 6, 3]  # a: 8 -> 4 -> 2, b: 4 -> 2 -> 1
+    deep = make(**{"pruning.strategy": "magnitude_layerwise", "pruning.fraction": 0.5, "pruning.levels": 3})
+    with pytest.raises(SpecError) as e:
+        check_floor({"a": 4, "b": 1}, deep, "channel", "group")
+    assert e.value.field == "pruning.levels" and "level 1 leaves no channel in b; at most 0 levels" in str(e.value)
+    glob = make(**{"pruning.fraction": 0.9, "pruning.levels": 5})
+    with pytest.raises(SpecError) as e:
+        plan(glob)  # 50,200 -> 5,020 -> 502 -> 50 -> 5 -> 0: level 5 leaves 0 weights for 3 tensors
+    assert "level 5 leaves 0 weights for 3 prunable tensors; at most 4 levels" in str(e.value)
