@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis import _check_args, _FigureCache, _Out, compute, consoles, figures as figs
 from orchestrator.analysis.figure_plan import primary_mode
-from orchestrator.analysis.present import KeyTable, key_tables, present, print_key_tables
+from orchestrator.analysis.present import KeyTable, key_tables, present, print_key_table, print_key_tables
 from orchestrator.analysis.figure_plan import TITLES
 from orchestrator.analysis.parts import UnreadablePart
 from orchestrator.analysis.read import ScanCache, Store, read_num_classes, read_progress, read_raw
@@ -60,7 +60,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     side_key = side_by_side_key_table(side, experiments)
     # the summary first: how they differ and the side-by-side cells, then each one's tables
     _print_differences(console, experiments, differences)
-    _print_table(console, side_key)
+    print_key_table(console, side_key)
     for name in experiments:
         console.rule(f"{name}: {progress[name].summary()}")
         print_key_tables(console, *keys[name])
@@ -192,17 +192,6 @@ def side_by_side_key_table(side: pa.Table, experiments: list[str]) -> KeyTable:
                     else f"{100 * r[f'{what}_diff_{n}_minus_{first}']:+.2f}" for n in experiments[1:]]
         kt.rows.append(row)
     return kt
-
-
-def _print_table(console, kt: KeyTable) -> None:
-    from rich.table import Table
-
-    table = Table(title=kt.title)
-    for i, c in enumerate(kt.columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
-    for row in kt.rows:
-        table.add_row(*row)
-    console.print(table)
 
 
 def legend_labels(experiments: list[str], differences) -> dict[str, str]:

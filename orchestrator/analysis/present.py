@@ -195,18 +195,23 @@ def _methods_key_table(res) -> KeyTable | None:
     return tab
 
 
-def print_key_tables(console, tables: list[KeyTable], dense_line: str | None) -> None:
+def print_key_table(console, kt: KeyTable) -> None:
+    """One KeyTable on the console: the first column left-aligned, the numbers right."""
     from rich.table import Table
 
+    table = Table(title=kt.title)
+    for i, c in enumerate(kt.columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row in kt.rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_key_tables(console, tables: list[KeyTable], dense_line: str | None) -> None:
     if not tables or not tables[0].title.startswith("Error barrier"):
         console.print("No instability measurements yet.")
     for kt in tables:
-        tab = Table(title=kt.title)
-        for i, c in enumerate(kt.columns):
-            tab.add_column(c, justify="left" if i == 0 else "right")
-        for row in kt.rows:
-            tab.add_row(*row)
-        console.print(tab)
+        print_key_table(console, kt)
         if kt.title.startswith("Error barrier") and dense_line:
             console.print(dense_line)
     if dense_line and not any(kt.title.startswith("Error barrier") for kt in tables):
