@@ -36,7 +36,7 @@ from PIL import Image
 
 from benchmarks.common import Settings, median
 from trainers.data.sources import open_data
-from trainers.data.bundle import DataBundle
+from trainers.data.bundle import WHOLE, DataBundle, Shard
 from trainers.data.imagenet import FolderBundle
 from trainers.data.workers import available_cpus
 from trainers.jobs import DataConfig, OptimizerConfig, TrainConfig, TrainJob, TrainPaths
@@ -110,8 +110,8 @@ class _StampedBundle(DataBundle):
     def __init__(self, inner: DataBundle):
         self.inner, self.info, self.stamps = inner, inner.info, []
 
-    def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator:
-        for batch in self.inner.train_stream(data_seed, batch_size, start_iter):
+    def train_stream(self, data_seed: int, batch_size: int, start_iter: int, shard: Shard = WHOLE) -> Iterator:
+        for batch in self.inner.train_stream(data_seed, batch_size, start_iter, shard):
             self.stamps.append(time.perf_counter())
             yield batch
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from trainers import checkpoint, distributed, early_bird, structure
 from trainers.compiling import compiled
+from trainers.data.bundle import Shard
 from trainers.data.sources import DataBundle, DataInfo, open_data
 from trainers.determinism import applied, kernels
 from trainers.evaluate import evaluate, param_dtype, to_model_input
@@ -279,7 +280,8 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         torch.set_rng_state(ckpt["rng"]["cpu"])
     forward = distributed.data_parallel(model, device, rt.world_size)
     forward = compiled(forward) if cfg.compile else forward
-    global_size = cfg.batch_size  # examples in this iteration's global batch (all ranks together)
+    # examples in every global batch (all ranks together): training streams yield full batches only
+    global_size = cfg.batch_size
 
     def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if rt.world_size == 1:
@@ -333,7 +335,9 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
             run_eval(it)
 
     # --- the loop -------------------------------------------------------------------------------
-    stream = data.train_stream(job.data_seed, cfg.batch_size, start)
+    # this rank's slice of each global batch (all of it on one rank): a file-backed stream reads
+    # and decodes the slice's files only (trainers/data/bundle.py, Shard)
+    stream = data.train_stream(job.data_seed, cfg.batch_size, start, Shard(rt.rank, rt.world_size))
     last_ckpt_time = time.time()
     model.train()
     end = job.stop_iter
@@ -343,10 +347,6 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
             break
         hooks_at(it)
         x, y = next(stream)
-        # this rank's slice of the global batch (all of it on one rank)
-        global_size = len(y)
-        lo, hi = distributed.rank_slice(global_size, rt.rank, rt.world_size)
-        x, y = x[lo:hi], y[lo:hi]
         # forward, backward, gradient masks (pruned weights stay exactly zero), optimizer step
         step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it))
         done = it + 1

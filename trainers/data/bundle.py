@@ -8,17 +8,51 @@ deterministic evaluation batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from trainers.data.catalog import DataInfo
+from trainers.distributed import rank_slice
 from trainers.jobs import DataConfig
 
 Batch = tuple[Tensor, Tensor]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The part of every global training batch one process trains on: rank `rank` of a gang of
+    `world_size` takes the contiguous slice `rank_slice(B, rank, world_size)` of each batch
+    (trainers/distributed.py: the one rule the loss weighting relies on too).
+
+    A file-backed stream cuts the batch's *plan* (the example indices and each position's
+    augmentation seed, all decided before any file is read) to the slice, so a rank reads,
+    decodes and augments only the examples it trains on; the union of the ranks' slices is
+    still the whole batch, bit for bit, because an example's image depends on its index and
+    its position's seed alone, never on the batch it is decoded with."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"shard: rank {self.rank} outside a gang of {self.world_size}")
+
+    def bounds(self, global_size: int) -> tuple[int, int]:
+        return rank_slice(global_size, self.rank, self.world_size)
+
+    def train_bounds(self, batch_size: int) -> tuple[int, int]:
+        """bounds() of a training batch, refusing an empty slice (a rank with nothing to train
+        on would fail inside DDP or BatchNorm, far from the cause)."""
+        if batch_size < self.world_size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {self.world_size} ranks: "
+                             f"rank {self.rank} would train on no example")
+        return self.bounds(batch_size)
+
+
+WHOLE = Shard()  # one process: the whole batch
 
 
 class DataBundle(ABC):
@@ -37,8 +71,9 @@ class DataBundle(ABC):
         return ipe
 
     @abstractmethod
-    def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator[Batch]:
-        """Training batches of iterations start_iter, start_iter + 1, ... forever (see order.py)."""
+    def train_stream(self, data_seed: int, batch_size: int, start_iter: int, shard: Shard = WHOLE) -> Iterator[Batch]:
+        """Training batches of iterations start_iter, start_iter + 1, ... forever (see order.py):
+        of each global batch of batch_size examples, the shard's slice (all of it by default)."""
 
     @abstractmethod
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:

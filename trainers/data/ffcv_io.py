@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from trainers.data import order
-from trainers.data.bundle import Batch, DataBundle, DataSource, check_eval_args, check_stream_args
+from trainers.data.bundle import WHOLE, Batch, DataBundle, DataSource, Shard, check_eval_args, check_stream_args
 from trainers.data.catalog import IMAGENET_MEAN, IMAGENET_STD, DataInfo, beton_paths, image_sizes
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
 from trainers.data.resolution import train_resolution
@@ -180,18 +180,22 @@ class FfcvLoaderBundle(DataBundle):
         x = (x.permute(0, 3, 1, 2).float() - self._mean) * self._inv_std
         return x, y.reshape(-1).to(torch.int64, copy=True)
 
-    def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator[Batch]:
+    def train_stream(self, data_seed: int, batch_size: int, start_iter: int, shard: Shard = WHOLE) -> Iterator[Batch]:
         check_stream_args(start_iter)
         ipe = self.iterations_per_epoch(batch_size)
         n = self.info.num_train
-        loader, decoder = self._make_loader(self.paths["train"], batch_size, self.train_indices, train=True, drop_last=True)
+        # A loader over this rank's examples only: its batches are the slices [a, b) of the global
+        # batches, so it reads and decodes (b - a) images per step, not batch_size.
+        a, b = shard.train_bounds(batch_size)
+        loader, decoder = self._make_loader(self.paths["train"], b - a, self.train_indices, train=True, drop_last=True)
         epoch, step = divmod(start_iter, ipe)
         while True:
             perm = order.epoch_permutation(data_seed, epoch, n).numpy()
             side = train_resolution(self.cfg, epoch) or self.size
             # Read when the epoch's iterator allocates its buffers (as ffcv-imagenet's ramp does).
             decoder.output_size = (side, side)
-            loader.traversal_order.indices = self.train_indices[perm[step * batch_size : ipe * batch_size]]
+            batches = perm[step * batch_size : ipe * batch_size].reshape(ipe - step, batch_size)
+            loader.traversal_order.indices = self.train_indices[batches[:, a:b].reshape(-1)]
             for x, y in loader:
                 yield self._finish(x, y)
             epoch, step = epoch + 1, 0

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from trainers.data import order
-from trainers.data.bundle import Batch, DataBundle, DataSource, check_eval_args, check_stream_args
+from trainers.data.bundle import WHOLE, Batch, DataBundle, DataSource, Shard, check_eval_args, check_stream_args
 from trainers.data.catalog import IMAGE_EXTENSIONS, IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, DataInfo, image_sizes, split_dirs
 from trainers.data.jpeg import DecodeStats, decode_batch
 from trainers.data.prefetch import Prefetcher
@@ -122,14 +122,16 @@ def resized_crops(images: list[Tensor], boxes: dict[str, Tensor], side: int) -> 
 
 
 def train_plans(n: int, data_seed: int, batch_size: int, start_iter: int, ipe: int, augment: bool,
-                cfg: DataConfig) -> Iterator[Plan]:
-    """The training stream's batches from iteration start_iter on, forever."""
+                cfg: DataConfig, shard: Shard = WHOLE) -> Iterator[Plan]:
+    """The training stream's batches from iteration start_iter on, forever: of each global batch,
+    the shard's positions (the global positions: their seeds are the 1-rank stream's)."""
     epoch, step = divmod(start_iter, ipe)
+    a, b = shard.train_bounds(batch_size)
     while True:
         perm = order.epoch_permutation(data_seed, epoch, n).tolist()
         side = train_resolution(cfg, epoch)
         for s in range(step, ipe):
-            positions = range(s * batch_size, (s + 1) * batch_size)
+            positions = range(s * batch_size + a, s * batch_size + b)
             seeds = tuple(order.sample_seed(data_seed, epoch, p) if augment else None for p in positions)
             yield Plan(tuple(perm[p] for p in positions), seeds, side)
         epoch, step = epoch + 1, 0
@@ -200,11 +202,13 @@ class FolderBundle(DataBundle):
         finally:
             prefetcher.close()
 
-    def train_stream(self, data_seed: int, batch_size: int, start_iter: int) -> Iterator[Batch]:
+    def train_stream(self, data_seed: int, batch_size: int, start_iter: int, shard: Shard = WHOLE) -> Iterator[Batch]:
         check_stream_args(start_iter)
         ipe = self.iterations_per_epoch(batch_size)
-        # Without augmentation (seed None) training images get the evaluation transform.
-        plans = train_plans(self.info.num_train, data_seed, batch_size, start_iter, ipe, self.augment, self.cfg)
+        shard.train_bounds(batch_size)  # refused here, not in the prefetch thread
+        # Without augmentation (seed None) training images get the evaluation transform. The
+        # plans are cut to the shard before the reader threads see them: only its files are read.
+        plans = train_plans(self.info.num_train, data_seed, batch_size, start_iter, ipe, self.augment, self.cfg, shard)
         return self._batches(self.train, plans)
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
