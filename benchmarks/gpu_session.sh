@@ -18,7 +18,7 @@ OUT="${OUT:-benchmarks/results/gpu-session-$(date +%F)}"
 PY="${PYTHON:-python3}"
 BUDGET="${GPU_SESSION_BUDGET_S:-540}"
 MIN_STAGE="${GPU_SESSION_MIN_STAGE_S:-45}"
-STAGES="${GPU_SESSION_STAGES:-suite packing training imagenet_e2e packing_more compile interpolation}"
+STAGES="${GPU_SESSION_STAGES:-suite packing training imagenet_e2e packing_more compile interpolation gang}"
 TAG="$(date +%F)"
 mkdir -p "$OUT"
 
@@ -62,18 +62,34 @@ stage() {  # stage NAME COMMAND...: run it with what is left of the budget, reco
     tail -n 40 "$OUT/$name.txt"
 }
 
-bench() { "$PY" -m benchmarks.run --device cuda "$@"; }
+# A command, not a shell function: `timeout` executes its argument as a program, and a function
+# is no program (every benchmark stage used to exit 127 at once).
+BENCH=("$PY" -m benchmarks.run --device cuda)
+# GPUs for the gang stages (one rank per GPU); they are skipped on a machine with fewer than 2.
+RANKS="${GPU_SESSION_RANKS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')}"
+
+gang_stage() {  # gang_stage NAME ARGS...: a gang benchmark on RANKS GPUs, or a skip naming why
+    local name=$1; shift
+    if [ "$RANKS" -lt 2 ]; then
+        printf '%s\tskipped (%s GPU: a gang needs 2 or more)\t-\t%s\n' "$name" "$RANKS" "${BENCH[*]} $*" >> "$RESULTS"
+        return
+    fi
+    stage "$name" "${BENCH[@]}" --ranks "$RANKS" "$@"
+}
 
 for s in $STAGES; do
     case $s in
         suite) stage suite "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py --junitxml "$OUT/gpu-suite.xml" ;;
-        packing) stage packing bench --sections packing --pack 8,32 --pack-models cifar_resnet_20 --repeats 2 --json "$OUT/packing-$TAG.json" ;;
-        training) stage training bench --sections training --models cifar_resnet_20,resnet18,resnet50 --repeats 2 --json "$OUT/training-$TAG.json" ;;
-        imagenet_e2e) stage imagenet_e2e bench --sections imagenet_e2e --models resnet50,resnet18 --json "$OUT/imagenet-e2e-$TAG.json" ;;
-        packing_more) stage packing_more bench --sections packing --pack 8,32 --pack-models cifar_vgg_16,mlp_300_100 --repeats 2 --json "$OUT/packing-more-$TAG.json" ;;
-        compile) stage compile bench --sections training,imagenet_e2e --models cifar_resnet_20,resnet18 --compile --repeats 2 --json "$OUT/compile-$TAG.json" ;;
-        interpolation) stage interpolation bench --sections interpolation --json "$OUT/interpolation-$TAG.json" ;;
-        *) echo "gpu_session: unknown stage $s (valid: suite packing training imagenet_e2e packing_more compile interpolation)" >&2; exit 2 ;;
+        packing) stage packing "${BENCH[@]}" --sections packing --pack 8,32 --pack-models cifar_resnet_20 --repeats 2 --json "$OUT/packing-$TAG.json" ;;
+        training) stage training "${BENCH[@]}" --sections training --models cifar_resnet_20,resnet18,resnet50 --repeats 2 --json "$OUT/training-$TAG.json" ;;
+        imagenet_e2e) stage imagenet_e2e "${BENCH[@]}" --sections imagenet_e2e --models resnet50,resnet18 --json "$OUT/imagenet-e2e-$TAG.json" ;;
+        packing_more) stage packing_more "${BENCH[@]}" --sections packing --pack 8,32 --pack-models cifar_vgg_16,mlp_300_100 --repeats 2 --json "$OUT/packing-more-$TAG.json" ;;
+        compile) stage compile "${BENCH[@]}" --sections training,imagenet_e2e --models cifar_resnet_20,resnet18 --compile --repeats 2 --json "$OUT/compile-$TAG.json" ;;
+        interpolation) stage interpolation "${BENCH[@]}" --sections interpolation --json "$OUT/interpolation-$TAG.json" ;;
+        # An ImageNet level on all the node's GPUs (8 on an 8-GPU node), ranks fed by the JPEG
+        # folder loader (each decodes its slice), against one GPU; SyncBatchNorm vs all-reduce BN.
+        gang) gang_stage gang --sections gang --models resnet50 --gang-input jpeg,synthetic --json "$OUT/gang-$TAG.json" ;;
+        *) echo "gpu_session: unknown stage $s (valid: suite packing training imagenet_e2e packing_more compile interpolation gang)" >&2; exit 2 ;;
     esac
 done
 

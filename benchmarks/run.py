@@ -105,12 +105,7 @@ def render(report: dict) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    # cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle: set it before any
-    # CUDA work of this process (the peak-rate matmul below is the first), so the deterministic
-    # rows run with the workspace a real job has, and every row (anchors too) with the same one.
-    # (torch.cuda.is_available() in the argument defaults only asks the driver.)
-    prepare_process()
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", default=None, help="comma-separated (default: cifar_resnet_20,resnet18; +resnet50 on cuda)")
@@ -125,6 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the report here")
     p.add_argument("--cpus", type=int, default=None, help="imagenet_e2e: CPUs the job is given (default: this process's)")
     p.add_argument("--data-dir", default=None, help="imagenet_e2e: an existing image folder (train/, val/) instead of a generated one")
+    p.add_argument("--gang-input", default="synthetic,jpeg",
+                   help="gang: comma-separated inputs of the ranks: synthetic (device-resident) and/or jpeg "
+                        "(the JPEG folder loader on generated files, each rank decoding its slice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle: set it before any
+    # CUDA work of this process (the peak-rate matmul below is the first), so the deterministic
+    # rows run with the workspace a real job has, and every row (anchors too) with the same one.
+    # (torch.cuda.is_available() in the argument defaults only asks the driver.)
+    prepare_process()
+    p = parser()
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
