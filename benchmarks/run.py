@@ -10,8 +10,10 @@ vs one job), loaders (device-resident vs torchvision DataLoader vs FFCV), interp
 alphas, test + train), and on request imagenet_e2e (our trainer on generated ImageNet-like JPEG
 files beside the same model on device-resident data; exits 1 when its decoding fell back). See
 BENCHMARKS.md for the numbers and the exact commands. On request too: gang (one job on --ranks
-DDP ranks vs the same job on one rank, same device type; exits 1 when DDP did not run on the
-expected backend).
+DDP ranks vs the same job on one rank, same device type, fed by device-resident data and by the
+JPEG folder loader, with the images each rank decoded per step; exits 1 when DDP did not run on
+the expected backend or a rank decoded more than its slice; plus SyncBatchNorm vs the all-reduce
+BatchNorm on CUDA, pending on the CPU).
 """
 from __future__ import annotations
 
@@ -96,12 +98,23 @@ def render(report: dict) -> str:
                             ["model", "input", "files", "JPEG img/s", "resident img/s", "ratio", "compile", "path",
                              "files decoded", "path check"], rows))
     if report.get("gang"):
-        rows = [[r["model"], f"b{r['batch_size']}", r["device"], str(r["ranks"]), _fmt(r["images_per_s_one_rank"]),
-                 _fmt(r["images_per_s_n_ranks"]), f"{r['ratio_n_vs_one']:.2f}", r["path"],
+        decoded = lambda r: ("-" if r["decoded_per_rank_per_step"] is None else  # noqa: E731
+                             f"{_fmt(r['decoded_per_step_one_rank'])} -> {'/'.join(_fmt(d) for d in r['decoded_per_rank_per_step'])}"
+                             f" ({r['decoded_ratio_n_vs_one']:.2f})")
+        rows = [[r["model"], r["input"], f"b{r['batch_size']}", r["device"], str(r["ranks"]), _fmt(r["images_per_s_one_rank"]),
+                 _fmt(r["images_per_s_n_ranks"]), f"{r['ratio_n_vs_one']:.2f}", decoded(r), r["path"],
                  "FELL BACK" if r["fell_back"] else "ok"] for r in report["gang"]]
-        parts.append(_table("One job on N ranks vs one rank (global images/s, our trainer, steady state)",
-                            ["model", "global batch", "device", "N", "1 rank img/s", "N ranks img/s", "ratio", "path",
-                             "path check"], rows))
+        parts.append(_table("One job on N ranks vs one rank (global images/s, our trainer, steady state; images decoded"
+                            " per rank per step: 1 rank -> each of the N ranks (largest / 1 rank))",
+                            ["model", "input", "global batch", "device", "N", "1 rank img/s", "N ranks img/s", "ratio",
+                             "decoded/rank/step", "path", "path check"], rows))
+    if report.get("gang_batchnorm"):
+        rows = [[r["model"], str(r["ranks"]), r["module"], {True: "on", False: "off", None: "on, off"}[r["broadcast_buffers"]],
+                 r["pending"] or _fmt(r["images_per_s"]), "-" if r["pending"] else f"{r['vs_sync_broadcast']:.2f}"]
+                for r in report["gang_batchnorm"]]
+        parts.append(_table("BatchNorm over the gang: nn.SyncBatchNorm vs the all-reduce BatchNorm (GlobalBatchNorm),"
+                            " DDP broadcast_buffers on/off, plain DDP loop, synthetic data",
+                            ["model", "N", "BatchNorm", "broadcast_buffers", "images/s", "vs sync + broadcast"], rows))
     return "\n".join(parts)
 
 
@@ -213,10 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         report["imagenet_e2e"] = bench_imagenet_e2e(e2e_models, settings, cpus=a.cpus, compile=a.compile, data_dir=a.data_dir)
 
     if "gang" in sections:
-        from benchmarks.gang import bench_gang
+        from benchmarks.gang import INPUTS, bench_batchnorm, bench_gang
 
+        inputs = tuple(i for i in a.gang_input.split(",") if i)
+        if not inputs or set(inputs) - set(INPUTS):
+            p.error(f"--gang-input: comma-separated subset of {','.join(INPUTS)}, got {a.gang_input!r}")
+        if a.ranks < 2:
+            p.error(f"--ranks must be at least 2 for the gang section, got {a.ranks}")
+        gang_models = a.models.split(",") if a.models else ["cifar_resnet_20"]
         log("gang")
-        report["gang"] = bench_gang(a.models.split(",") if a.models else ["cifar_resnet_20"], settings, a.ranks)
+        report["gang"] = bench_gang(gang_models, settings, a.ranks, inputs)
+        report["gang_batchnorm"] = bench_batchnorm(gang_models, settings, a.ranks)
 
     print(render(report))
     if a.json:
@@ -229,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     fell_back = [r["model"] for r in report.get("gang") or [] if r["fell_back"]]
     if fell_back:
-        print(f"error: the gang benchmark did not run DDP on the expected backend for {fell_back}", file=sys.stderr)
+        print(f"error: the gang benchmark did not run DDP on the expected backend, or a rank decoded more than its "
+              f"slice of the batch, for {fell_back}", file=sys.stderr)
         return 1
     fell_back = [f"{r['model']}: {fb}" for r in report.get("packing") or [] for fb in r["fell_back"]]
     if fell_back:

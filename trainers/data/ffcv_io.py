@@ -18,6 +18,8 @@ Readers:
   per-sample seed to set, so crops and flips differ between runs and after a resume. Use
   `imagenet` (file-based, per-position seeds) where bitwise-reproducible augmentation matters,
   or `augment: false`.
+  On N ranks each rank's Loader covers its slice of every batch only (bundle.Shard): batch size
+  B/N over the slices of the epoch's permutation, so a rank reads and decodes B/N images per step.
 
 ffcv is an optional extra: it is imported inside the functions here only.
 """

@@ -14,7 +14,9 @@ order.sample_seed(data_seed, e, p) and the decoded image's size
 (ResizedCropFlip.uniforms/boxes), so the batches are a pure function of (data_seed, epoch,
 position) whatever the number of workers or the decode device; a resumed stream recomputes its
 epoch's plan and continues it. With progressive resizing (data.min_res/max_res) each batch's plan
-also carries the epoch's crop side.
+also carries the epoch's crop side. On N ranks the plan is cut to the rank's slice (bundle.Shard)
+before the reader threads see it: a rank reads, decodes and crops B/N files per step, and its
+crops are those of the same global positions on one rank.
 """
 from __future__ import annotations
 
