@@ -155,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sections: unknown {unknown} (valid: {', '.join(SECTIONS + ON_REQUEST)})")
     if a.cpus is not None and a.cpus < 1:
         p.error("--cpus must be >= 1")
+    inputs = tuple(i for i in a.gang_input.split(",") if i)
+    if "gang" in sections:
+        from benchmarks.gang import INPUTS
+
+        if not inputs or set(inputs) - set(INPUTS):
+            p.error(f"--gang-input: comma-separated subset of {','.join(INPUTS)}, got {a.gang_input!r}")
+        if a.ranks < 2:
+            p.error(f"--ranks must be at least 2 for the gang section, got {a.ranks}")
     device = torch.device(a.device)
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
@@ -226,13 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         report["imagenet_e2e"] = bench_imagenet_e2e(e2e_models, settings, cpus=a.cpus, compile=a.compile, data_dir=a.data_dir)
 
     if "gang" in sections:
-        from benchmarks.gang import INPUTS, bench_batchnorm, bench_gang
+        from benchmarks.gang import bench_batchnorm, bench_gang
 
-        inputs = tuple(i for i in a.gang_input.split(",") if i)
-        if not inputs or set(inputs) - set(INPUTS):
-            p.error(f"--gang-input: comma-separated subset of {','.join(INPUTS)}, got {a.gang_input!r}")
-        if a.ranks < 2:
-            p.error(f"--ranks must be at least 2 for the gang section, got {a.ranks}")
         gang_models = a.models.split(",") if a.models else ["cifar_resnet_20"]
         log("gang")
         report["gang"] = bench_gang(gang_models, settings, a.ranks, inputs)

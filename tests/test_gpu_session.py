@@ -79,3 +79,22 @@ def test_gang_stage_is_skipped_below_two_gpus(tmp_path):
     assert done.returncode == 0, done.stderr
     (interp, gang) = _stages(tmp_path)
     assert interp[1] == "rc=0" and gang[1].startswith("skipped (1 GPU")
+
+
+def test_gang_arguments_are_checked_and_batchnorm_rows_pend_on_the_cpu(capsys):
+    """Bad gang arguments exit 2 before any measurement; on the CPU the BatchNorm comparison is
+    pending, naming the exact CUDA command (SyncBatchNorm refuses to run on the CPU)."""
+    import pytest
+    import torch
+
+    from benchmarks import run
+    from benchmarks.common import Settings
+    from benchmarks.gang import bench_batchnorm
+
+    for bad in (["--gang-input", "jpeg,png"], ["--ranks", "1"]):
+        with pytest.raises(SystemExit) as e:
+            run.main(["--device", "cpu", "--sections", "gang", *bad])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+    (row,) = bench_batchnorm(["resnet50"], Settings(device=torch.device("cpu")), 8)
+    assert row["images_per_s"] is None
+    assert row["pending"].endswith("python -m benchmarks.run --sections gang --device cuda --models resnet50 --ranks 8")
