@@ -16,7 +16,9 @@ attempt and re-queues the job, which resumes from rank 0's last checkpoint on a 
 
 Test hook (LTH_FAULT_INJECT, as worker.py): `kill:<prefix>:<rank>:<iter>` makes that rank's
 process exit after iteration <iter> of the first attempt; `hang:<prefix>:<rank>:<iter>` makes it
-sleep there for good.
+sleep there for good; `fail:<prefix>:<rank>:<iter>` makes it raise (its own exception, the
+others left waiting in a collective). An optional fifth field is a file the rank writes the
+time into just before (the tests measure how long the driver takes to record the failure).
 """
 from __future__ import annotations
 
@@ -54,16 +56,22 @@ class GangRank(JobRunner):
         distributed.join(member, self.rt.device)
         self.rt.rank, self.rt.world_size = member.rank, member.world_size
         self.rt.on_step = self._on_step(job, attempt, member.rank)
+        failed = True
         try:
             if member.rank == 0:
                 record = self.run(job, attempt)
                 record["world_size"] = member.world_size
-                return record
-            self._run_quietly(job)
-            return None
+            else:
+                self._run_quietly(job)
+                record = None
+            failed = False
+            return record
         finally:
             self.rt.rank, self.rt.world_size, self.rt.on_step = 0, 1, None
-            distributed.leave()
+            # after a failure, abort (bounded) rather than destroy: destroying can wait on a
+            # collective the other ranks never join, and the driver would learn of the failure
+            # only from its watchdog
+            distributed.leave(failed=failed)
 
     def _run_quietly(self, job: Job) -> None:
         """A rank other than 0: the same inputs and resume point, no files, no record."""
@@ -86,22 +94,29 @@ class GangRank(JobRunner):
 
         def on_step(it: int) -> None:
             self._iteration = it
-            mode = faults.get(it)
+            mode, mark = faults.get(it, (None, None))
+            if mode is not None and mark:
+                with open(mark, "w") as f:
+                    f.write(repr(time.time()))
             if mode == "kill":
                 os._exit(1)
             if mode == "hang":
                 while True:
                     time.sleep(3600)
+            if mode == "fail":
+                raise RuntimeError(f"injected fault: rank {rank} raised after iteration {it}")
 
         return on_step
 
 
-def _gang_faults(spec: str, job_id: str, rank: int) -> dict[int, str]:
+def _gang_faults(spec: str, job_id: str, rank: int) -> dict[int, tuple[str, str | None]]:
+    """{iteration: (mode, file to write the time into or None)} of this rank's injected faults."""
     out = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         parts = entry.split(":")
-        if len(parts) == 4 and parts[0] in ("kill", "hang") and job_id.startswith(parts[1]) and int(parts[2]) == rank:
-            out[int(parts[3])] = parts[0]
+        if (len(parts) in (4, 5) and parts[0] in ("kill", "hang", "fail") and job_id.startswith(parts[1])
+                and int(parts[2]) == rank):
+            out[int(parts[3])] = (parts[0], parts[4] if len(parts) == 5 else None)
     return out
 
 

@@ -55,6 +55,13 @@ def _train_on_ranks(job: TrainJob, out_dir: str, world_size: int) -> dict[str, t
     return checkpoint.load_weights(os.path.join(out_dir, "weights.pt"))
 
 
+def _result(out_dir) -> dict:  # noqa: ANN001
+    import json
+
+    with open(os.path.join(out_dir, "result.json")) as f:
+        return json.load(f)
+
+
 def test_rank_slices_partition_the_single_process_batch():
     """For N = 1, 2, 4 the ranks' slices of each global batch, in rank order, are the batch the
     data order draws (epoch permutation, positions [s*B, (s+1)*B)) for one whole epoch and the
@@ -104,6 +111,12 @@ def test_two_rank_mlp_steps_equal_one_rank(tmp_path):
     start = checkpoint.state_dict_cpu(__import__("trainers.models", fromlist=["build_model"]).build_model(
         "mlp_300_100", (64,), 10, seed=3))
     assert any((one[n] - start[n].double()).abs().max() > 1e-4 for n in one)  # the steps moved the weights
+    # the evaluation at iteration 0 (equal weights), sharded over the 2 ranks: accuracy exact,
+    # loss to the float64 bound derived in test_two_rank_sharded_evaluation_equals_one_rank
+    rows = [[m for m in _result(d)["metrics"] if m["iteration"] == 0] for d in (tmp_path / "n1", tmp_path / "n2")]
+    assert [m["split"] for m in rows[0]] == [m["split"] for m in rows[1]] == ["test", "train"]
+    for a, b in zip(*rows):
+        assert a["accuracy"] == b["accuracy"] and abs(a["loss"] - b["loss"]) <= 1e-12 * a["loss"], (a, b)
 
 
 def test_global_batchnorm_on_two_ranks_equals_one_rank(tmp_path):
@@ -123,6 +136,19 @@ def test_global_batchnorm_on_two_ranks_equals_one_rank(tmp_path):
     per = dataclasses.replace(job, train=dataclasses.replace(job.train, bn_sync="per_replica", bn_batch=15))
     replica = _train_on_ranks(per, str(tmp_path / "per"), 2)
     assert max((one[n] - replica[n]).abs().max().item() for n in one if one[n].is_floating_point()) > 1e-6
+    # per_replica: each rank's last forward left its own running statistics; the sharded final
+    # evaluation must be that of the one network rank 0 saves (its buffers broadcast first):
+    # weights.pt evaluated in this process, to the float64 bound of the sharded-evaluation test
+    from trainers.evaluate import evaluate
+    from trainers.models import build_model
+
+    data = open_data(per.train.data, torch.device("cpu"))
+    model = build_model(per.train.model, data.info.input_shape, data.info.num_classes, seed=1).double()
+    model.load_state_dict(replica)
+    final = {m["split"]: m for m in _result(tmp_path / "per")["metrics"] if m["iteration"] == 2}
+    for split, limit in (("test", None), ("train", per.train.eval_train_examples)):
+        loss, acc = evaluate(model, data.eval_batches(split, 256, limit), torch.device("cpu"), "fp64")
+        assert acc == final[split]["accuracy"] and abs(loss - final[split]["loss"]) <= 1e-12 * loss, (split, final)
 
 
 def test_per_replica_needs_the_per_rank_batch():
@@ -131,3 +157,184 @@ def test_per_replica_needs_the_per_rank_batch():
     with pytest.raises(ValueError, match="train.bn_batch"):
         distributed.check(30, "per_replica", 15, 3, torch.device("cpu"))
     distributed.check(30, "per_replica", 15, 2, torch.device("cpu"))
+
+
+# ---- evaluation, replays, masks and failures on a gang (issue 26) -----------------------------
+
+
+def _spawn(fn, world_size: int, *args) -> None:  # noqa: ANN001
+    mp.spawn(fn, args=(world_size, distributed.free_port(), *args), nprocs=world_size, join=True)
+
+
+def _eval_rank_main(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
+    distributed.join(member, torch.device("cpu"))
+    try:
+        torch.save(_sharded_eval(rank, world_size), os.path.join(out_dir, f"eval_{rank}.pt"))
+    finally:
+        distributed.leave()
+
+
+def _sharded_eval(rank: int, world_size: int) -> dict:
+    """The test split and a 100-example train subset in batches of 61 (uneven over 2 ranks, and
+    360 = 5 x 61 + 55: an uneven last batch), float64 MLP; also counts the rows this rank's
+    forward saw."""
+    from trainers.evaluate import evaluate
+    from trainers.models import build_model
+
+    data = open_data(DataConfig(name="digits"), torch.device("cpu"))
+    model = build_model("mlp_300_100", data.info.input_shape, data.info.num_classes, seed=3).double()
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+    out = {}
+    for split, limit in (("test", None), ("train", 100)):
+        seen.clear()
+        out[split] = evaluate(model, data.eval_batches(split, 61, limit), torch.device("cpu"), "fp64", False,
+                              rank, world_size)
+        out[split + "_seen"] = sum(seen)
+    return out
+
+
+def test_two_rank_sharded_evaluation_equals_one_rank(tmp_path):
+    """Each of 2 gloo ranks evaluates only its slice (the rows its forward saw add up to the
+    split, and neither saw it all); accuracy (all-reduced integer counts) is exactly the 1-rank
+    one. The mean loss: each example's float64 loss is the same function of its logits on both
+    sides, which can differ only by the matmuls' reassociation (dot products of 64, 300 and 100
+    terms in the 3 layers: <= (64 + 300 + 100) * 2^-53 relative), and the sum over n <= 360
+    examples is reassociated (<= 360 * 2^-53 relative, the losses being positive): together
+    about 1e-13, so 1e-12 leaves room for the cross-entropy's own log-sum-exp."""
+    one = _sharded_eval(0, 1)
+    _spawn(_eval_rank_main, 2, str(tmp_path))
+    ranks = [torch.load(os.path.join(tmp_path, f"eval_{r}.pt")) for r in range(2)]
+    for split, total in (("test", 360), ("train", 100)):
+        assert one[split + "_seen"] == total
+        assert sum(r[split + "_seen"] for r in ranks) == total and all(r[split + "_seen"] < total for r in ranks)
+        for r in ranks:
+            assert r[split][1] == one[split][1], split  # accuracy: exact counts
+            assert abs(r[split][0] - one[split][0]) <= 1e-12 * one[split][0], split
+        assert ranks[0][split] == ranks[1][split]  # every rank returns the same all-reduced numbers
+
+
+def _replay_rank_main(rank: int, world_size: int, port: int, runs: list) -> None:
+    torch.set_num_threads(1)
+    # the default timeout would turn a hang into a half-hour test; 60 s is far above a step here
+    member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
+    rt = Runtime(device=torch.device("cpu"), rank=rank, world_size=world_size)
+    distributed.join(member, rt.device)
+    try:
+        for job, out_dir in runs:
+            train(job, TrainPaths(out_dir=out_dir), rt)
+    finally:
+        distributed.leave()
+
+
+def test_a_two_rank_job_given_a_new_rewinding_point_replays_it_as_the_gang(tmp_path):
+    """A finished 2-rank run (3 steps, no rewinding point) asked again with save_iters (2,): the
+    two ranks replay together (no hang: the process group's timeout is 60 s), W_2 appears, is
+    bitwise the W_2 of a 2-rank run that saved it in the first place (so it was replayed at
+    the gang's own per-rank slices: one rank at the whole batch sums in another order) and
+    equals a 1-rank run's W_2 to float64 rounding (the bound of the test above); weights.pt is
+    untouched and no .replay/ is left."""
+    import dataclasses
+
+    job = _mlp_job(iterations=3)
+    wanted = dataclasses.replace(job, save_iters=(2,))
+    grown, direct = str(tmp_path / "grown"), str(tmp_path / "direct")
+    _spawn(_replay_rank_main, 2, [(job, grown)])
+    before = checkpoint.load_weights(os.path.join(grown, "weights.pt"))
+    assert not os.path.exists(os.path.join(grown, "w_2.pt"))
+    _spawn(_replay_rank_main, 2, [(wanted, grown), (wanted, direct)])
+    assert not os.path.exists(os.path.join(grown, ".replay"))
+    after = checkpoint.load_weights(os.path.join(grown, "weights.pt"))
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    replayed = checkpoint.load_weights(os.path.join(grown, "w_2.pt"))
+    saved = checkpoint.load_weights(os.path.join(direct, "w_2.pt"))
+    assert all(torch.equal(replayed[n], saved[n]) for n in saved)
+    train(wanted, TrainPaths(out_dir=str(tmp_path / "one")), Runtime(device=torch.device("cpu")))
+    alone = checkpoint.load_weights(str(tmp_path / "one" / "w_2.pt"))
+    for n in alone:
+        assert (alone[n] - replayed[n]).abs().max().item() <= 1e-12 * max(alone[n].abs().max().item(), 1.0), n
+    import json
+
+    with open(os.path.join(grown, "result.json")) as f:
+        assert json.load(f)["saved_weights"] == {"2": os.path.join(grown, "w_2.pt")}
+
+
+def _mask_rank_main(rank: int, world_size: int, port: int, job: TrainJob, masks: list, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
+    rt = Runtime(device=torch.device("cpu"), rank=rank, world_size=world_size)
+    distributed.join(member, rt.device)
+    try:
+        train(job, TrainPaths(out_dir=os.path.join(out_dir, f"run_{rank}"), parent_mask=masks[rank]), rt)
+        message = "trained"
+    except distributed.RankMismatch as exc:
+        message = str(exc)
+    finally:
+        distributed.leave()
+    with open(os.path.join(out_dir, f"message_{rank}"), "w") as f:
+        f.write(message)
+
+
+def test_ranks_given_different_masks_are_refused_naming_the_mask(tmp_path):
+    """Two ranks whose masks differ in one entry: both refuse before the first step, naming the
+    mask and the rank that differs; given one mask, the same gang trains."""
+    from trainers.models import build_model
+    from trainers.pruning import full_mask
+
+    job = _mlp_job(iterations=1)
+    mask = full_mask(build_model("mlp_300_100", (64,), 10, seed=3))
+    other = {n: m.clone() for n, m in mask.items()}
+    other[next(iter(other))].view(-1)[0] = False
+    paths = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    checkpoint.save(mask, paths[0])
+    checkpoint.save(other, paths[1])
+    _spawn(_mask_rank_main, 2, job, paths, str(tmp_path))
+    for r in range(2):
+        text = (tmp_path / f"message_{r}").read_text()
+        assert "the mask differs between the ranks" in text and "rank 1 computed another one" in text, text
+    assert not (tmp_path / "run_0" / "weights.pt").exists()
+    _spawn(_mask_rank_main, 2, job, [paths[0], paths[0]], str(tmp_path))
+    assert [(tmp_path / f"message_{r}").read_text() for r in range(2)] == ["trained", "trained"]
+
+
+def _failing_rank_main(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import time
+
+    torch.set_num_threads(1)
+    member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port)  # default timeout
+
+    def on_step(it: int) -> None:
+        if rank == 1 and it == 2:
+            with open(os.path.join(out_dir, "raised_at"), "w") as f:
+                f.write(repr(time.time()))
+            raise RuntimeError("rank 1 fails")
+
+    rt = Runtime(device=torch.device("cpu"), rank=rank, world_size=world_size, on_step=on_step)
+    distributed.join(member, rt.device)
+    failed = True
+    try:
+        train(_mlp_job(iterations=50), TrainPaths(out_dir=os.path.join(out_dir, "run")), rt)
+        failed = False
+    except Exception:  # noqa: BLE001 - the test reads the times, not the error
+        pass
+    finally:
+        distributed.leave(failed=failed)
+        with open(os.path.join(out_dir, f"left_{rank}"), "w") as f:
+            f.write(repr((time.time(), failed)))
+
+
+def test_a_failing_rank_and_its_peer_leave_in_bounded_time_with_the_default_timeout(tmp_path):
+    """Rank 1 raises after step 2 while rank 0 waits in the next all-reduce, with the default
+    collective timeout (1800 s): rank 1 aborts its group instead of destroying it, rank 0's
+    collective fails on the closed connection, and both have left within 60 s of the raise
+    (the bound the README states for the driver, which records a gang's failure as soon as one
+    rank's call fails)."""
+    _spawn(_failing_rank_main, 2, str(tmp_path))
+    raised = float((tmp_path / "raised_at").read_text())
+    for r in range(2):
+        when, failed = eval((tmp_path / f"left_{r}").read_text())  # noqa: S307 - our own repr
+        assert failed
+        assert when - raised < 60, (r, when - raised)
+        print(f"rank {r} left {when - raised:.2f} s after rank 1 raised")

@@ -13,12 +13,21 @@ What the loop relies on (docs/design.md, "Jobs on N ranks"):
 - BatchNorm is explicit (`train.bn_sync`): `global` normalises with the statistics of the whole
   global batch (nn.SyncBatchNorm on CUDA; `GlobalBatchNorm` below on CPU, where SyncBatchNorm
   refuses to run), the same mathematics for every N; `per_replica` keeps each rank's statistics,
-  which makes the per-rank batch part of the job (`train.bn_batch`, checked by `check`).
+  which makes the per-rank batch part of the job (`train.bn_batch`, checked by `check`);
+- evaluation is sharded the same way (`shard_eval`): each rank evaluates its slice of every
+  evaluation batch and the integer counts and float64 loss sums are all-reduced;
+- what every rank must agree on is decided once: rank 0's view of the job's directory is
+  broadcast (`from_rank0`), and the mask each rank computed is compared by digest before the
+  first step (`check_same`): a mismatch is an error naming the ranks, never silent;
+- a rank that fails aborts its process group (`leave(failed=True)`) instead of destroying it,
+  which can block in a collective its peers never join.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import socket
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -74,9 +83,107 @@ def join(member: GangMember, device: torch.device) -> None:
     )
 
 
-def leave() -> None:
-    if dist.is_initialized():
+# How long a failing rank waits for its process group's abort before it reports the failure
+# anyway (an abort stuck in a driver or a socket must not hold the error back; the gang's
+# driver kills the process right after).
+ABORT_WAIT_SECONDS = 10.0
+
+
+def leave(failed: bool = False) -> None:
+    """Leave the process group. After a failure the group is aborted, not destroyed:
+    destroy_process_group waits for outstanding collectives (NCCL) that the failed peers never
+    join, so it could block until the collective timeout; the abort runs in a daemon thread and
+    is waited for at most ABORT_WAIT_SECONDS."""
+    if not dist.is_initialized():
+        return
+    if not failed:
         dist.destroy_process_group()
+        return
+
+    def abort() -> None:
+        from torch.distributed.distributed_c10d import _abort_process_group
+
+        try:
+            _abort_process_group()  # every group, the default one included
+        except Exception:  # noqa: BLE001 - a backend without abort (gloo before it had one): destroy
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - the group is broken already; the process goes next
+                pass
+
+    t = threading.Thread(target=abort, name="lth-abort-process-group", daemon=True)
+    t.start()
+    t.join(ABORT_WAIT_SECONDS)
+
+
+def in_gang(world_size: int) -> bool:
+    return world_size > 1 and dist.is_initialized()
+
+
+def from_rank0(value, world_size: int, device: torch.device):  # noqa: ANN001, ANN201
+    """Rank 0's `value` on every rank (a small picklable object): what the ranks must decide
+    alike from files only rank 0 is sure to see (a remote store stages them for rank 0 alone)."""
+    if not in_gang(world_size):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_object_device(device))
+    return box[0]
+
+
+def _object_device(device: torch.device) -> torch.device | None:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of `tensors` in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class RankMismatch(ValueError):
+    """Ranks of one gang computed different values of something they must share (a mask)."""
+
+
+def check_same(what: str, digest: str, world_size: int, device: torch.device) -> None:
+    """Raise RankMismatch on every rank unless every rank's `digest` of `what` is rank 0's.
+    All ranks raise alike (each sees every digest), so none is left waiting in a collective."""
+    if not in_gang(world_size):
+        return
+    digests: list = [None] * world_size
+    dist.all_gather_object(digests, digest, group=None)
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise RankMismatch(
+            f"{what} differs between the ranks of this gang: rank{'s' if len(differ) > 1 else ''} "
+            f"{', '.join(map(str, differ))} computed another one than rank 0 "
+            f"(sha256 {digests[0][:12]} on rank 0, {digests[differ[0]][:12]} on rank {differ[0]}); "
+            "a job trains one mask on all its ranks: refusing to train"
+        )
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank: under per_replica
+    BatchNorm each rank's last forward updated its own, and a sharded evaluation must see one
+    network (DDP would broadcast them again at the next training forward anyway)."""
+    for b in model.buffers():
+        dist.broadcast(b, src=0)
+
+
+def shard_eval(batches, rank: int, world_size: int):  # noqa: ANN001, ANN201
+    """This rank's slice (`rank_slice`) of every evaluation batch. Every rank iterates the same
+    batches, so each sees the same number of them and the all-reduce at the end pairs up; a
+    rank whose slice of a short last batch is empty skips it."""
+    for x, y in batches:
+        lo, hi = rank_slice(len(y), rank, world_size)
+        if hi > lo:
+            yield x[lo:hi], y[lo:hi]
 
 
 def rank_slice(global_size: int, rank: int, world_size: int) -> tuple[int, int]:

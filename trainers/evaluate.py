@@ -37,22 +37,39 @@ def evaluate(
     device: torch.device,
     precision: str = "auto",
     channels_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction in [0, 1]) over `batches`."""
+    """Mean cross-entropy and accuracy (a fraction in [0, 1]) over `batches`.
+
+    On a gang (world_size > 1, the process group joined) every rank passes the same `batches`,
+    evaluates its slice of each (`distributed.shard_eval`) and the sums are all-reduced: the
+    correct and example counts exactly (int64), the loss sum in float64. Each example's loss is
+    added in float64 (not summed per batch in the logits' dtype), so how the examples are split
+    changes the loss only by float64 reassociation of the sum, whatever the precision."""
+    from trainers import distributed
+
+    gang = distributed.in_gang(world_size)
+    if gang:
+        batches = distributed.shard_eval(batches, rank, world_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    count = 0
+    counts = torch.zeros(2, device=device, dtype=torch.int64)  # correct, examples
     with autocast_for(device, precision):
         for x, y in batches:
             logits = model(to_model_input(x, channels_last, precision))
             logits = logits.double() if precision == "fp64" else logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-            count += y.numel()
+            loss_sum += F.cross_entropy(logits, y, reduction="none").double().sum()
+            counts[0] += (logits.argmax(1) == y).sum()
+            counts[1] += y.numel()
     model.train(was_training)
+    if gang:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(counts)
+    correct, count = counts.tolist()  # one device sync per evaluation, not one per batch
     if count == 0:
         raise ValueError("evaluation split is empty")
-    # One device sync per evaluation, not one per batch.
-    return loss_sum.item() / count, correct.item() / count
+    return loss_sum.item() / count, correct / count

@@ -10,8 +10,10 @@ A job is a dense run (level 0), a level of a lineage, or a branch child. It
   4. writes weights.pt, mask.pt and result.json into `paths.out_dir` atomically.
 
 On N ranks (`rt.world_size` > 1, the process group joined: trainers/distributed.py) every rank
-runs this same loop on its slice of each global batch; rank 0 alone evaluates and writes
-(checkpoints, W_k, weights, result), and every rank resumes from rank 0's checkpoint.
+runs this same loop on its slice of each global batch and evaluates its slice of the evaluation
+batches; rank 0 alone writes (checkpoints, W_k, weights, result), every rank resumes from rank
+0's checkpoint, the ranks check that they train one mask, and a missing rewinding point is
+replayed by the whole gang.
 
 A job restarted with the same out_dir resumes from checkpoint.pt and ends bitwise-identical (on
 CPU) to an uninterrupted run; a job whose result.json exists returns it without training.
@@ -239,15 +241,18 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     validate(job, paths)
     cfg, device, out = job.train, rt.device, paths.out_dir
     distributed.check(cfg.batch_size, cfg.bn_sync, cfg.bn_batch, rt.world_size, device, cfg.cuda_graphs)
-    writer = rt.rank == 0  # the one rank that evaluates and writes files
+    writer = rt.rank == 0  # the one rank that writes files
     os.makedirs(out, exist_ok=True)
     result_path = os.path.join(out, RESULT)
-    if os.path.exists(result_path) and os.path.exists(os.path.join(out, WEIGHTS)):
-        if not writer:
-            return None
-        with open(result_path) as f:  # a missing W_k is replayed by rank 0 alone (on one rank)
-            alone = dataclasses.replace(rt, rank=0, world_size=1)
-            return add_missing_rewind_points(job, out, result_from_json(json.load(f)), alone)
+    # Rank 0's directory decides for the gang (another rank may see a staged copy, or none)
+    finished = distributed.from_rank0(
+        os.path.exists(result_path) and os.path.exists(os.path.join(out, WEIGHTS)), rt.world_size, device)
+    if finished:  # a missing W_k is replayed by the whole gang, each rank at its own slice
+        done = None
+        if writer:
+            with open(result_path) as f:
+                done = result_from_json(json.load(f))
+        return add_missing_rewind_points(job, out, done, rt)
 
     data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
@@ -268,6 +273,9 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         initial = masked_weights(weights, mask)
         if writer:
             checkpoint.save(mask, os.path.join(out, MASK))
+    # One mask for the gang: every rank computed it (or read it from rank 0's checkpoint); a
+    # non-deterministic scoring kernel must not let the ranks train different networks.
+    distributed.check_same("the mask", distributed.tensors_digest(mask), rt.world_size, device)
     model.load_state_dict(weights)
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -300,11 +308,15 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     eval_bs = max(cfg.batch_size, 256)
 
     def run_eval(it: int) -> None:
+        """Every rank: its slice of each split, the sums all-reduced (distributed.shard_eval)."""
+        if distributed.in_gang(rt.world_size):
+            distributed.broadcast_buffers(model)  # one network: rank 0's running statistics
         for split, limit in (("test", None), ("train", cfg.eval_train_examples)):
-            loss, acc = evaluate(model, data.eval_batches(split, eval_bs, limit), device, cfg.precision, channels_last)
+            loss, acc = evaluate(model, data.eval_batches(split, eval_bs, limit), device, cfg.precision, channels_last,
+                                 rt.rank, rt.world_size)
             row = MetricRow(iteration=it, split=split, loss=loss, accuracy=acc)
             metrics.append(row)
-            if rt.on_metric is not None:
+            if rt.on_metric is not None and writer:
                 rt.on_metric(row)
 
     def save_checkpoint(next_it: int) -> None:
@@ -331,7 +343,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     def hooks_at(it: int) -> None:
         save_rewind_point(it)
         due = it == job.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0)
-        if due and it < job.stop_iter and writer:
+        if due and it < job.stop_iter:
             run_eval(it)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -342,6 +354,10 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     model.train()
     end = job.stop_iter
     for it in range(start, job.stop_iter):
+        if search is not None and distributed.in_gang(rt.world_size) and it % search.ipe == 0:
+            # the detectors decide when the job stops: every rank must rank the same scores
+            distributed.check_same(f"the early-bird scores at iteration {it}",
+                                   distributed.tensors_digest({"scores": search.scores(model)}), rt.world_size, device)
         if search is not None and search.at_epoch_start(it, model):
             end = it  # every detector has fired: the search stops here (stop: at_detection)
             break
@@ -359,10 +375,10 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
             rt.on_step(done)
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
-    if not writer:
-        return None
     save_rewind_point(end)
-    run_eval(end)
+    run_eval(end)  # every rank: a sharded evaluation
+    if not writer:  # the other ranks join rank 0 for a replay of missing rewinding points
+        return add_missing_rewind_points(job, out, None, rt)
     final = {m.split: m for m in metrics if m.iteration == end}
     final_weights = checkpoint.state_dict_cpu(model)
     checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
@@ -413,36 +429,48 @@ def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input
     return out
 
 
-def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: Runtime) -> TrainResult:
+def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult | None, rt: Runtime) -> TrainResult | None:
     """A finished dense run asked for a rewinding point it did not save (the sweep grew a new k).
 
     The job's id does not cover its rewinding points, so that adding a k keeps every finished
     job. Replay the run from the start up to the last missing point in a scratch directory and
     keep only the missing W_k: weights.pt and everything else already stored stay untouched.
-    """
-    missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
-    if job.early_bird is not None:  # a search that stopped at detection never reaches the later points
-        missing = [k for k in missing if k <= result.end_iter]
-    if not missing:
-        return result
-    if missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
-        # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)
-        from trainers.data.ondisk import describe
 
-        info = describe(job.train.data)
-        model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)
-        checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(0)))
-        missing = missing[1:]
+    On a gang every rank calls this (`result` is rank 0's; None elsewhere): rank 0 decides what
+    is missing and the gang replays it together, each rank at its own slice of the job's
+    global batch, as the run itself was trained (never one rank at the whole batch, which
+    would not fit where the job needed N GPUs). Returns None on the other ranks.
+    """
+    writer = rt.rank == 0
+    missing: list[int] = []
+    scratch = os.path.join(out, ".replay")
+    if writer:
+        missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
+        if job.early_bird is not None:  # a search that stopped at detection never reaches the later points
+            missing = [k for k in missing if k <= result.end_iter]
+        if missing and missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
+            # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)
+            from trainers.data.ondisk import describe
+
+            info = describe(job.train.data)
+            model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)
+            checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(0)))
+            missing = missing[1:]
+        if missing:  # before the broadcast, so that no rank enters the scratch directory first
+            shutil.rmtree(scratch, ignore_errors=True)  # an earlier replay that died: its checkpoint is not ours
+    missing = distributed.from_rank0(missing, rt.world_size, rt.device)
     if missing:
-        scratch = os.path.join(out, ".replay")
-        shutil.rmtree(scratch, ignore_errors=True)  # an earlier replay that died: its checkpoint is not ours
         replay = dataclasses.replace(job, end_iter=missing[-1], save_iters=tuple(missing))
         train(replay, TrainPaths(out_dir=scratch), dataclasses.replace(rt, on_metric=None))  # not this job's metrics
-        for k in missing:
-            os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
-        shutil.rmtree(scratch)
-    result.saved_weights = saved_rewind_points(job, out)
-    checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
+        if writer:
+            for k in missing:
+                os.replace(os.path.join(scratch, rewind_file(k)), os.path.join(out, rewind_file(k)))
+            shutil.rmtree(scratch)
+    if not writer:
+        return None
+    if missing or result.saved_weights != saved_rewind_points(job, out):
+        result.saved_weights = saved_rewind_points(job, out)
+        checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
     return result
 
 
