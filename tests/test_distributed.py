@@ -131,3 +131,19 @@ def test_per_replica_needs_the_per_rank_batch():
     with pytest.raises(ValueError, match="train.bn_batch"):
         distributed.check(30, "per_replica", 15, 3, torch.device("cpu"))
     distributed.check(30, "per_replica", 15, 2, torch.device("cpu"))
+
+
+def test_a_process_group_takes_the_longest_gang_timeout_a_config_may_give():
+    """scheduler.gang_timeout_seconds is bounded by limits.MAX_SECONDS (1e300 overflowed torch's
+    timedelta on every attempt): a group joined with the bound itself works."""
+    from orchestrator import limits
+
+    member = distributed.GangMember(rank=0, world_size=1, address="127.0.0.1", port=0,
+                                    timeout_seconds=limits.MAX_SECONDS)
+    distributed.join(member, torch.device("cpu"))
+    try:
+        t = torch.ones(3)
+        torch.distributed.all_reduce(t)
+        assert torch.equal(t, torch.ones(3))
+    finally:
+        distributed.leave()
