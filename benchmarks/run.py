@@ -7,7 +7,9 @@
 Sections: training ((a) plain loop, (b) our trainer, (c) our trainer at density 0.2, their
 ratios, TFLOP/s against the device's measured matmul rate), packing (K networks in one process
 vs one job), loaders (device-resident vs torchvision DataLoader vs FFCV), interpolation (31
-alphas, test + train), and on request imagenet_e2e (our trainer on generated ImageNet-like JPEG
+alphas, test + train), job_cost (a 10-iteration LeNet-300-100 job through the worker against
+the bare loop of the same job, its fixed cost and its parts, quiet and beside a CPU burner), and
+on request imagenet_e2e (our trainer on generated ImageNet-like JPEG
 files beside the same model on device-resident data; exits 1 when its decoding fell back). See
 BENCHMARKS.md for the numbers and the exact commands. On request too: gang (one job on --ranks
 DDP ranks vs the same job on one rank, same device type, fed by device-resident data and by the
@@ -29,7 +31,7 @@ import torch
 from benchmarks.common import Settings, device_label, matmul_tflops
 from trainers.determinism import CUBLAS_ENV, prepare_process
 
-SECTIONS = ("training", "packing", "loaders", "interpolation")  # the default run
+SECTIONS = ("training", "packing", "loaders", "interpolation", "job_cost")  # the default run
 ON_REQUEST = ("imagenet_e2e", "gang")  # generates thousands of JPEG files: only when named
 
 
@@ -115,6 +117,19 @@ def render(report: dict) -> str:
         parts.append(_table("BatchNorm over the gang: nn.SyncBatchNorm vs the all-reduce BatchNorm (GlobalBatchNorm),"
                             " DDP broadcast_buffers on/off, plain DDP loop, synthetic data",
                             ["model", "N", "BatchNorm", "broadcast_buffers", "images/s", "vs sync + broadcast"], rows))
+    if report.get("job_cost"):
+        r = report["job_cost"]
+        q, lo = r["quiet"], r["under_load"]
+        rows = [[name, _fmt(m["job_ms"], 1), _fmt(m["bare_loop_ms"], 1), f"{m['ratio_job_vs_bare']:.2f}",
+                 _fmt(m["fixed_ms"], 1), str(m["jobs"])] for name, m in (("no added load", q), ("beside a CPU burner", lo))]
+        parts.append(_table(f"A small job's fixed cost: {r['model']} on {r['data']}, {r['iterations']} iterations, "
+                            f"{r['device']}; {r['path']}; load: {r['load']} (job under load / quiet: "
+                            f"{r['under_load_vs_quiet']:.2f}, bare loop: {r['bare_under_load_vs_quiet']:.2f})",
+                            ["machine", "job ms", "bare loop ms", "job / bare", "fixed ms", "jobs"], rows))
+        rows = [[p, _fmt(q["parts_ms"].get(p), 1), f"{q['calls_per_job'].get(p, 0):g}", _fmt(lo["parts_ms"].get(p), 1)]
+                for p in q["parts_ms"]]
+        parts.append(_table("Its parts (ms per job, mean over the rounds; calls per job; they overlap: a checkpoint write includes its fsync)",
+                            ["part", "no added load ms", "calls", "beside a burner ms"], rows))
     return "\n".join(parts)
 
 
@@ -226,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
 
         log("interpolation")
         report["interpolation"] = bench_interpolation(settings)
+
+    if "job_cost" in sections:
+        from benchmarks.job_cost import bench_job_cost
+
+        log("job_cost")
+        report["job_cost"] = bench_job_cost(settings.quick)
 
     if "imagenet_e2e" in sections:
         from benchmarks.imagenet_e2e import bench_imagenet_e2e

@@ -39,11 +39,18 @@ class GangRank(JobRunner):
     def __init__(self, ctx: Any):
         super().__init__(ctx)
         self._iteration = -1
+        self._listener: Any = None  # rank 0: the rendezvous socket, bound from rendezvous() to run_rank()
 
     def rendezvous(self) -> tuple[str, int]:
-        from trainers.distributed import free_port, host_address
+        """Where the gang meets (asked of rank 0): its Ray node's address, on a port bound here and
+        held until run_rank hands the socket to the store, so no other process can take it."""
+        from trainers.distributed import listen
 
-        return host_address(), free_port()
+        if self._listener is not None:  # a rendezvous never used (a gang reused after one that failed to start)
+            self._listener.close()
+        address = node_address()
+        self._listener = listen(address)
+        return address, self._listener.getsockname()[1]
 
     def progress(self) -> int:
         return self._iteration
@@ -53,7 +60,8 @@ class GangRank(JobRunner):
         from trainers import distributed
 
         self._iteration = -1
-        distributed.join(member, self.rt.device)
+        listener, self._listener = self._listener, None
+        distributed.join(member, self.rt.device, listener if member.rank == 0 else None)
         self.rt.rank, self.rt.world_size = member.rank, member.world_size
         self.rt.on_step = self._on_step(job, attempt, member.rank)
         failed = True
@@ -107,6 +115,20 @@ class GangRank(JobRunner):
                 raise RuntimeError(f"injected fault: rank {rank} raised after iteration {it}")
 
         return on_step
+
+
+def node_address() -> str:
+    """This process's Ray node address: 127.0.0.1 under the embedded local Ray (started on
+    loopback, orchestrator/raysession.py), so a local gang never leaves this host; on a cluster
+    the address the nodes already reach each other by, and the interface the ranks' sockets use
+    is chosen from it (trainers/distributed.py, `join`)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return node["NodeManagerAddress"]
+    raise RuntimeError(f"Ray does not list this process's node {node_id}")
 
 
 def _gang_faults(spec: str, job_id: str, rank: int) -> dict[int, tuple[str, str | None]]:

@@ -63,9 +63,11 @@ class EvalReporter:
         f_it, f_time = self._first
         rate = (it - f_it) / (now - f_time) if it > f_it and now > f_time else None
         try:
+            # not durable (no fsync: two per job were a fifth of a short job's time on a busy
+            # disk): after a crash the file is the last report or empty, which reads as none yet
             self.store.write_json(Store.artifact(self.job.id, PROGRESS),
                                   {"iteration": it, "start_iter": spec.start_iter, "stop_iter": spec.stop_iter,
-                                   "rate": rate, "time": now})
+                                   "rate": rate, "time": now}, durable=False)
         except OSError:
             pass  # progress is a convenience: never the reason a job fails
 

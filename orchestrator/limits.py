@@ -33,7 +33,8 @@ MAX_WORKERS = 100_000
 MAX_PACK = 1024
 MAX_RANKS = 4096  # processes of one job (resources.ranks)
 MAX_RESOURCE = 1_000_000.0  # GPUs, CPUs or GB of memory per job
-MAX_SECONDS = 86_400.0 * 365  # a checkpoint interval
+# a checkpoint interval, a gang's timeout (torch keeps it as a timedelta: 1e300 s overflows it)
+MAX_SECONDS = 86_400.0 * 365
 MAX_JOBS = 100_000  # jobs of one plan (the largest sweeps above plan a few tens of thousands)
 
 # Seeds feed torch.manual_seed and a 64-bit mix (trainers/data/order.py): past int64 torch

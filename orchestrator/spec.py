@@ -408,9 +408,10 @@ class SchedulerSpec(_Model):
     checkpoint_every_seconds: float = Field(300.0, gt=0, le=L.MAX_SECONDS, description='in-job checkpoint interval in seconds' + _at_most(L.MAX_SECONDS))
     max_workers: int | None = Field(None, ge=1, le=L.MAX_WORKERS, description='at most this many jobs at once; null: as many as the cluster fits' + _at_most(L.MAX_WORKERS))
     gang_timeout_seconds: float = Field(
-        1800.0, gt=0,
+        1800.0, gt=0, le=L.MAX_SECONDS,
         description="a job on several ranks that makes no progress for this long (a dead or hung rank, a stuck "
-        "collective) is stopped and costs one attempt: the process-group timeout and the driver's watchdog",
+        "collective) is stopped and costs one attempt: the process-group timeout and the driver's watchdog"
+        + _at_most(L.MAX_SECONDS),
     )
 
 

@@ -117,10 +117,12 @@ class Store:
         self.fs.create_dir(self.path(rel), recursive=True)
 
     @contextlib.contextmanager
-    def _atomic_output(self, rel: str) -> Iterator[Any]:
+    def _atomic_output(self, rel: str, durable: bool = True) -> Iterator[Any]:
         """A writable file for `rel` that readers see whole or not at all: a temporary name
         (leading ".", which every listing skips), then a rename; on an object store, where a
-        PUT is already atomic and a rename is a copy, the object itself."""
+        PUT is already atomic and a rename is a copy, the object itself. `durable`: on disk
+        (fsync) before the rename, so a crash leaves the old file or the new one; without it a
+        crash may leave an empty file (for what is rewritten often and read as a hint)."""
         dst = self.path(rel)
         parent, _, name = dst.rpartition("/")
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
@@ -130,7 +132,8 @@ class Store:
                 with open(tmp, "wb") as f:
                     yield f
                     f.flush()
-                    os.fsync(f.fileno())
+                    if durable:
+                        os.fsync(f.fileno())
                 os.replace(tmp, dst)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -149,13 +152,13 @@ class Store:
             yield f
         self.fs.move(tmp, dst)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:
         """Atomic: readers see the old file or the whole new one, never a part."""
-        with self._atomic_output(rel) as f:
+        with self._atomic_output(rel, durable) as f:
             f.write(data)
 
-    def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
+    def write_json(self, rel: str, obj: Any, durable: bool = True) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode(), durable)
 
     def upload(self, local_file: str, rel: str) -> None:
         with open(local_file, "rb") as f:

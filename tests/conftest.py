@@ -116,14 +116,20 @@ def isolated_default_store(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray (2 CPUs) per test module: `lth run` in-process reuses it."""
+    """One local Ray (2 CPUs) per test module: `lth run` in-process reuses it. On 127.0.0.1, as
+    the embedded Ray of `lth run` is (orchestrator/raysession.py): a gang meets at its Ray node's
+    address, and tests listen on loopback only."""
     import ray
 
     os.environ["PYTHONPATH"] = lth_env()["PYTHONPATH"]  # the workers must import the repo
     os.environ.update(WANDB_SILENT="true")
     os.environ.pop("WANDB_API_KEY", None)
     temp = tempfile.mkdtemp(prefix="lth-ray-test-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp)
+    from orchestrator.raysession import _keep_ray_on_loopback
+
+    _keep_ray_on_loopback()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp,
+             _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

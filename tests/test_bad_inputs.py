@@ -48,6 +48,8 @@ def test_a_long_experiment_name_is_refused_naming_the_bound(tmp_path, capsys):
     ("sweep.branch.num_alphas=1000000", "sweep.branch.num_alphas", "1001"),
     ("scheduler.max_attempts=1000", "scheduler.max_attempts", "100"),
     ("train.eval_train_examples=10000000000", "train.eval_train_examples", "1000000000"),
+    # was accepted, then every attempt of every gang job failed with OverflowError (timedelta)
+    ("scheduler.gang_timeout_seconds=1e300", "scheduler.gang_timeout_seconds", "31536000"),
 ])
 def test_every_count_is_bounded_and_the_message_says_the_bound(tmp_path, capsys, override, field, bound):
     err = _refused(tmp_path, capsys, DEMO, *tiny_args(override))
@@ -90,6 +92,28 @@ def _integer_fields(schema: dict) -> dict[str, list[dict]]:
 
     walk(schema, "")
     return out
+
+
+def test_every_duration_of_the_config_has_an_upper_bound():
+    """A duration (`*_seconds`) ends up in a timedelta or a timer, which an unbounded float
+    overflows: each is bounded, as the counts are."""
+    schema = ExperimentSpec.model_json_schema()
+    defs = schema["$defs"]
+    durations: dict[str, list[dict]] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        node = defs[node["$ref"].split("/")[-1]] if "$ref" in node else node
+        for name, prop in node.get("properties", {}).items():
+            alternatives = [defs[a["$ref"].split("/")[-1]] if "$ref" in a else a for a in prop.get("anyOf", [prop])]
+            for alt in alternatives:
+                walk(alt, f"{prefix}{name}.")
+            if name.endswith("_seconds"):
+                durations[f"{prefix}{name}"] = [a for a in alternatives if a.get("type") == "number"]
+
+    walk(schema, "")
+    assert {"scheduler.checkpoint_every_seconds", "scheduler.gang_timeout_seconds"} <= set(durations)
+    unbounded = [p for p, alts in durations.items() if any("maximum" not in a for a in alts)]
+    assert not unbounded, f"durations without an upper bound: {unbounded}"
 
 
 # Lists whose values the spec checks against other fields (each milestone within

@@ -274,3 +274,95 @@ def test_deploy_readme_names_existing_files():
     assert len(named) >= 6
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, missing
+
+
+# ---- the shipped configs fit the shipped nodes ------------------------------------------------
+
+
+def _k8s_quantity(text: str) -> float:
+    """A Kubernetes CPU count ("88", "500m") or memory in GiB ("900Gi", "64G")."""
+    units = {"m": 1e-3, "Gi": 1.0, "Mi": 1 / 1024, "Ti": 1024.0, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text))
+    assert m, text
+    return float(m.group(1)) * (units[m.group(2)] if m.group(2) else 1.0)
+
+
+def _node_types() -> dict[str, list[dict]]:
+    """deployment -> its GPU worker node types, as Ray sees them: {"name", "CPU", "GPU",
+    "memory_gib" (None: the node's whole memory, not declared here)}."""
+    out: dict[str, list[dict]] = {}
+    vm = _load(CLUSTER_YAML)
+    out["vm"] = [{"name": n, "CPU": t["resources"]["CPU"], "GPU": t["resources"].get("GPU", 0), "memory_gib": None}
+                 for n, t in vm["available_node_types"].items() if n != vm["head_node_type"]]
+    out["k8s"] = []
+    for g in _load(RAYCLUSTER)["spec"]["workerGroupSpecs"]:
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        cpus = g["rayStartParams"].get("num-cpus", limits["cpu"])  # Ray's count: the param, else the pod's limit
+        out["k8s"].append({"name": g["groupName"], "CPU": _k8s_quantity(cpus),
+                           "GPU": int(limits.get("nvidia.com/gpu", 0)), "memory_gib": _k8s_quantity(limits["memory"])})
+    text = SBATCH.read_text()
+    directives = dict((m.group(1), m.group(2)) for m in re.finditer(r"^#SBATCH\s+--([\w-]+)(?:=(\S+))?", text, re.M))
+    # the script starts Ray with --num-cpus=$SLURM_CPUS_PER_TASK --num-gpus=$SLURM_GPUS_PER_NODE
+    assert re.search(r'--num-cpus="\$CPUS" --num-gpus="\$GPUS"', text)
+    out["slurm"] = [{"name": "sbatch", "CPU": float(directives["cpus-per-task"]),
+                     "GPU": int(directives["gpus-per-node"].split(":")[-1]), "memory_gib": None}]  # --mem=0: all of it
+    return out
+
+
+def _fits(spec, node: dict) -> str | None:
+    """Why a job of `spec` can never run on one node of this type, or None: the product's own
+    check (GangShape.problem, what `lth run` refuses with exit 2) for the train jobs' gang or
+    the one-device jobs, and the memory a one-device job reserves."""
+    from orchestrator.cli import _gang_shape
+    from orchestrator.gang import GangShape
+
+    r = spec.resources
+    nodes = [{"Alive": True, "Resources": {"CPU": node["CPU"], "GPU": node["GPU"]}}]
+    gang = _gang_shape(spec)
+    # the jobs that are not a gang's run in the pool with one rank's share (orchestrator/cli.py)
+    shapes = [GangShape(world_size=1, cpus=gang.cpus if gang else r.cpus, gpus=gang.gpus if gang else r.gpus)]
+    if gang is not None:
+        shapes.append(GangShape(world_size=gang.world_size, cpus=gang.cpus, gpus=gang.gpus, placement="same_node"))
+    for shape in shapes:
+        problem = shape.problem(nodes)
+        if problem:
+            return problem
+    if r.memory_gb and node["memory_gib"] is not None and r.memory_gb > node["memory_gib"]:
+        return f"memory_gb {r.memory_gb} > the node's {node['memory_gib']} GiB"
+    return None
+
+
+def test_every_shipped_config_fits_a_node_of_every_deployment():
+    """A user picks one deployment and runs any shipped config on it: each config's jobs (its
+    8-rank gangs on one node included) fit at least one node type of each deployment.
+    (Before: every deployment shipped 4-GPU nodes, and the ImageNet ResNet-50 config's 8-GPU,
+    64-CPU gang fitted none of them.)"""
+    from orchestrator.spec import load_spec
+
+    nodes = _node_types()
+    assert set(nodes) == {"vm", "k8s", "slurm"} and all(nodes.values())
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    misfits = []
+    for path in configs:
+        spec = load_spec(str(path), [])
+        for deployment, types in nodes.items():
+            problems = [_fits(spec, t) for t in types]
+            if all(problems):
+                misfits.append(f"{path.name} on {deployment}: {problems}")
+    assert not misfits, "\n".join(misfits)
+    # the check can fail: the 8-GPU gang on a 4-GPU node, or with more CPUs than a node has
+    rewind = load_spec(str(ROOT / "configs" / "imagenet_resnet50_rewind.yaml"), [])
+    assert _fits(rewind, {"CPU": 96.0, "GPU": 4, "memory_gib": None})
+    assert _fits(rewind, {"CPU": 48.0, "GPU": 8, "memory_gib": None})
+    assert _fits(rewind, {"CPU": 96.0, "GPU": 8, "memory_gib": 32.0})
+
+
+def test_the_readme_names_the_node_types_the_deploy_files_ship():
+    """README.md and deploy/README.md describe 8-GPU nodes: so do the files."""
+    gpus = {t["GPU"] for types in _node_types().values() for t in types}
+    assert gpus == {8}, gpus
+    for readme in (ROOT / "README.md", DEPLOY / "README.md"):
+        text = readme.read_text()
+        assert "8 GPUs" in text or "8-GPU" in text, readme
+        assert not re.search(r"\b4-GPU nodes\b|nvidia\.com/gpu: 4\b", text), readme

@@ -338,3 +338,17 @@ def test_a_failing_rank_and_its_peer_leave_in_bounded_time_with_the_default_time
         assert failed
         assert when - raised < 60, (r, when - raised)
         print(f"rank {r} left {when - raised:.2f} s after rank 1 raised")
+def test_a_process_group_takes_the_longest_gang_timeout_a_config_may_give():
+    """scheduler.gang_timeout_seconds is bounded by limits.MAX_SECONDS (1e300 overflowed torch's
+    timedelta on every attempt): a group joined with the bound itself works."""
+    from orchestrator import limits
+
+    member = distributed.GangMember(rank=0, world_size=1, address="127.0.0.1", port=0,
+                                    timeout_seconds=limits.MAX_SECONDS)
+    distributed.join(member, torch.device("cpu"))
+    try:
+        t = torch.ones(3)
+        torch.distributed.all_reduce(t)
+        assert torch.equal(t, torch.ones(3))
+    finally:
+        distributed.leave()

@@ -3,8 +3,14 @@ demo sweep on 2 ranks against 1 rank, a rank killed mid-job, a hung rank, bad ga
 (A gang across two nodes of a loopback cluster: tests/test_multinode.py.)"""
 from __future__ import annotations
 
+import ipaddress
 import json
+import shutil
+import subprocess
+import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -167,3 +173,73 @@ def test_status_shows_a_gang_as_one_running_job_with_its_ranks_and_nodes(tmp_pat
     assert main(["status", "e", "--json", "--store", store.root]) == 0
     (st,) = json.loads(capsys.readouterr().out)
     assert st["running"] == 1 and st["gangs"] == {"g": {"world_size": 8, "nodes": ["node-a", "node-b"]}}
+
+
+def _gang_listeners(found: set[tuple[int, str, int]], stop: threading.Event) -> None:
+    """Every listening TCP socket of this test's rank processes (Ray actors `ray::GangRank...`
+    under this process) as (pid, address, port), until `stop`."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        for proc in me.children(recursive=True):
+            try:
+                if "GangRank" not in " ".join(proc.cmdline()):
+                    continue
+                found.update((proc.pid, c.laddr.ip, c.laddr.port) for c in proc.net_connections("tcp")
+                             if c.status == psutil.CONN_LISTEN)
+            except psutil.Error:  # gone between listing and reading
+                continue
+        stop.wait(0.2)
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket's view
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_a_local_gang_listens_on_loopback_only(ray_session, tmp_path, monkeypatch):
+    """While a 2-rank job runs (rank 0 slowed at each evaluation, so the gang lives for seconds),
+    every socket its rank processes listen on (the store, gloo's, Ray's own) is bound to a
+    loopback address: torch.distributed is unauthenticated, so a local run must not be reachable
+    from the network. (Before: the store listened on `::`, the wildcard, and gloo on the
+    default-route address.)"""
+    (job_id,) = _job_ids(*ONE_JOB)
+    monkeypatch.setenv("LTH_FAULT_INJECT", f"delay:{job_id}:1.5")
+    found: set[tuple[int, str, int]] = set()
+    stop = threading.Event()
+    poller = threading.Thread(target=_gang_listeners, args=(found, stop), daemon=True)
+    poller.start()
+    try:
+        assert _run(tmp_path / "store", *ONE_JOB, *TWO_RANKS) == 0
+    finally:
+        stop.set()
+        poller.join()
+    ports = Counter(pid for pid, _, _ in found)
+    # both ranks seen with the gang's sockets: Ray's worker server, and gloo's (and the store on rank 0)
+    assert len(ports) == 2 and sorted(ports.values())[0] >= 2, found
+    assert all(_loopback(ip) for _, ip, _ in found), found
+
+
+def _netns_prefix() -> list[str] | None:
+    """A command prefix that runs in a new network namespace holding loopback alone, or None
+    where this machine cannot make one (no unshare or ip, not root, namespaces disabled)."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return None
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        return None
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && [ "$(ip -o link | wc -l)" = 1 ] && exec "$@"', "netns"]
+
+
+def test_a_local_gang_runs_in_a_network_namespace_with_loopback_alone(tmp_path):
+    """The loopback test above, re-run where no other interface exists: a local gang (Ray, the
+    store, gloo) needs nothing but 127.0.0.1 (before, the rendezvous address came from the
+    default route, and gloo bound the interface the host name resolves to)."""
+    prefix = _netns_prefix()
+    if prefix is None:
+        pytest.skip("no network namespace here (unshare -n needs root or user namespaces)")
+    test = f"{Path(__file__).resolve()}::test_a_local_gang_listens_on_loopback_only"
+    done = subprocess.run([*prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                          capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]

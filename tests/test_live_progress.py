@@ -65,3 +65,30 @@ def test_a_job_reports_each_evaluation_and_its_rate_without_the_cold_start(tmp_p
     p = read_progress(store, "j1")
     assert (p.iteration, p.iterations_done, p.stop_iter) == (40, 40, 40)
     assert p.rate == 40 / 6.0  # from the first evaluation on; with the cold start it would be 40/106
+
+
+def test_the_progress_file_is_written_without_a_sync_and_an_empty_one_reads_as_none(tmp_path, monkeypatch):
+    """progress.json is rewritten at every evaluation and only read as a hint: it is written
+    atomically but not fsynced (two fsyncs a job were a large part of a short job's fixed cost,
+    benchmarks/job_cost.py), while every other store file still is. What a crash can leave
+    (an empty file) reads as no report yet."""
+    import os
+
+    from trainers.jobs import MetricRow
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = Store(str(tmp_path / "store"))
+    spec = SimpleNamespace(start_iter=0, stop_iter=10, retrain="rewind", prune=None, finetune_lr=0.0,
+                           train=SimpleNamespace(batch_size=32, iterations=10, optimizer=SimpleNamespace(lr=0.1),
+                                                 schedule=SimpleNamespace(name="constant", warmup_iters=0,
+                                                                          milestones=[], gamma=0.1)))
+    reporter = EvalReporter(store, SimpleNamespace(id="j1", spec=spec), clock=lambda: 1.0)
+    reporter(MetricRow(iteration=0, split="test", loss=0.5, accuracy=0.9))
+    reporter(MetricRow(iteration=0, split="train", loss=0.4, accuracy=0.95))
+    assert read_progress(store, "j1").iteration == 0 and synced == []
+    store.write_json("artifacts/j1/other.json", {"a": 1})  # the default stays durable
+    assert len(synced) == 1
+    (tmp_path / "store" / "artifacts" / "j1" / "progress.json").write_bytes(b"")
+    assert read_progress(store, "j1") is None

@@ -187,10 +187,10 @@ def test_publish_killed_at_any_step_shows_each_row_once(tmp_path, monkeypatch, c
         deleted.append(rel)
         real_delete(rel)
 
-    def crash_atomic(rel):
+    def crash_atomic(rel, *args, **kwargs):
         if rel.startswith("results/"):
             raise KeyboardInterrupt
-        return real_atomic(rel)
+        return real_atomic(rel, *args, **kwargs)
 
     if crash_at == "before_batch":
         monkeypatch.setattr(store, "_atomic_output", crash_atomic)

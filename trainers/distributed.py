@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -53,34 +54,76 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def free_port() -> int:
-    """A TCP port free on this host now (rank 0's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
+def listen(address: str, port: int = 0) -> socket.socket:
+    """Rank 0's rendezvous socket: bound to `address` alone (never the wildcard: torch's store has
+    no authentication, so it must not be reachable from networks the ranks do not use) and
+    listening. With port 0 the kernel picks the port, and holding the socket until `join` hands it
+    to the store means no other process can take the port in between (choosing a free port and
+    binding it later was a race a gang paid for with an attempt)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.bind((address, port))
+        s.listen(socket.SOMAXCONN)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port free on `address` now, for harnesses whose rank 0 is another process (tests,
+    benchmarks under mp.spawn): that process binds it again in `join`, so a port taken in between
+    is possible there; a gang on Ray holds its socket from `listen` to `join` instead."""
+    with listen(address) as s:
         return s.getsockname()[1]
 
 
-def host_address() -> str:
-    """An address of this host the other ranks can reach (rank 0's rendezvous)."""
+def interface_for(address: str) -> str | None:
+    """The name of this host's interface that traffic to `address` leaves by ("lo" for
+    127.0.0.1), or None when it cannot be told (no route, an IPv6 address, not Linux)."""
+    import fcntl
+    import struct
+
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
-            return s.getsockname()[0]
+            s.connect((address, 1))  # no packet is sent: the kernel picks the source address
+            source = s.getsockname()[0]
+            for _, name in socket.if_nameindex():
+                try:  # SIOCGIFADDR: the interface's IPv4 address
+                    raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                except OSError:  # an interface without an IPv4 address
+                    continue
+                if socket.inet_ntoa(raw[20:24]) == source:
+                    return name
     except OSError:
-        return "127.0.0.1"
+        return None
+    return None
 
 
-def join(member: GangMember, device: torch.device) -> None:
-    """Join the gang's process group (blocks until all N ranks have joined, or times out)."""
+def join(member: GangMember, device: torch.device, listener: socket.socket | None = None) -> None:
+    """Join the gang's process group (blocks until all N ranks have joined, or times out).
+
+    Nothing listens on the wildcard: rank 0's store serves on `listener` (or on a socket it binds
+    to member.address), and gloo's and NCCL's own sockets use the interface that reaches rank 0
+    (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME; "lo" for a gang on 127.0.0.1), so a local gang is
+    reachable from this host alone and a cluster gang from the network rank 0's address is on."""
     if dist.is_initialized():
         raise RuntimeError("this process already belongs to a process group; leave() it first")
-    dist.init_process_group(
-        backend_for(device),
-        init_method=f"tcp://{member.address}:{member.port}",
-        rank=member.rank,
-        world_size=member.world_size,
-        timeout=datetime.timedelta(seconds=member.timeout_seconds),
-    )
+    timeout = datetime.timedelta(seconds=member.timeout_seconds)
+    iface = interface_for(member.address)
+    if iface is not None:
+        # read by gloo and NCCL when the group is created; a rank process joins one gang at a time
+        os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = iface
+    if member.rank == 0:
+        sock = listener if listener is not None else listen(member.address, member.port)
+        # the store owns the descriptor from here (it closes it when the group goes)
+        store = dist.TCPStore(member.address, member.port, member.world_size, is_master=True, timeout=timeout,
+                              master_listen_fd=sock.detach())
+    else:
+        store = dist.TCPStore(member.address, member.port, member.world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend_for(device), store=store, rank=member.rank, world_size=member.world_size,
+                            timeout=timeout)
 
 
 # How long a failing rank waits for its process group's abort before it reports the failure

@@ -264,8 +264,11 @@ def flops_fraction(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     """Multiply-accumulates of the Conv2d and Linear layers with the mask's weights removed, over
     the dense network's (BatchNorm, activations and pooling are not counted). Analytic: each
     layer's alive weights times the positions its kernel visits (H_out x W_out; 1 for Linear),
-    measured with one forward pass of a zero input on the `meta` device. For a structured mask
-    this is the physically sliced network's count."""
+    read from one forward pass of a zero batch of one through the model itself in eval mode
+    (nothing it holds changes: no statistics are updated, each module's mode is restored). Not a
+    copy on the `meta` device: meta kernels run Python decompositions, which cost 16 ms per job
+    for LeNet-300-100 and 147 ms for ResNet-20, more than a short job's training. For a
+    structured mask this is the physically sliced network's count."""
     positions: dict[str, int] = {}
     hooks = []
     for name, m in model.named_modules():
@@ -273,10 +276,14 @@ def flops_fraction(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
             def hook(mod, args, out, name=name):
                 positions[name] = out[0, 0].numel() if isinstance(mod, nn.Conv2d) else 1
             hooks.append(m.register_forward_hook(hook))
+    modes = [(m, m.training) for m in model.modules()]
+    ref = next(model.parameters())
     try:
-        shadow = _meta_copy(model)
-        shadow(torch.zeros(1, *input_shape, device="meta"))
+        model.eval()
+        model(torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device))
     finally:
+        for m, training in modes:
+            m.training = training
         for h in hooks:
             h.remove()
     dense = alive = 0
@@ -287,13 +294,3 @@ def flops_fraction(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
         m = mask.get(f"{name}.weight")
         alive += (w.numel() if m is None else int(m.count_nonzero())) * pos
     return alive / dense
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """The model itself moved nowhere: a forward on `meta` inputs needs meta parameters, so the
-    hooks run on a deep copy whose tensors are meta (the hooks are copied with it)."""
-    import copy
-
-    shadow = copy.deepcopy(model).to("meta")
-    shadow.eval()
-    return shadow
