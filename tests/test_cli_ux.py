@@ -120,3 +120,30 @@ def test_readme_first_commands_work_in_a_fresh_shell_and_the_download_size_is_th
                 break
     stated = re.search(r"about ([\d.]+) GB of wheels", readme)
     assert stated is not None and float(stated.group(1)) == round(total / 1e9, 1), (stated, total)
+
+
+def test_misspelt_command_config_and_key_get_a_suggestion_and_analyse_works(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["stauts"])
+    assert e.value.code == 2 and "(did you mean 'status'?)" in capsys.readouterr().err
+    store = Store(str(tmp_path / "store"))
+    store.write_experiment("demo", "name: demo\n", {})
+    assert main(["analyse", "nothere", "--store", store.root]) == 2  # the command runs (and names the experiment)
+    assert "unknown experiment 'nothere'" in capsys.readouterr().err
+    assert main(["plan", DEMO[: -len(".yaml")] + ".yml"]) == 2
+    assert f"no such config file (did you mean {DEMO!r}?)" in capsys.readouterr().err
+    assert main(["plan", DEMO, "--set", "train.lr=0.1"]) == 2
+    assert "unknown key 'lr' at train (did you mean 'train.optimizer.lr'?)" in capsys.readouterr().err
+
+
+def test_an_unreachable_object_store_is_one_line_and_exit_2(capsys, monkeypatch):
+    """s3:// on a loopback port where nothing listens (the client retries for a few seconds):
+    one line naming the store and why, exit 2, no traceback."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "none")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "none")
+    url = "s3://bucket/lth?endpoint_override=127.0.0.1:9&scheme=http"
+    assert main(["status", "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --store: cannot open {url!r}: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
