@@ -2,6 +2,8 @@
 mean', `lth status --watch` and `lth rm`. No Ray."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import DEMO
@@ -147,3 +149,32 @@ def test_an_unreachable_object_store_is_one_line_and_exit_2(capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err.startswith(f"error: --store: cannot open {url!r}: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_status_names_running_jobs_as_lth_run_does(tmp_path, capsys):
+    """A running job's line carries its description (the one `lth run`'s live view shows), not
+    its id alone."""
+    from orchestrator.lock import ExperimentLock
+
+    store = Store(str(tmp_path / "store"))
+    job = "a" * 20
+    store.write_experiment("e", "name: e\n", {job: {"parents": [], "kind": "train",
+                                                    "what": "level r0 k0 L1 seed0 rewind"}})
+    store.write_json(Store.artifact(job, "progress.json"),
+                     {"iteration": 20, "start_iter": 0, "stop_iter": 40, "rate": 5.0, "time": 1.0})
+    with ExperimentLock(store, "e", interrupt_on_loss=False):
+        store.write_heartbeat("e", [job])
+        assert main(["status", "e", "--store", store.root]) == 0
+    assert f"e: running  {job[:12]} level r0 k0 L1 seed0 rewind iteration 20/40, 5 it/s" in capsys.readouterr().out
+
+
+def test_early_bird_retrains_of_different_fractions_have_different_names():
+    from orchestrator.planner import plan
+    from orchestrator.scheduler import _describe
+    from orchestrator.spec import load_spec
+
+    jobs = plan(load_spec(str(Path(DEMO).parent / "demo_structured.yaml"), [])).jobs.values()
+    retrains = [_describe(j) for j in jobs if j.meta is not None and j.meta.role == "early_bird"
+                and j.meta.retrain != "eb_search"]
+    assert len(retrains) > 2 and len(set(retrains)) == len(retrains), retrains
+    assert any(d.startswith("early_bird p0.3 ") for d in retrains) and any(d.startswith("early_bird p0.5 ") for d in retrains)
