@@ -130,7 +130,9 @@ def _print_plan(summary: dict, console: Console) -> None:
         f"{summary.get('training_iterations', '?')} training iterations"
     )
     table = Table(show_edge=False)
-    for col in ("level", "density", "train", "interpolate"):
+    # which density a level has: of the prunable weights, or of a structured sweep's channels
+    density = "channel density" if summary.get("density_of") == "channels" else "weight density"
+    for col in ("level", density, "train", "interpolate"):
         table.add_column(col, justify="right")
     for row in summary.get("levels", []):
         d = row.get("density")

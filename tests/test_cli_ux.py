@@ -178,3 +178,12 @@ def test_early_bird_retrains_of_different_fractions_have_different_names():
                 and j.meta.retrain != "eb_search"]
     assert len(retrains) > 2 and len(set(retrains)) == len(retrains), retrains
     assert any(d.startswith("early_bird p0.3 ") for d in retrains) and any(d.startswith("early_bird p0.5 ") for d in retrains)
+
+
+def test_plan_labels_its_density_column_channel_or_weight(capsys):
+    structured = str(Path(DEMO).parent / "demo_structured.yaml")
+    assert main(["plan", structured]) == 0
+    assert "channel density" in capsys.readouterr().out
+    assert main(["plan", DEMO]) == 0
+    out = capsys.readouterr().out
+    assert "weight density" in out and "channel density" not in out
