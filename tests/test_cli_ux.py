@@ -187,3 +187,25 @@ def test_plan_labels_its_density_column_channel_or_weight(capsys):
     assert main(["plan", DEMO]) == 0
     out = capsys.readouterr().out
     assert "weight density" in out and "channel density" not in out
+
+
+def test_analysis_without_branches_does_not_promise_instability_yet(tmp_path):
+    """A plan without interpolation pairs never measures instability: no "yet"; one with pairs
+    not measured so far still says "yet"."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.analysis.present import print_key_tables
+    from orchestrator.analysis.read import Store as AnalysisStore, read_progress
+
+    store = Store(str(tmp_path / "store"))
+    out = {}
+    for name, jobs in (("flat", {"t": {"kind": "train"}}), ("branched", {"t": {"kind": "train"}, "i": {"kind": "interpolate"}})):
+        store.write_experiment(name, f"name: {name}\n", jobs)
+        console = Console(file=io.StringIO(), width=200)
+        progress = read_progress(AnalysisStore.open(store.root), name, 0, 0)
+        print_key_tables(console, [], None, branches_planned=progress.branches_planned())
+        out[name] = console.file.getvalue()
+    assert "yet" not in out["flat"] and "plans no branches" in out["flat"]
+    assert "No instability measurements yet." in out["branched"]
