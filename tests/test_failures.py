@@ -88,6 +88,13 @@ def test_a_diverged_run_is_recorded_and_blocks_its_descendants_end_to_end(ray_se
     (dense,) = [j for j, info in jobs.items() if not info["parents"]]
     assert re.search(rf"done   {dense} level r0 k0 L0 seed0 rewind in [\d.]+s \(1/8\): DIVERGED: training loss not "
                      r"finite at iteration (\d+), training stopped at (\d+): test loss nan, train loss nan; test accuracy", out), out
+    # the README's example shows what the command prints today (its words; its numbers are its run's)
+    from pathlib import Path
+
+    readme = " ".join((Path(DEMO).parent.parent / "README.md").read_text().split())
+    said = re.search(r"DIVERGED: (training loss not finite at iteration) \d+, (training stopped at) \d+: "
+                     r"(test loss nan, train loss nan; test accuracy)", out)
+    assert all(phrase in readme for phrase in said.groups()), said.groups()
     assert (f"blocked 7 jobs below {dense} (level r0 k0 L0 seed0 rewind), which diverged" in out
             and "likely cause: a learning rate too high for the model (train.optimizer.lr = 1000" in out), out
     assert "1 diverged, 7 blocked" in out and f"diverged: {dense} level r0 k0 L0 seed0 rewind" in err
