@@ -209,3 +209,30 @@ def test_analysis_without_branches_does_not_promise_instability_yet(tmp_path):
         out[name] = console.file.getvalue()
     assert "yet" not in out["flat"] and "plans no branches" in out["flat"]
     assert "No instability measurements yet." in out["branched"]
+
+
+def test_rm_removes_the_experiments_local_wandb_runs_and_says_so(tmp_path, capsys, monkeypatch):
+    """A real offline W&B run of the experiment (W&B names its directory) and runs named as lth
+    names its job and analysis runs: the experiment's own go, those of a job another experiment
+    plans and of another experiment stay."""
+    import os
+
+    import wandb
+
+    monkeypatch.delenv("LTH_WANDB_DIR", raising=False)
+    store = _two_experiments_sharing_a_job(tmp_path)
+    root = tmp_path / "store"
+    run = wandb.init(mode="offline", dir=str(root), project="p", id="experiment-a-0123abcd", reinit="create_new",
+                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    run.finish()
+    made = {p.name for p in (root / "wandb").iterdir() if p.name.startswith("offline-run-")}
+    assert len(made) == 1
+    for run_id in ("own-89abcdef", "analysis-a-00000000", "shared-11111111", "experiment-b-22222222",
+                   "experiment-a-b-33333333"):  # (a name that only starts like a's experiment run)
+        (root / "wandb" / f"offline-run-20261207_010203-{run_id}").mkdir()
+    assert main(["rm", "a", "--store", store.root, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"3 local W&B runs in {root / 'wandb'}" in out and "`wandb sync` does not upload them" in out
+    left = sorted(p.name.split("-", 3)[-1] for p in (root / "wandb").iterdir() if p.name.startswith("offline-run-"))
+    assert left == ["experiment-a-b-33333333", "experiment-b-22222222", "shared-11111111"]
+    assert not os.path.lexists(root / "wandb" / "latest-run") or os.path.exists(root / "wandb" / "latest-run")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pyarrow as pa
 import yaml
@@ -37,6 +38,7 @@ def log_to_wandb(mode: str, experiment: str, config: dict[str, str], local_dir: 
     project, entity = _tracking_settings(config)
     run = wandb.init(project=project, entity=entity, group=experiment, job_type="analysis",
                      name=f"analysis-{experiment}", mode=mode, dir=local_dir,
+                     id=f"analysis-{experiment}-{os.urandom(4).hex()}",  # found by `lth rm` (orchestrator/remove.py)
                      config={"experiment": experiment, **{k: v for k, v in summary.items()
                                                           if not isinstance(v, dict)}},
                      reinit="finish_previous")
