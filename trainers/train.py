@@ -352,10 +352,13 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         nonfinite.see(step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it)), it)
         done = it + 1
         by_iters = paths.checkpoint_every_iters > 0 and done % paths.checkpoint_every_iters == 0
-        if nonfinite.first(done, eval_due=cfg.eval_every > 0 and done % cfg.eval_every == 0, checkpoint_due=by_iters) is not None:
-            end = done  # a diverged job stops: every further step trains on NaN
-            break
         by_time = time.time() - last_ckpt_time >= paths.checkpoint_every_seconds
+        eval_due = cfg.eval_every > 0 and done % cfg.eval_every == 0
+        # a diverged job stops: every further step would train on NaN (by_time differs between
+        # ranks, so on N ranks only the iteration-based checkpoints ask for a read)
+        if nonfinite.first(done, eval_due, by_iters or (by_time and rt.world_size == 1)) is not None:
+            end = done
+            break
         if done < job.stop_iter and (by_iters or by_time):
             save_checkpoint(done)
             last_ckpt_time = time.time()
