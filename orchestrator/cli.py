@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -21,8 +22,17 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep one format
         self.print_usage(sys.stderr)
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:  # a misspelt command (or choice): the closest valid one
+            from orchestrator.suggest import did_you_mean
+
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
         print(f"error: arguments: {message}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
+
+
+# Other spellings of a command (British English), the same command.
+ALIASES = {"analyse": "analyze"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("logs", parents=[store], help="what a job printed, attempt by attempt")
     s.add_argument("job_id", help="a job id or a unique prefix of one")
     s.add_argument("--attempt", type=int, help="only this attempt (default: every one)")
-    s = sub.add_parser("analyze", parents=[store], help="stability tables, plots and the summary table; "
+    s = sub.add_parser("analyze", aliases=[a for a, c in ALIASES.items() if c == "analyze"], parents=[store], help="stability tables, plots and the summary table; "
                                                          "with several names, a comparison on the same axes")
     s.add_argument("name", nargs="+", help="experiment name; two or more: a comparison")
     s.add_argument("--format", default="png", metavar="png,pdf,svg",
@@ -120,7 +130,9 @@ def _print_plan(summary: dict, console: Console) -> None:
         f"{summary.get('training_iterations', '?')} training iterations"
     )
     table = Table(show_edge=False)
-    for col in ("level", "density", "train", "interpolate"):
+    # which density a level has: of the prunable weights, or of a structured sweep's channels
+    density = "channel density" if summary.get("density_of") == "channels" else "weight density"
+    for col in ("level", density, "train", "interpolate"):
         table.add_column(col, justify="right")
     for row in summary.get("levels", []):
         d = row.get("density")
@@ -420,8 +432,17 @@ def _open_store(args: argparse.Namespace, spec_store: str | None = None):
 
     from orchestrator.store import Store
 
-    store = Store(_store_root(args, spec_store))
-    if store.fs.get_file_info(store.base).type == pafs.FileType.File:
+    root = _store_root(args, spec_store)
+    try:
+        store = Store(root)
+        kind = store.fs.get_file_info(store.base).type
+    except (OSError, ImportError, ValueError) as e:
+        # an object store that cannot be reached (network, credentials, region) or whose
+        # filesystem is not installed: the first line of why, not the client's traceback
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: --store: cannot open {root!r}: {why}", file=sys.stderr)
+        return None
+    if kind == pafs.FileType.File:
         print(f"error: --store: {store.root!r} is a file, not a directory", file=sys.stderr)
         return None
     above = None if store.is_remote else _file_above(store.local_path(""))
@@ -645,6 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {spaced}", file=sys.stderr)
         return EXIT_BAD_INPUT
     args = _parser().parse_args(argv)
+    args.command = ALIASES.get(args.command, args.command)
     args.argv = argv
     stdout = sys.stdout
     # Every command but run only reports: a reader that stops early (`| head`) leaves it to finish

@@ -20,13 +20,15 @@ another name has equal rows).
 from __future__ import annotations
 
 import hashlib
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from orchestrator.jobid import canonical_json
-from orchestrator.spec import ExperimentSpec, SpecError
+from orchestrator.spec import ExperimentSpec, SpecError, final_lr
 
 # Top-level sections that change how jobs run, never what they compute.
 RUNTIME_SECTIONS = ("resources", "scheduler", "tracking", "store")
@@ -90,18 +92,47 @@ def _grows(field: str, old: Any, new: Any) -> bool:
     return False
 
 
+_NO_DEFAULT = object()
+
+
+def _field_default(field: str) -> Any:
+    """The default of a dotted ExperimentSpec field as stored (JSON data), or _NO_DEFAULT when
+    the path names no field or the field has none."""
+    model: type[BaseModel] | None = ExperimentSpec
+    *parents, leaf = field.split(".")
+    for part in parents:
+        info = model.model_fields.get(part) if model is not None else None
+        if info is None:
+            return _NO_DEFAULT
+        kinds = [info.annotation, *typing.get_args(info.annotation)]  # X, or X | None
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    info = model.model_fields.get(leaf) if model is not None else None
+    if info is None or info.is_required():
+        return _NO_DEFAULT
+    value = info.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted field, old value, new value) of every identity field that differs and is not
-    growth. Runtime sections are ignored."""
+    """(dotted field, old value, new value) of every identity field whose effective value
+    differs and is not growth. Runtime sections are ignored. A field one side lacks (a config
+    stored before the field existed, or an identity config that leaves a field at its default
+    out) has its default as effective value: comparing a default with an absent value is no change."""
     a, b = _flatten(old), _flatten(new)
     out = []
     for field in sorted(set(a) | set(b)):
         if field.split(".", 1)[0] in RUNTIME_SECTIONS:
             continue
-        va, vb = a.get(field), b.get(field)
+        default = _field_default(field)
+        va = a.get(field, None if default is _NO_DEFAULT else default)
+        vb = b.get(field, None if default is _NO_DEFAULT else default)
         if va != vb and not _grows(field, va, vb):
             out.append((field, va, vb))
     return out
+
+
+# Resolved fields whose value follows others unless set: (field, what it follows, its resolver).
+_DERIVED = {"pruning.finetune_lr": ("the final learning rate of training", lambda spec: final_lr(spec))}
 
 
 @dataclass(frozen=True)
@@ -145,9 +176,14 @@ def check_against_store(store, spec: ExperimentSpec, planned_ids: set[str]) -> V
             f"differently, e.g. a model changed); {how}"
         )
         raise SpecError("name", reason)
-    first, *rest = changes
-    def line(c: tuple[str, Any, Any]) -> tuple[str, str]:
-        return c[0], f"changed from {c[1]!r} to {c[2]!r}"
-    field, reason = line(first)
-    others = [line(c) for c in rest] + [("name", f"{head}; {how}")]
-    raise SpecError(field, reason, others)
+    # A derived field that moved with what it follows is shown as such, after the changes the
+    # user made, not as a second change of its own.
+    own, derived = [], []
+    for field, va, vb in changes:
+        follows = _DERIVED.get(field)
+        if follows is not None and vb == follows[1](spec):
+            derived.append((field, f"follows {follows[0]}: {va!r} before, {vb!r} now (derived, not a change of its own)"))
+        else:
+            own.append((field, f"changed from {va!r} to {vb!r}"))
+    (field, reason), *others = own + derived
+    raise SpecError(field, reason, [*others, ("name", f"{head}; {how}")])

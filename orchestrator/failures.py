@@ -60,9 +60,13 @@ def divergence(result: dict[str, Any]) -> str | None:
     metrics = result.get("metrics") or []
     bad = [m for m in metrics if not math.isfinite(float(m["loss"]))]
     finals = {s: result.get(f"{s}_loss") for s in ("test", "train")}
-    if not bad and all(v is None or math.isfinite(float(v)) for v in finals.values()):
+    first = result.get("nonfinite_iter")  # the training loss's first non-finite iteration: training stopped there
+    if first is None and not bad and all(v is None or math.isfinite(float(v)) for v in finals.values()):
         return None
     shown = ", ".join(f"{s} loss {v}" for s, v in finals.items() if v is not None)
+    if first is not None:
+        return f"training loss not finite at iteration {first}, training stopped at {result.get('end_iter', '?')}: {shown}"
+    # (a result written before training stopped at the first non-finite loss)
     since = f", not finite since iteration {min(int(m['iteration']) for m in bad)}" if bad else ""
     return f"{shown} at iteration {result.get('end_iter', '?')}{since}"
 

@@ -392,6 +392,7 @@ def summarize(plan: Plan) -> dict:
     by_family: Counter = Counter()
     at_init: Counter = Counter()
     density: dict[int, float] = {}
+    density_of = "weights"  # what a level's density counts: a channel-granularity sweep's is of channels
     lineages = set()
     dense = 0
     iterations = 0
@@ -413,6 +414,8 @@ def summarize(plan: Plan) -> dict:
                 at_init[m.prune_strategy if m.retrain == "rewind" else f"{m.prune_strategy}+{m.retrain.removeprefix('pai_')}"] += 1
             elif m.prune_strategy != "random" and m.retrain not in ("reinit", "reinit_signs") and m.role != "early_bird":
                 density.setdefault(m.level, m.density)
+                if getattr(getattr(job.spec, "prune", None), "granularity", "weight") == "channel":
+                    density_of = "channels"
         else:
             interp_by_level[m.level] += 1
     levels = sorted(set(train_by_level) | set(interp_by_level))
@@ -427,6 +430,7 @@ def summarize(plan: Plan) -> dict:
         "lineages": len(lineages),
         "pairs": sum(interp_by_level.values()),
         "training_iterations": iterations,
+        "density_of": density_of,
         "levels": [
             {
                 "level": lev,

@@ -288,7 +288,8 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
                             {j: r for j, r in blocked_by.items() if j not in failed})
     from orchestrator.jobprogress import read_progress
 
-    in_flight = {j: vars(p) for j in sorted(running) if (p := read_progress(store, j)) is not None}
+    in_flight = {j: {**vars(p), "what": describe_planned(j, planned[j])}  # named as `lth run` names it
+                 for j in sorted(running) if (p := read_progress(store, j)) is not None}
     return ExperimentStatus(experiment, counts, holder, sorted(running), sorted(failed), sorted(blocked - failed),
                             gangs, diverged=sorted(diverged), problems=problems, in_flight=in_flight)
 
@@ -341,7 +342,7 @@ def print_problems(st: ExperimentStatus, console: Console) -> None:
 
     for job_id, p in st.in_flight.items():
         rate = f", {p['rate']:.3g} it/s" if p.get("rate") else ""
-        say(f"{st.name}: running  {job_id[:12]} iteration {p['iteration']}/{p['stop_iter']}{rate}")
+        say(f"{st.name}: running  {job_id[:12]} {p['what']} iteration {p['iteration']}/{p['stop_iter']}{rate}")
     blocked = [p for p in st.problems if p["state"] == "blocked"]
     for p in st.problems:
         if p["state"] == "blocked":

@@ -722,5 +722,7 @@ def _describe(job: Job) -> str:
     # the family where the role and retrain mode alone would not tell it: a pruning-at-init
     # method, the random-pruning control
     role = f"pai {m.prune_strategy}" if m.role == "pai" else m.role
+    if m.role == "early_bird" and m.retrain != "eb_search":  # one retrain per ticket: its fraction p (density 1 - p)
+        role = f"early_bird p{round(1.0 - m.density, 6):g}"
     retrain = f"{m.retrain} random_prune" if m.prune_strategy == "random" else m.retrain
     return f"{role} r{m.replicate} k{m.rewind_iter} L{m.level} seed{m.data_seed} {retrain}"

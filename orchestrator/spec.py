@@ -732,6 +732,28 @@ def _submodel(cls: Any, name: str) -> type[BaseModel] | None:
     return None
 
 
+def _suggest_key(cls: type[BaseModel], name: object, at: str) -> str:
+    """' (did you mean ...?)' for an unknown key `name` in model `cls` (at dotted path `at`): a
+    close spelling at this level, else the field of that very name one or two levels down
+    (`train.lr` -> `train.optimizer.lr`), else ''."""
+    from orchestrator.suggest import did_you_mean
+
+    close = did_you_mean(name, cls.model_fields)
+    if close or not isinstance(name, str):
+        return close
+    below: list[str] = []
+    for f in cls.model_fields:
+        sub = _submodel(cls, f)
+        if sub is None:
+            continue
+        if name in sub.model_fields:
+            below.append(f"{f}.{name}")
+        below += [f"{f}.{g}.{name}" for g in sub.model_fields if name in getattr(_submodel(sub, g), "model_fields", {})]
+    if not below:
+        return ""
+    return f" (did you mean {' or '.join(repr(f'{at}.{b}' if at else b) for b in below[:3])}?)"
+
+
 def _errors(e: ValidationError) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for err in e.errors():
@@ -740,9 +762,7 @@ def _errors(e: ValidationError) -> list[tuple[str, str]]:
         if err["type"] == "extra_forbidden":
             holder = _model_at(loc)
             valid = f" (valid keys: {', '.join(holder.model_fields)})" if holder else ""
-            from orchestrator.suggest import did_you_mean
-
-            reason = f"unknown key{did_you_mean(loc[-1], holder.model_fields) if holder else ''}{valid}"
+            reason = f"unknown key{_suggest_key(holder, loc[-1], _path_text(loc[:-1]) if loc[:-1] else '') if holder else ''}{valid}"
         elif err["type"] == "missing":
             reason = "required field is missing"
         else:
@@ -820,9 +840,7 @@ def apply_override(data: dict, override: str) -> None:
             if cls is None or not isinstance(node, dict):
                 raise SpecError(key, f"--set: {_path_text(done)} has no sub-keys")
             if part not in cls.model_fields:
-                from orchestrator.suggest import did_you_mean
-
-                raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where}{did_you_mean(part, cls.model_fields)} "
+                raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where}{_suggest_key(cls, part, _path_text(done) if done else '')} "
                                      f"(valid keys: {', '.join(cls.model_fields)})")
             sub = _submodel(cls, part)
             if last:
@@ -858,12 +876,28 @@ def merge_configs(base: dict, over: dict) -> dict:
     return out
 
 
+def _config_file_suggestion(path: Path) -> str:
+    """' (did you mean ...?)' for a config path that does not exist: the same name with the other
+    YAML suffix (demo.yml -> demo.yaml), else a close name among the folder's YAML files."""
+    import difflib
+
+    for other in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
+        if other != path and other.is_file():
+            return f" (did you mean {str(other)!r}?)"
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" (did you mean {str(path.parent / close[0])!r}?)" if close else ""
+
+
 def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """One YAML file as a dict, with its `base:` chain (paths relative to the file) merged in."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise SpecError(str(path), "no such config file") from None
+        raise SpecError(str(path), f"no such config file{_config_file_suggestion(path)}") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError(str(path), f"cannot read the config file ({e})") from None
     try:

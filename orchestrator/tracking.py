@@ -163,9 +163,12 @@ def job_config(job: Any, attempt: int) -> dict[str, Any]:
 def run_name(job: Any, attempt: int = 1) -> str:
     """A W&B run name a person can read: r0-k50-L2-s1 (replicate, rewinding point, level, data
     seed), prefixed by the role when it is not a level of the IMP lineage (branch-, noise-; by
-    the method, and ablation, for pruning at initialization), by the lineage when it is not IMP
-    with weight rewinding (lr_rewind-, finetune-, random_prune-, reinit-: their levels have the
-    same coordinates), and `-a2` for a retry."""
+    the method, and ablation, for pruning at initialization; early_bird_p0.3- with the ticket's
+    fraction), by the lineage when it is not IMP with weight rewinding (lr_rewind-, finetune-,
+    random_prune-, reinit-: their levels have the same coordinates), then the job id's first 8
+    characters, and `-a2` for a retry. The id makes the name unique in a W&B project, which the
+    experiments of a store share (a fork's jobs have the same coordinates as the original's);
+    a job shared by two experiments is one run with one name."""
     m = job.meta
     if m is None:
         name = f"{job.kind}-{job.id[:8]}"
@@ -182,8 +185,11 @@ def run_name(job: Any, attempt: int = 1) -> str:
             if m.role == "pai":  # pruning at init: the method, and its ablation (snip+shuffle-r0-k0-L2-s0)
                 ablation = (m.retrain or "rewind").removeprefix("pai_")
                 name = f"{m.prune_strategy}{'' if ablation == 'rewind' else '+' + ablation}-{name}"
+            elif m.role == "early_bird" and m.retrain != "eb_search":  # one retrain per ticket fraction p
+                name = f"early_bird_p{round(1.0 - m.density, 6):g}-{name}"
             elif m.role not in ("level", None):
                 name = f"{m.role}-{name}"
+        name = f"{name}-{job.id[:8]}"
     return name if attempt <= 1 else f"{name}-a{attempt}"
 
 
@@ -191,7 +197,8 @@ def run_tags(job: Any) -> list[str]:
     m = job.meta
     if m is None:
         return [job.kind]
-    return [t for t in (job.kind, m.role, f"k{m.rewind_iter}", f"L{m.level}", m.retrain) if t]
+    # each once: an interpolation's kind and role are both "interpolate"
+    return list(dict.fromkeys(t for t in (job.kind, m.role, f"k{m.rewind_iter}", f"L{m.level}", m.retrain) if t))
 
 
 class JobTracker:

@@ -42,6 +42,21 @@ def job_rows(plan, done: set[str], ran: set[str], runs: list[dict], instability:
     return rows
 
 
+def hyperparameters(store, experiment: str) -> dict[str, Any]:
+    """The experiment's resolved config as `lth run` stored it (STORE/experiments/NAME/spec.yaml),
+    without its name and the sections that say where and how jobs run, not what they compute:
+    so that W&B can filter and compare experiment runs by model, data, training and pruning."""
+    import yaml
+
+    from orchestrator.experiment import RUNTIME_SECTIONS
+
+    try:
+        config = yaml.safe_load(store.read_bytes(f"experiments/{experiment}/spec.yaml")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}  # tracking never fails a sweep: the run still has the experiment and its config hash
+    return {k: v for k, v in config.items() if k != "name" and k not in RUNTIME_SECTIONS}
+
+
 def _fingerprint(done: set[str]) -> str:
     return hashlib.sha256("\n".join(sorted(done)).encode()).hexdigest()[:16]
 
@@ -69,11 +84,13 @@ def log_experiment_run(settings: TrackingSettings, store, plan, config_hash: str
     import wandb
 
     os.makedirs(settings.dir, exist_ok=True)
+    # unique in the project: one run per set of done jobs (the newest, with the most, is complete)
+    name = f"experiment-{experiment}-{len(done)}of{len(plan.jobs)}-{fingerprint[:8]}"
     run = wandb.init(
         mode=settings.mode, project=settings.project, entity=settings.entity, dir=settings.dir,
-        group=experiment, job_type="experiment", name=f"experiment-{experiment}",
+        group=experiment, job_type="experiment", name=name,
         id=f"experiment-{experiment}-{os.urandom(4).hex()}", reinit="create_new",
-        config={"experiment": experiment, "config_hash": config_hash},
+        config={"experiment": experiment, "config_hash": config_hash, **hyperparameters(store, experiment)},
         settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
                                 disable_job_creation=True, x_disable_stats=True, x_disable_machine_info=True),
     )

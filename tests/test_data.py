@@ -378,3 +378,36 @@ def test_bad_synthetic_and_image_sizes():
         D.describe(synthetic(num_classes=1))
     with pytest.raises(ValueError, match="eval_image_size"):
         D.describe(DataConfig(name="imagenet", image_size=64, eval_image_size=32))
+
+
+@pytest.mark.parametrize("name, words", [
+    ("cifar10", ["cs.toronto.edu/~kriz/cifar.html", "cifar-10-batches-py/ holds data_batch_1", "test_batch"]),
+    ("cifar100", ["cifar-100-python.tar.gz", "cifar-100-python/ holds train, test, meta"]),
+    ("imagenet", ["ILSVRC-2012", "train/<class>/*.JPEG", "val/<class>/*.JPEG"]),
+    ("ffcv_imagenet", ["train.beton", "lth-beton --data imagenet", "make install", "libturbojpeg0-dev"]),
+])
+def test_a_missing_data_set_says_where_to_get_it_and_which_files_go_where(tmp_path, name, words):
+    for root in (tmp_path / "nowhere", tmp_path):  # no directory; a directory without the files
+        with pytest.raises(FileNotFoundError) as e:
+            D.check_available(DataConfig(name=name, root=str(root)))
+        assert all(w in str(e.value) for w in words), str(e.value)
+        assert "pip install" not in str(e.value)
+
+
+def test_ffcv_missing_points_at_the_readmes_install_route(monkeypatch):
+    """lth-beton's and the readers' error when ffcv does not import: the README's route (make
+    install with the native libraries), which the README really describes, not a pip extra."""
+    import builtins
+    from pathlib import Path
+
+    from trainers.data.catalog import FFCV_INSTALL
+    from trainers.data.ffcv_io import import_ffcv
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError("no ffcv"))
+                        if n == "ffcv" or n.startswith("ffcv.") else real(n, *a, **k))
+    with pytest.raises(ImportError) as e:
+        import_ffcv()
+    assert FFCV_INSTALL in str(e.value) and "pip install" not in str(e.value)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "apt-get install pkg-config libopencv-dev libturbojpeg0-dev" in readme and "## Two commands on a fresh machine" in readme

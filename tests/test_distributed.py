@@ -36,22 +36,27 @@ def _bn_job(iterations: int = 2) -> TrainJob:
     return TrainJob(train=cfg, init_seed=1, data_seed=2)
 
 
-def _rank_main(rank: int, world_size: int, port: int, job: TrainJob, out_dir: str) -> None:
+def _rank_main(rank: int, world_size: int, port: int, runs: list[tuple[TrainJob, str]]) -> None:
     torch.set_num_threads(1)
     member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
     rt = Runtime(device=torch.device("cpu"), rank=rank, world_size=world_size)
     distributed.join(member, rt.device)
     try:
-        train(job, TrainPaths(out_dir=out_dir), rt)
+        for job, out_dir in runs:
+            train(job, TrainPaths(out_dir=out_dir), rt)
     finally:
         distributed.leave()
 
 
-def _train_on_ranks(job: TrainJob, out_dir: str, world_size: int) -> dict[str, torch.Tensor]:
+def _train_on_ranks(job: TrainJob, out_dir: str, world_size: int, also: tuple = ()) -> dict[str, torch.Tensor]:
+    """`job`'s weights; `also`: more (job, out_dir) trained after it by the same processes (a
+    spawn costs more than a small job)."""
+    runs = [(job, out_dir), *also]
     if world_size == 1:
-        train(job, TrainPaths(out_dir=out_dir), Runtime(device=torch.device("cpu")))
+        for j, d in runs:
+            train(j, TrainPaths(out_dir=d), Runtime(device=torch.device("cpu")))
     else:
-        mp.spawn(_rank_main, args=(world_size, distributed.free_port(), job, out_dir), nprocs=world_size, join=True)
+        mp.spawn(_rank_main, args=(world_size, distributed.free_port(), runs), nprocs=world_size, join=True)
     return checkpoint.load_weights(os.path.join(out_dir, "weights.pt"))
 
 
@@ -100,10 +105,25 @@ def test_two_rank_mlp_steps_equal_one_rank(tmp_path):
     """Three SGD steps (momentum, weight decay) of an MLP on 2 gloo ranks vs 1 process, float64,
     batch 61 split 31 + 30. Both compute the same sums in another order: the difference is float64
     rounding of a 61-term gradient sum, ~61 * 2.2e-16 relative to the gradient, so 1e-12 of the
-    weights' scale bounds it with room to spare (the weighting itself is checked above)."""
+    weights' scale bounds it with room to spare (the weighting itself is checked above).
+    The same processes then train a job that diverges (lr 1e4): each rank sees only its slice's
+    loss, the ranks agree on the earliest non-finite one, so all stop together (none waits in a
+    collective the others left) where one process stops."""
+    import dataclasses
+    import json
+
     job = _mlp_job(iterations=3)
-    one = _train_on_ranks(job, str(tmp_path / "n1"), 1)
-    two = _train_on_ranks(job, str(tmp_path / "n2"), 2)
+    base = _mlp_job(iterations=40)
+    diverging = dataclasses.replace(base, train=dataclasses.replace(base.train, optimizer=OptimizerConfig(name="sgd", lr=1e4, momentum=0.9)))
+    one = _train_on_ranks(job, str(tmp_path / "n1"), 1, also=[(diverging, str(tmp_path / "d1"))])
+    two = _train_on_ranks(job, str(tmp_path / "n2"), 2, also=[(diverging, str(tmp_path / "d2"))])
+    stopped = {}
+    for n in (1, 2):
+        with open(tmp_path / f"d{n}" / "result.json") as f:
+            stopped[n] = json.load(f)
+    first = stopped[1]["nonfinite_iter"]
+    assert first is not None and first < 39
+    assert stopped[2]["nonfinite_iter"] == first and stopped[2]["end_iter"] == stopped[1]["end_iter"] == first + 1
     for name in one:
         scale = one[name].abs().max().item()
         assert (one[name] - two[name]).abs().max().item() <= 1e-12 * max(scale, 1.0), name
@@ -338,6 +358,8 @@ def test_a_failing_rank_and_its_peer_leave_in_bounded_time_with_the_default_time
         assert failed
         assert when - raised < 60, (r, when - raised)
         print(f"rank {r} left {when - raised:.2f} s after rank 1 raised")
+
+
 def test_a_process_group_takes_the_longest_gang_timeout_a_config_may_give():
     """scheduler.gang_timeout_seconds is bounded by limits.MAX_SECONDS (1e300 overflowed torch's
     timedelta on every attempt): a group joined with the bound itself works."""

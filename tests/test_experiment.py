@@ -93,3 +93,34 @@ def test_analysis_reads_only_the_current_plan(tmp_path):
     t = pa.table({"job_id": [sorted(ids)[0], "not-planned"]})
     assert only_planned(t, "job_id", ids)["job_id"].to_pylist() == [sorted(ids)[0]]
     assert file_schema("runs").field("config_hash").type == pa.string()
+
+
+def test_a_changed_config_lists_only_fields_whose_effective_value_differs(tmp_path, capsys):
+    """The stored spec holds every field (granularity: weight, ...), the identity config leaves
+    fields at their default out: those absences are the default, not a change; finetune_lr
+    follows the learning rate and is shown as derived, after the user's own change."""
+    store = _stored(tmp_path)
+    rc = main(["plan", DEMO, "--store", store.root, *tiny_args("train.optimizer.lr=0.04")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert lines[0] == "error: train.optimizer.lr: changed from 0.05 to 0.04", err
+    assert lines[1].startswith("error: pruning.finetune_lr: follows the final learning rate") and "derived" in lines[1]
+    assert lines[2].startswith("error: name: experiment 'demo' already exists") and len(lines) == 3, err
+    # a finetune_lr set by hand to another value than the derived one is a change of its own
+    with pytest.raises(SpecError) as e:
+        spec = _spec("pruning.finetune_lr=0.003")
+        check_against_store(store, spec, set())  # (the demo has no finetune jobs: say all are gone)
+    assert "pruning.finetune_lr: changed from 0.0005 to 0.003" in str(e.value)
+
+
+def test_a_config_stored_before_a_field_existed_is_compared_at_that_fields_default(tmp_path):
+    store = _stored(tmp_path)
+    rel = "experiments/demo/spec.yaml"
+    old = yaml.safe_load(store.read_bytes(rel))
+    del old["pruning"]["granularity"], old["train"]["l1_gamma"]
+    store.write_bytes(rel, yaml.safe_dump(old).encode())
+    spec = _spec("train.optimizer.lr=0.04", "pruning.granularity=weight")
+    with pytest.raises(SpecError) as e:
+        check_against_store(store, spec, set(plan(spec).jobs))
+    assert "granularity" not in str(e.value) and "l1_gamma" not in str(e.value)

@@ -45,6 +45,10 @@ def test_divergence_is_a_non_finite_loss():
                        {"iteration": 40, "loss": math.inf}], "test_loss": math.nan, "train_loss": math.inf,
            "end_iter": 40}
     assert divergence(nan) == "test loss nan, train loss inf at iteration 40, not finite since iteration 20"
+    # a job that stopped at its first non-finite training loss says where (trainers/train.py)
+    stopped = {"metrics": [{"iteration": 0, "loss": 2.3}, {"iteration": 4, "loss": math.nan}], "test_loss": math.nan,
+               "train_loss": math.nan, "end_iter": 4, "nonfinite_iter": 3}
+    assert divergence(stopped) == "training loss not finite at iteration 3, training stopped at 4: test loss nan, train loss nan"
 
 
 def test_a_deterministic_error_fails_at_once_naming_the_job(tmp_path, capsys):
@@ -82,8 +86,15 @@ def test_a_diverged_run_is_recorded_and_blocks_its_descendants_end_to_end(ray_se
     s = Store(str(store))
     jobs = s.planned_jobs("diverge")
     (dense,) = [j for j, info in jobs.items() if not info["parents"]]
-    assert re.search(rf"done   {dense} level r0 k0 L0 seed0 rewind in [\d.]+s \(1/8\): DIVERGED: test loss nan, "
-                     r"train loss nan at iteration 40, not finite since iteration \d+; test accuracy", out), out
+    assert re.search(rf"done   {dense} level r0 k0 L0 seed0 rewind in [\d.]+s \(1/8\): DIVERGED: training loss not "
+                     r"finite at iteration (\d+), training stopped at (\d+): test loss nan, train loss nan; test accuracy", out), out
+    # the README's example shows what the command prints today (its words; its numbers are its run's)
+    from pathlib import Path
+
+    readme = " ".join((Path(DEMO).parent.parent / "README.md").read_text().split())
+    said = re.search(r"DIVERGED: (training loss not finite at iteration) \d+, (training stopped at) \d+: "
+                     r"(test loss nan, train loss nan; test accuracy)", out)
+    assert all(phrase in readme for phrase in said.groups()), said.groups()
     assert (f"blocked 7 jobs below {dense} (level r0 k0 L0 seed0 rewind), which diverged" in out
             and "likely cause: a learning rate too high for the model (train.optimizer.lr = 1000" in out), out
     assert "1 diverged, 7 blocked" in out and f"diverged: {dense} level r0 k0 L0 seed0 rewind" in err
@@ -104,7 +115,7 @@ def test_a_diverged_run_is_recorded_and_blocks_its_descendants_end_to_end(ray_se
     assert all(states[j] == ("blocked", dense) for j in jobs if j != dense)
     assert main(["status", "diverge", "--store", str(store)]) == 0
     text = capsys.readouterr().out
-    assert f"diverge: diverged {dense[:12]} level r0 k0 L0 seed0 rewind: test loss nan" in text
+    assert f"diverge: diverged {dense[:12]} level r0 k0 L0 seed0 rewind: training loss not finite at iteration" in text
     assert re.search(rf"diverge: blocked  \w{{12}} branch r0 k0 L1 seed\d+ rewind: below {dense[:12]} "
                      r"\(level r0 k0 L0 seed0 rewind\), which diverged", text), text
 
@@ -113,7 +124,8 @@ def test_a_diverged_run_is_recorded_and_blocks_its_descendants_end_to_end(ray_se
     log = capsys.readouterr().out
     evals = re.findall(r"eval iteration (\d+)/40: test loss (\S+) accuracy [\d.]+%, train loss \S+ accuracy "
                        r"[\d.]+%, lr ([\d.e+]+), images/s (\S+)", log)
-    assert [int(e[0]) for e in evals] == [0, 20, 40], log
+    stopped = int(runs[0]["end_iter"])
+    assert stopped < 20 and [int(e[0]) for e in evals] == [0, stopped], log  # nothing trained or evaluated on NaN after
     assert evals[0][2] == "1000" and evals[-1][1] == "nan" and evals[1][3] != "-"
 
     # lth analyze: the counts, and the dense accuracy marked as chance level

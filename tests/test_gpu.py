@@ -13,7 +13,8 @@ the trainers package (no Ray, W&B, pydantic or DuckDB): it runs on the bare GPU 
   32 graphed steps across an LR milestone follow the eager run (SGD and Adam, K = 1 and 2);
 - one graph per input shape (progressive resizing); the refusals (streamed data, compile);
 - nvJPEG decodes the JPEG folder with the CPU run's crops;
-- the compile path runs.
+- the compile path runs;
+- a diverged job stops at the first read-back after its first non-finite loss, eager and graphed.
 """
 from __future__ import annotations
 
@@ -353,3 +354,21 @@ def test_nvjpeg_decode_draws_the_cpu_runs_crops(tmp_path, monkeypatch):
         assert stats["batched"] >= 20 and stats["single"] == stats["cpu"] == stats["failed"] == 0
     # The producers run ahead by different depths: compare the batches both streams handed over.
     assert seen["cpu"][:4] == seen["cuda"][:4] and seen["cpu_labels"] == seen["cuda_labels"]
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_a_diverged_job_stops_on_the_gpu_and_records_the_first_non_finite_iteration(tmp_path, cuda_graphs):
+    """On CUDA the loss is read back every NonFinite.READ_EVERY iterations and before every
+    evaluation: the job stops by then, names the first non-finite iteration exactly (the eager
+    and the captured step return the same loss), and no evaluation happens on NaN before it."""
+    from trainers.train import NonFinite
+
+    cfg = dataclasses.replace(CONV, iterations=200, eval_every=100, cuda_graphs=cuda_graphs,
+                              optimizer=OptimizerConfig(lr=1e4, momentum=0.9))
+    r = train(TrainJob(train=cfg, init_seed=0, data_seed=0), TrainPaths(out_dir=str(tmp_path / "a")), rt())
+    first = r.nonfinite_iter
+    assert first is not None and first < r.end_iter <= first + NonFinite.READ_EVERY, (first, r.end_iter)
+    assert [m.iteration for m in r.metrics if m.split == "test"] == [0, r.end_iter]
+    if first > 0:
+        before = train(TrainJob(train=cfg, init_seed=0, data_seed=0, end_iter=first), TrainPaths(out_dir=str(tmp_path / "b")), rt())
+        assert before.nonfinite_iter is None  # (so `first` is the first)

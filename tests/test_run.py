@@ -308,10 +308,10 @@ def test_wandb_offline_runs(swept):
     for job_id, job in p.jobs.items():
         run = runs[job_id]
         m = job.meta
-        if job.kind == "train":  # a name a person can read, e.g. r0-k10-L1-s0
-            assert run["name"].endswith(f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"), run["name"]
+        if job.kind == "train":  # a name a person can read, e.g. r0-k10-L1-s0-<id>
+            assert run["name"].endswith(f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}-{job_id[:8]}"), run["name"]
         else:  # the path along alpha, drawn by W&B: one step per alpha
-            assert run["name"] == f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}"
+            assert run["name"] == f"interp-r{m.replicate}-k{m.rewind_iter}-L{m.level}-{job_id[:8]}"
             assert [run["history"][i]["alpha"] for i in sorted(run["history"])] == [0.0, 0.5, 1.0]
             assert all(0 <= h["test/error"] <= 1 for h in run["history"].values())
             # drawn against alpha, not the step index; the barrier in percentage points
@@ -350,7 +350,12 @@ def test_a_fork_that_reuses_every_job_has_them_all_in_its_wandb_group(swept, cap
     assert main(args) == 0
     assert _ran(capsys.readouterr().out) == 0
     (f,) = _experiment_runs(store_dir, "demo_wandb_fork")
-    assert wandb_records.run_record(wandb_records.records(f)).display_name == "experiment-demo_wandb_fork"
+    record = wandb_records.run_record(wandb_records.records(f))
+    # unique in the project (one per set of done jobs), and carrying the experiment's hyperparameters
+    assert re.fullmatch(r"experiment-demo_wandb_fork-(\d+)of\1-[0-9a-f]{8}", record.display_name), record.display_name
+    config = {u.key: json.loads(u.value_json) for u in record.config.update}
+    assert config["train"]["iterations"] == 40 and config["train"]["optimizer"]["lr"] == 0.05
+    assert config["model"] and config["pruning"]["levels"] and "resources" not in config and "name" not in config
     (table_file,) = (f.parent / "files" / "media" / "table").glob("jobs_*.table.json")
     table = json.loads(table_file.read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,14 +50,15 @@ def test_run_names_are_readable_and_unique():
     for job in p.jobs.values():
         m = job.meta
         if job.kind == "train" and m.role == "level":
-            assert names[job.id] == f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
+            assert names[job.id] == f"r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}-{job.id[:8]}"
         if m.role == "pai":  # the method and its ablation: snip+shuffle-r0-k0-L2-s0
             ablation = m.retrain.removeprefix("pai_")
             method = m.prune_strategy + ("" if ablation == "rewind" else f"+{ablation}")
-            assert names[job.id] == f"{method}-r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}"
+            assert names[job.id] == f"{method}-r{m.replicate}-k{m.rewind_iter}-L{m.level}-s{m.data_seed}-{job.id[:8]}"
         else:
-            assert re.fullmatch(r"([a-z_]+-)*r\d+-k\d+-L\d+(-s\d+)?", names[job.id]), names[job.id]
-        assert {m.role, f"k{m.rewind_iter}", f"L{m.level}"} <= set(run_tags(job))
+            assert re.fullmatch(r"([a-z_]+-)*r\d+-k\d+-L\d+(-s\d+)?-[0-9a-f]{8}", names[job.id]), names[job.id]
+        tags = run_tags(job)
+        assert {m.role, f"k{m.rewind_iter}", f"L{m.level}"} <= set(tags) and len(set(tags)) == len(tags), tags
     assert run_name(next(iter(p.jobs.values())), attempt=2).endswith("-a2")
 
 
@@ -80,6 +82,22 @@ def test_run_names_are_unique_across_lineages_and_say_which():
     assert len(set(names)) == len(names)
     lv1 = {run_name(j) for j in p.jobs.values() if j.kind == "train" and j.meta.role == "level"
            and (j.meta.replicate, j.meta.rewind_iter, j.meta.level) == (0, 10, 1)}
-    assert lv1 == {f"{prefix}r0-k10-L1-s0" for prefix in ("", "lr_rewind-", "finetune-", "random_prune-", "reinit-")}
+    assert {n[:-9] for n in lv1} == {f"{prefix}r0-k10-L1-s0" for prefix in ("", "lr_rewind-", "finetune-", "random_prune-", "reinit-")}
     child = next(j for j in p.jobs.values() if j.meta.role == "branch" and j.meta.level == 2 and j.meta.rewind_iter == 10)
-    assert run_name(child) == f"branch-r0-k10-L2-s{child.meta.data_seed}"  # the README's example
+    assert run_name(child) == f"branch-r0-k10-L2-s{child.meta.data_seed}-{child.id[:8]}"  # the README's example
+
+
+def test_run_names_are_unique_in_a_project_and_tags_are_not_repeated():
+    """The experiments of a store log into one W&B project: a fork (another learning rate) has
+    jobs at the same coordinates, and two early-bird tickets (fractions 0.3 and 0.5) retrain at
+    the same ones; every name is still unique, and a shared job keeps one name."""
+    demo = plan(load_spec(DEMO, []))
+    fork = plan(load_spec(DEMO, ["name=demo-lr", "train.optimizer.lr=0.04"]))
+    structured = plan(load_spec(str(Path(DEMO).parent / "demo_structured.yaml"), []))
+    jobs = {**demo.jobs, **fork.jobs, **structured.jobs}  # (by id: a job two plans share is one run)
+    names = [run_name(j) for j in jobs.values()]
+    assert len(set(names)) == len(names) == len(jobs)
+    eb = sorted(run_name(j) for j in structured.jobs.values() if j.meta.role == "early_bird" and j.meta.retrain == "eb_rewind")
+    assert [n.split("-", 1)[0] for n in eb] == ["early_bird_p0.3", "early_bird_p0.5"], eb
+    interp = next(j for j in demo.jobs.values() if j.kind == "interpolate")
+    assert run_tags(interp) == ["interpolate", f"k{interp.meta.rewind_iter}", f"L{interp.meta.level}", interp.meta.retrain]

@@ -240,3 +240,23 @@ def test_a_rewinding_point_added_while_the_dense_run_is_interrupted(tmp_path):
     assert _pt_bytes(out) == _pt_bytes(full_dir)
     assert [dataclasses.astuple(m) for m in resumed.metrics] == [dataclasses.astuple(m) for m in full.metrics]
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no replay directory left behind
+
+
+def test_a_diverged_job_stops_at_its_first_non_finite_loss_and_says_where(tmp_path):
+    """lr 1000 diverges within a few steps: training stops right after the first step whose loss
+    was not finite (on a CPU the loss is read every step), nothing is evaluated past it, and the
+    result records the iteration. Oracle: the same job stopped just before that iteration is
+    finite everywhere (so the recorded iteration is the first), and its trajectory is a prefix."""
+    job = TrainJob(train=dataclasses.replace(CFG, optimizer=OptimizerConfig(lr=1000.0, momentum=0.9)),
+                   init_seed=1, data_seed=3, save_iters=(0, 50))
+    steps: list[int] = []
+    r = run_train_job(job, TrainPaths(out_dir=str(tmp_path / "a")), Runtime(device=torch.device("cpu"), on_step=steps.append))
+    first = r.nonfinite_iter
+    assert first is not None and 0 <= first < 40, first
+    assert r.end_iter == first + 1 and len(steps) == first  # stopped after that step, not at iteration 60
+    assert max(m.iteration for m in r.metrics) == r.end_iter and math.isnan(r.test_loss)  # the reporting is kept
+    assert 50 not in r.saved_weights  # a rewinding point past the stop is not replayed on NaN
+    if first > 0:
+        before = run(dataclasses.replace(job, end_iter=first, save_iters=()), tmp_path / "b")
+        assert before.nonfinite_iter is None
+        assert all(torch.isfinite(v).all() for v in weights(before.weights_path).values())

@@ -21,7 +21,9 @@ run captures once per side. What cannot be captured is refused before training
 global error mode: any CUDA call another thread makes during capture is an error, not a silent
 corruption.
 
-Both loops (trainers/train.py, trainers/packed.py) call `make_step` and then `step(x, y, lr)`.
+Both loops (trainers/train.py, trainers/packed.py) call `make_step` and then `step(x, y, lr)`,
+which returns the step's loss as a device tensor (never read back here: the caller decides when
+a host synchronisation is worth it).
 """
 from __future__ import annotations
 
@@ -32,14 +34,14 @@ import torch
 from trainers.evaluate import autocast_for
 from trainers.pruning import MaskApplier
 
-Step = Callable[[torch.Tensor, torch.Tensor, float], None]
+Step = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 WARMUP_STEPS = 3  # side-stream iterations before capture (PyTorch's CUDA graphs recipe)
 
 
 def make_step(forward: Callable[[torch.Tensor], torch.Tensor], loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
               model: torch.nn.Module, optimizer: torch.optim.Optimizer, masks: MaskApplier, device: torch.device,
               precision: str, cuda_graphs: bool) -> Step:
-    """`step(x, y, lr)`: one optimizer step on batch (x, y) at learning rate lr."""
+    """`step(x, y, lr)`: one optimizer step on batch (x, y) at learning rate lr; returns its loss."""
     if not cuda_graphs:
         return _eager(forward, loss_of, optimizer, masks, device, precision)
     if device.type != "cuda":
@@ -48,7 +50,7 @@ def make_step(forward: Callable[[torch.Tensor], torch.Tensor], loss_of: Callable
 
 
 def _eager(forward, loss_of, optimizer, masks, device, precision) -> Step:
-    def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast_for(device, precision):
@@ -60,6 +62,7 @@ def _eager(forward, loss_of, optimizer, masks, device, precision) -> Step:
         # is needed, which halves the mask work (tests/test_packed.py checks the zeros mid-run).
         masks.apply_to_grads()
         optimizer.step()
+        return loss.detach()
 
     return step
 
@@ -76,6 +79,7 @@ class _Captured:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None  # the captured step's loss, refilled by each replay
         self.captures = 0  # graphs captured so far (one per input shape met)
         self._parts = (forward, loss_of, model, masks, device, precision)
 
@@ -86,6 +90,7 @@ class _Captured:
         loss.backward()
         masks.apply_to_grads()
         self.optimizer.step()
+        self.loss = loss.detach()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         _, _, model, _, _, _ = self._parts
@@ -108,10 +113,10 @@ class _Captured:
     def _release(self) -> None:
         # The old graph's replays must be over before its memory pool goes back to the allocator.
         torch.cuda.current_stream().synchronize()
-        self.graph, self.x, self.y = None, None, None
+        self.graph, self.x, self.y, self.loss = None, None, None, None
         self.optimizer.zero_grad(set_to_none=True)  # gradients live in the old graph's pool
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         if self.graph is not None and (x.shape != self.x.shape or y.shape != self.y.shape):
             self._release()
         if self.graph is None:
@@ -121,6 +126,7 @@ class _Captured:
         self.y.copy_(y, non_blocking=True)
         self.lr.fill_(lr)
         self.graph.replay()
+        return self.loss
 
 
 @torch.no_grad()

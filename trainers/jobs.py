@@ -267,6 +267,7 @@ class TrainResult:
     channel_density: float | None = None
     flops_fraction: float | None = None
     early_bird: list[dict] | None = None  # a search's detections, one per fraction (trainers/early_bird.py)
+    nonfinite_iter: int | None = None  # the first iteration whose training loss was not finite: the job stopped there
 
 
 @dataclass

@@ -353,6 +353,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     last_ckpt_time = time.time()
     model.train()
     end = job.stop_iter
+    nonfinite = NonFinite(device, rt.world_size)
     for it in range(start, job.stop_iter):
         if search is not None and distributed.in_gang(rt.world_size) and it % search.ipe == 0:
             # the detectors decide when the job stops: every rank must rank the same scores
@@ -364,10 +365,16 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         hooks_at(it)
         x, y = next(stream)
         # forward, backward, gradient masks (pruned weights stay exactly zero), optimizer step
-        step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it))
+        nonfinite.see(step(to_model_input(x, channels_last, cfg.precision), y, lr_for(job, it)), it)
         done = it + 1
         by_iters = paths.checkpoint_every_iters > 0 and done % paths.checkpoint_every_iters == 0
         by_time = time.time() - last_ckpt_time >= paths.checkpoint_every_seconds
+        eval_due = cfg.eval_every > 0 and done % cfg.eval_every == 0
+        # a diverged job stops: every further step would train on NaN (by_time differs between
+        # ranks, so on N ranks only the iteration-based checkpoints ask for a read)
+        if nonfinite.first(done, eval_due, by_iters or (by_time and rt.world_size == 1)) is not None:
+            end = done
+            break
         if done < job.stop_iter and (by_iters or by_time):
             save_checkpoint(done)
             last_ckpt_time = time.time()
@@ -375,6 +382,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
             rt.on_step(done)
 
     # --- the end: final weights, final evaluation, result ----------------------------------------
+    nonfinite_iter = nonfinite.first(end, eval_due=True, checkpoint_due=True)  # (every rank: a collective)
     save_rewind_point(end)
     run_eval(end)  # every rank: a sharded evaluation
     if not writer:  # the other ranks join rank 0 for a replay of missing rewinding points
@@ -403,12 +411,42 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         layers=layers,
         **structured_measures(job, model, mask, info.input_shape),
         early_bird=search.finish(end, model) if search is not None else None,
+        nonfinite_iter=nonfinite_iter,
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
     # a rewinding point added while this run was interrupted past it: replay up to it
     return add_missing_rewind_points(job, out, result, rt)
+
+
+class NonFinite:
+    """The first iteration whose training loss was not finite. Tracked on the device; reading it
+    back is a host synchronisation, which a CUDA step never otherwise makes (trainers/graphed.py),
+    so there it is read every READ_EVERY iterations and before any evaluation or checkpoint (no
+    NaN model is evaluated or saved as a resumable state); on a CPU it is read every iteration.
+    On N ranks each rank saw only its slice's loss: the ranks agree on the earliest (a minimum
+    over the group) at iterations that are the same for all of them."""
+
+    READ_EVERY = 32
+    NEVER = 2 ** 62
+
+    def __init__(self, device: torch.device, world_size: int) -> None:
+        self.at = torch.full((), self.NEVER, dtype=torch.int64, device=device)
+        self.every = 1 if device.type == "cpu" else self.READ_EVERY
+        self.world_size = world_size
+
+    def see(self, loss: torch.Tensor, it: int) -> None:
+        self.at = torch.where(torch.isfinite(loss) | (self.at < self.NEVER), self.at, it)
+
+    def first(self, done: int, eval_due: bool, checkpoint_due: bool) -> int | None:
+        if not (done % self.every == 0 or eval_due or checkpoint_due):
+            return None
+        at = self.at
+        if self.world_size > 1:
+            at = distributed.all_reduce_min(at)
+        value = int(at)
+        return None if value == self.NEVER else value
 
 
 def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
@@ -446,7 +484,8 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult | Non
     scratch = os.path.join(out, ".replay")
     if writer:
         missing = sorted(k for k in job.save_iters if not os.path.exists(os.path.join(out, rewind_file(k))))
-        if job.early_bird is not None:  # a search that stopped at detection never reaches the later points
+        if job.early_bird is not None or result.nonfinite_iter is not None:
+            # a search that stopped at detection, or a diverged job, never reaches the later points
             missing = [k for k in missing if k <= result.end_iter]
         if missing and missing[0] == job.start_iter == 0 and job.prune is None and job.reinit_seed is None:
             # W_0 is the initialisation itself: no iteration to replay (a replay would end at 0)

@@ -384,7 +384,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
 
     key, dense_line = key_tables(res, threshold, progress.planned_levels,
                                  num_classes=read_num_classes(store, experiment, cache))
-    print_key_tables(console, key, dense_line)
+    print_key_tables(console, key, dense_line, branches_planned=progress.branches_planned())
     console.print(f"Progress: {progress.summary()}")
     for n in notes:
         console.print(f"[yellow]note:[/yellow] {n}")

@@ -63,7 +63,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     print_key_table(console, side_key)
     for name in experiments:
         console.rule(f"{name}: {progress[name].summary()}")
-        print_key_tables(console, *keys[name])
+        print_key_tables(console, *keys[name], branches_planned=progress[name].branches_planned())
 
     label = "-vs-".join(experiments)
     if out_dir is None:

@@ -207,9 +207,12 @@ def print_key_table(console, kt: KeyTable) -> None:
     console.print(table)
 
 
-def print_key_tables(console, tables: list[KeyTable], dense_line: str | None) -> None:
+def print_key_tables(console, tables: list[KeyTable], dense_line: str | None, branches_planned: bool = True) -> None:
+    """`branches_planned`: whether the plan has interpolation pairs; a sweep without branches will
+    never measure instability, and says so rather than "yet"."""
     if not tables or not tables[0].title.startswith("Error barrier"):
-        console.print("No instability measurements yet.")
+        console.print("No instability measurements yet." if branches_planned else
+                      "No instability measurements: this sweep plans no branches (sweep.branch.seeds is empty).")
     for kt in tables:
         print_key_table(console, kt)
         if kt.title.startswith("Error barrier") and dense_line:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pyarrow as pa
 import yaml
@@ -35,8 +36,10 @@ def log_to_wandb(mode: str, experiment: str, config: dict[str, str], local_dir: 
     if warning:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     project, entity = _tracking_settings(config)
+    suffix = os.urandom(4).hex()  # the id found by `lth rm` (orchestrator/remove.py); the name unique in the project
     run = wandb.init(project=project, entity=entity, group=experiment, job_type="analysis",
-                     name=f"analysis-{experiment}", mode=mode, dir=local_dir,
+                     name=f"analysis-{experiment}-{suffix}", mode=mode, dir=local_dir,
+                     id=f"analysis-{experiment}-{suffix}",
                      config={"experiment": experiment, **{k: v for k, v in summary.items()
                                                           if not isinstance(v, dict)}},
                      reinit="finish_previous")

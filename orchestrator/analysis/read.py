@@ -296,6 +296,12 @@ class Progress:
     done_by_kind: dict[str, int] = field(default_factory=dict)
     planned_levels: int | None = None  # pruning levels (>= 1) of the plan's lineages
 
+    def branches_planned(self) -> bool:
+        """Whether the plan has interpolation pairs (True when the plan cannot tell: none, or one
+        written without job kinds)."""
+        by = self.planned_by_kind
+        return self.planned is None or "job" in by or by.get("interpolate", 0) > 0
+
     def summary(self) -> str:
         if self.planned is None:
             return (f"{self.done_train} train jobs and {self.done_pairs} interpolation pairs "

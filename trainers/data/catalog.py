@@ -93,20 +93,29 @@ CIFAR100 = CifarLayout(
 CIFAR_LAYOUTS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
+def cifar_where_to_get(layout: CifarLayout, base: Path | str) -> str:
+    """Where a missing CIFAR data set comes from and where its files go (a message's second half)."""
+    n = layout.num_classes
+    files = ", ".join(layout.train_files + layout.test_files + (layout.meta_file,))
+    return (f"get CIFAR-{n}'s python version (cifar-{n}-python.tar.gz, https://www.cs.toronto.edu/~kriz/cifar.html, "
+            f"or torchvision.datasets.CIFAR{n}(ROOT, download=True)) and unpack it in {base}, so that "
+            f"{Path(base) / layout.folder}/ holds {files}")
+
+
 def cifar_batches_dir(root: str | None, layout: CifarLayout, field: str = "data.root") -> Path:
     """The folder holding the batch files: root itself or root/<folder>."""
     if not root:
         raise ValueError(f"{field} must be set to the directory holding {layout.folder}/")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"{field}: directory {base} does not exist")
+        raise FileNotFoundError(f"{field}: directory {base} does not exist; {cifar_where_to_get(layout, base)}")
     for candidate in (base, base / layout.folder):
         if all((candidate / f).is_file() for f in layout.train_files + layout.test_files):
             return candidate
     missing = [f for f in layout.train_files + layout.test_files if not (base / layout.folder / f).is_file()]
     raise FileNotFoundError(
         f"{field}: no CIFAR-{layout.num_classes} batch files in {base} or {base / layout.folder} "
-        f"(missing {', '.join(missing)}; expected torchvision's python format)"
+        f"(missing {', '.join(missing)}; expected torchvision's python format); {cifar_where_to_get(layout, base)}"
     )
 
 
@@ -136,16 +145,23 @@ def image_sizes(cfg: DataConfig) -> tuple[int, int]:
     return size, eval_size
 
 
+def imagenet_where_to_get(base: Path | str) -> str:
+    return (f"get the ILSVRC-2012 training and validation images (https://image-net.org, after signing up) and lay "
+            f"them out as {Path(base) / 'train'}/<class>/*.JPEG and {Path(base) / 'val'}/<class>/*.JPEG (the "
+            f"validation images sorted into the same class folders as the training ones)")
+
+
 def split_dirs(root: str | None) -> tuple[Path, Path]:
     if not root:
         raise ValueError("data.root must be set to the image folder (holding train/ and val/)")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"data.root: directory {base} does not exist")
+        raise FileNotFoundError(f"data.root: directory {base} does not exist; {imagenet_where_to_get(base)}")
     dirs = base / "train", base / "val"
     for d in dirs:
         if not d.is_dir():
-            raise FileNotFoundError(f"data.root: {d} does not exist (expected {base}/train/<class>/ and {base}/val/<class>/)")
+            raise FileNotFoundError(f"data.root: {d} does not exist (expected {base}/train/<class>/ and {base}/val/<class>/); "
+                                    f"{imagenet_where_to_get(base)}")
     return dirs
 
 
@@ -179,16 +195,29 @@ BETON_SPLITS = ("train", "test")
 BETON_INFO_FILE = "info.json"  # written beside the betons by lth-beton: the DataInfo, readable without ffcv
 
 
+# The one install route of ffcv (README "Two commands on a fresh machine"): `make install` builds it
+# where its native libraries are, so a message about a missing ffcv points there, not at pip.
+FFCV_INSTALL = ("`make install` adds it where pkg-config finds opencv4 and libturbojpeg: on Debian/Ubuntu "
+                "`apt-get install pkg-config libopencv-dev libturbojpeg0-dev`, then `make install` again; README, "
+                "\"Two commands on a fresh machine\"")
+
+
+def beton_where_to_get(base: Path | str) -> str:
+    return (f"write {Path(base) / 'train.beton'}, {Path(base) / 'test.beton'} and {BETON_INFO_FILE} with "
+            f"`lth-beton --data imagenet --root IMAGE_FOLDER --out {base}` (or --data cifar10 --root CIFAR_DIR), "
+            f"from a data set in its own layout; lth-beton needs ffcv ({FFCV_INSTALL})")
+
+
 def beton_paths(root: str | None, field: str = "data.root") -> dict[str, Path]:
     if not root:
         raise ValueError(f"{field} must be set to the directory holding train.beton and test.beton")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"{field}: directory {base} does not exist")
+        raise FileNotFoundError(f"{field}: directory {base} does not exist; {beton_where_to_get(base)}")
     paths = {s: base / f"{s}.beton" for s in BETON_SPLITS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{field}: missing {', '.join(missing)} (write them with lth-beton)")
+        raise FileNotFoundError(f"{field}: missing {', '.join(missing)}; {beton_where_to_get(base)}")
     return paths
 
 

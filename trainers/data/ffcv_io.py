@@ -34,7 +34,7 @@ from torch import Tensor
 
 from trainers.data import order
 from trainers.data.bundle import WHOLE, Batch, DataBundle, DataSource, Shard, check_eval_args, check_stream_args
-from trainers.data.catalog import IMAGENET_MEAN, IMAGENET_STD, DataInfo, beton_paths, image_sizes
+from trainers.data.catalog import FFCV_INSTALL, IMAGENET_MEAN, IMAGENET_STD, DataInfo, beton_paths, image_sizes
 from trainers.data.resident import ResidentBundle, channel_stats, standard_augmentation
 from trainers.data.resolution import train_resolution
 from trainers.jobs import DataConfig
@@ -47,7 +47,7 @@ def import_ffcv():
         from ffcv.fields import decoders  # noqa: F401
     except Exception as e:  # ImportError, or numba/numpy incompatibilities raised at import
         raise ImportError(
-            f"FFCV data sets need the optional ffcv extra (pip install 'lth-sweep[ffcv]'); importing it failed: {e!r}"
+            f"FFCV data sets need ffcv, which is not importable here ({e!r}): {FFCV_INSTALL}"
         ) from e
     return ffcv
 
