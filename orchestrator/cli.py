@@ -394,7 +394,8 @@ def _log_experiment_run(tracking, store, plan, config_hash: str, ran: set[str]) 
     from orchestrator.wandb_group import log_experiment_run
 
     try:
-        log_experiment_run(tracking, store, plan, config_hash, ran)
+        log_experiment_run(tracking, store, plan, config_hash, ran,
+                           say=lambda line: print(f"warning: {line}", file=sys.stderr))
     except Exception as e:  # noqa: BLE001 - tracking is a side channel
         print(f"warning: W&B experiment run of {plan.experiment} failed (the sweep is unaffected): "
               f"{type(e).__name__}: {e}", file=sys.stderr)

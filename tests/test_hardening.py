@@ -100,6 +100,38 @@ def test_lth_run_with_a_silent_wandb_service_logs_offline_with_one_warning(tmp_p
     assert took < 180, took  # 2 jobs x 90 s on main, before anything else
 
 
+def test_the_experiment_run_follows_the_breaker(monkeypatch, tmp_path, silent_listener):
+    """Issue 27: the experiment's own run (wandb_group.py) at the end of `lth run` went online
+    with W&B's 90 s timeout even after the sweep's breaker had opened, and was lost. Now: once the
+    breaker is open it starts offline at once; with the breaker still closed and the service
+    silent, it waits the init timeout, opens the breaker, says so once and logs offline."""
+    from orchestrator.store import Store
+    from orchestrator.wandb_group import log_experiment_run
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent_listener}")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    p = plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+    for case, tripped in (("tripped", True), ("silent", False)):
+        run_dir = tmp_path / case
+        breaker = wandb_breaker.breaker_path(str(run_dir), "sweep1")
+        if tripped:
+            wandb_breaker.trip(breaker, "a job's init timed out")
+        settings = TrackingSettings(mode="online", project="p", dir=str(run_dir), init_timeout=2.0, breaker=breaker)
+        said: list[str] = []
+        started = time.monotonic()
+        directory = log_experiment_run(settings, Store(str(tmp_path / f"store-{case}")), p, "h", set(), say=said.append)
+        took = time.monotonic() - started
+        assert directory is not None and "offline-run-" in directory, directory
+        assert Path(breaker).exists()
+        if tripped:  # no wait for the silent service, nothing more to say
+            assert said == [] and took < 2.0, (said, took)
+        else:  # one init timeout (2 s), not W&B's 90 s, then offline with one line
+            assert 2.0 <= took < 30, took
+            assert len(said) == 1 and "the experiment run logs offline" in said[0], said
+            assert "logs offline" in Path(breaker).read_text()
+
+
 # ---- CIFAR batch files ---------------------------------------------------------------------
 
 
