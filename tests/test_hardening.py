@@ -217,23 +217,50 @@ def test_only_dead_drivers_sessions_are_removed(tmp_path):
 
 
 _HOLD = """
-import os, sys, time
+import glob, os, sys, time
+import ray
 from orchestrator.raysession import RayCluster
 with RayCluster(None) as cluster:
-    print(cluster._temp_dir, oct(os.stat(cluster._temp_dir).st_mode & 0o777), flush=True)
+    @ray.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    ray.get(Probe.remote().pid.remote())  # a worker started: Ray made its directories 0777 again then
+    found = sorted(p for sub in ("sockets", "logs")
+                   for p in glob.glob(os.path.join(cluster._temp_dir, "**", "session_[0-9]*", sub), recursive=True))
+    print(cluster._temp_dir, *found, flush=True)
     time.sleep(300)
 """
 
 
+def _reachable_by_others(parent: Path, path: Path) -> bool:
+    """Whether another user can reach `path` below `parent`: every directory from parent's child
+    down to path lets group or others through (x), or is not this user's."""
+    here = parent
+    for part in path.relative_to(parent).parts:
+        here = here / part
+        st = os.stat(here)
+        if st.st_uid == os.getuid() and not st.st_mode & 0o011:
+            return False
+    return True
+
+
 def test_a_killed_drivers_session_is_private_and_removed_once_its_servers_are_gone():
+    """Private for the whole run (issue 27: Ray reset the session directory and its sockets and
+    logs to 0777 each time a worker started, so a chmod at start did not hold): checked after
+    a worker has started."""
     parent = Path(tempfile.mkdtemp(prefix="lths-", dir="/tmp"))  # short: Ray's socket paths fit 107 bytes
     env = lth_env(LTH_RAY_TMPDIR=str(parent))
     try:
         first = subprocess.Popen([sys.executable, "-c", _HOLD], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         line = first.stdout.readline().split()
         assert line, "the first driver did not start Ray"
-        first_dir, mode = line
-        assert mode == "0o700"  # Ray makes it 0777
+        first_dir, *inside = line
+        assert len(inside) == 2, line  # the session's sockets and logs
+        assert os.stat(first_dir).st_mode & 0o777 == 0o700
+        exposed = [p for p in [first_dir, *inside] if _reachable_by_others(parent, Path(p))]
+        assert exposed == [], exposed
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert Path(first_dir).is_dir()  # what a SIGKILL leaves
