@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
-    from orchestrator.worker import StorageError, WorkerContext, is_storage_error
+    from orchestrator.worker import StorageError, WorkerContext, is_storage_error, storage_reason
 
     spec, plan = _load(args)
     spec.check_data()  # before anything is written
@@ -342,7 +342,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (StorageError, OSError) as e:
         if isinstance(e, OSError) and not is_storage_error(e):
             raise
-        reason = str(e) if isinstance(e, StorageError) else f"{e.strerror}: {e.filename}"
+        reason = str(e) if isinstance(e, StorageError) else storage_reason(e)
         if isinstance(getattr(e, "cause", None), StorageError):  # from a worker, inside Ray's wrapper
             reason = str(e.cause)  # type: ignore[attr-defined]
         print(f"error: store {store.root}: {reason}; the sweep stopped at the first storage error (done jobs "
@@ -361,7 +361,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         restore_sigterm(previous_sigterm)
     _log_experiment_run(tracking, store, plan, config_hash(spec), set(summary.ran))
     line = (
-        f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
+        f"experiment {spec.name}: ran {len(set(summary.ran))} jobs, {summary.reused} were already done, "
         f"{len(summary.failed)} failed, {len(summary.diverged)} diverged, "
         f"{len(summary.blocked)} blocked by failures or divergence"
     )

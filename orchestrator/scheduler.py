@@ -90,6 +90,13 @@ class RunSummary:
     blocked: set[str] = field(default_factory=set)  # descendants of failed jobs
     diverged: dict[str, str] = field(default_factory=dict)  # job id -> why (its loss is not finite)
     attempts: dict[str, int] = field(default_factory=dict)
+    done_before: set[str] = field(default_factory=set)  # done when this run started
+
+    @property
+    def reused(self) -> int:
+        """Jobs done before this run and not run by it (a producer redone because its output was
+        damaged ran: it is counted once, as run)."""
+        return len(self.done_before - set(self.ran))
 
     @property
     def exit_code(self) -> int:
@@ -210,6 +217,7 @@ class Scheduler:
             self._done = self._done_jobs()
             self._backfill_rows(self._done)
             self.summary.already_done = len(self._done)
+            self.summary.done_before = set(self._done)
         # jobs below a diverged one never run: a sweep with only those left needs no Ray
         probe = JobQueue(self.plan, self._done)
         for job_id in self._diverged_before & self._done:

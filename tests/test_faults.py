@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,6 +277,9 @@ def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
     assert f"corrupt artifacts/{dense.id}/{name} (checksum mismatch" in out and f"redoing {dense.id}" in out
     assert f"corrupt artifacts/{pair.id}/done.json" in out
     assert f"note   {restart.id}: checkpoint.pt was unreadable" in out
+    # the redone parent was done before and ran again: counted once (issue 27: 63 of 62)
+    ran, reused = map(int, re.search(r"ran (\d+) jobs, (\d+) were already done", out).groups())
+    assert ran + reused == len(p.jobs), (ran, reused)
     for job_id, kept in ((dense.id, name), (restart.id, "checkpoint.pt"), (pair.id, "done.json")):
         assert list((art / job_id).glob(f"{kept}.corrupt-*")), (job_id, kept)
     assert (art / dense.id / name).read_bytes() == good  # rebuilt, bitwise

@@ -270,3 +270,29 @@ def test_a_killed_drivers_session_is_private_and_removed_once_its_servers_are_go
         assert not Path(first_dir).exists()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+# ---- what a fault's message says (issue 27, cosmetics) ---------------------------------------
+
+
+def test_fault_messages_say_what_happened_and_nothing_else(capsys):
+    import errno
+
+    from orchestrator.cli import main
+    from orchestrator.failures import one_line
+    from orchestrator.scheduler import RunSummary
+    from orchestrator.worker import storage_reason
+
+    # a 300-character name is 300 characters (repr's quotes made it 302)
+    assert main(["plan", DEMO, "--set", "name=" + "a" * 300]) == 2
+    err = capsys.readouterr().err
+    assert "(300 characters)" in err, err
+    # a full disk met by a flush or close names no file: no ": None"
+    assert storage_reason(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert storage_reason(OSError(errno.ENOSPC, "No space left on device", "/s/x")) == "No space left on device: /s/x"
+    # Ray's worker-died error carries terminal colour codes: the line a person reads has none
+    ray_error = "ray.exceptions.ActorDiedError: The actor died unexpectedly: \x1b[36mray::JobRunner\x1b[39m (pid=4)"
+    assert one_line(ray_error) == "ray.exceptions.ActorDiedError: The actor died unexpectedly: ray::JobRunner (pid=4)"
+    # a producer redone (its output damaged) ran, and is not also counted as already done
+    summary = RunSummary(planned=4, already_done=2, ran=["b", "c", "d"], done_before={"a", "b"})
+    assert len(set(summary.ran)) + summary.reused == summary.planned
