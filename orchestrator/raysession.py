@@ -225,12 +225,22 @@ def _record_owner(session_dir: str) -> None:
 
 
 def _paths_in_use() -> str:
-    """Every process's command line, joined (Ray's servers name their session directory there)."""
+    """Every process's command line, joined (Ray's servers name their session directory there),
+    and this user's processes' TMPDIR: a Ray worker's command line is its title (`ray::IDLE`),
+    but its TMPDIR is inside the session directory (RayCluster sets it), and a worker that
+    outlives its driver for a while still writes its logs there; removed under it, the session
+    left empty folders behind."""
     import psutil
 
     lines = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "uids"]):
         lines.append(" ".join(proc.info.get("cmdline") or ()))
+        uids = proc.info.get("uids")
+        if uids is not None and uids.real == os.getuid():
+            try:
+                lines.append(proc.environ().get("TMPDIR", "") + os.sep)
+            except (psutil.Error, OSError):
+                pass
     return "\n".join(lines)
 
 

@@ -207,13 +207,20 @@ def test_only_dead_drivers_sessions_are_removed(tmp_path):
     unmarked.mkdir()
     held = _owned_by(tmp_path, "held", gone.pid, gone_started)  # its driver is gone, a server of it is not
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--log_dir={held}/logs"])
+    # a Ray worker of a gone driver, still exiting: its title names nothing, its TMPDIR does (removed
+    # under it, it left empty session folders behind: issue 27)
+    working = _owned_by(tmp_path, "working", gone.pid, gone_started)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, "TMPDIR": str(working / "tmp")})
     try:
         removed = remove_stale_sessions(str(tmp_path))
     finally:
-        holder.kill()
-        holder.wait()
+        for proc in (holder, worker):
+            proc.kill()
+            proc.wait()
     assert sorted(removed) == sorted([str(dead), str(reused)])
     assert not dead.exists() and not reused.exists() and live.exists() and unmarked.exists() and held.exists()
+    assert working.exists()
 
 
 _HOLD = """
