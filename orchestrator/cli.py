@@ -268,7 +268,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
     from orchestrator.store import Store
     from orchestrator.tracking import resolve_settings
-    from orchestrator.worker import StorageError, WorkerContext, is_storage_error
+    from orchestrator.worker import StorageError, WorkerContext, is_storage_error, storage_reason
 
     spec, plan = _load(args)
     spec.check_data()  # before anything is written
@@ -354,7 +354,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (StorageError, OSError) as e:
         if isinstance(e, OSError) and not is_storage_error(e):
             raise
-        reason = str(e) if isinstance(e, StorageError) else f"{e.strerror}: {e.filename}"
+        reason = str(e) if isinstance(e, StorageError) else storage_reason(e)
         if isinstance(getattr(e, "cause", None), StorageError):  # from a worker, inside Ray's wrapper
             reason = str(e.cause)  # type: ignore[attr-defined]
         print(f"error: store {store.root}: {reason}; the sweep stopped at the first storage error (done jobs "
@@ -373,7 +373,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         restore_sigterm(previous_sigterm)
     _log_experiment_run(tracking, store, plan, config_hash(spec), set(summary.ran))
     line = (
-        f"experiment {spec.name}: ran {len(summary.ran)} jobs, {summary.already_done} were already done, "
+        f"experiment {spec.name}: ran {len(set(summary.ran))} jobs, {summary.reused} were already done, "
         f"{len(summary.failed)} failed, {len(summary.diverged)} diverged, "
         f"{len(summary.blocked)} blocked by failures or divergence"
     )
@@ -406,7 +406,8 @@ def _log_experiment_run(tracking, store, plan, config_hash: str, ran: set[str]) 
     from orchestrator.wandb_group import log_experiment_run
 
     try:
-        log_experiment_run(tracking, store, plan, config_hash, ran)
+        log_experiment_run(tracking, store, plan, config_hash, ran,
+                           say=lambda line: print(f"warning: {line}", file=sys.stderr))
     except Exception as e:  # noqa: BLE001 - tracking is a side channel
         print(f"warning: W&B experiment run of {plan.experiment} failed (the sweep is unaffected): "
               f"{type(e).__name__}: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ Two questions the scheduler asks of every job that ends badly:
 from __future__ import annotations
 
 import math
+import re
 import traceback as tb
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +45,14 @@ def classify(exc: BaseException) -> Failure:
     return Failure(reason=one_line(f"{type(cause).__name__}: {cause}"), traceback=text, retry=retry)
 
 
+# Terminal colour and style codes: Ray writes them into its errors (a worker that died), which
+# are shown as text, in a log file or a terminal that did not ask for colour.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def one_line(error: str) -> str:
     """The line of an error or traceback that says what happened (its last non-empty line)."""
-    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _ANSI.sub("", error).strip().splitlines() if ln.strip()]
     if not lines:
         return "?"
     # a message spanning lines ("ValueError: ...\n  details"): its first line names the type

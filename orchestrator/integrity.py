@@ -111,6 +111,16 @@ def output_names(out_dir: str) -> list[str]:
     return sorted(names)
 
 
+def _own_sum(sums: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in sums.items() if k != CHECKSUMS}, sort_keys=True).encode()).hexdigest()
+
+
+def with_own_sum(sums: dict[str, str]) -> dict[str, str]:
+    """What checksums.json holds: the outputs' sums and, under its own name, the sum of those
+    (a damaged checksums.json is then told from a damaged output: it is the one blamed)."""
+    return {**sums, CHECKSUMS: _own_sum(sums)}
+
+
 def seal(out_dir: str) -> dict[str, str]:
     """Hash the outputs a job has just produced into checksums.json (atomically); returns the
     sums (the done record carries them too). Called by the worker, right after the trainer."""
@@ -119,7 +129,7 @@ def seal(out_dir: str) -> dict[str, str]:
     tmp = os.path.join(out_dir, f".{CHECKSUMS}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(sums, f, indent=1, sort_keys=True)
+            json.dump(with_own_sum(sums), f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -149,7 +159,7 @@ def seal_from_record(store: Store, job_id: str) -> bool:
     said = ("test_loss", "test_accuracy", "train_loss", "train_accuracy", "density", "start_iter", "end_iter", "metrics")
     if any(result.get(k) != kept.get(k) for k in said):
         return False
-    store.write_json(Store.artifact(job_id, CHECKSUMS), {**sums, RESULT: hashlib.sha256(raw).hexdigest()})
+    store.write_json(Store.artifact(job_id, CHECKSUMS), with_own_sum({**sums, RESULT: hashlib.sha256(raw).hexdigest()}))
     return True
 
 
@@ -169,6 +179,9 @@ def result_problem(out_dir: str) -> tuple[str, list[str]] | None:
             raise ValueError("not a {file: sha256} object")
     except (OSError, ValueError) as e:
         return f"{CHECKSUMS} unreadable ({type(e).__name__}: {e})", [CHECKSUMS]
+    if CHECKSUMS in sums and sums[CHECKSUMS] != _own_sum(sums):  # (older files have no own sum)
+        return f"{CHECKSUMS} does not match its own sum: its outputs cannot be verified", [CHECKSUMS]
+    sums = {k: v for k, v in sums.items() if k != CHECKSUMS}
     problems, damaged = [], []
     for name in output_names(out_dir):
         if name not in sums:

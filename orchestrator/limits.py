@@ -54,7 +54,9 @@ def echo(value: object) -> str:
         return f"<{type(value).__name__} that contains itself>"
     if len(text) <= MAX_ECHO:
         return text
-    return f"{text[:MAX_ECHO]}... ({len(text):,} characters)"
+    # the value's own length: a string's quotes and escapes are repr's, not the user's
+    length = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:MAX_ECHO]}... ({length:,} characters)"
 
 
 def clip(message: str) -> str:

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.lock import read_holder
-from orchestrator.store import Store
+from orchestrator.store import DamagedParts, Store
 
 
 @dataclass
@@ -243,10 +243,16 @@ def experiment_status(store: Store, experiment: str) -> ExperimentStatus:
     # done for this experiment only once its rows are there too: a job another experiment did, or
     # one whose driver died between its done record and this experiment's rows, is not (lth run adds them)
     kinds = {planned[j].get("kind") for j in done} - {None}
-    parts = {t: store.stored_keys(t, experiment, finish_publish=False) for kind in kinds for t in result_tables(kind)}
+    parts: dict[str, set[str] | None] = {}
+    for t in {t for kind in kinds for t in result_tables(kind)}:
+        try:
+            parts[t] = store.stored_keys(t, experiment, finish_publish=False)
+        except DamagedParts:
+            parts[t] = None  # a damaged part file: `lth run` writes its rows again from the done records
     unrecorded = {j for j in done if planned[j].get("kind")
-                  and any(j not in parts[t] for t in result_tables(planned[j]["kind"]))}
+                  and any(parts[t] is not None and j not in parts[t] for t in result_tables(planned[j]["kind"]))}
     done -= unrecorded
+    done -= set(store.unreadable_done(done))  # lth run sets such a record aside and runs the job again
     holder = read_holder(store, experiment)
     running: set[str] = set()
     gangs: dict[str, dict] = {}

@@ -197,11 +197,16 @@ class _DropTokenAuthNotice(logging.Filter):
         return not record.getMessage().startswith(_TOKEN_AUTH_ON_BY_DEFAULT)
 
 
-# The embedded Ray's session directories: PARENT/lth-ray-XXXX, made private (0700) and marked
-# with the driver that made it. A driver that is SIGKILLed leaves its directory behind (~260 KB
-# of logs and sockets); the next embedded start removes those of drivers that are gone.
+# The embedded Ray's session directories: PARENT/lth-ray-XXXX, private (0700) and marked with
+# the driver that made it; Ray's own temporary directory is RAY_DIR inside it. Ray makes its
+# directories 0777 (ray._common.utils.try_make_directory_shared), again each time a process of
+# the session starts: a chmod after ray.init is undone by the next worker. The private parent,
+# which Ray never touches, keeps every other user out of whatever Ray loosens below it. A driver
+# that is SIGKILLed leaves its directory behind (~260 KB of logs and sockets); the next embedded
+# start removes those of drivers that are gone.
 SESSION_PREFIX = "lth-ray-"
 _OWNER_FILE = "lth-owner.json"
+RAY_DIR = "r"  # short: Ray's socket paths must fit in 107 bytes
 
 
 def _process_started(pid: int) -> float | None:
@@ -220,12 +225,22 @@ def _record_owner(session_dir: str) -> None:
 
 
 def _paths_in_use() -> str:
-    """Every process's command line, joined (Ray's servers name their session directory there)."""
+    """Every process's command line, joined (Ray's servers name their session directory there),
+    and this user's processes' TMPDIR: a Ray worker's command line is its title (`ray::IDLE`),
+    but its TMPDIR is inside the session directory (RayCluster sets it), and a worker that
+    outlives its driver for a while still writes its logs there; removed under it, the session
+    left empty folders behind."""
     import psutil
 
     lines = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "uids"]):
         lines.append(" ".join(proc.info.get("cmdline") or ()))
+        uids = proc.info.get("uids")
+        if uids is not None and uids.real == os.getuid():
+            try:
+                lines.append(proc.environ().get("TMPDIR", "") + os.sep)
+            except (psutil.Error, OSError):
+                pass
     return "\n".join(lines)
 
 
@@ -287,7 +302,7 @@ class RayCluster:
                 remove_stale_sessions(parent)
             except Exception as e:  # noqa: BLE001 - housekeeping must never stop a sweep
                 logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
-            self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)
+            self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)  # 0700, whatever the umask
             _record_owner(self._temp_dir)
             main = threading.current_thread() is threading.main_thread()
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
@@ -301,12 +316,12 @@ class RayCluster:
                 notice = _DropTokenAuthNotice()
                 logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(notice)
                 try:
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                             _temp_dir=os.path.join(self._temp_dir, RAY_DIR),
                              _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
                 finally:
                     logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
                 self._owned = True
-                os.chmod(self._temp_dir, 0o700)  # Ray made it 0777: its sockets and logs are this user's
                 _install()  # before the unmask: a SIGTERM that came meanwhile is ours
                 if old is not None:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here

@@ -125,6 +125,11 @@ def result_tables(kind: str) -> tuple[str, ...]:
     return ("runs", "metrics") if kind == "train" else ("interpolation", "instability")
 
 
+def tables_of(kind: str) -> tuple[str, ...]:
+    """Every table a finished job of `kind` can have rows in (job_rows' keys, at most)."""
+    return ("runs", "metrics", "layers", "early_bird") if kind == "train" else ("interpolation", "instability")
+
+
 def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, Any],
                    stored: dict[str, set[str]]) -> None:
     """Stage the job's rows of each table (`stored`: table -> the jobs whose rows are staged or

@@ -49,9 +49,9 @@ from orchestrator.integrity import CorruptInput, seal_from_record, set_aside
 from orchestrator.jobprogress import read_progress
 from orchestrator.jobqueue import JobQueue
 from orchestrator.progress import SweepProgress
-from orchestrator.rows import RowsDisagree, result_tables, write_job_rows
+from orchestrator.rows import RowsDisagree, result_tables, tables_of, write_job_rows
 from orchestrator.schemas import TABLES
-from orchestrator.store import CHECKSUMS, DONE, Store
+from orchestrator.store import CHECKSUMS, DONE, DamagedParts, Store
 from orchestrator.worker import JobRunner, StorageError, WorkerContext
 
 POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (nodes come and go)
@@ -90,6 +90,13 @@ class RunSummary:
     blocked: set[str] = field(default_factory=set)  # descendants of failed jobs
     diverged: dict[str, str] = field(default_factory=dict)  # job id -> why (its loss is not finite)
     attempts: dict[str, int] = field(default_factory=dict)
+    done_before: set[str] = field(default_factory=set)  # done when this run started
+
+    @property
+    def reused(self) -> int:
+        """Jobs done before this run and not run by it (a producer redone because its output was
+        damaged ran: it is counted once, as run)."""
+        return len(self.done_before - set(self.ran))
 
     @property
     def exit_code(self) -> int:
@@ -144,6 +151,12 @@ class Scheduler:
         """Jobs with a done record (and every output this plan needs from them)."""
         listing = self.store.scan_artifacts()
         done = listing.done() & set(self.plan.jobs)
+        # every done record, read once: a damaged one that no pending job reads would otherwise
+        # pass for done (the README promises such a job runs again)
+        for job_id, why in sorted(self.store.unreadable_done(done).items()):
+            aside = set_aside(self.store, job_id, DONE)
+            self.progress.log(f"corrupt {Store.artifact(job_id, DONE)} ({why}): set aside as {aside}; the job runs again")
+            done.discard(job_id)
         self._diverged_before = {j for j in done if DIVERGED in listing.files.get(j, set())}
         if self.required_outputs is not None:
             for job_id in sorted(done):
@@ -164,10 +177,22 @@ class Scheduler:
         """Rows in this experiment for jobs it did not run itself: jobs done by another
         experiment sharing the store (equal work, equal id) are not redone."""
         experiment = self.plan.experiment
-        self._stored = {table: self.store.stored_keys(table, experiment) for table in TABLES}
+        rebuild: set[str] = set()  # tables that lost a damaged part file: rows to write again
+        for table in TABLES:
+            try:
+                self._stored[table] = self.store.stored_keys(table, experiment)
+            except DamagedParts as e:
+                # its rows are in no other file, but every one of them is in a done record
+                for rel, why in e.parts:
+                    aside = self.store.set_aside_part(rel)
+                    self.progress.log(f"corrupt {rel} ({one_line(why)}): set aside as {aside}; its rows are "
+                                      "written again from the jobs' done records")
+                rebuild.add(table)
+                self._stored[table] = self.store.stored_keys(table, experiment)
         for job_id in sorted(done):  # (a copy: done loses the jobs whose record is unreadable)
             job = self.plan.jobs[job_id]
-            if all(job_id in self._stored[t] for t in result_tables(job.kind)):
+            needed = set(result_tables(job.kind)) | (rebuild & set(tables_of(job.kind)))
+            if all(job_id in self._stored[t] for t in needed):
                 continue
             try:
                 record = self.store.done_record(job_id)
@@ -192,6 +217,7 @@ class Scheduler:
             self._done = self._done_jobs()
             self._backfill_rows(self._done)
             self.summary.already_done = len(self._done)
+            self.summary.done_before = set(self._done)
         # jobs below a diverged one never run: a sweep with only those left needs no Ray
         probe = JobQueue(self.plan, self._done)
         for job_id in self._diverged_before & self._done:

@@ -52,6 +52,17 @@ PUBLISH_ROW_GROUP = 1 << 20  # rows per row group of a published file
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
 
 
+class DamagedParts(RuntimeError):
+    """Published part files of one table that cannot be read: [(store-relative path, why)]."""
+
+    def __init__(self, table: str, experiment: str, parts: list[tuple[str, str]]):
+        super().__init__(table, experiment, parts)
+        self.table, self.experiment, self.parts = table, experiment, parts
+
+    def __str__(self) -> str:
+        return "; ".join(f"damaged part file {rel} of the {self.table} table ({why})" for rel, why in self.parts)
+
+
 @dataclass
 class ArtifactListing:
     """One listing of `artifacts/`: the files of each job directory."""
@@ -197,6 +208,27 @@ class Store:
     def done_record(self, job_id: str) -> dict:
         return self.read_json(self.artifact(job_id, DONE))
 
+    def unreadable_done(self, job_ids: set[str]) -> dict[str, str]:
+        """{job id: why} for the jobs among `job_ids` whose done.json cannot be read as a record
+        (truncated, garbled, not a JSON object). Every record is read and parsed, a few at a time
+        (on an object store each read is a request): a job whose record is damaged is not done,
+        whether or not another job reads it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def problem(job_id: str) -> str | None:
+            try:
+                record = self.done_record(job_id)
+            except FileNotFoundError:
+                return None  # (removed since the listing: not done, and nothing to set aside)
+            except (ValueError, UnicodeDecodeError) as e:
+                return f"{type(e).__name__}: {e}"
+            return None if isinstance(record, dict) and "result" in record else "not a completion record"
+
+        ids = sorted(job_ids)
+        with ThreadPoolExecutor(max_workers=min(16, len(ids) or 1)) as pool:
+            found = dict(zip(ids, pool.map(problem, ids)))
+        return {j: why for j, why in found.items() if why is not None}
+
     def write_done(self, job_id: str, record: dict) -> None:
         """Call LAST, after the job's artifacts and rows: from now on the job is done."""
         self.write_json(self.artifact(job_id, DONE), record)
@@ -273,13 +305,44 @@ class Store:
         return {n[: -len(".parquet")] for n in self.list_files(self._staging(table, experiment)) if n.endswith(".parquet")}
 
     def published_keys(self, table: str, experiment: str) -> set[str]:
-        """The jobs (KEY_COLUMN of the table) with published rows: one column of every file."""
+        """The jobs (KEY_COLUMN of the table) with published rows: one column of every file.
+        DamagedParts when a part file cannot be read (its footer or that column)."""
         paths = [i.path for i in self.partition_listing(table, experiment)]
         if not paths:
             return set()
         column = KEY_COLUMN[table]
-        t = ds.dataset(paths, schema=file_schema(table), format="parquet", filesystem=self.fs).to_table(columns=[column])
+        try:
+            t = self._key_column(table, paths)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError):
+            damaged = []
+            for path in paths:  # one at a time, to name the damaged ones
+                try:
+                    self._key_column(table, [path])
+                except FileNotFoundError:
+                    continue
+                except (pa.ArrowException, OSError) as e:
+                    damaged.append((path[len(self.base) + 1:], f"{type(e).__name__}: {e}"))
+            if not damaged:
+                raise
+            raise DamagedParts(table, experiment, damaged) from None
         return set(pc.unique(t[column]).to_pylist())
+
+    def _key_column(self, table: str, paths: list[str]) -> pa.Table:
+        return ds.dataset(paths, schema=file_schema(table), format="parquet",
+                          filesystem=self.fs).to_table(columns=[KEY_COLUMN[table]])
+
+    def set_aside_part(self, rel: str) -> str:
+        """Move a damaged part file out of results/ (raw readers of results/ would fail on it)
+        to damaged/<its path>.corrupt-<UTC time>-<random>, kept for a person; returns the new path."""
+        from orchestrator.integrity import aside_name
+
+        directory, _, name = rel.rpartition("/")
+        aside = f"damaged/{directory}/{aside_name(name)}"
+        self.write_bytes(aside, self.read_bytes(rel))
+        self.delete(rel)
+        return aside
 
     def is_staged(self, table: str, experiment: str, key: str) -> bool:
         return self.exists(f"{self._staging(table, experiment)}/{key}.parquet")

@@ -201,6 +201,47 @@ def run_tags(job: Any) -> list[str]:
     return list(dict.fromkeys(t for t in (job.kind, m.role, f"k{m.rewind_iter}", f"L{m.level}", m.retrain) if t))
 
 
+def _settings(online_timeout: float | None) -> Any:
+    import wandb
+
+    # quiet and cheap: no console capture, no system stats sampler, no git/code scan
+    return wandb.Settings(
+        silent=True, console="off", disable_git=True, save_code=False, disable_job_creation=True,
+        x_disable_stats=True, x_disable_machine_info=True,
+        **({"init_timeout": online_timeout} if online_timeout is not None else {}),
+    )
+
+
+def init_run(settings: TrackingSettings, id_prefix: str, offline: bool = False, **init_kwargs: Any) -> tuple[Any, str | None]:
+    """wandb.init under the sweep's breaker (wandb_breaker.py), for a job's run and the
+    experiment's run alike: offline once the breaker is open (or `offline`); online with the
+    settings' init timeout, and an online start that fails opens the breaker and starts offline.
+    Returns (the run, None), or (the run, note) when this start fell back: note is what to say
+    ("" when another process opened the breaker first and has said it). An offline start's
+    error is raised. The run id is `id_prefix` and 32 random bits, drawn per start: W&B keeps
+    the id of a start that failed as in use."""
+    import wandb
+
+    os.makedirs(settings.dir, exist_ok=True)
+    online = settings.mode == "online" and not offline and not wandb_breaker.is_tripped(settings.breaker)
+    mode = "online" if online else ("offline" if settings.mode == "online" else settings.mode)
+    common = dict(project=settings.project, entity=settings.entity, dir=settings.dir, reinit="create_new")
+    try:
+        return wandb.init(mode=mode, settings=_settings(settings.init_timeout if online else None),
+                          id=f"{id_prefix}-{os.urandom(4).hex()}", **common, **init_kwargs), None
+    except Exception as exc:  # noqa: BLE001 - an online failure sends the sweep offline
+        if not online:
+            raise
+        reason = f"{type(exc).__name__}: {exc}"
+    try:
+        first = settings.breaker is None or wandb_breaker.trip(settings.breaker, reason)
+    except OSError:  # the breaker cannot be written: this caller reports, as if it were the first
+        first = True
+    run = wandb.init(mode="offline", settings=_settings(None), id=f"{id_prefix}-{os.urandom(4).hex()}",
+                     **common, **init_kwargs)
+    return run, (f"W&B online failed ({reason})" if first else "")
+
+
 class JobTracker:
     """The W&B run of one job attempt. Every method is safe to call when W&B is off or broken."""
 
@@ -220,60 +261,28 @@ class JobTracker:
     def start(self) -> None:
         if self.settings.mode == "disabled":
             return
-        mode = self._mode()
         try:
-            import wandb
-
-            os.makedirs(self.settings.dir, exist_ok=True)
             meta = self.job.meta
-            self.run = wandb.init(
-                mode=mode,
-                project=self.settings.project,
-                entity=self.settings.entity,
-                dir=self.settings.dir,
+            self.run, note = init_run(
+                self.settings,
+                offline=self._offline,
                 group=meta.experiment if meta else None,
                 job_type=meta.role if meta else self.job.kind,
                 name=run_name(self.job, self.attempt),
                 tags=run_tags(self.job),
-                id=f"{self.job.id}-{os.urandom(4).hex()}",  # one W&B run per attempt
+                id_prefix=self.job.id,  # one W&B run per attempt
                 config=job_config(self.job, self.attempt),
-                reinit="create_new",
-                # quiet and cheap: no console capture, no system stats sampler, no git/code scan
-                settings=wandb.Settings(
-                    silent=True,
-                    console="off",
-                    disable_git=True,
-                    save_code=False,
-                    disable_job_creation=True,
-                    x_disable_stats=True,
-                    x_disable_machine_info=True,
-                    **({"init_timeout": self.settings.init_timeout} if mode == "online" else {}),
-                ),
             )
         except Exception as exc:  # noqa: BLE001 - tracking must never fail a job
-            if mode == "online":  # the sweep goes offline (wandb_breaker.py), this job too
-                self._trip(f"{type(exc).__name__}: {exc}")
-                self.start()
-                return
             self._warn("init", exc)
             self.run = None
-
-    def _mode(self) -> str:
-        if self.settings.mode == "online" and (self._offline or wandb_breaker.is_tripped(self.settings.breaker)):
-            return "offline"
-        return self.settings.mode
-
-    def _trip(self, reason: str) -> None:
-        self._offline = True
-        try:
-            first = self.settings.breaker is None or wandb_breaker.trip(self.settings.breaker, reason)
-        except OSError:  # the breaker cannot be written: this job reports, as if it were the first
-            first = True
-        if first:
-            message = (f"W&B online failed ({reason}): this job and every later one of the sweep log offline; "
-                       "upload later with `wandb sync`")
-            self.problems.append(message)
-            warnings.warn(f"job {self.job.id}: {message}", stacklevel=3)
+            return
+        if note is not None:
+            self._offline = True
+            if note:
+                message = f"{note}: this job and every later one of the sweep log offline; upload later with `wandb sync`"
+                self.problems.append(message)
+                warnings.warn(f"job {self.job.id}: {message}", stacklevel=2)
 
     def log_metric(self, row: MetricRow) -> None:
         if self.run is None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from typing import Any
+from typing import Any, Callable
 
-from orchestrator.tracking import TrackingSettings, run_name
+from orchestrator.tracking import TrackingSettings, init_run, run_name
 
 COLUMNS = ["job_id", "kind", "run_name", "role", "replicate", "rewind_iter", "level", "data_seed",
            "density", "done", "ran_by_this_lth_run", "test_accuracy_pct", "test_barrier_pp"]
@@ -61,10 +60,12 @@ def _fingerprint(done: set[str]) -> str:
     return hashlib.sha256("\n".join(sorted(done)).encode()).hexdigest()[:16]
 
 
-def log_experiment_run(settings: TrackingSettings, store, plan, config_hash: str, ran: set[str]) -> str | None:
+def log_experiment_run(settings: TrackingSettings, store, plan, config_hash: str, ran: set[str],
+                       say: Callable[[str], None] | None = None) -> str | None:
     """Log the experiment run when the done jobs changed since the last one; returns the run's
     directory, or None when nothing was logged (tracking disabled, nothing new, a W&B error:
-    tracking never fails a sweep; the error is returned to the caller as a warning)."""
+    tracking never fails a sweep; the error is returned to the caller as a warning). `say`
+    tells of a fall-back to offline."""
     if settings.mode == "disabled":
         return None
     experiment = plan.experiment
@@ -83,17 +84,17 @@ def log_experiment_run(settings: TrackingSettings, store, plan, config_hash: str
 
     import wandb
 
-    os.makedirs(settings.dir, exist_ok=True)
-    # unique in the project: one run per set of done jobs (the newest, with the most, is complete)
-    name = f"experiment-{experiment}-{len(done)}of{len(plan.jobs)}-{fingerprint[:8]}"
-    run = wandb.init(
-        mode=settings.mode, project=settings.project, entity=settings.entity, dir=settings.dir,
-        group=experiment, job_type="experiment", name=name,
-        id=f"experiment-{experiment}-{os.urandom(4).hex()}", reinit="create_new",
+    # unique in the project: one run per set of done jobs (the newest, with the most, is complete);
+    # the sweep's breaker decides, as for every job: a service that went silent mid-sweep costs
+    # no second wait, and one that goes silent now costs one init timeout, then offline
+    run, note = init_run(
+        settings, group=experiment, job_type="experiment",
+        name=f"experiment-{experiment}-{len(done)}of{len(plan.jobs)}-{fingerprint[:8]}",
+        id_prefix=f"experiment-{experiment}",
         config={"experiment": experiment, "config_hash": config_hash, **hyperparameters(store, experiment)},
-        settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
-                                disable_job_creation=True, x_disable_stats=True, x_disable_machine_info=True),
     )
+    if note and say is not None:
+        say(f"{note}: the experiment run logs offline; upload later with `wandb sync`")
     try:
         run.log({"jobs": wandb.Table(columns=COLUMNS, data=rows)})
         run.summary.update({

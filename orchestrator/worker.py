@@ -67,8 +67,13 @@ def _storage_errors_named() -> Iterator[None]:
         e = _storage_cause(exc)
         if e is None:
             raise
-        where = f": {e.filename}" if e.filename else ""
-        raise StorageError(f"{e.strerror or e}{where} (errno {errno.errorcode.get(e.errno, e.errno)})") from None
+        raise StorageError(f"{storage_reason(e)} (errno {errno.errorcode.get(e.errno, e.errno)})") from None
+
+
+def storage_reason(e: OSError) -> str:
+    """A storage error in words: what happened, and the file when the error names one (an
+    OSError raised by a flush or a close names none)."""
+    return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
 
 
 @dataclass(frozen=True)

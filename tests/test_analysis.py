@@ -638,16 +638,21 @@ def test_part_files_of_an_older_schema_are_read_with_nulls(tmp_path):
     assert all(seeds[r["job_id"]] == r["data_seed"] for r in rows["runs"][:10])
 
 
-def test_damaged_part_file_is_named_exit_2_nothing_written(tmp_path):
+@pytest.mark.parametrize("table", ["instability", "runs", "interpolation", "layers", "early_bird", "metrics"])
+def test_damaged_part_file_is_named_exit_2_nothing_written(tmp_path, table):
+    """Every table the analysis reads, one way (issue 27: a damaged early_bird part gave exit 1
+    and a traceback after the scan cache was written; layers gave exit 2)."""
     rows, _ = build_sweep()
     write_store(tmp_path, rows)
-    bad = tmp_path / "results" / "instability" / f"experiment={EXP}" / "part-zz-damaged.parquet"
+    partition = tmp_path / "results" / table / f"experiment={EXP}"
+    partition.mkdir(parents=True, exist_ok=True)
+    bad = partition / "part-zz-damaged.parquet"
     good = (tmp_path / "results" / "instability" / f"experiment={EXP}" / "part-000000.parquet").read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # a truncated copy: no Parquet footer
     console = Console(file=io.StringIO(), width=300)
     assert analyze(str(tmp_path), EXP, out_dir=str(tmp_path / "out"), console=console) == 2
     text = console.file.getvalue()
-    assert "part-zz-damaged.parquet" in text and "instability" in text and "Traceback" not in text
+    assert "part-zz-damaged.parquet" in text and f"the {table} table" in text and "Traceback" not in text
     assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
     assert bad.read_bytes() == good[: len(good) // 2]  # the damaged file is left for a person
 

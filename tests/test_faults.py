@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,6 +277,9 @@ def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
     assert f"corrupt artifacts/{dense.id}/{name} (checksum mismatch" in out and f"redoing {dense.id}" in out
     assert f"corrupt artifacts/{pair.id}/done.json" in out
     assert f"note   {restart.id}: checkpoint.pt was unreadable" in out
+    # the redone parent was done before and ran again: counted once (issue 27: 63 of 62)
+    ran, reused = map(int, re.search(r"ran (\d+) jobs, (\d+) were already done", out).groups())
+    assert ran + reused == len(p.jobs), (ran, reused)
     for job_id, kept in ((dense.id, name), (restart.id, "checkpoint.pt"), (pair.id, "done.json")):
         assert list((art / job_id).glob(f"{kept}.corrupt-*")), (job_id, kept)
     assert (art / dense.id / name).read_bytes() == good  # rebuilt, bitwise
@@ -293,6 +297,40 @@ def test_corrupt_inputs_are_redone_not_trained_on(reference, tmp_path, capsys):
             return t.sort_by([(k, "ascending") for k in key])
 
         assert rows(mine, "demo_copy").equals(rows(ref, "demo")), table
+
+
+def test_a_damaged_part_is_rebuilt_and_an_unreadable_leaf_record_runs_again(reference, tmp_path, capsys):
+    """Issue 27: a damaged part file's rows were lost for good (no other file holds them), and a
+    leaf job's unreadable done.json (no pending job reads it) passed for done in `lth run` and
+    `lth status`. Now `lth run` sets the part aside, writes its rows again from the done records
+    (equal to the undisturbed sweep's), and runs the leaf again; `lth status` counts it not done."""
+    from orchestrator.progress import experiment_status
+
+    p = _plan()
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    parts = sorted((store / "results" / "layers" / "experiment=demo").glob("part-*.parquet"))
+    assert parts, "the reference has no layers part"
+    damaged = parts[0]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])  # no footer: no reader can open it
+    leaf = next(j for j in p.jobs.values() if j.kind == "interpolate")
+    record = (store / "artifacts" / leaf.id / "done.json").read_bytes()
+    (store / "artifacts" / leaf.id / "done.json").write_bytes(record[: len(record) // 2])
+
+    assert experiment_status(Store(str(store)), "demo").counts.done == len(p.jobs) - 1
+    capsys.readouterr()
+    assert main(["run", DEMO, "--store", str(store), *tiny_args("tracking.wandb=disabled")]) == 0
+    out, err = capsys.readouterr()
+    rel = damaged.relative_to(store).as_posix()
+    assert f"corrupt {rel} (" in out and "written again from the jobs' done records" in out, out
+    assert f"corrupt artifacts/{leaf.id}/done.json" in out, out
+    assert "ran 1 jobs" in out + err, out + err  # the leaf, and nothing else
+    assert list((store / "damaged" / "results" / "layers" / "experiment=demo").glob(f"{damaged.name}.corrupt-*"))
+    assert not damaged.exists()
+    for table, key in (("layers", ["job_id", "layer"]), ("instability", ["pair_id", "split"])):
+        assert _rows(store, table, key).equals(_rows(reference, table, key)), table
+    assert experiment_status(Store(str(store)), "demo").counts.done == len(p.jobs)
 
 
 def _flip(path: Path, n: int = 16) -> None:

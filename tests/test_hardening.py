@@ -100,6 +100,38 @@ def test_lth_run_with_a_silent_wandb_service_logs_offline_with_one_warning(tmp_p
     assert took < 180, took  # 2 jobs x 90 s on main, before anything else
 
 
+def test_the_experiment_run_follows_the_breaker(monkeypatch, tmp_path, silent_listener):
+    """Issue 27: the experiment's own run (wandb_group.py) at the end of `lth run` went online
+    with W&B's 90 s timeout even after the sweep's breaker had opened, and was lost. Now: once the
+    breaker is open it starts offline at once; with the breaker still closed and the service
+    silent, it waits the init timeout, opens the breaker, says so once and logs offline."""
+    from orchestrator.store import Store
+    from orchestrator.wandb_group import log_experiment_run
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent_listener}")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    p = plan(load_spec(DEMO, [a for a in tiny_args() if a != "--set"]))
+    for case, tripped in (("tripped", True), ("silent", False)):
+        run_dir = tmp_path / case
+        breaker = wandb_breaker.breaker_path(str(run_dir), "sweep1")
+        if tripped:
+            wandb_breaker.trip(breaker, "a job's init timed out")
+        settings = TrackingSettings(mode="online", project="p", dir=str(run_dir), init_timeout=2.0, breaker=breaker)
+        said: list[str] = []
+        started = time.monotonic()
+        directory = log_experiment_run(settings, Store(str(tmp_path / f"store-{case}")), p, "h", set(), say=said.append)
+        took = time.monotonic() - started
+        assert directory is not None and "offline-run-" in directory, directory
+        assert Path(breaker).exists()
+        if tripped:  # no wait for the silent service, nothing more to say
+            assert said == [] and took < 2.0, (said, took)
+        else:  # one init timeout (2 s), not W&B's 90 s, then offline with one line
+            assert 2.0 <= took < 30, took
+            assert len(said) == 1 and "the experiment run logs offline" in said[0], said
+            assert "logs offline" in Path(breaker).read_text()
+
+
 # ---- CIFAR batch files ---------------------------------------------------------------------
 
 
@@ -175,33 +207,67 @@ def test_only_dead_drivers_sessions_are_removed(tmp_path):
     unmarked.mkdir()
     held = _owned_by(tmp_path, "held", gone.pid, gone_started)  # its driver is gone, a server of it is not
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--log_dir={held}/logs"])
+    # a Ray worker of a gone driver, still exiting: its title names nothing, its TMPDIR does (removed
+    # under it, it left empty session folders behind: issue 27)
+    working = _owned_by(tmp_path, "working", gone.pid, gone_started)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, "TMPDIR": str(working / "tmp")})
     try:
         removed = remove_stale_sessions(str(tmp_path))
     finally:
-        holder.kill()
-        holder.wait()
+        for proc in (holder, worker):
+            proc.kill()
+            proc.wait()
     assert sorted(removed) == sorted([str(dead), str(reused)])
     assert not dead.exists() and not reused.exists() and live.exists() and unmarked.exists() and held.exists()
+    assert working.exists()
 
 
 _HOLD = """
-import os, sys, time
+import glob, os, sys, time
+import ray
 from orchestrator.raysession import RayCluster
 with RayCluster(None) as cluster:
-    print(cluster._temp_dir, oct(os.stat(cluster._temp_dir).st_mode & 0o777), flush=True)
+    @ray.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    ray.get(Probe.remote().pid.remote())  # a worker started: Ray made its directories 0777 again then
+    found = sorted(p for sub in ("sockets", "logs")
+                   for p in glob.glob(os.path.join(cluster._temp_dir, "**", "session_[0-9]*", sub), recursive=True))
+    print(cluster._temp_dir, *found, flush=True)
     time.sleep(300)
 """
 
 
+def _reachable_by_others(parent: Path, path: Path) -> bool:
+    """Whether another user can reach `path` below `parent`: every directory from parent's child
+    down to path lets group or others through (x), or is not this user's."""
+    here = parent
+    for part in path.relative_to(parent).parts:
+        here = here / part
+        st = os.stat(here)
+        if st.st_uid == os.getuid() and not st.st_mode & 0o011:
+            return False
+    return True
+
+
 def test_a_killed_drivers_session_is_private_and_removed_once_its_servers_are_gone():
+    """Private for the whole run (issue 27: Ray reset the session directory and its sockets and
+    logs to 0777 each time a worker started, so a chmod at start did not hold): checked after
+    a worker has started."""
     parent = Path(tempfile.mkdtemp(prefix="lths-", dir="/tmp"))  # short: Ray's socket paths fit 107 bytes
     env = lth_env(LTH_RAY_TMPDIR=str(parent))
     try:
         first = subprocess.Popen([sys.executable, "-c", _HOLD], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         line = first.stdout.readline().split()
         assert line, "the first driver did not start Ray"
-        first_dir, mode = line
-        assert mode == "0o700"  # Ray makes it 0777
+        first_dir, *inside = line
+        assert len(inside) == 2, line  # the session's sockets and logs
+        assert os.stat(first_dir).st_mode & 0o777 == 0o700
+        exposed = [p for p in [first_dir, *inside] if _reachable_by_others(parent, Path(p))]
+        assert exposed == [], exposed
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert Path(first_dir).is_dir()  # what a SIGKILL leaves
@@ -211,3 +277,29 @@ def test_a_killed_drivers_session_is_private_and_removed_once_its_servers_are_go
         assert not Path(first_dir).exists()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+# ---- what a fault's message says (issue 27, cosmetics) ---------------------------------------
+
+
+def test_fault_messages_say_what_happened_and_nothing_else(capsys):
+    import errno
+
+    from orchestrator.cli import main
+    from orchestrator.failures import one_line
+    from orchestrator.scheduler import RunSummary
+    from orchestrator.worker import storage_reason
+
+    # a 300-character name is 300 characters (repr's quotes made it 302)
+    assert main(["plan", DEMO, "--set", "name=" + "a" * 300]) == 2
+    err = capsys.readouterr().err
+    assert "(300 characters)" in err, err
+    # a full disk met by a flush or close names no file: no ": None"
+    assert storage_reason(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert storage_reason(OSError(errno.ENOSPC, "No space left on device", "/s/x")) == "No space left on device: /s/x"
+    # Ray's worker-died error carries terminal colour codes: the line a person reads has none
+    ray_error = "ray.exceptions.ActorDiedError: The actor died unexpectedly: \x1b[36mray::JobRunner\x1b[39m (pid=4)"
+    assert one_line(ray_error) == "ray.exceptions.ActorDiedError: The actor died unexpectedly: ray::JobRunner (pid=4)"
+    # a producer redone (its output damaged) ran, and is not also counted as already done
+    summary = RunSummary(planned=4, already_done=2, ran=["b", "c", "d"], done_before={"a", "b"})
+    assert len(set(summary.ran)) + summary.reused == summary.planned

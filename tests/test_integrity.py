@@ -50,7 +50,17 @@ def test_a_result_is_reused_only_when_every_output_matches_the_workers_checksums
     sums = _finished(out)
     assert set(sums) == {"weights.pt", "mask.pt", "w_0.pt", RESULT}  # the checkpoint is not an output
     assert sums["weights.pt"] == hashlib.sha256(b"w" * 1000).hexdigest()  # an independent hash
-    assert json.loads((out / CHECKSUMS).read_text()) == sums
+    on_disk = json.loads((out / CHECKSUMS).read_text())
+    assert {k: v for k, v in on_disk.items() if k != CHECKSUMS} == sums
+    assert result_problem(str(out)) is None
+
+    # issue 27: checksums.json altered (a sum changed), the outputs intact: the sums file is
+    # blamed and set aside, never the intact weights.pt
+    good = (out / CHECKSUMS).read_text()
+    (out / CHECKSUMS).write_text(json.dumps({**on_disk, "weights.pt": "0" * 64}))
+    problem, damaged = result_problem(str(out))
+    assert damaged == [CHECKSUMS] and "weights.pt" not in problem, problem
+    (out / CHECKSUMS).write_text(good)
     assert result_problem(str(out)) is None
 
     data = bytearray((out / "weights.pt").read_bytes())

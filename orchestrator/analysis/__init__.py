@@ -32,6 +32,7 @@ from orchestrator.analysis.read import (
 )
 from orchestrator.analysis.present import key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
+from orchestrator.schemas import file_schema
 
 __all__ = ["analyze", "AnalysisResult", "compute"]
 
@@ -348,17 +349,24 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     # analysis of this experiment (by anyone) reads only the newly written part files.
     cache = ScanCache(store, store.path("reports", experiment, ".cache"), deferred=True)
     readers: dict[str, str] = {}
+
+    def damaged(e: UnreadablePart) -> int:
+        # every table (runs, instability, interpolation, layers, early_bird, metrics) is read
+        # through read.read_table or parts.scan, which name a damaged part file; each read
+        # happens before anything is written (the scan cache, the report)
+        errors.print(f"[red]error:[/red] {e}; `lth run` rebuilds a damaged part's rows from the jobs' done records")
+        return 2
+
     try:
         raw = read_raw(store, experiment, cache, readers)  # the current plan's jobs only
+        planned = plan_job_ids(store, experiment)
+        layers = only_planned(read_table(store, "layers", experiment, LAYERS_COLUMNS, cache), "job_id", planned)
+        # the structured and early-bird sections: every column of their tables, uncached (the
+        # cache holds the analysis's projection of `runs`)
+        structured_input = {t: only_planned(read_table(store, t, experiment, file_schema(t).names), "job_id", planned)
+                            for t in ("runs", "early_bird")}
     except UnreadablePart as e:
-        errors.print(f"[red]error:[/red] {e}")
-        return 2
-    try:
-        layers = only_planned(read_table(store, "layers", experiment, LAYERS_COLUMNS, cache), "job_id",
-                              plan_job_ids(store, experiment))
-    except UnreadablePart as e:
-        errors.print(f"[red]error:[/red] {e}")
-        return 2
+        return damaged(e)
     clock.lap("read")
     res = compute(*raw, threshold, num_classes=read_num_classes(store, experiment, cache), path=False,
                   layers=layers)
@@ -389,6 +397,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     for n in notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     clock.lap("summary")
+    chosen = curves.chosen_runs(T.add_mode(raw[0]))
+    try:
+        metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
+    except UnreadablePart as e:
+        return damaged(e)
+    clock.lap("metrics")
     cache.flush()
     for w in cache.warnings:  # a read-only store: analyzed without a cache
         console.print(f"[yellow]note:[/yellow] {w}")
@@ -404,7 +418,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     tables = _presented_tables(res, progress.planned_levels)
     from orchestrator.analysis.structured import structured_tables
 
-    raw_extra = structured_tables(store.results, experiment)
+    raw_extra = structured_tables(store.results, structured_input["runs"], structured_input["early_bird"])
     eb_dist = next((t for stem, _title, t in raw_extra if stem == "early_bird_distances"), None)
     extra = [(stem, title, present(t)) for stem, title, t in raw_extra]
     for stem, title, t in extra:
@@ -415,14 +429,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     clock.lap("tables")
 
     fcache = _FigureCache(out, formats, titles)
-    chosen = curves.chosen_runs(T.add_mode(raw[0]))
-    try:
-        metrics = curves.read_metrics(store, experiment, chosen["job_id"].to_pylist())
-    except UnreadablePart as e:
-        errors.print(f"[red]error:[/red] {e}")
-        return 2
     curve_table = curves.curves(chosen, metrics)
-    clock.lap("metrics")
     from orchestrator.analysis import figures as figs  # matplotlib, after the summary is printed
 
     # every rewinding point of the experiment: k keeps one colour across the figures

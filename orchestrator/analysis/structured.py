@@ -30,8 +30,10 @@ def _family(r: dict) -> str:
     return "random_reinit" if r["retrain"] == "reinit" else r["retrain"]
 
 
-def structured_tables(store: Store, experiment: str) -> list[tuple[str, str, pa.Table]]:
-    runs = store.read_table("runs", experiment).to_pylist()
+def structured_tables(store: Store, runs_table: pa.Table, eb_table: pa.Table) -> list[tuple[str, str, pa.Table]]:
+    """The sections from the experiment's `runs` and `early_bird` rows (read by the caller, which
+    reports a damaged part file before anything is written)."""
+    runs = runs_table.to_pylist()
     out = []
     chan = [r for r in runs if r.get("granularity") == "channel" and r["role"] == "level"]
     if chan:
@@ -48,7 +50,7 @@ def structured_tables(store: Store, experiment: str) -> list[tuple[str, str, pa.
                          "test_acc": mean(acc), "test_acc_std": pstdev(acc), "n": len(rs)})
         out.append(("structured", "Structured pruning: accuracy, channel density and FLOPs by family and level",
                     pa.Table.from_pylist(rows)))
-    eb = store.read_table("early_bird", experiment).to_pylist()
+    eb = eb_table.to_pylist()
     if eb:
         out.append(_early_bird_table(runs, eb))
         dist = _distance_table(store, sorted({r["job_id"] for r in eb})[0])
