@@ -184,7 +184,8 @@ class TrainSpec(_Model):
 
 
 class ScoringSpec(_Model):
-    examples_per_class: int = Field(10, ge=1, le=L.MAX_SCORING_EXAMPLES, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP" + _at_most(L.MAX_SCORING_EXAMPLES))
+    examples_per_class: int = Field(10, ge=1, le=L.MAX_SCORING_EXAMPLES, description="snip, grasp, grasp_abs: the scoring batch holds examples_per_class x classes training examples (drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP" + _at_most(L.MAX_SCORING_EXAMPLES))
+    sample: Literal["class_balanced", "random"] = Field("class_balanced", description="snip, grasp, grasp_abs: which examples: class_balanced (examples_per_class of every class, the first met along the stream; GraSP's code) or random (the first examples_per_class x classes of the stream, whatever their classes: Synaptic-Flow's code, prune_dataset_ratio 10); part of the job id when random")
     bn_mode: Literal["eval", "train"] = Field("eval", description="snip, grasp, grasp_abs: BatchNorm while scoring: eval (running statistics, as Synaptic-Flow) or train (batch statistics, as the GraSP authors' code); synflow always scores in eval mode")
 
 
@@ -424,6 +425,13 @@ class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=L.MAX_NAME_LENGTH, description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)" + _at_most(L.MAX_NAME_LENGTH) + " characters")
     model: str = Field(description=f"network: one of {', '.join(model_names())} (trainers/models.py)")
+    bn_scale_init: float | None = Field(
+        None, gt=0,
+        description="BatchNorm scales at initialisation: null keeps the model's own (U(0, 1) for the CIFAR "
+        "ResNets and VGGs, open_lth's choice); a number fills every scale with it (0.5: network slimming, "
+        "Liu et al. 2017, and the early-bird reference code, You et al. 2020). Part of the job id when set; "
+        "needs a model with BatchNorm",
+    )
     data: DataSpec = Field(default_factory=DataSpec, description='the data set')
     train: TrainSpec = Field(description='training hyperparameters, shared by every job')
     pruning: PruningSpec = Field(default_factory=PruningSpec, description='iterative magnitude pruning')
@@ -610,6 +618,7 @@ class ExperimentSpec(_Model):
             bn_sync=t.bn_sync,
             bn_batch=t.bn_batch,
             l1_gamma=t.l1_gamma,
+            bn_scale_init=self.bn_scale_init,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

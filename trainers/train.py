@@ -59,10 +59,11 @@ def fingerprint(job: TrainJob) -> str:
     (`add_missing_rewind_points`)."""
     fields = dataclasses.asdict(job)
     fields["train"]["data"].pop("root", None)
-    for name, default in (("bn_sync", "global"), ("bn_batch", None)):  # as in the job id: older checkpoints resume
+    for name, default in (("bn_sync", "global"), ("bn_batch", None), ("bn_scale_init", None)):  # as in the job id: older checkpoints resume
         if fields["train"].get(name) == default:
             fields["train"].pop(name)
     fields.pop("save_iters", None)
+    fields.pop("channel_report", None)  # a measure, not part of the job (as in the id)
     for name, default in (("at_init", None), ("reinit_keep_signs", False)):  # as the job id: old checkpoints resume
         if fields.get(name) == default:
             fields.pop(name)
@@ -146,7 +147,7 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
         mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed, initial=initial)
 
     if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
-        fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed)
+        fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed, bn_scale_init=job.train.bn_scale_init)
         weights = checkpoint.state_dict_cpu(fresh)
         if job.reinit_keep_signs:  # Zhou et al.'s control: fresh magnitudes, the signs of W_k
             weights = {n: (v.abs() * torch.where(w_k[n] < 0, -1.0, 1.0).to(v.dtype) if n in mask else v)
@@ -251,7 +252,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
     # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded on resume
-    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed, bn_scale_init=cfg.bn_scale_init).to(param_dtype(cfg.precision))
 
     # --- starting point: a checkpoint of this very job, or the job's inputs -------------------
     fp = fingerprint(job)
@@ -405,11 +406,17 @@ def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
 
 
 def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input_shape) -> dict:
-    """flops_fraction for every run; channel_density for a channel-granularity run."""
+    """flops_fraction for every run; channel_density for a channel-granularity run, and for a run
+    on a channel mask made elsewhere (an early-bird retrain: `job.channel_report`)."""
     out: dict = {"flops_fraction": structure.flops_fraction(model, mask, tuple(input_shape))}
     if job.prune is not None and job.prune.granularity == "channel":
-        groups = structure.channel_groups(model, job.prune.groups, job.prune.ignore)
-        out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
+        mode, ignore = job.prune.groups, job.prune.ignore
+    elif job.channel_report is not None:
+        mode, ignore = job.channel_report
+    else:
+        return out
+    groups = structure.channel_groups(model, mode, ignore)
+    out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
     return out
 
 
@@ -430,7 +437,7 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult, rt: 
         from trainers.data.ondisk import describe
 
         info = describe(job.train.data)
-        model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)
+        model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed, bn_scale_init=job.train.bn_scale_init)
         checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(0)))
         missing = missing[1:]
     if missing:
