@@ -139,7 +139,8 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
 
         mask = mask_at_init(job, w_k, model, lambda: data or open_data(job.train.data, torch.device("cpu")))
     elif job.prune is not None and job.prune.granularity == "channel":
-        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent)
+        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent,
+                            lambda: data or open_data(job.train.data, torch.device("cpu")))
     elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
     elif job.prune is not None:
@@ -163,10 +164,12 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
     return weights, mask
 
 
-def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None) -> dict:
+def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None,
+                 open_data_cpu=None) -> dict:
     """The structured head of a level: channel flags read from the parent's mask, pruned (or
     shuffled, for the random control) and expanded into a parameter mask over the prunable
-    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices)."""
+    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices).
+    `open_data_cpu`: the job's data, for a score that needs it (hrank)."""
     from trainers.methods.channels import prune_channels, shuffle_channels
 
     cfg = job.prune
@@ -174,6 +177,8 @@ def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, paren
     alive = structure.alive_channels(groups, parent_mask)
     if cfg.strategy == "random":  # IMP's channel mask of this level, shuffled within each group
         alive = shuffle_channels(alive, job.prune_seed)
+    elif cfg.channel_score == "hrank":
+        alive = prune_channels(parent, alive, groups, cfg, scores=hrank_of(job, model, parent, groups, open_data_cpu()))
     else:
         alive = prune_channels(parent, alive, groups, cfg)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -181,6 +186,19 @@ def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, paren
     for name, part in structure.expand(groups, alive, shapes).items():
         mask[name] = mask[name] & part if name in mask else part
     return mask
+
+
+def hrank_of(job: TrainJob, model: torch.nn.Module, weights: dict, groups, data: DataBundle) -> dict:
+    """HRank's scores of the parent's weights: `rank_batches` batches of `rank_batch_size` along a
+    data-order stream of their own (seeded by the data seed and k, as pruning at init's scoring
+    batch: order.scoring_stream_seed), so the scores are a pure function of what the id covers."""
+    from trainers.data.order import scoring_stream_seed
+    from trainers.methods.channels import hrank_scores
+
+    cfg = job.prune
+    stream = data.train_stream(scoring_stream_seed(job.data_seed, job.start_iter), cfg.rank_batch_size, 0)
+    batches = (next(stream)[0].cpu() for _ in range(cfg.rank_batches))
+    return hrank_scores(model, weights, groups, batches)
 
 
 def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
