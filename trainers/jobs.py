@@ -283,6 +283,10 @@ class TrainResult:
     channel_density: float | None = None
     flops_fraction: float | None = None
     early_bird: list[dict] | None = None  # a search's detections, one per fraction (trainers/early_bird.py)
+    # Layer collapse (trainers/connectivity.py): the mask leaves a prunable layer empty or no path
+    # from input to output; `disconnection` says which. None: recorded before this was measured.
+    disconnected: bool | None = None
+    disconnection: str | None = None
 
 
 @dataclass

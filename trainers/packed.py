@@ -43,7 +43,7 @@ from trainers.pruning import MaskApplier, density, masked_weights
 from trainers.runtime import Runtime
 from trainers.stacked import COUNTER, build_stacked, member_logits_loss, member_state, stack_inputs, stack_problem
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, device_name, fingerprint, lr_for, make_optimizer, rewind_file, saved_rewind_points, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, collapse, device_name, fingerprint, lr_for, make_optimizer, rewind_file, saved_rewind_points, starting_point, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -324,6 +324,7 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
             strategy="stacked",
             weight_correlation=correlation,
             layers=layers,
+            **collapse(model, masks[k], masks[k], info.input_shape),
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)

@@ -406,6 +406,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         layers=layers,
         **structured_measures(job, model, mask, info.input_shape),
         early_bird=search.finish(end, model) if search is not None else None,
+        **collapse(model, mask, _prunable_part(job, model, mask), info.input_shape),
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
@@ -421,6 +422,14 @@ def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
     names = set(prunable_names(model, ignore))
     part = {k: v for k, v in mask.items() if k in names}
     return part or mask
+
+
+def collapse(model: torch.nn.Module, mask: dict, prunable: dict, input_shape) -> dict:
+    """Whether the mask disconnects the network (layer collapse), and why."""
+    from trainers.connectivity import disconnection
+
+    why = disconnection(model, mask, prunable, tuple(input_shape))
+    return {"disconnected": why is not None, "disconnection": why}
 
 
 def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input_shape) -> dict:
