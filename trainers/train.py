@@ -143,9 +143,12 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
                             lambda: data or open_data(job.train.data, torch.device("cpu")))
     elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
+    elif job.prune is not None and job.prune.criterion != "magnitude":  # Zhou et al.'s criteria
+        from trainers.methods.magnitude import criterion_mask
+
+        mask = criterion_mask({n: parent[n] for n in names}, mask, job.prune, {n: w_k[n] for n in names})
     elif job.prune is not None:
-        initial = {n: w_k[n] for n in names} if job.prune.criterion != "magnitude" else None
-        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed, initial=initial)
+        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
 
     if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
         fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed, bn_scale_init=job.train.bn_scale_init)
