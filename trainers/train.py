@@ -69,6 +69,11 @@ def fingerprint(job: TrainJob) -> str:
             fields.pop(name)
     if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
         fields["prune"].pop("criterion")
+    # fields added since (issues 27, 28), as in the id: a checkpoint written before them resumes
+    for section, name, default in (("prune", "rank_batches", 5), ("prune", "rank_batch_size", 128),
+                                   ("at_init", "sample", "class_balanced")):
+        if fields.get(section) and fields[section].get(name) == default:
+            fields[section].pop(name)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
