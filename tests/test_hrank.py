@@ -167,3 +167,11 @@ def test_hrank_paper_config_plans():
     assert spec.pruning.channel_score == "hrank" and (spec.pruning.hrank.batches, spec.pruning.hrank.batch_size) == (5, 128)
     jobs = plan(spec).jobs.values()
     assert {j.spec.prune.channel_score for j in jobs if j.spec.prune is not None} == {"hrank"}
+
+
+def test_more_images_a_batch_than_the_training_set_is_refused():
+    from orchestrator.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec("configs/demo_structured.yaml", ["pruning.channel_score=hrank", "pruning.hrank.batch_size=5000"])
+    assert e.value.field == "pruning.hrank.batch_size" and "1437" in str(e.value)
