@@ -18,11 +18,12 @@ def check_slimming(spec: ExperimentSpec) -> None:
     info = spec.data_info
     eb = spec.pruning.early_bird
     needs = [("train.l1_gamma", spec.train.l1_gamma > 0),
+             ("bn_scale_init", spec.bn_scale_init is not None),
              ("pruning.channel_score", spec.pruning.granularity == "channel" and spec.pruning.channel_score == "bn_gamma"),
              ("pruning.early_bird.kind", eb is not None and eb.kind == "channel")]
     for field, needed in needs:
         if needed and not has_batchnorm(spec.model, tuple(info.input_shape), int(info.num_classes)):
-            raise SpecError(field, f"model {spec.model!r} has no BatchNorm scales to penalise or rank")
+            raise SpecError(field, f"model {spec.model!r} has no BatchNorm scales to initialise, penalise or rank")
     if eb is not None and eb.kind == "channel":
         group_sizes(spec)  # refuses a model without channel groups in pruning.groups' mode
 

@@ -42,22 +42,24 @@ def add_early_bird(b: Any, r: int) -> None:
                           early_bird=search_config(spec))
     meta0 = b.meta(ROLE, r, 0, 0, b.ds, "eb_search", strategy)
     search = b.add("train", search_job, {}, replace(meta0, density=1.0))
+    # a channel ticket's retrains report their channel density over the search's groups
+    report = (spec.pruning.groups, tuple(spec.pruning.ignore)) if e.kind == "channel" else None
     for p in e.fractions:
         mask = (search, eb.mask_file(p))
         for mode in e.retrain:
             starts = []
             if mode == "continue":
-                job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds, start_at_detection=True)
+                job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds, start_at_detection=True, channel_report=report)
                 inputs = {"parent_mask": mask, "rewind_weights": (search, eb.weights_file(p)),
                           "detection": (search, eb.detection_file(p))}
                 starts.append((0, job, inputs))
             elif mode == "reinit":
-                job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds,
+                job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds, channel_report=report,
                                reinit_seed=derived_seed("eb_reinit", r, round(p * 1_000_000)))
                 starts.append((0, job, {"parent_mask": mask}))
             else:
                 for k in b.ks:
-                    job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds, start_iter=k)
+                    job = TrainJob(train=b.cfg, init_seed=r, data_seed=b.ds, start_iter=k, channel_report=report)
                     starts.append((k, job, {"parent_mask": mask, "rewind_weights": (search, rewind_file(k))}))
             for k, job, inputs in starts:
                 meta = b.meta(ROLE, r, k, 1, b.ds, f"eb_{mode}", strategy, parent=search)

@@ -47,12 +47,15 @@ _GROWS_AS_SET = {
     "pruning.at_init.ablations",
 }
 _GROWS_AS_NUMBER = {"pruning.levels"}
-# Fields added after experiments were stored: left out of the identity while at their default,
-# so that an existing config keeps its config_hash.
+# Fields added after experiments were stored (dotted paths): left out of the identity while at
+# their default, so that an existing config keeps its config_hash.
 _NEW_AT_DEFAULT = {
-    "train": {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
-    "pruning": {"criterion": "magnitude", "at_init": None, "granularity": "weight", "channel_score": "l1_filter",
-                "groups": "block_internal", "early_bird": None},
+    "bn_scale_init": None,
+    "train.bn_sync": "global", "train.bn_batch": None, "train.l1_gamma": 0.0,
+    "pruning.criterion": "magnitude", "pruning.at_init": None, "pruning.granularity": "weight",
+    "pruning.channel_score": "l1_filter", "pruning.groups": "block_internal", "pruning.early_bird": None,
+    "pruning.hrank": {"batches": 5, "batch_size": 128},
+    "pruning.at_init.scoring.sample": "class_balanced",
 }
 
 
@@ -62,10 +65,13 @@ def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
     data.pop("name", None)
     for section in RUNTIME_SECTIONS:
         data.pop(section, None)
-    for section, defaults in _NEW_AT_DEFAULT.items():
-        for key, default in defaults.items():
-            if key in data.get(section, {}) and data[section][key] == default:
-                del data[section][key]
+    for path, default in _NEW_AT_DEFAULT.items():
+        *parents, key = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
     return data
 
 

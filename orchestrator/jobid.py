@@ -6,7 +6,8 @@ first `ID_LENGTH` hex digits. The description is `dataclasses.asdict(spec)` with
 exception: a train job's `save_iters` (which W_k snapshots the dense run also writes) is left
 out, because it does not change any weight the job produces, and leaving it in would give
 the dense run a new id, and so every job below it, whenever a rewinding point is added to a
-sweep. The consequence for the scheduler: a done dense run may lack a `w_<k>.pt` that a newly
+sweep. So is `channel_report` (the groups an early-bird retrain counts its channel density over:
+a measure, not a weight). The consequence for the scheduler: a done dense run may lack a `w_<k>.pt` that a newly
 added `k` needs (`orchestrator.planner.required_outputs` lists what each job must hold).
 
 Nothing else that does not change the output (experiment name, paths, checkpoint frequency,
@@ -31,20 +32,23 @@ import math
 from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
-from trainers.jobs import PruneConfig, TrainConfig, TrainJob
+from trainers.jobs import AtInitConfig, PruneConfig, TrainConfig, TrainJob
 
 ID_LENGTH = 20  # 80 bits: no collision in any sweep a cluster can run
 
 # Fields of a job description that are not part of its identity (see the module docstring).
-_EXCLUDED = {TrainJob: frozenset({"save_iters"})}
+# channel_report: which channel groups a job's channel_density is counted over (a measure, no weight).
+_EXCLUDED = {TrainJob: frozenset({"save_iters", "channel_report"})}
 # Fields left out while they equal their default (see the module docstring).
 _OMITTED_AT_DEFAULT = {
-    TrainConfig: {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
+    TrainConfig: {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0, "bn_scale_init": None},
     TrainJob: {"at_init": None, "reinit_keep_signs": False, "early_bird": None, "start_at_detection": False},
     # structured pruning (issue 20) and Zhou et al.'s criterion (issue 23): at these defaults,
     # magnitude pruning of weights as before
     PruneConfig: {"criterion": "magnitude", "granularity": "weight", "channel_score": "l1_filter",
-                  "groups": "block_internal"},
+                  "groups": "block_internal", "rank_batches": 5, "rank_batch_size": 128},
+    # issue 27: Synaptic-Flow's random scoring sample (class_balanced: as before)
+    AtInitConfig: {"sample": "class_balanced"},
 }
 
 

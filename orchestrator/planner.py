@@ -293,6 +293,7 @@ class _Builder:
                     seed=derived_seed("random_init", r, k, level) if method == "random_init" else 0,
                     examples_per_class=a.scoring.examples_per_class if data else 0,
                     bn_mode=a.scoring.bn_mode if data else "eval",
+                    sample=a.scoring.sample if data else "class_balanced",
                     temperature=a.grasp.temperature if method.startswith("grasp") else 0.0,
                     iterations=a.synflow.iterations if method == "synflow" else 1,
                     schedule=a.synflow.schedule if method == "synflow" else "exponential",

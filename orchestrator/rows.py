@@ -70,6 +70,7 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "granularity": meta.granularity,
             "channel_density": res.get("channel_density"),
             "flops_fraction": res.get("flops_fraction"),
+            "disconnected": res.get("disconnected"),
         }
         metrics = [
             {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],

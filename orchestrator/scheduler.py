@@ -734,7 +734,10 @@ def _key_result(record: dict[str, Any]) -> str:
     result = record.get("result") or {}
     if record.get("kind") == "train" and "test_accuracy" in result:
         # the report's units: percent, and percentage points for barriers
-        return f"test accuracy {100 * result['test_accuracy']:.2f}%, density {100 * result['density']:.3g}%"
+        line = f"test accuracy {100 * result['test_accuracy']:.2f}%, density {100 * result['density']:.3g}%"
+        if result.get("disconnected"):  # layer collapse: the accuracy is chance whatever training did
+            line += f"; DISCONNECTED: {result.get('disconnection') or 'the mask cuts the network'}"
+        return line
     barriers = {i["split"]: i["barrier"] for i in result.get("instability", [])}
     return ", ".join(f"{split} barrier {100 * b:+.2f} pp" for split, b in sorted(barriers.items()))
 

@@ -45,6 +45,9 @@ RUNS = pa.schema(
         ("granularity", pa.string()),  # pruning.granularity: weight | channel
         ("channel_density", pa.float64()),  # alive / all channels of the pruned groups; null: weight granularity
         ("flops_fraction", pa.float64()),  # Conv/Linear multiply-accumulates with the mask over dense; null: not recorded
+        # layer collapse (trainers/connectivity.py): a prunable layer with no weight left, or no path of
+        # kept weights from input to output; null: recorded before this column existed
+        ("disconnected", pa.bool_()),
     ]
 )
 

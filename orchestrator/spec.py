@@ -184,7 +184,8 @@ class TrainSpec(_Model):
 
 
 class ScoringSpec(_Model):
-    examples_per_class: int = Field(10, ge=1, le=L.MAX_SCORING_EXAMPLES, description="snip, grasp, grasp_abs: training examples of every class in the scoring batch (class-balanced; drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP" + _at_most(L.MAX_SCORING_EXAMPLES))
+    examples_per_class: int = Field(10, ge=1, le=L.MAX_SCORING_EXAMPLES, description="snip, grasp, grasp_abs: the scoring batch holds examples_per_class x classes training examples (drawn along a data-order stream of its own, seeded by sweep.data_seed and k; augmented when data.augment), 10 as Synaptic-Flow and GraSP" + _at_most(L.MAX_SCORING_EXAMPLES))
+    sample: Literal["class_balanced", "random"] = Field("class_balanced", description="snip, grasp, grasp_abs: which examples: class_balanced (examples_per_class of every class, the first met along the stream; GraSP's code) or random (the first examples_per_class x classes of the stream, whatever their classes: Synaptic-Flow's code, prune_dataset_ratio 10); part of the job id when random")
     bn_mode: Literal["eval", "train"] = Field("eval", description="snip, grasp, grasp_abs: BatchNorm while scoring: eval (running statistics, as Synaptic-Flow) or train (batch statistics, as the GraSP authors' code); synflow always scores in eval mode")
 
 
@@ -232,6 +233,11 @@ class EarlyBirdSpec(_Model):
         return self
 
 
+class HRankSpec(_Model):
+    batches: int = Field(5, ge=1, le=L.MAX_BN_BATCHES, description="channel_score hrank: training batches whose images the feature-map ranks are averaged over (HRank's rank_generation.py: --limit 5)" + _at_most(L.MAX_BN_BATCHES))
+    batch_size: int = Field(128, gt=0, le=L.MAX_BATCH_SIZE, description="channel_score hrank: images per batch (HRank's train batch size 128)" + _at_most(L.MAX_BATCH_SIZE))
+
+
 class PruningSpec(_Model):
     strategy: Literal["magnitude_global", "magnitude_layerwise"] = Field("magnitude_global", description='magnitude pruning over all prunable tensors at once (global) or per tensor (layerwise)')
     fraction: float = Field(0.2, gt=0, lt=1, description='fraction of the remaining prunable weights removed at each level')
@@ -249,11 +255,13 @@ class PruningSpec(_Model):
         "fraction is then of the remaining channels, and strategy magnitude_global ranks channels over all "
         "groups, magnitude_layerwise within each)",
     )
-    channel_score: Literal["l1_filter", "bn_gamma"] = Field(
+    channel_score: Literal["l1_filter", "bn_gamma", "hrank"] = Field(
         "l1_filter",
-        description="granularity channel: l1_filter (L1 norm of the filter, Li et al. 2017) or bn_gamma "
-        "(|BatchNorm scale|, network slimming; train with train.l1_gamma > 0)",
+        description="granularity channel: l1_filter (L1 norm of the filter, Li et al. 2017), bn_gamma "
+        "(|BatchNorm scale|, network slimming; train with train.l1_gamma > 0) or hrank (average matrix rank "
+        "of the channel's feature maps over pruning.hrank's training batches, Lin et al. 2020)",
     )
+    hrank: HRankSpec = Field(default_factory=HRankSpec, description="channel_score hrank: the images the feature-map ranks are averaged over")
     groups: Literal["block_internal", "coupled"] = Field(
         "block_internal",
         description="granularity channel: block_internal (channels inside residual blocks and of plain "
@@ -280,9 +288,11 @@ class PruningSpec(_Model):
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
+        # hrank's images are part of a job only when hrank reads them (elsewhere: the defaults, out of the id)
+        ranks = {"rank_batches": self.hrank.batches, "rank_batch_size": self.hrank.batch_size} if self.channel_score == "hrank" else {}
         return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
                            criterion=self.criterion, granularity=self.granularity,
-                           channel_score=self.channel_score, groups=self.groups)
+                           channel_score=self.channel_score, groups=self.groups, **ranks)
 
 
 class BranchSpec(_Model):
@@ -425,6 +435,13 @@ class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=L.MAX_NAME_LENGTH, description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)" + _at_most(L.MAX_NAME_LENGTH) + " characters")
     model: str = Field(description=f"network: one of {', '.join(model_names())} (trainers/models.py)")
+    bn_scale_init: float | None = Field(
+        None, gt=0,
+        description="BatchNorm scales at initialisation: null keeps the model's own (U(0, 1) for the CIFAR "
+        "ResNets and VGGs, open_lth's choice); a number fills every scale with it (0.5: network slimming, "
+        "Liu et al. 2017, and the early-bird reference code, You et al. 2020). Part of the job id when set; "
+        "needs a model with BatchNorm",
+    )
     data: DataSpec = Field(default_factory=DataSpec, description='the data set')
     train: TrainSpec = Field(description='training hyperparameters, shared by every job')
     pruning: PruningSpec = Field(default_factory=PruningSpec, description='iterative magnitude pruning')
@@ -545,6 +562,9 @@ class ExperimentSpec(_Model):
                 raise SpecError("pruning.at_init.scoring.examples_per_class",
                                 f"{a.scoring.examples_per_class} per class x {info.num_classes} classes = {need} "
                                 f"examples, more than the training set holds ({info.num_train})")
+        if self.pruning.channel_score == "hrank" and self.pruning.hrank.batch_size > info.num_train:
+            raise SpecError("pruning.hrank.batch_size", f"{self.pruning.hrank.batch_size} images a batch, more than "
+                                                        f"the training set holds ({info.num_train})")
         if b.seeds and "rewind" not in self.pruning.retrain:
             raise SpecError(
                 "sweep.branch.seeds",
@@ -611,6 +631,7 @@ class ExperimentSpec(_Model):
             bn_sync=t.bn_sync,
             bn_batch=t.bn_batch,
             l1_gamma=t.l1_gamma,
+            bn_scale_init=self.bn_scale_init,
         )
 
     def prune_config(self, strategy: str | None = None) -> PruneConfig:

@@ -161,3 +161,57 @@ def test_the_data_package_imports_one_way():
 
     circles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
     assert not circles, "import circles in trainers/data: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def product_imports() -> dict[str, set[str]]:
+    """module -> the product modules (trainers.*, orchestrator.*) it imports, at the top or inside
+    a function; `from pkg import name` counts as importing pkg.name when that is a module."""
+    modules: dict[str, pathlib.Path] = {}
+    for top in PRODUCT:
+        for path in (ROOT / top).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolved against this module's package
+                    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                    base = base[: len(base) - node.level + 1]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                for a in node.names:
+                    if f"{mod}.{a.name}" in modules:
+                        found.add(f"{mod}.{a.name}")
+                    elif mod in modules:
+                        found.add(mod)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in modules}
+        graph[name] = found - {name}
+    return graph
+
+
+# Known, and the lead's to untangle (issue 27's scope leaves it alone): the planner calls
+# early_bird_plan, which imports the planner's helpers back.
+KNOWN_CIRCLES = [{"orchestrator.planner", "orchestrator.early_bird_plan"}]
+
+
+def test_the_product_imports_one_way():
+    """No import circle in trainers/ or orchestrator/, lazy imports included (a circle works only
+    while every import of it stays lazy, and fails at import time the day one moves to the top)."""
+    graph = product_imports()
+    assert "trainers.pruning" in graph["trainers.methods.base"]  # the parser sees edges
+    assert "trainers.methods.at_init" in graph["trainers.methods"]
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == start:
+                return path + [start]
+            if nxt not in path and (found := cycle_from(start, path + [nxt])):
+                return found
+        return None
+
+    circles = [c for m in sorted(graph) if (c := cycle_from(m, [m])) and set(c) not in KNOWN_CIRCLES]
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)

@@ -260,7 +260,7 @@ def test_model_validate_directly_gives_spec_errors_too():
 
 
 PAPER_CONFIGS = ["cifar10_resnet20_lmc.yaml", "cifar10_vgg16_imp.yaml", "imagenet_resnet50_rewind.yaml",
-                 "imagenet_resnet18_ffcv.yaml"]
+                 "imagenet_resnet18_ffcv.yaml", "cifar10_vgg19_slimming.yaml", "cifar10_vgg16_hrank.yaml"]
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

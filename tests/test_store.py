@@ -19,7 +19,7 @@ def _run_row(job_id: str, level: int, density: float) -> dict:
         "node": "n", "device": "cpu", "world_size": 1, "config_hash": "c0", "deterministic": True, "diverged": False,
         "weights_path": f"artifacts/{job_id}/weights.pt",
         "mask_path": f"artifacts/{job_id}/mask.pt", "weight_correlation": 0.9,
-        "granularity": "weight", "channel_density": None, "flops_fraction": 1.0,
+        "granularity": "weight", "channel_density": None, "flops_fraction": 1.0, "disconnected": False,
     }
 
 

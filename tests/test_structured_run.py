@@ -44,6 +44,9 @@ def test_structured_and_early_bird_sweep_end_to_end(ray_session, tmp_path, capsy
     assert store.read_table("early_bird", "demo_structured").schema.names == TABLES["early_bird"].names
     retrains = sorted(r["retrain"] for r in runs.values() if r["role"] == "early_bird")
     assert retrains == ["eb_continue", "eb_reinit", "eb_rewind", "eb_search"]
+    for r in runs.values():  # the retrains are channel-pruned: their density counts the search's ticket
+        if r["role"] == "early_bird" and r["retrain"] != "eb_search":
+            assert r["channel_density"] == pytest.approx(eb[0]["channels_kept"] / 32), r["retrain"]
     cont = next(r for r in runs.values() if r["retrain"] == "eb_continue")
     assert cont["start_iter"] == eb[0]["detect_iter"] == 23
     capsys.readouterr()

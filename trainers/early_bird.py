@@ -2,8 +2,12 @@
 
 As the reference code (GATECH-EIC/Early-Bird-Tickets, main.py) does it, which is stricter than
 the paper's wording, and named so:
-- mask: the BatchNorm scales |gamma| of every BatchNorm layer concatenated in module order (one
-  global ranking); t = sorted(|gamma|)[int(C * p)] and a channel is kept when |gamma| > t
+- mask: one score per channel of `groups`' channel groups (trainers/structure.py), concatenated in
+  group order (one global ranking): |gamma| of the BatchNorm after the channel's convolution,
+  and for a group of several producers (groups: coupled, channels that meet at a residual add)
+  the sum of their |gamma| (trainers.methods.channels.bn_gamma), so a coupled channel is ranked
+  once, by its summed scales, not each layer's scale on its own as the reference (which has no
+  coupled groups) does; t = sorted(scores)[int(C * p)] and a channel is kept when its score > t
   (strict: channels tied at t go too, so int(C * p) + 1 or more are removed);
 - distance: normalised Hamming distance, 1 - #{m_i == m_j} / C;
 - detector: at the start of each epoch the newest mask is pushed on a FIFO of `queue` masks;
@@ -24,15 +28,6 @@ import torch.nn as nn
 
 from trainers.early_bird_files import DISTANCES_FILE, SCALES_FILE, detection_file, mask_file, weights_file  # noqa: F401
 from trainers.pruning import remove_smallest
-
-
-def bn_scales(model: nn.Module) -> torch.Tensor:
-    """|gamma| of every BatchNorm layer, concatenated in module order (CPU, float64)."""
-    parts = [m.weight.detach().abs().to("cpu", torch.float64).reshape(-1) for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
-    if not parts:
-        raise ValueError("early-bird channel masks need BatchNorm layers; the model has none")
-    return torch.cat(parts)
 
 
 def reference_mask(scales: torch.Tensor, fraction: float) -> torch.Tensor:

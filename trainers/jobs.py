@@ -89,6 +89,10 @@ class TrainConfig:
     # Network slimming (Liu et al. 2017): l1_gamma * sign(gamma) added to every BatchNorm scale's
     # gradient after backward. Left out of the job id at 0 (orchestrator/jobid.py).
     l1_gamma: float = 0.0
+    # BatchNorm scales at initialisation (trainers.models.build_model): None, the model's own
+    # (U(0, 1) for the CIFAR networks); a number fills them (0.5: network slimming, early-bird).
+    # Left out of the job id at None (orchestrator/jobid.py).
+    bn_scale_init: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,12 @@ class PruneConfig:
     # Structured pruning (trainers/structure.py, trainers/methods/channels.py); left out of the
     # job id at their defaults, so weight-granularity jobs keep their ids.
     granularity: Literal["weight", "channel"] = "weight"
-    channel_score: Literal["l1_filter", "bn_gamma"] = "l1_filter"
+    channel_score: Literal["l1_filter", "bn_gamma", "hrank"] = "l1_filter"
     groups: Literal["block_internal", "coupled"] = "block_internal"
+    # hrank (Lin et al. 2020): the average feature-map rank over this many training batches of
+    # this size (the reference's 5 of 128); read by hrank alone, left out of the id at these defaults.
+    rank_batches: int = 5
+    rank_batch_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,10 @@ class AtInitConfig:
     examples_per_class: int = 0  # snip/grasp: the class-balanced scoring batch (seeded by data_seed and k;
     # augmented as training batches are, when data.augment)
     bn_mode: Literal["eval", "train"] = "eval"  # snip/grasp: BatchNorm while scoring (SynFlow: always eval)
+    # snip/grasp: which examples_per_class x classes examples are scored: class_balanced (the first
+    # of each class along the scoring stream) or random (the first that many of the stream, whatever
+    # their classes: Synaptic-Flow's prune_dataset_ratio). Left out of the id at its default.
+    sample: Literal["class_balanced", "random"] = "class_balanced"
     temperature: float = 0.0  # grasp/grasp_abs: logits / T
     iterations: int = 1  # synflow: rounds of scoring and pruning
     schedule: Literal["exponential", "linear"] = "exponential"  # synflow: kept count after each round
@@ -180,6 +192,10 @@ class TrainJob:
     # continues from the detection point its search recorded (TrainPaths.detection).
     early_bird: EarlyBirdConfig | None = None
     start_at_detection: bool = False
+    # Reporting only: the channel groups (pruning.groups mode, ignore patterns) over which a job
+    # whose channel mask was made elsewhere (an early-bird retrain of a channel search) reports
+    # runs.channel_density. No weight depends on it, so it is never part of the id (jobid._EXCLUDED).
+    channel_report: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def stop_iter(self) -> int:
@@ -268,6 +284,10 @@ class TrainResult:
     flops_fraction: float | None = None
     early_bird: list[dict] | None = None  # a search's detections, one per fraction (trainers/early_bird.py)
     nonfinite_iter: int | None = None  # the first iteration whose training loss was not finite: the job stopped there
+    # Layer collapse (trainers/connectivity.py): the mask leaves a prunable layer empty or no path
+    # from input to output; `disconnection` says which. None: recorded before this was measured.
+    disconnected: bool | None = None
+    disconnection: str | None = None
 
 
 @dataclass

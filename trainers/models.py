@@ -237,9 +237,14 @@ def _check_args(input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ..
     return shape
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int,
+                bn_scale_init: float | None = None) -> nn.Module:
     """Build `name` on CPU with an initialisation that depends on `seed` only.
 
+    `bn_scale_init`: None keeps each model's own BatchNorm scales (U(0, 1) for the lottery CIFAR
+    networks, open_lth's choice); a number fills every BatchNorm scale with it after the draw
+    (0.5: network slimming and the early-bird reference code). Filling after the draw leaves
+    every other parameter's value as the default init gives it, so W0 differs in the scales only.
     The global RNG is forked, so the caller's RNG state is neither read nor changed.
     """
     factory = _factory(name)
@@ -247,7 +252,19 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         with torch.device("cpu"):
-            return factory(shape, int(num_classes))
+            model = factory(shape, int(num_classes))
+    if bn_scale_init is not None:
+        fill_bn_scales(model, float(bn_scale_init))
+    return model
+
+
+def fill_bn_scales(model: nn.Module, value: float) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    if not norms:
+        raise ValueError(f"bn_scale_init: {value} is given, but the model has no BatchNorm layer to fill")
+    with torch.no_grad():
+        for m in norms:
+            m.weight.fill_(value)
 
 
 def meta_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -43,7 +43,7 @@ from trainers.pruning import MaskApplier, density, masked_weights
 from trainers.runtime import Runtime
 from trainers.stacked import COUNTER, build_stacked, member_logits_loss, member_state, stack_inputs, stack_problem
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, device_name, fingerprint, lr_for, make_optimizer, rewind_file, saved_rewind_points, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, collapse, device_name, fingerprint, lr_for, make_optimizer, rewind_file, saved_rewind_points, starting_point, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -58,7 +58,7 @@ def packing_problem(jobs: Sequence[TrainJob]) -> str | None:
     for i, job in enumerate(jobs):
         # the slimming penalty and structured masks (BatchNorm, biases) are the single loop's
         if (job.train.l1_gamma or (job.prune is not None and job.prune.granularity == "channel")
-                or job.early_bird is not None or job.start_at_detection):
+                or job.early_bird is not None or job.start_at_detection or job.channel_report is not None):
             return f"job {i} is structured or trains with train.l1_gamma: trained alone"
     for i, job in enumerate(jobs[1:], 1):
         if job.train != first.train:
@@ -190,14 +190,14 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
     states, masks, metrics, initials = [], [], [], []
     resumed = ckpts[0] is not None
     # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded (train())
-    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job0.init_seed).to(dtype)
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job0.init_seed, bn_scale_init=cfg.bn_scale_init).to(dtype)
     for job, p, ckpt in zip(jobs, paths, ckpts):
         if ckpt is not None:
             weights, mask, rows = ckpt["model"], ckpt["mask"], [MetricRow(**m) for m in ckpt["metrics"]]
-            w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(dtype)
+            w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed, bn_scale_init=cfg.bn_scale_init).to(dtype)
             initials.append(masked_weights(*starting_point(job, p, w0, info, data)))  # the weight correlation's start
         else:
-            w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(dtype)
+            w0 = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed, bn_scale_init=cfg.bn_scale_init).to(dtype)
             weights, mask = starting_point(job, p, w0, info, data)
             initials.append(masked_weights(weights, mask))
             rows = []
@@ -324,6 +324,7 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
             strategy="stacked",
             weight_correlation=correlation,
             layers=layers,
+            **collapse(model, masks[k], masks[k], info.input_shape),
         )
         checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
         ckpt_path = os.path.join(out, CHECKPOINT)

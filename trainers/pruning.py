@@ -149,8 +149,7 @@ def _global_magnitude(weights: Mapping[str, torch.Tensor], mask: Mask, fraction:
     return {k: p.reshape(mask[k].shape) for k, p in zip(names, parts)}
 
 
-def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, seed: int = 0,
-          initial: Mapping[str, torch.Tensor] | None = None) -> Mask:
+def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, seed: int = 0) -> Mask:
     """The mask of level l+1 from level l's final `weights` (a state_dict) and its `mask`.
 
     Only the mask's tensors are considered (others in `weights`, e.g. biases, are ignored).
@@ -158,8 +157,7 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
     and comes back shuffled within each layer (`shuffle_within_layers`; `weights` and the
     fraction are unused). `seed` only matters for it. Returns new CPU bool tensors.
 
-    `cfg.criterion` "magnitude_increase" ranks by |w_T| - |w_k| (trainers/methods/magnitude.py),
-    `initial` being W_k, at the same counts and with the same tie-break.
+    Another `cfg.criterion` ("magnitude_increase") is trainers.methods.magnitude.criterion_mask's.
     """
     check_strategy(cfg.strategy)
     check_fraction(cfg.fraction)
@@ -169,18 +167,8 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
     mask = {k: m.cpu() for k, m in mask.items()}
 
     if cfg.strategy != "random" and cfg.criterion != "magnitude":
-        from trainers.methods import METHODS, ScoreInputs, select
-
-        if initial is None:
-            raise ValueError(f"prune criterion {cfg.criterion}: needs the weights training started from (W_k)")
-        _check_keys(initial, mask)
-        scores = METHODS[cfg.criterion](ScoreInputs(weights=weights, mask=mask, initial=initial))
-        alive = [int(m.count_nonzero()) for m in mask.values()]
-        if cfg.strategy == "magnitude_global":
-            keep = [sum(alive) - prune_count(sum(alive), cfg.fraction)]
-        else:
-            keep = [a - prune_count(a, cfg.fraction) for a in alive]
-        return select(scores, mask, keep, "global" if cfg.strategy == "magnitude_global" else "layerwise")
+        # scored by trainers/methods, which imports this module: the caller goes there instead
+        raise ValueError(f"prune criterion {cfg.criterion}: use trainers.methods.magnitude.criterion_mask")
 
     if cfg.strategy == "magnitude_global":
         return _global_magnitude(weights, mask, cfg.fraction)

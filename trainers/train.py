@@ -62,15 +62,21 @@ def fingerprint(job: TrainJob) -> str:
     (`add_missing_rewind_points`)."""
     fields = dataclasses.asdict(job)
     fields["train"]["data"].pop("root", None)
-    for name, default in (("bn_sync", "global"), ("bn_batch", None)):  # as in the job id: older checkpoints resume
+    for name, default in (("bn_sync", "global"), ("bn_batch", None), ("bn_scale_init", None)):  # as in the job id: older checkpoints resume
         if fields["train"].get(name) == default:
             fields["train"].pop(name)
     fields.pop("save_iters", None)
+    fields.pop("channel_report", None)  # a measure, not part of the job (as in the id)
     for name, default in (("at_init", None), ("reinit_keep_signs", False)):  # as the job id: old checkpoints resume
         if fields.get(name) == default:
             fields.pop(name)
     if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
         fields["prune"].pop("criterion")
+    # fields added since (issues 27, 28), as in the id: a checkpoint written before them resumes
+    for section, name, default in (("prune", "rank_batches", 5), ("prune", "rank_batch_size", 128),
+                                   ("at_init", "sample", "class_balanced")):
+        if fields.get(section) and fields[section].get(name) == default:
+            fields[section].pop(name)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -141,15 +147,19 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
 
         mask = mask_at_init(job, w_k, model, lambda: data or open_data(job.train.data, torch.device("cpu")))
     elif job.prune is not None and job.prune.granularity == "channel":
-        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent)
+        mask = channel_step(job, model, checkpoint.load_mask(paths.parent_mask) if paths.parent_mask else mask, parent,
+                            lambda: data or open_data(job.train.data, torch.device("cpu")))
     elif job.prune is not None and job.prune.strategy == "random":  # IMP's mask of this level, shuffled
         mask = shuffle_within_layers(mask, job.prune_seed)
+    elif job.prune is not None and job.prune.criterion != "magnitude":  # Zhou et al.'s criteria
+        from trainers.methods.magnitude import criterion_mask
+
+        mask = criterion_mask({n: parent[n] for n in names}, mask, job.prune, {n: w_k[n] for n in names})
     elif job.prune is not None:
-        initial = {n: w_k[n] for n in names} if job.prune.criterion != "magnitude" else None
-        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed, initial=initial)
+        mask = prune({n: parent[n] for n in names}, mask, job.prune, seed=job.prune_seed)
 
     if job.reinit_seed is not None:  # control: IMP's mask, fresh weights
-        fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed)
+        fresh = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.reinit_seed, bn_scale_init=job.train.bn_scale_init)
         weights = checkpoint.state_dict_cpu(fresh)
         if job.reinit_keep_signs:  # Zhou et al.'s control: fresh magnitudes, the signs of W_k
             weights = {n: (v.abs() * torch.where(w_k[n] < 0, -1.0, 1.0).to(v.dtype) if n in mask else v)
@@ -165,10 +175,12 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
     return weights, mask
 
 
-def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None) -> dict:
+def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, parent: dict | None,
+                 open_data_cpu=None) -> dict:
     """The structured head of a level: channel flags read from the parent's mask, pruned (or
     shuffled, for the random control) and expanded into a parameter mask over the prunable
-    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices)."""
+    weights (density) and everything a dead channel zeroes (biases, BatchNorm, input slices).
+    `open_data_cpu`: the job's data, for a score that needs it (hrank)."""
     from trainers.methods.channels import prune_channels, shuffle_channels
 
     cfg = job.prune
@@ -176,6 +188,8 @@ def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, paren
     alive = structure.alive_channels(groups, parent_mask)
     if cfg.strategy == "random":  # IMP's channel mask of this level, shuffled within each group
         alive = shuffle_channels(alive, job.prune_seed)
+    elif cfg.channel_score == "hrank":
+        alive = prune_channels(parent, alive, groups, cfg, scores=hrank_of(job, model, parent, groups, open_data_cpu()))
     else:
         alive = prune_channels(parent, alive, groups, cfg)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -183,6 +197,19 @@ def channel_step(job: TrainJob, model: torch.nn.Module, parent_mask: dict, paren
     for name, part in structure.expand(groups, alive, shapes).items():
         mask[name] = mask[name] & part if name in mask else part
     return mask
+
+
+def hrank_of(job: TrainJob, model: torch.nn.Module, weights: dict, groups, data: DataBundle) -> dict:
+    """HRank's scores of the parent's weights: `rank_batches` batches of `rank_batch_size` along a
+    data-order stream of their own (seeded by the data seed and k, as pruning at init's scoring
+    batch: order.scoring_stream_seed), so the scores are a pure function of what the id covers."""
+    from trainers.data.order import scoring_stream_seed
+    from trainers.methods.channels import hrank_scores
+
+    cfg = job.prune
+    stream = data.train_stream(scoring_stream_seed(job.data_seed, job.start_iter), cfg.rank_batch_size, 0)
+    batches = (next(stream)[0].cpu() for _ in range(cfg.rank_batches))
+    return hrank_scores(model, weights, groups, batches)
 
 
 def make_optimizer(job: TrainJob, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -257,7 +284,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     data = open_data(cfg.data, device, rt.data_cache, num_workers=rt.loader_workers())
     info = data.info
     # fp64 before any weights are loaded, so that a float64 checkpoint is never rounded on resume
-    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed).to(param_dtype(cfg.precision))
+    model = build_model(cfg.model, info.input_shape, info.num_classes, seed=job.init_seed, bn_scale_init=cfg.bn_scale_init).to(param_dtype(cfg.precision))
 
     # --- starting point: a checkpoint of this very job, or the job's inputs -------------------
     fp = fingerprint(job)
@@ -412,6 +439,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         **structured_measures(job, model, mask, info.input_shape),
         early_bird=search.finish(end, model) if search is not None else None,
         nonfinite_iter=nonfinite_iter,
+        **collapse(model, mask, _prunable_part(job, model, mask), info.input_shape),
     )
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
@@ -458,12 +486,26 @@ def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
     return part or mask
 
 
+def collapse(model: torch.nn.Module, mask: dict, prunable: dict, input_shape) -> dict:
+    """Whether the mask disconnects the network (layer collapse), and why."""
+    from trainers.connectivity import disconnection
+
+    why = disconnection(model, mask, prunable, tuple(input_shape))
+    return {"disconnected": why is not None, "disconnection": why}
+
+
 def structured_measures(job: TrainJob, model: torch.nn.Module, mask: dict, input_shape) -> dict:
-    """flops_fraction for every run; channel_density for a channel-granularity run."""
+    """flops_fraction for every run; channel_density for a channel-granularity run, and for a run
+    on a channel mask made elsewhere (an early-bird retrain: `job.channel_report`)."""
     out: dict = {"flops_fraction": structure.flops_fraction(model, mask, tuple(input_shape))}
     if job.prune is not None and job.prune.granularity == "channel":
-        groups = structure.channel_groups(model, job.prune.groups, job.prune.ignore)
-        out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
+        mode, ignore = job.prune.groups, job.prune.ignore
+    elif job.channel_report is not None:
+        mode, ignore = job.channel_report
+    else:
+        return out
+    groups = structure.channel_groups(model, mode, ignore)
+    out["channel_density"] = structure.channel_density(structure.alive_channels(groups, mask))
     return out
 
 
@@ -492,7 +534,8 @@ def add_missing_rewind_points(job: TrainJob, out: str, result: TrainResult | Non
             from trainers.data.ondisk import describe
 
             info = describe(job.train.data)
-            model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed)
+            model = build_model(job.train.model, info.input_shape, info.num_classes, seed=job.init_seed,
+                                bn_scale_init=job.train.bn_scale_init)
             checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(0)))
             missing = missing[1:]
         if missing:  # before the broadcast, so that no rank enters the scratch directory first

@@ -328,6 +328,19 @@ def job_outcomes_line(store, experiment: str) -> str | None:
             "them with their reasons")
 
 
+def collapse_line(store, experiment: str) -> str | None:
+    """How many train jobs' masks disconnect the network (layer collapse), by family (None: none)."""
+    runs = store.read_table("runs", experiment).select(["disconnected", "role", "retrain", "prune_strategy"]).to_pylist()
+    cut = [r for r in runs if r["disconnected"]]
+    if not cut:
+        return None
+    families = sorted({f"{r['role']} {r['prune_strategy']} {r['retrain']}" for r in cut})
+    shown = ", ".join(families[:6]) + (f" and {len(families) - 6} more" if len(families) > 6 else "")
+    return (f"{len(cut)} of {len(runs)} train jobs have a mask that disconnects the network (layer collapse: a "
+            f"layer with no weight left, or no path from input to output), so their accuracy is chance whatever "
+            f"training did: {shown}; runs.disconnected marks them")
+
+
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
             profile_level: int | None = None, titles: bool = True) -> int:
@@ -389,6 +402,9 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     outcomes = job_outcomes_line(store.results, experiment)
     if outcomes:
         notes.append(outcomes)
+    collapsed = collapse_line(store.results, experiment)
+    if collapsed:
+        notes.append(collapsed)
 
     key, dense_line = key_tables(res, threshold, progress.planned_levels,
                                  num_classes=read_num_classes(store, experiment, cache))

@@ -6,7 +6,9 @@ on CPU, finite wherever the mask is alive). Higher scores are kept. Every method
 by position, smaller flat index removed first), so counts are exactly the planned ones and a
 weight that is already pruned is never revived, whatever score it got.
 
-The registry is a plain dict, name -> scorer:
+The interface (`ScoreInputs`, `select`) lives in base.py, which the scorers import, so that no
+module of this package imports the package itself (no import circle). The registry is a plain
+dict, name -> scorer:
 
 - IMP's criteria (magnitude.py; Zhou et al. 2019, "Deconstructing Lottery Tickets"):
   `magnitude` |w_T| (large_final, today's IMP), `magnitude_increase` |w_T| - |w_k|.
@@ -17,90 +19,29 @@ The registry is a plain dict, name -> scorer:
   `magnitude_init` |W_k| and `random_init` (i.i.d. normal scores).
 
 Structured (channel) methods live beside these: channels.py scores whole channels (`l1_filter`,
-`bn_gamma`) and ends in the same selector, over channels instead of weights.
+`bn_gamma`, `hrank`) and ends in the same selector, over channels instead of weights.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Sequence
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from trainers.pruning import Mask, remove_smallest
+from trainers.methods import at_init, magnitude
+from trainers.methods.base import ScoreInputs, Scorer, select  # noqa: F401  (the interface, re-exported)
+from trainers.pruning import Mask
 
 
-@dataclass
-class ScoreInputs:
-    """What a scorer may read. Only `weights` and `mask` are always set."""
-
-    weights: Mapping[str, torch.Tensor]  # a state_dict (CPU): the weights being scored
-    mask: Mask  # the prunable tensors and which of their entries are alive
-    initial: Mapping[str, torch.Tensor] | None = None  # magnitude_increase: W_k
-    model: nn.Module | None = None  # at-init methods: a model of the right architecture (copied, never changed)
-    batch: tuple[torch.Tensor, torch.Tensor] | None = None  # snip/grasp: the class-balanced scoring batch
-    input_shape: tuple[int, ...] = ()  # synflow: one example's shape
-    bn_mode: str = "eval"  # "eval" | "train": BatchNorm while scoring with data
-    temperature: float = 200.0  # grasp: logits / T
-    seed: int = 0  # random_init
-    # snip/grasp: loss(outputs, targets); cross-entropy on logits, as in all three papers (the
-    # oracle tests put a least-squares loss here, whose Hessian has a closed form)
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
-
-
-Scorer = Callable[[ScoreInputs], dict[str, torch.Tensor]]
-
-
-def select(scores: Mapping[str, torch.Tensor], mask: Mask, keep: Sequence[int], scope: str, invert: bool = False) -> Mask:
-    """The mask keeping exactly `keep` alive entries of highest score: `keep` is one total
-    (scope "global", over the concatenation of the tensors in mask order) or one count per tensor
-    in mask order (scope "layerwise"). `invert` keeps the lowest scores instead (Frankle et al.
-    2021's score inversion), at the same counts. Scores of dead entries are ignored."""
-    names = list(mask)
-    keep = [int(c) for c in keep]
-    if scope == "global":
-        groups, counts = [names], keep
-    elif scope == "layerwise":
-        groups, counts = [[n] for n in names], keep
-    else:
-        raise ValueError(f"scope must be global or layerwise, got {scope!r}")
-    if len(counts) != len(groups):
-        raise ValueError(f"keep: {len(counts)} counts for {len(groups)} groups of scope {scope}")
-    out: Mask = {}
-    for group, count in zip(groups, counts):
-        alive = torch.cat([mask[n].reshape(-1).cpu() for n in group])
-        flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", torch.float64) for n in group])
-        if invert:
-            flat = -flat
-        if not bool(torch.isfinite(flat).logical_or_(~alive).all()):
-            raise ValueError(f"scores of {group[0]!r}{' ...' if len(group) > 1 else ''} hold NaN or inf among alive entries")
-        n_alive = int(alive.count_nonzero())
-        if not 0 <= count <= n_alive:
-            raise ValueError(f"keep: cannot keep {count} of {n_alive} alive weights in {group[0]!r}")
-        new = remove_smallest(flat, alive, n_alive - count)
-        for n, part in zip(group, torch.split(new, [mask[n].numel() for n in group])):
-            out[n] = part.reshape(mask[n].shape)
-    return out
-
-
-def _registry() -> dict[str, Scorer]:
-    from trainers.methods import at_init, magnitude
-
-    return {
-        "magnitude": magnitude.large_final,
-        "magnitude_increase": magnitude.magnitude_increase,
-        "snip": at_init.snip,
-        "grasp": at_init.grasp,
-        "grasp_abs": at_init.grasp_abs,
-        "synflow": at_init.synflow,
-        "magnitude_init": at_init.magnitude_init,
-        "random_init": at_init.random_init,
-    }
-
-
-METHODS: dict[str, Scorer] = _registry()
+METHODS: dict[str, Scorer] = {
+    "magnitude": magnitude.large_final,
+    "magnitude_increase": magnitude.magnitude_increase,
+    "snip": at_init.snip,
+    "grasp": at_init.grasp,
+    "grasp_abs": at_init.grasp_abs,
+    "synflow": at_init.synflow,
+    "magnitude_init": at_init.magnitude_init,
+    "random_init": at_init.random_init,
+}
 ITERATIVE = frozenset({"synflow"})  # scored again after each of `iterations` rounds
 AT_INIT = ("snip", "grasp", "grasp_abs", "synflow", "magnitude_init", "random_init")
 USES_DATA = frozenset({"snip", "grasp", "grasp_abs"})  # need the scoring batch (and bn_mode)

@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from trainers.methods import ScoreInputs
+from trainers.methods.base import ScoreInputs
 
 
 def _loaded_copy(inp: ScoreInputs, dtype: torch.dtype | None = None) -> torch.nn.Module:

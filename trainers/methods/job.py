@@ -46,6 +46,22 @@ def scoring_batch(data: DataBundle, data_seed: int, k: int, per_class: int) -> t
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
+def random_sample(data: DataBundle, data_seed: int, k: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `size` training examples along the scoring stream (the stream of
+    `scoring_batch`), whatever their classes: a uniformly random draw without replacement, as
+    Synaptic-Flow's code scores SNIP and GraSP on a random subset of 10 x classes examples."""
+    bs = min(SCORING_BATCH, data.info.num_train)
+    stream = data.train_stream(scoring_stream_seed(data_seed, k), bs, 0)
+    xs, ys, have = [], [], 0
+    while have < size:
+        x, y = next(stream)
+        take = min(size - have, len(y))
+        xs.append(x[:take].cpu())
+        ys.append(y[:take].cpu())
+        have += take
+    return torch.cat(xs), torch.cat(ys)
+
+
 def mask_at_init(job: TrainJob, weights: dict[str, torch.Tensor], model: torch.nn.Module,
                  open_data: Callable[[], DataBundle]) -> Mask:
     """The mask of `job.at_init` from W_k (`weights`); `model` is any model of the job's
@@ -58,7 +74,11 @@ def mask_at_init(job: TrainJob, weights: dict[str, torch.Tensor], model: torch.n
                       temperature=a.temperature)
     if a.method in USES_DATA:
         data = open_data()
-        inp.batch = scoring_batch(data, job.data_seed, job.start_iter, a.examples_per_class)
+        if a.sample == "random":
+            size = a.examples_per_class * int(data.info.num_classes)
+            inp.batch = random_sample(data, job.data_seed, job.start_iter, size)
+        else:
+            inp.batch = scoring_batch(data, job.data_seed, job.start_iter, a.examples_per_class)
         inp.input_shape = tuple(data.info.input_shape)
     else:
         from trainers.data.ondisk import describe
