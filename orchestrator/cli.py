@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also publish the report to W&B")
     s.add_argument("--no-titles", dest="titles", action="store_false",
                    help="figures without titles (a paper's captions replace them); panel headings stay")
+    s.add_argument("--references", nargs="+", default=[], metavar="FILE",
+                   help="reference files of published results (configs/references/*.yaml) to draw and judge, "
+                        "besides those the experiment's config names")
     s.add_argument("--profile-level", type=int, default=None, metavar="LEVEL",
                    help="the pruning level whose per-layer densities the layer-profile figure draws "
                         "(default: the deepest measured)")
@@ -302,6 +306,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             store.write_experiment(spec.name, spec_yaml, jobs)
             # every config the experiment has had, by the config_hash its rows carry
             store.write_bytes(f"experiments/{spec.name}/configs/{config_hash(spec)}.yaml", spec_yaml.encode())
+            # the published results the report compares with, kept with the experiment (the
+            # analysis reads the store, not the machine that ran it)
+            for ref in spec.references:
+                store.write_bytes(f"experiments/{spec.name}/references/{Path(ref).name}", Path(ref).read_bytes())
             sched = spec.scheduler
             gang = _gang_shape(spec)
             options = RunOptions(
@@ -579,7 +587,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats, profile_level=args.profile_level, titles=args.titles)
+                   formats=formats, profile_level=args.profile_level, titles=args.titles,
+                   references=tuple(args.references))
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

@@ -264,7 +264,33 @@ def _density_axis(ax, densities: list[float]) -> None:
     ax.set_xlabel("weights remaining (log scale)")
 
 
-def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | None:
+PUBLISHED_MARKER = dict(marker="D", ms=6, mfc="none", mew=1.4, ls="none", capsize=3, zorder=5)
+
+
+def draw_published(ax, pts: pa.Table | None, color_of, label_done: set) -> list[np.ndarray]:
+    """Published numbers (references.overlay) as hollow diamonds in their family's colour, with
+    the published std as an error bar; one legend entry per paper. Returns the y values drawn."""
+    ys = []
+    if pts is None or pts.num_rows == 0:
+        return ys
+    for r in pts.to_pylist():
+        y, s = 100 * r["acc"], 100 * (r["std"] or 0.0)
+        label = f"published: {r['paper']}" + (" (secondary)" if r["secondary"] else "") + " (hollow diamonds)"
+        ax.errorbar([r["density"]], [y], yerr=[s] if r["std"] else None, color=color_of(r["family"]),
+                    label=label if label not in label_done else "_published", **PUBLISHED_MARKER)
+        label_done.add(label)
+        ys.append(np.array([y - s, y + s]))
+    return ys
+
+
+def _ci(c: pa.Table, stem: str = "acc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) in percent; where a cell has no interval (one replicate), low = high = mean."""
+    y = 100 * _col(c, f"{stem}_mean")
+    lo, hi = 100 * _col(c, f"{stem}_ci_low"), 100 * _col(c, f"{stem}_ci_high")
+    return y, np.where(np.isnan(lo), y, lo), np.where(np.isnan(hi), y, hi)
+
+
+def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None, published: pa.Table | None = None) -> Figure | None:
     if acc.num_rows == 0:
         return None
     palette = k_colors(all_ks if all_ks is not None else acc["rewind_iter"].to_pylist())
@@ -285,6 +311,7 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | Non
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     ys = []
+    pub_labels: set = set()
     for ax, (kind, val) in zip(axes.flat, panels):
         if kind == "mode":
             t, series, label = _where(acc, mode=val), "rewind_iter", lambda v: f"k = {v}"
@@ -295,20 +322,30 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | Non
         for i, v in enumerate(_pick(sorted(set(t[series].to_pylist())))):
             c = _where(t, **{series: v}).sort_by("density")
             x = _col(c, "density")
-            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
-            ys += [y - s, y + s]
+            y, lo, hi = _ci(c)
+            ys += [lo, hi]
             color = palette[int(v)] if series == "rewind_iter" else mode_color(v, i)
             n = n_text(c["n_replicates"].to_pylist(), "replicates")
             line, = ax.plot(x, y, marker="o", ms=3, color=color, label=f"{label(v)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         if dense["mean"] is not None:
-            m, s = 100 * dense["mean"], 100 * (dense["std"] or 0.0)
-            ys += [np.array([m - s, m + s])]
-            ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (± 1 std; n = {dense.get('n')} replicates)")
-            ax.axhspan(m - s, m + s, color="k", alpha=0.1)
+            m = 100 * dense["mean"]
+            lo = 100 * dense["ci_low"] if dense.get("ci_low") is not None else m
+            hi = 100 * dense["ci_high"] if dense.get("ci_high") is not None else m
+            ys += [np.array([lo, hi])]
+            ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (95% interval; n = {dense.get('n')} replicates)")
+            ax.axhspan(lo, hi, color="k", alpha=0.1)
             # the dense network measured at 100%, where every sparse line starts from
-            ax.errorbar([1.0], [m], yerr=[s], color=DENSE_COLOR, marker="o", ms=4, capsize=2, label="_dense point")
-        _density_axis(ax, acc["density"].to_pylist())
+            ax.errorbar([1.0], [m], yerr=[[m - lo], [hi - m]], color=DENSE_COLOR, marker="o", ms=4, capsize=2,
+                        label="_dense point")
+        pub = None
+        if published is not None and published.num_rows:
+            if kind == "mode":
+                fam = "dense" if val == "dense" else (f"imp_{val}" if val in ("rewind", "lr_rewind", "finetune") else val)
+                pub = published.filter(pc.or_(pc.equal(published["family"], fam),
+                                              pc.equal(published["family"], "dense")))
+                ys += draw_published(ax, pub, lambda f: DENSE_COLOR if f == "dense" else "0.25", pub_labels)
+        _density_axis(ax, acc["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist()))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if kind == "k":  # other lines than the mode panels: a legend of its own, below
@@ -317,7 +354,7 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | Non
     _legend_right(fig, axes.flat[0])
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    fig.suptitle("Test accuracy against the weights remaining (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Test accuracy against the weights remaining (mean and 95% t interval over replicates)", fontsize=11)
     return fig
 
 
@@ -475,9 +512,10 @@ def _main_k(t: pa.Table) -> int | None:
     return max(counts, key=lambda k: (len(counts[k]), -k)) if counts else None
 
 
-def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | None:
-    """Test accuracy against the weights remaining, one line per family (mean ± std over
-    replicates) at one rewinding point, with the dense network and chance level marked."""
+def method_comparison(methods: pa.Table, num_classes: int | None, published: pa.Table | None = None) -> Figure | None:
+    """Test accuracy against the weights remaining, one line per family (mean and 95% t
+    interval over replicates) at one rewinding point, with the dense network and chance level
+    marked, and the published numbers of the families drawn (hollow diamonds)."""
     if methods is None:
         return None
     sparse = methods.filter(pc.greater(methods["level"], 0))
@@ -491,10 +529,11 @@ def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | No
     ys = []
     for f in sorted(set(t["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f)):
         c = _where(t, family=f).sort_by("density")
-        x, y = _col(c, "density"), 100 * _col(c, "acc_mean")
-        s = 100 * np.nan_to_num(_col(c, "acc_std"))
-        ys += [y - s, y + s]
-        ax.errorbar(x, y, yerr=s, marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+        x = _col(c, "density")
+        y, lo, hi = _ci(c)
+        ys += [lo, hi]
+        n = n_text(c["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.3, label=f"{f} ({n})", **style[f])
     dense = _where(methods, family="dense")
     if dense.num_rows:
         m = 100 * float(np.nanmean(_col(dense, "acc_mean")))
@@ -503,13 +542,21 @@ def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | No
     if num_classes:
         ax.axhline(100 / num_classes, color="0.5", lw=1, ls=":", label=f"chance ({100 / num_classes:.3g}%)")
         ys.append(np.array([100 / num_classes]))
-    _density_axis(ax, t["density"].to_pylist())
+    pub = None
+    if published is not None and published.num_rows:
+        fams = set(t["family"].to_pylist()) | {"dense"}
+        pub = published.filter(pc.and_(pc.is_in(published["family"], value_set=pa.array(sorted(fams))),
+                                       pc.or_(pc.equal(published["rewind_iter"], k),
+                                              pc.equal(published["family"], "dense"))))
+        ys += draw_published(ax, pub, lambda f: "k" if f == "dense" else style[f]["color"], set())
+    _density_axis(ax, t["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist()))
     sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(f"k = {k}", fontsize=10)
     _legend_right(fig, ax)
-    fig.suptitle("Every family at IMP's densities: test accuracy (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Every family at IMP's densities: test accuracy (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 

@@ -33,9 +33,9 @@ def _unit(name: str, modes: set[str]) -> str | None:
         return "pct"
     if "error" in words:  # end_error_mean: the end points' mean error
         return "pct"
-    head, _, tail = name.rpartition("_")
-    if head in modes and tail in ("mean", "std"):  # retrain_comparison: <mode>_mean, <mode>_std
-        return "pct"
+    for tail in ("_mean", "_std", "_ci_low", "_ci_high"):  # retrain_comparison: <mode>_mean, ...
+        if name.endswith(tail) and name[: -len(tail)] in modes:
+            return "pct"
     return None
 
 
