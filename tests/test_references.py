@@ -182,3 +182,37 @@ def test_verdict_with_a_published_spread_uses_welch_and_marks_secondary():
     assert got[1]["verdict"] == "not comparable" and "182 epochs" in got[1]["reason"]
     assert got[2]["verdict"] == "not consistent" and got[2]["secondary"] and "secondary" in got[2]["reason"]
     assert got[3]["published_acc_pct"] == 70.0 and got[3]["verdict"] == "consistent"  # error 30% = accuracy 70%
+
+
+def test_compare_gives_each_difference_with_welch_and_paired_intervals(tmp_path):
+    import pyarrow.parquet as pq
+
+    from test_paper_report import _two_experiments
+
+    rows = _two_experiments(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["analyze", "demo", "demo_lr05", "--store", str(tmp_path), "--out", str(out)]) == 0
+    got = pq.read_table(out / "differences.parquet").to_pylist()
+
+    def accs(name, k, level):
+        return {r["replicate"]: r["test_accuracy"] for r in rows[name]["runs"]
+                if r["role"] == "level" and r["level"] == level and r["rewind_iter"] == k
+                and r["retrain"] == "rewind" and r["prune_strategy"] != "random"}
+
+    checked = 0
+    for r in got:
+        if r["family"] != "imp_rewind":
+            continue
+        a, b = accs("demo", r["rewind_iter"], r["level"]), accs("demo_lr05", r["rewind_iter"], r["level"])
+        diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]
+        assert r["n_paired"] == len(diffs) >= 2
+        lo, hi = scipy_stats.t.interval(0.95, len(diffs) - 1, loc=statistics.mean(diffs),
+                                        scale=statistics.stdev(diffs) / math.sqrt(len(diffs)))
+        # the written file is in points rounded to 6 decimals
+        assert r["delta_acc_paired_pp"] == pytest.approx(100 * statistics.mean(diffs), abs=2e-6)
+        assert r["delta_acc_paired_ci_low_pp"] == pytest.approx(100 * lo, abs=2e-6)
+        assert r["delta_acc_paired_ci_high_pp"] == pytest.approx(100 * hi, abs=2e-6)
+        assert r["delta_acc_pp"] == pytest.approx(100 * (statistics.mean(b.values()) - statistics.mean(a.values())),
+                                                  abs=2e-6)
+        checked += 1
+    assert checked > 0
