@@ -3,8 +3,8 @@ STORE/experiments/NAME/references/ by `lth run`, or given to `lth analyze --refe
 verdict table, and the points the figures draw.
 
 Verdict of one published row against our cell of the same family, rewinding point and density:
-- *not comparable* when the setting differs (another model, data set, granularity or number of
-  training epochs), when the experiment has no such family or no level at that density (within
+- *not comparable* when the setting differs (another model, data set, granularity, number of
+  training epochs or learning rate), when the experiment has no such family or no level at that density (within
   DENSITY_TOLERANCE), or when our cell has fewer than two replicates (no interval);
 - otherwise the difference ours - published with its 95% Welch t interval (stats.welch: our
   replicates' spread, and the published one where the paper gives a std over n runs; a
@@ -79,7 +79,8 @@ def experiment_setting(store, experiment: str) -> dict:
         return {}
     train, pruning = spec.get("train") or {}, spec.get("pruning") or {}
     return {"model": spec.get("model"), "dataset": (spec.get("data") or {}).get("name"),
-            "epochs": train.get("epochs"), "granularity": pruning.get("granularity") or "weight"}
+            "epochs": train.get("epochs"), "lr": (train.get("optimizer") or {}).get("lr"),
+            "granularity": pruning.get("granularity") or "weight"}
 
 
 def _acc(row) -> float:
@@ -99,6 +100,8 @@ def setting_difference(row, setting: dict) -> str | None:
             return f"{label} (published: {theirs}; ours: {ours})"
     if row.epochs is not None and setting.get("epochs") is not None and row.epochs != setting["epochs"]:
         return f"another recipe (published: {row.epochs} epochs; ours: {setting['epochs']})"
+    if row.lr is not None and setting.get("lr") is not None and not math.isclose(row.lr, setting["lr"]):
+        return f"another recipe (published: learning rate {row.lr:g}; ours: {setting['lr']:g})"
     return None
 
 
