@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import yaml
 import pytest
 
 from orchestrator.cli import _write_grid, main
@@ -77,3 +78,20 @@ def test_analyze_grid_name_compares_its_experiments(tmp_path):
     assert {r["experiment"] for r in diffs} == set(names[1:]) and {r["minus"] for r in diffs} == {names[0]}
     # a name that is neither an experiment nor a grid is still refused
     assert main(["analyze", "demo_l", "--store", str(tmp_path)]) == 2
+
+
+def test_derived_finetune_lr_is_not_listed_as_a_difference(tmp_path):
+    from orchestrator.analysis.compare import config_differences
+    from orchestrator.analysis.read import Store as ReadStore
+
+    specs = load_specs(str(CONFIGS / "demo_lr.yaml"))
+    for s in specs:
+        d = tmp_path / "experiments" / s.name
+        d.mkdir(parents=True)
+        (d / "spec.yaml").write_text(yaml.safe_dump(s.model_dump(mode="json")))
+    names = [s.name for s in specs]
+    assert [f for f, _ in config_differences(ReadStore.open(str(tmp_path)), names)] == ["train.optimizer.lr"]
+    # set by hand to a rate of its own, it is a difference again
+    d = tmp_path / "experiments" / names[0] / "spec.yaml"
+    d.write_text(d.read_text().replace("finetune_lr: 0.001", "finetune_lr: 0.003"))
+    assert "pruning.finetune_lr" in [f for f, _ in config_differences(ReadStore.open(str(tmp_path)), names)]

@@ -15,7 +15,7 @@ import yaml
 from orchestrator.analysis import stats
 from orchestrator.analysis.references import verdicts
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, load_reference_file, load_spec, validate_reference
+from orchestrator.spec import SpecError, load_reference_file, load_spec, load_specs, validate_reference
 from test_analysis import EXP, build_sweep, computed, write_store
 
 scipy_stats = pytest.importorskip("scipy.stats")  # in the venv (scikit-learn's dependency)
@@ -72,11 +72,12 @@ def test_every_shipped_reference_file_is_valid_and_sourced():
         for r in ref.rows:
             assert r.source[0] in "PRS" and r.secondary == (r.source[0] == "S")
     # the configs whose papers have confirmed rows carry them
-    named = {p.name: {Path(r).name for r in load_spec(str(p)).references}
-             for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml" and "demo" not in p.name}
+    named = {p.name: {Path(r).name for spec in load_specs(str(p)) for r in spec.references}
+             for p in CONFIGS.glob("*.yaml") if "demo" not in p.name}
     assert "synflow_2020.yaml" in named["cifar100_vgg16_synflow.yaml"]
     assert "renda_2020.yaml" in named["cifar10_vgg16_imp.yaml"]
     assert "network_slimming_2017.yaml" in named["cifar10_vgg16_slimming.yaml"]
+    assert "weight_correlation_2021.yaml" in named["cifar10_resnet20_lr.yaml"]
 
 
 # ---- intervals --------------------------------------------------------------------------------

@@ -310,8 +310,26 @@ def config_differences(store: Store, experiments: list[str]) -> list[tuple[str, 
         except Exception:  # noqa: BLE001 - an old or unreadable spec: the comparison goes on without it
             return None
     keys = sorted(set().union(*flat) - {"name"})
+    if all(_finetune_lr_is_derived(f) for f in flat):  # follows train.optimizer.lr: not a difference of its own
+        keys = [k for k in keys if k != "pruning.finetune_lr"]
     missing = "(absent)"
     return [(k, [str(f.get(k, missing)) for f in flat]) for k in keys if len({str(f.get(k, missing)) for f in flat}) > 1]
+
+
+def _finetune_lr_is_derived(flat: dict[str, Any]) -> bool:
+    """Whether a stored config's pruning.finetune_lr is the rate its schedule ends at (the
+    default `lth` resolves it to: spec.final_lr), so that it only echoes other fields."""
+    try:
+        from orchestrator.spec import ScheduleSpec
+        from trainers.schedule import lr_at
+
+        sched = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith("train.schedule.")}
+        sched = {k: v for k, v in sched.items() if v is not None}
+        t = int(flat["train.iterations"])
+        rate = lr_at(ScheduleSpec.model_validate(sched).to_config(), flat["train.optimizer.lr"], t, t - 1)
+        return flat.get("pruning.finetune_lr") is None or float(f"{rate:.12g}") == flat["pruning.finetune_lr"]
+    except Exception:  # noqa: BLE001 - an older or partial config: list the field, as before
+        return False
 
 
 def _print_differences(console, experiments: list[str], differences) -> None:

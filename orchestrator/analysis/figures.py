@@ -26,7 +26,34 @@ from orchestrator.analysis.figure_plan import pick as _pick  # noqa: E402
 from orchestrator.analysis.figure_plan import primary_mode  # noqa: E402
 
 
+def thin_ticks(fig: Figure, pad_px: float = 4.0) -> None:
+    """Drop x tick labels that would run into their neighbour ('13.4%10.7%' on a 12-level
+    sweep): after a draw, walk each axis's labels in screen order and keep one only when it
+    clears the last one kept by `pad_px`. The ticks kept keep their texts."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        ticks = [(t.get_loc(), t.label1) for t in ax.xaxis.get_major_ticks()
+                 if t.label1.get_visible() and t.label1.get_text()]
+        lo, hi = sorted(ax.get_xlim())
+        ticks = [(x, lab) for x, lab in ticks if lo <= x <= hi]
+        if len(ticks) < 2:
+            continue
+        boxes = sorted(((lab.get_window_extent(r), x, lab.get_text()) for x, lab in ticks), key=lambda b: b[0].x0)
+        kept, last = [], None
+        for box, x, text in boxes:
+            if last is None or box.x0 >= last.x1 + pad_px:
+                kept.append((x, text))
+                last = box
+        if len(kept) < len(boxes):
+            rot = ticks[0][1].get_rotation()
+            ax.set_xticks([x for x, _ in kept], [t for _, t in kept], rotation=rot)
+
+
 def encode(fig: Figure, fmt: str = "png") -> bytes:
+    thin_ticks(fig)
     buf = io.BytesIO()
     # Fixed metadata: the same figure gives the same bytes (the figure cache compares them).
     meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
@@ -65,8 +92,15 @@ def density_label(d: float | None, level: int) -> str:
 # colour in a comparison.
 DENSE_COLOR = "black"
 _LEVEL_CYCLE = plt.get_cmap("tab10").colors
+# A retrain mode, control or pruning-at-init method: one colour each, the same as a mode
+# (`rewind`) and as a family (`imp_rewind`), in every figure of every experiment; an ablation
+# shares its method's colour with a line style of its own.
 MODE_COLORS = {"rewind": "#1f77b4", "lr_rewind": "#ff7f0e", "finetune": "#2ca02c",
-               "random_prune": "#7f7f7f", "reinit": "#9467bd"}
+               "random_prune": "#7f7f7f", "random_reinit": "#9467bd", "random_reinit_signs": "#c5b0d5",
+               "snip": "#d62728", "grasp": "#e377c2", "grasp_abs": "#f7b6d2", "synflow": "#17becf",
+               "magnitude_init": "#8c564b", "random_init": "#bcbd22", "dense": DENSE_COLOR}
+# methods without a colour of their own (a new one): colours no mode above uses
+_SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 EXPERIMENT_COLORS = plt.get_cmap("Dark2").colors
 
 
@@ -80,7 +114,10 @@ def k_colors(ks) -> dict[int, tuple]:
 
 
 def mode_color(mode: str, i: int = 0):
-    return MODE_COLORS.get(mode, _LEVEL_CYCLE[i % len(_LEVEL_CYCLE)])
+    """A mode's or family's colour (imp_rewind is rewind's); `i` picks a spare one for a name
+    without its own."""
+    base = mode.partition("+")[0].removeprefix("imp_")
+    return MODE_COLORS.get(base, _SPARE_COLORS[i % len(_SPARE_COLORS)])
 
 
 def n_text(counts, unit: str) -> str:
@@ -351,7 +388,15 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None, published: pa.T
         if kind == "k":  # other lines than the mode panels: a legend of its own, below
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
     sensible_ylim(axes.flat[0], ys, floor=0.0, ceiling=100.0)
-    _legend_right(fig, axes.flat[0])
+    # The mode panels' lines (k = ...) in one figure legend: the retrain-modes panel keeps its own
+    # legend (another meaning of colour), which a legend placed beside it would replace.
+    seen: dict[str, object] = {}
+    for ax, (kind, _val) in zip(axes.flat, panels):
+        if kind == "mode":
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
     fig.suptitle("Test accuracy against the weights remaining (mean and 95% t interval over replicates)", fontsize=11)
@@ -498,8 +543,7 @@ _ABLATION_STYLE = {"": "-", "shuffle": "--", "reinit": ":", "invert": "-."}
 def _family_style(families: list[str]) -> dict[str, dict]:
     """A colour per method (an ablation shares its method's colour, with its own line style)."""
     bases = sorted({f.partition("+")[0] for f in families}, key=lambda b: (not b.startswith("imp_"), b))
-    cmap = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20")
-    colour = {b: cmap(i % cmap.N) for i, b in enumerate(bases)}
+    colour = {b: mode_color(b, i) for i, b in enumerate(bases)}
     return {f: {"color": colour[f.partition("+")[0]], "ls": _ABLATION_STYLE.get(f.partition("+")[2], "-")}
             for f in families}
 
@@ -513,9 +557,12 @@ def _main_k(t: pa.Table) -> int | None:
 
 
 def method_comparison(methods: pa.Table, num_classes: int | None, published: pa.Table | None = None) -> Figure | None:
-    """Test accuracy against the weights remaining, one line per family (mean and 95% t
-    interval over replicates) at one rewinding point, with the dense network and chance level
-    marked, and the published numbers of the families drawn (hollow diamonds)."""
+    """Every family against the weights remaining at one rewinding point (mean and 95% t
+    interval over replicates): on the left the test accuracy, zoomed to the data, with the
+    dense network and the published numbers (hollow diamonds); on the right each family's
+    difference from the dense network in points, where differences between methods show.
+    Chance is a line where it falls in the view, else a note under the panel (a line at 10%
+    would squash every difference into a few pixels)."""
     if methods is None:
         return None
     sparse = methods.filter(pc.greater(methods["level"], 0))
@@ -525,8 +572,10 @@ def method_comparison(methods: pa.Table, num_classes: int | None, published: pa.
     k = _main_k(sparse)
     t = _where(sparse, rewind_iter=k)
     style = _family_style(families)
-    fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
-    ys = []
+    dense = _where(methods, family="dense")
+    m = 100 * float(np.nanmean(_col(dense, "acc_mean"))) if dense.num_rows else None
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(12.5, 4.6), layout="constrained")
+    ys, ds = [], []
     for f in sorted(set(t["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f)):
         c = _where(t, family=f).sort_by("density")
         x = _col(c, "density")
@@ -534,27 +583,44 @@ def method_comparison(methods: pa.Table, num_classes: int | None, published: pa.
         ys += [lo, hi]
         n = n_text(c["n_replicates"].to_pylist(), "replicates")
         ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.3, label=f"{f} ({n})", **style[f])
-    dense = _where(methods, family="dense")
-    if dense.num_rows:
-        m = 100 * float(np.nanmean(_col(dense, "acc_mean")))
+        if m is not None:
+            ds += [lo - m, hi - m]
+            axd.errorbar(x, y - m, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.3, label="_" + f,
+                         **style[f])
+    if m is not None:
         ys.append(np.array([m]))
-        ax.axhline(m, color="k", lw=1, label="dense")
-    if num_classes:
-        ax.axhline(100 / num_classes, color="0.5", lw=1, ls=":", label=f"chance ({100 / num_classes:.3g}%)")
-        ys.append(np.array([100 / num_classes]))
+        ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (n = {dense.num_rows and int(np.nansum(_col(dense, 'n_replicates')))} replicates)")
+        axd.axhline(0.0, color=DENSE_COLOR, lw=1, label="_dense")
     pub = None
     if published is not None and published.num_rows:
         fams = set(t["family"].to_pylist()) | {"dense"}
         pub = published.filter(pc.and_(pc.is_in(published["family"], value_set=pa.array(sorted(fams))),
                                        pc.or_(pc.equal(published["rewind_iter"], k),
                                               pc.equal(published["family"], "dense"))))
-        ys += draw_published(ax, pub, lambda f: "k" if f == "dense" else style[f]["color"], set())
-    _density_axis(ax, t["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist()))
-    sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
+        ys += draw_published(ax, pub, lambda f: DENSE_COLOR if f == "dense" else style[f]["color"], set())
+    xs = t["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist())
+    _density_axis(ax, xs)
+    sensible_ylim(ax, ys, ceiling=100.0)
+    if num_classes:
+        chance = 100 / num_classes
+        lo, hi = ax.get_ylim()
+        if lo <= chance <= hi:
+            ax.axhline(chance, color="0.5", lw=1, ls=":", label=f"chance ({chance:.3g}%)")
+        else:
+            ax.annotate(f"chance: {chance:.3g}% (below the view)", xy=(0, 0), xycoords="axes fraction",
+                        xytext=(2, -40), textcoords="offset points", fontsize=8, color="0.35", va="top")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"k = {k}", fontsize=10)
-    _legend_right(fig, ax)
+    ax.set_title(f"test accuracy, k = {k}", fontsize=10)
+    if m is None:
+        axd.set_visible(False)
+    else:
+        _density_axis(axd, t["density"].to_pylist())
+        sensible_ylim(axd, ds, include=(0.0,))
+        axd.set_ylabel("accuracy − dense (points)")
+        axd.grid(alpha=0.3)
+        axd.set_title(f"difference from the dense network, k = {k}", fontsize=10)
+    _legend_right(fig, ax, right=axd if m is not None else ax)
     fig.suptitle("Every family at IMP's densities: test accuracy (mean and 95% t interval over replicates)",
                  fontsize=11)
     return fig
