@@ -314,7 +314,7 @@ def verdict_key_table(verdict: pa.Table):
             ours = f"{r['our_acc_mean_pct']:.2f}{ci} (n = {r['our_n']})"
         tab.rows.append([r["paper"] + (" (secondary)" if r["secondary"] else ""), r["family"],
                          str(r["rewind_iter"]), f"{r['density_pct']:.3g}%",
-                         pm(r["published_acc_pct"], r["published_std_pp"], r["published_n"]), ours,
+                         pm(r["published_acc_pct"], r["published_acc_std_pct"], r["published_n"]), ours,
                          # the reason where it is the message; the basis of a verdict is in verdict.csv
                          f"{r['verdict']}: {r['reason']}" if r["verdict"] == "not comparable" else r["verdict"]])
     return tab

@@ -32,8 +32,8 @@ CONSISTENT, NOT_CONSISTENT, NOT_COMPARABLE = "consistent", "not consistent", "no
 SCHEMA = pa.schema([
     ("paper", pa.string()), ("where", pa.string()), ("setting", pa.string()), ("family", pa.string()),
     ("rewind_iter", pa.int64()), ("density_pct", pa.float64()), ("published_acc_pct", pa.float64()),
-    ("published_std_pp", pa.float64()), ("published_n", pa.int64()), ("our_density_pct", pa.float64()),
-    ("our_acc_mean_pct", pa.float64()), ("our_acc_std_pp", pa.float64()), ("our_acc_ci_low_pct", pa.float64()),
+    ("published_acc_std_pct", pa.float64()), ("published_n", pa.int64()), ("our_density_pct", pa.float64()),
+    ("our_acc_mean_pct", pa.float64()), ("our_acc_std_pct", pa.float64()), ("our_acc_ci_low_pct", pa.float64()),
     ("our_acc_ci_high_pct", pa.float64()), ("our_n", pa.int64()), ("difference_pp", pa.float64()),
     ("difference_ci_low_pp", pa.float64()), ("difference_ci_high_pp", pa.float64()),
     ("verdict", pa.string()), ("reason", pa.string()), ("secondary", pa.bool_()), ("source", pa.string()),
@@ -130,7 +130,7 @@ def verdicts(refs: list, methods: pa.Table | None, setting: dict) -> pa.Table:
             spread = None if row.spread is None else row.spread / 100.0
             rec = {"paper": ref.paper, "where": row.where, "setting": row.setting, "family": row.family,
                    "rewind_iter": row.rewind_iter, "density_pct": 100 * row.density,
-                   "published_acc_pct": 100 * pub, "published_std_pp": row.spread, "published_n": row.n,
+                   "published_acc_pct": 100 * pub, "published_acc_std_pct": row.spread, "published_n": row.n,
                    "secondary": row.secondary, "source": row.source}
             reason = setting_difference(row, setting)
             cell = None
@@ -139,7 +139,7 @@ def verdicts(refs: list, methods: pa.Table | None, setting: dict) -> pa.Table:
             if cell is not None:
                 lo, hi = interval(cell["acc_mean"], cell["acc_std"], cell["n_replicates"])
                 rec.update({"our_density_pct": 100 * cell["density"], "our_acc_mean_pct": _p(cell["acc_mean"]),
-                            "our_acc_std_pp": _p(cell["acc_std"]), "our_acc_ci_low_pct": _p(lo),
+                            "our_acc_std_pct": _p(cell["acc_std"]), "our_acc_ci_low_pct": _p(lo),
                             "our_acc_ci_high_pct": _p(hi), "our_n": cell["n_replicates"]})
                 if cell["acc_mean"] is None:
                     reason = "not measured yet"
