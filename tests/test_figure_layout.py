@@ -17,7 +17,6 @@ from orchestrator.analysis import compute
 from orchestrator.analysis import figures as F
 from orchestrator.cli import main
 from test_analysis import EXP, arrow, build_sweep, write_store
-from test_paper_report import _two_experiments
 
 
 def _texts(fig):
@@ -92,9 +91,15 @@ def test_every_figure_of_the_report_and_the_comparison_has_no_overlapping_text(t
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(ref))
     assert main(["analyze", EXP, "--store", str(tmp_path), "--references", str(tmp_path / "ref.yaml")]) == 0
     cmp_root = tmp_path / "cmp"
-    _two_experiments(cmp_root)
+    for seed, (name, lr) in enumerate((("demo", 0.1), ("demo_lr05", 0.05))):
+        write_store(cmp_root, _with_correlation(build_sweep(seed=seed, experiment=name)[0], seed), experiment=name)
+        d = cmp_root / "experiments" / name
+        d.mkdir(parents=True)
+        (d / "spec.yaml").write_text(f"name: {name}\nmodel: mlp_300_100\ntrain: {{optimizer: {{lr: {lr}}}}}\n")
     assert main(["analyze", "demo", "demo_lr05", "--store", str(cmp_root)]) == 0
-    assert len(drawn) >= 7, sorted(drawn)  # the report's five and the comparison's
+    # the report's instability, path, accuracy, method and weight-correlation figures, and the
+    # comparison's instability, accuracy and weight correlation
+    assert len(drawn) >= 8, sorted(drawn)
     assert {t: p for t, p in drawn.items() if p} == {}
 
 

@@ -516,11 +516,11 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, s
         for name, (t, dense) in tables.items():
             c = _where(t, rewind_iter=k).sort_by("density")
             x = _col(c, "density")
-            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
-            ys += [y - s, y + s]
+            y, lo, hi = _ci(c)
+            ys += [lo, hi]
             n = n_text(c["n_replicates"].to_pylist(), "replicates")
             line, = ax.plot(x, y, marker="o", ms=3, color=colors[name], label=f"{labels.get(name, name)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
             if dense["mean"] is not None:
                 ys.append(np.array([100 * dense["mean"]]))
                 ax.axhline(100 * dense["mean"], color=line.get_color(), ls=":", lw=1,
@@ -531,7 +531,8 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, s
     sensible_ylim(axes[0][0], ys, floor=0.0, ceiling=100.0)
     axes[0][0].set_ylabel("test accuracy (%)")
     _legend_right(fig, axes[0][0])
-    fig.suptitle("Test accuracy against the weights remaining, by experiment (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Test accuracy against the weights remaining, by experiment (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
@@ -677,8 +678,10 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8.5, 4.4), layout="constrained")
     for f in families:
         c = _where(sparse, family=f).sort_by("density")
-        ax.errorbar(_col(c, "density"), _col(c, "weight_correlation_mean"), yerr=np.nan_to_num(_col(c, "weight_correlation_std")),
-                    marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+        y, lo, hi = (v / 100 for v in _ci(c, "weight_correlation"))  # _ci is in percent; r is not
+        n = n_text(c["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(_col(c, "density"), y, yerr=[y - lo, hi - y],
+                    marker="o", ms=3, capsize=2, lw=1.3, label=f"{f} ({n})", **style[f])
     dense = _where(t, family="dense")
     if dense.num_rows:
         ax.axhline(float(np.nanmean(_col(dense, "weight_correlation_mean"))), color="k", lw=1, label="dense (W_0 vs W_T)")
@@ -687,7 +690,8 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     ax.grid(alpha=0.3)
     ax.set_title(f"k = {k}", fontsize=10)
     _legend_right(fig, ax)
-    fig.suptitle("Correlation of starting and final weights by level (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Correlation of starting and final weights by level (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
@@ -705,9 +709,12 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
             continue
         fam = "imp_rewind" if "imp_rewind" in fams else fams[0]
         t = _where(t, family=fam)
-        t = _where(t, rewind_iter=min(t["rewind_iter"].to_pylist())).sort_by("density")
-        ax.errorbar(_col(t, "density"), _col(t, "weight_correlation_mean"), yerr=np.nan_to_num(_col(t, "weight_correlation_std")),
-                    marker="o", ms=3, capsize=2, label=f"{name} ({fam})")
+        k = min(t["rewind_iter"].to_pylist())
+        t = _where(t, rewind_iter=k).sort_by("density")
+        y, lo, hi = (v / 100 for v in _ci(t, "weight_correlation"))
+        n = n_text(t["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(_col(t, "density"), y, yerr=[y - lo, hi - y],
+                    marker="o", ms=3, capsize=2, label=f"{name} ({fam}, k = {k}, {n})")
         dens += t["density"].to_pylist()
         drawn += 1
     if not drawn:
@@ -717,7 +724,8 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
     ax.set_ylabel("weight correlation (Pearson r)")
     ax.grid(alpha=0.3)
     _legend_right(fig, ax)
-    fig.suptitle("Correlation of starting and final weights, by experiment", fontsize=11)
+    fig.suptitle("Correlation of starting and final weights, by experiment (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
