@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also publish the report to W&B")
     s.add_argument("--no-titles", dest="titles", action="store_false",
                    help="figures without titles (a paper's captions replace them); panel headings stay")
+    s.add_argument("--references", nargs="+", default=[], metavar="FILE",
+                   help="reference files of published results (configs/references/*.yaml) to draw and judge, "
+                        "besides those the experiment's config names")
     s.add_argument("--profile-level", type=int, default=None, metavar="LEVEL",
                    help="the pruning level whose per-layer densities the layer-profile figure draws "
                         "(default: the deepest measured)")
@@ -115,14 +119,6 @@ def _store_root(args: argparse.Namespace, spec_store: str | None = None) -> str:
     return args.store or os.environ.get("LTH_STORE") or spec_store or "lth-store"
 
 
-def _load(args: argparse.Namespace):
-    from orchestrator.planner import plan
-    from orchestrator.spec import load_spec
-
-    spec = load_spec(args.config, args.overrides)
-    return spec, plan(spec)
-
-
 def _print_plan(summary: dict, console: Console) -> None:
     console.print(
         f"experiment [bold]{summary['experiment']}[/bold]: {summary['jobs']} jobs "
@@ -144,22 +140,62 @@ def _print_plan(summary: dict, console: Console) -> None:
                       f"({', '.join(f'{k} {n}' for k, n in pai.items())})")
 
 
+def _load_all(args: argparse.Namespace) -> list:
+    """(spec, plan) per experiment of the config: one, or one per point of its `grid:`."""
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_specs
+
+    return [(spec, plan(spec)) for spec in load_specs(args.config, args.overrides)]
+
+
+def _write_grid(store, args: argparse.Namespace, names: list[str]) -> None:
+    """STORE/grids/NAME.json: the experiments of a grid config, so that `lth analyze NAME`
+    compares them (the grid's name is the config's `name`, each point's `NAME-<field><value>`)."""
+    from orchestrator.spec import load_raw
+
+    raw = load_raw(args.config, args.overrides)
+    record = {"name": raw.get("name"), "experiments": names,
+              "fields": {k: v for k, v in (raw.get("grid") or {}).items()}}
+    store.write_bytes(f"grids/{raw.get('name')}.json", json.dumps(record, indent=1).encode())
+
+
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
-    from orchestrator.planner import summarize
-
     if args.show_config:
-        from orchestrator.spec import load_spec
+        from orchestrator.spec import load_specs
 
-        spec = load_spec(args.config, args.overrides)
-        resolved = spec.model_dump(mode="json")
+        specs = load_specs(args.config, args.overrides)
+        resolved = [spec.model_dump(mode="json") for spec in specs]
         if args.json:
-            print(json.dumps(resolved, indent=1))
+            print(json.dumps(resolved[0] if len(resolved) == 1 else resolved, indent=1))
         else:
             import yaml
 
-            print(yaml.safe_dump(resolved, sort_keys=False), end="")
+            print("---\n".join(yaml.safe_dump(r, sort_keys=False) for r in resolved), end="")
         return EXIT_OK
-    spec, plan = _load(args)
+    loaded = _load_all(args)
+    if len(loaded) > 1 and not args.json:
+        console.print(f"grid: {len(loaded)} experiments ({', '.join(s.name for s, _ in loaded)}); "
+                      "`lth run` runs them all, `lth analyze "
+                      f"{_grid_name(args)}` compares them", highlight=False, soft_wrap=True)
+    summaries = []
+    for spec, plan in loaded:
+        code = _plan_one(args, console, spec, plan, summaries)
+        if code != EXIT_OK:
+            return code
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1))
+    return EXIT_OK
+
+
+def _grid_name(args: argparse.Namespace) -> str:
+    from orchestrator.spec import load_raw
+
+    return str(load_raw(args.config, args.overrides).get("name"))
+
+
+def _plan_one(args: argparse.Namespace, console: Console, spec, plan, summaries: list) -> int:
+    from orchestrator.planner import summarize
+
     summary = summarize(plan)
     store = _open_store(args, spec.store)
     if store is None:
@@ -168,7 +204,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     if progress is not None:
         summary["store"] = progress
     if args.json:
-        print(json.dumps(summary, indent=1))
+        summaries.append(summary)
     else:
         _print_plan(summary, console)
         if progress is not None:
@@ -257,6 +293,27 @@ def _gang_shape(spec):
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    loaded = _load_all(args)
+    if len(loaded) == 1:
+        return _run_one(args, console, *loaded[0])
+    for spec, _plan in loaded:  # every point's data and resources, before any point runs
+        spec.check_data()
+    store = _open_store(args, loaded[0][0].store)
+    if store is None:
+        return EXIT_BAD_INPUT
+    store.makedirs("")
+    _write_grid(store, args, [spec.name for spec, _ in loaded])
+    worst = EXIT_OK
+    for i, (spec, plan) in enumerate(loaded, 1):
+        console.rule(f"grid point {i}/{len(loaded)}: {spec.name}")
+        code = _run_one(args, console, spec, plan)
+        if code not in (EXIT_OK, EXIT_FAILED):  # bad input or an interrupt: stop here
+            return code
+        worst = max(worst, code)
+    return worst
+
+
+def _run_one(args: argparse.Namespace, console: Console, spec, plan) -> int:
     import yaml
 
     from orchestrator.experiment import check_against_store, config_hash
@@ -270,7 +327,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from orchestrator.tracking import resolve_settings
     from orchestrator.worker import StorageError, WorkerContext, is_storage_error, storage_reason
 
-    spec, plan = _load(args)
     spec.check_data()  # before anything is written
     if args.address is None:
         _check_local_resources(spec)
@@ -314,6 +370,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             store.write_experiment(spec.name, spec_yaml, jobs)
             # every config the experiment has had, by the config_hash its rows carry
             store.write_bytes(f"experiments/{spec.name}/configs/{config_hash(spec)}.yaml", spec_yaml.encode())
+            # the published results the report compares with, kept with the experiment (the
+            # analysis reads the store, not the machine that ran it)
+            for ref in spec.references:
+                store.write_bytes(f"experiments/{spec.name}/references/{Path(ref).name}", Path(ref).read_bytes())
             sched = spec.scheduler
             gang = _gang_shape(spec)
             options = RunOptions(
@@ -597,11 +657,39 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_INPUT
         return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
                        titles=args.titles)
+    grid = _stored_grid(_store_root(args), args.name[0])
+    if grid is not None:  # a grid's name: its experiments compared on the same axes
+        from orchestrator.analysis.compare import compare
+
+        if args.wandb != "disabled":
+            print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        out = args.out
+        if out is None and "://" not in _store_root(args):
+            out = os.path.join(_store_root(args), "reports", args.name[0])
+        return compare(_store_root(args), grid, out, threshold=args.threshold, formats=formats, titles=args.titles)
     if args.profile_level is not None and args.profile_level < 1:
         print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
-                   formats=formats, profile_level=args.profile_level, titles=args.titles)
+                   formats=formats, profile_level=args.profile_level, titles=args.titles,
+                   references=tuple(args.references))
+
+
+def _stored_grid(store_root: str, name: str) -> list[str] | None:
+    """The experiments of grid NAME (STORE/grids/NAME.json, written by `lth run`), or None when
+    NAME is no grid, or is an experiment too (the experiment wins)."""
+    from orchestrator.store import Store
+
+    store = Store(store_root)
+    try:
+        if name in store.experiments():
+            return None
+        record = json.loads(store.read_bytes(f"grids/{name}.json"))
+    except (OSError, ValueError):
+        return None
+    names = record.get("experiments") if isinstance(record, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) and len(names) > 1 else None
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

@@ -31,7 +31,8 @@ from orchestrator.jobid import canonical_json
 from orchestrator.spec import ExperimentSpec, SpecError, final_lr
 
 # Top-level sections that change how jobs run, never what they compute.
-RUNTIME_SECTIONS = ("resources", "scheduler", "tracking", "store")
+# `references` (published results for the report) changes nothing either.
+RUNTIME_SECTIONS = ("resources", "scheduler", "tracking", "store", "references")
 HASH_LENGTH = 16
 
 # Fields along which an experiment may grow: the new value must contain the old one.

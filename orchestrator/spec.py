@@ -450,6 +450,7 @@ class ExperimentSpec(_Model):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description='retries, order and checkpoints of the jobs')
     store: str | None = Field(None, description='store directory or URL; --store and $LTH_STORE take precedence; null: ./lth-store')
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description='Weights & Biases tracking')
+    references: list[str] = Field(default_factory=list, max_length=16, description='published results to put beside this experiment\'s: reference files (configs/references/*.yaml), paths relative to the config file; `lth run` keeps a copy in the store and `lth analyze` draws them and writes a verdict (changes nothing the jobs compute); at most 16')
 
     _data_info: Any = PrivateAttr(default=None)
 
@@ -820,6 +821,161 @@ def validate_spec(data: Any) -> ExperimentSpec:
         raise SpecError(errs[0][0], errs[0][1], errs[1:]) from None
 
 
+# ---- published reference results (configs/references/*.yaml) --------------------------------
+
+# Our names for what a published number measures: the families of orchestrator/analysis/methods.py.
+REFERENCE_FAMILIES = ("dense", "imp_rewind", "imp_lr_rewind", "imp_finetune", "random_prune", "random_reinit",
+                      "random_reinit_signs", "snip", "grasp", "grasp_abs", "synflow", "magnitude_init",
+                      "random_init")
+
+
+class ReferenceRow(_Model):
+    where: str = Field(min_length=1, description="the table or figure of the paper (or the file of its repository) the number is from")
+    setting: str = Field(min_length=1, description="the setting in the paper's words (model, data set, method, density)")
+    model: str = Field(min_length=1, description="the network as our model catalog names it when it is one of ours (cifar_vgg_16, cifar_resnet_20, ...), else the paper's name: only a row whose model equals the experiment's is comparable")
+    dataset: str = Field(min_length=1, description="the data set as data.name names it (cifar10, cifar100, imagenet, ...)")
+    family: Literal[REFERENCE_FAMILIES] = Field(description="what was measured, in the analysis's family names (imp_rewind: IMP with weight rewinding; snip, synflow, ...: pruning at initialization; dense: the unpruned network)")  # type: ignore[valid-type]
+    rewind_iter: int = Field(0, ge=0, description="the rewinding point k (iterations) of our runs it compares with; 0: at initialization")
+    granularity: Literal["weight", "channel"] = Field("weight", description="what density counts: weights or channels remaining")
+    density: float = Field(gt=0, le=1, description="fraction of the weights (or channels) remaining, 1 for the dense network")
+    metric: Literal["test_accuracy", "test_error"] = Field(description="top-1 test accuracy or test error, as the paper gives it")
+    value: float = Field(ge=0, le=100, description="the published value, in percent")
+    spread: float | None = Field(None, ge=0, le=100, description="the published standard deviation over n runs, in percentage points; null: none given")
+    n: int | None = Field(None, ge=1, description="the number of runs the value is a mean of; null: not given")
+    epochs: int | None = Field(None, ge=1, description="training epochs of the recipe behind the number, when known: a different number of epochs here makes the row not comparable")
+    lr: float | None = Field(None, gt=0, description="the recipe's initial learning rate, when known: a different train.optimizer.lr makes the row not comparable")
+    source: str = Field(min_length=1, description="where the number was read (class P/R/S and file or section, as in the research notes): never a number without its source")
+    quote: str | None = Field(None, description="the text or extraction the number was read from")
+    secondary: bool = Field(False, description="true when the source restates the paper (class S): the verdict says so")
+
+    @model_validator(mode="after")
+    def _spread(self) -> "ReferenceRow":
+        # ValueError (not SpecError): pydantic then names the row, validate_reference the field
+        if self.spread is not None and self.n is None:
+            raise ValueError("n|a spread is a standard deviation over n runs: give n too")
+        klass = self.source.strip()[:1]
+        if self.secondary != (klass == "S"):
+            raise ValueError(f"secondary|must be {str(klass == 'S').lower()} for a source of class {klass} "
+                             "(the source's first letter: class S, and only it, restates the paper)")
+        return self
+
+
+class ReferenceFile(_Model):
+    paper: str = Field(min_length=1, description="short name of the paper, as the report shows it")
+    citation: str = Field(min_length=1, description="authors, title, venue, year")
+    notes: str | None = Field(None, description="what the rows are and are not (recipe differences, what could not be confirmed)")
+    rows: list[ReferenceRow] = Field(min_length=1, description="the published numbers")
+
+
+def load_reference_file(path: str | Path) -> ReferenceFile:
+    """A reference file, validated; SpecError naming the field (rows[2].source) otherwise."""
+    path = Path(path)
+    try:
+        data = parse_yaml(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(str(path), "no such reference file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), f"cannot read the reference file ({e})") from None
+    except yaml.YAMLError as e:
+        raise SpecError(str(path), f"invalid YAML: {e}") from None
+    return validate_reference(data, str(path))
+
+
+def validate_reference(data: Any, where: str = "reference file") -> ReferenceFile:
+    if not isinstance(data, dict):
+        raise SpecError(where, f"a reference file is a mapping (paper, citation, rows), got {type(data).__name__}")
+    try:
+        return ReferenceFile.model_validate(data)
+    except ValidationError as e:
+        errs = []
+        for err in e.errors():
+            field = _path_text(err["loc"])
+            if err["type"] == "extra_forbidden":
+                holder = ReferenceRow if "rows" in err["loc"] else ReferenceFile
+                reason = f"unknown key (valid keys: {', '.join(holder.model_fields)})"
+            elif err["type"] == "missing":
+                reason = "required field is missing"
+            elif err["type"] == "value_error" and "|" in str(err.get("ctx", {}).get("error", "")):
+                name, _, reason = str(err["ctx"]["error"]).partition("|")
+                field = f"{field}.{name}"
+            else:
+                reason = f"{err['msg']} (got {L.echo(err.get('input'))})"
+            errs.append((field, reason))
+        raise SpecError(f"{where}: {errs[0][0]}", errs[0][1], errs[1:]) from None
+
+
+# ---- grids: one experiment per point of a product of values ---------------------------------
+
+MAX_GRID_POINTS = 64
+# The lottery-ticket axes are the sweep's own (an experiment grows along them); the rest say
+# where and how jobs run, or are the experiment's identity: none of them is a grid axis.
+GRID_REFUSED = ("name", "base", "grid", "references", "sweep", "pruning.levels", "pruning.retrain",
+                "pruning.controls", "pruning.at_init", "pruning.early_bird", "resources", "scheduler",
+                "tracking", "store")
+_GRID_VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _grid_value_text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else (repr(v) if isinstance(v, float) else str(v))
+
+
+def expand_grid(data: dict) -> list[dict]:
+    """A raw config with a `grid:` block (dotted field -> list of values) -> one raw config per
+    point of the product, named `<name>-<field><value>...` by the last word of each field
+    (`demo_lr-lr0.05`), in the order the block lists fields and values; without a grid, [data]."""
+    import copy
+    import itertools
+    import json
+
+    if "grid" not in data:
+        return [data]
+    grid = data.pop("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise SpecError("grid", f"a mapping of dotted fields to lists of values, e.g. grid: {{train.optimizer.lr: "
+                                f"[0.1, 0.05]}} (got {L.echo(grid)})")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("name", "a grid needs the base name its experiments are named after")
+    axes = []
+    for key, values in grid.items():
+        where = f"grid.{key}"
+        if not isinstance(key, str) or any(key == r or key.startswith(r + ".") for r in GRID_REFUSED):
+            raise SpecError(where, "not a grid axis: the lottery-ticket axes (sweep, pruning levels, retrain modes, "
+                                   "controls, pruning at init) grow one experiment, and name, references and the "
+                                   "runtime sections change nothing computed")
+        if not isinstance(values, list) or not values:
+            raise SpecError(where, f"a non-empty list of values (got {L.echo(values)})")
+        texts = []
+        for v in values:
+            if isinstance(v, (dict, list)) or v is None:
+                raise SpecError(where, f"each value is one number, string or boolean (got {L.echo(v)})")
+            t = _grid_value_text(v)
+            if not _GRID_VALUE.match(t):
+                raise SpecError(where, f"the value {L.echo(v)} cannot be part of an experiment name (letters, "
+                                       "digits, _ . - only)")
+            texts.append(t)
+        if len(set(texts)) != len(texts):
+            raise SpecError(where, f"a value is listed twice ({', '.join(texts)})")
+        axes.append((key, values))
+    n = 1
+    for _, values in axes:
+        n *= len(values)
+    if n > MAX_GRID_POINTS:
+        raise SpecError("grid", f"{n} points; at most {MAX_GRID_POINTS} experiments per grid")
+    words = [key.rsplit(".", 1)[-1] for key, _ in axes]
+    out = []
+    for point in itertools.product(*(values for _, values in axes)):
+        d = copy.deepcopy(data)
+        for (key, _), v in zip(axes, point):
+            try:
+                apply_override(d, f"{key}={json.dumps(v)}")
+            except SpecError as e:
+                raise SpecError(f"grid.{key}", e.reason.removeprefix("--set: ")) from None
+        d["name"] = name + "".join(f"-{w}{_grid_value_text(v)}" for w, v in zip(words, point))
+        out.append(d)
+    return out
+
+
 # ---- --set overrides ----------------------------------------------------------------------
 
 _TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
@@ -929,6 +1085,9 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise SpecError(str(path), "the config file is empty")
     if not isinstance(data, dict):
         raise SpecError(str(path), f"an experiment spec is a mapping of keys to values, got {type(data).__name__}")
+    refs = data.get("references")
+    if isinstance(refs, list):  # relative to the file that names them, as `base:` is
+        data["references"] = [str((path.parent / r).resolve()) if isinstance(r, str) and r else r for r in refs]
     if "base" not in data:
         return data
     base = data.pop("base")
@@ -952,5 +1111,32 @@ def load_raw(path: str, overrides: Sequence[str] = ()) -> dict:
 
 
 def load_spec(path: str, overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """Read, merge its base, override, validate and resolve an experiment YAML file."""
-    return validate_spec(load_raw(path, overrides))
+    """Read, merge its base, override, validate and resolve an experiment YAML file (and the
+    reference files it names: a bad one is refused here, before anything runs)."""
+    data = load_raw(path, overrides)
+    if "grid" in data:
+        raise SpecError("grid", f"{path} is a grid of experiments: load it with load_specs")
+    return _checked(validate_spec(data))
+
+
+def load_specs(path: str, overrides: Sequence[str] = ()) -> list[ExperimentSpec]:
+    """One spec per point of the config's `grid:` (one spec without a grid), each validated
+    and resolved; a bad point is refused naming its experiment."""
+    out = []
+    for data in expand_grid(load_raw(path, overrides)):
+        try:
+            out.append(_checked(validate_spec(data)))
+        except SpecError as e:
+            if "grid" not in load_raw(path, overrides):
+                raise
+            raise SpecError(e.field, f"{e.reason} (in grid point {data.get('name')})", e.others) from None
+    return out
+
+
+def _checked(spec: ExperimentSpec) -> ExperimentSpec:
+    for i, ref in enumerate(spec.references):
+        try:
+            load_reference_file(ref)
+        except SpecError as e:
+            raise SpecError(f"references[{i}]", str(e)) from None
+    return spec

@@ -75,7 +75,7 @@ def test_compare_summary_first_side_by_side_table_files_and_legends(tmp_path, ca
             checked += 1
         if cell in acc_a:
             assert r["acc_demo_pct"] == pytest.approx(100 * acc_a[cell], abs=1e-6)
-            assert r["acc_diff_demo_lr05_minus_demo_pct"] == pytest.approx(100 * (acc_b[cell] - acc_a[cell]), abs=2e-6)
+            assert r["acc_diff_demo_lr05_minus_demo_pp"] == pytest.approx(100 * (acc_b[cell] - acc_a[cell]), abs=2e-6)
             checked += 1
     assert checked == len(bar_a) + len(acc_a) > 0
     dense = [r for r in side.to_pylist() if r["level"] == 0]  # the dense accuracy beside its barrier

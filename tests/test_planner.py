@@ -228,13 +228,13 @@ def test_demo_config_densities_and_size():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_plans(path):
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import load_specs
 
-    spec = load_spec(str(path))
-    p = plan(spec)
-    s = summarize(p)
-    assert s["jobs"] == len(p.jobs) > 0 and s["dense_runs"] == len(spec.init_seeds)
-    assert s["levels"][-1]["level"] == spec.pruning.levels
+    for spec in load_specs(str(path)):  # a grid config: every point
+        p = plan(spec)
+        s = summarize(p)
+        assert s["jobs"] == len(p.jobs) > 0 and s["dense_runs"] == len(spec.init_seeds)
+        assert s["levels"][-1]["level"] == spec.pruning.levels
 
 
 @pytest.mark.parametrize(

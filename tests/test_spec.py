@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import AUTO_PACK, SMALL_MODELS, ExperimentSpec, SpecError, load_spec, validate_spec
+from orchestrator.spec import AUTO_PACK, SMALL_MODELS, ExperimentSpec, SpecError, load_spec, load_specs, validate_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -51,8 +51,7 @@ def spec_error(tmp_path, data, overrides=()) -> SpecError:
 
 def test_shipped_configs_load_and_round_trip():
     assert len(CONFIGS) >= 5
-    for path in CONFIGS:
-        spec = load_spec(str(path))
+    for path, spec in ((p, s) for p in CONFIGS for s in load_specs(str(p))):  # a grid: every point
         dumped = spec.model_dump()
         # The resolved dump is itself a valid spec, and the same one.
         assert validate_spec(copy.deepcopy(dumped)).model_dump() == dumped, path
@@ -196,7 +195,7 @@ def test_shipped_configs_give_small_models_whole_gpus():
     is the benchmark row of this configuration)."""
     from benchmarks.training import SHIPPED_PACKING
 
-    small = [load_spec(str(p)) for p in CONFIGS if load_spec(str(p)).model.startswith(SMALL_MODELS)]
+    small = [s for p in CONFIGS for s in load_specs(str(p)) if s.model.startswith(SMALL_MODELS)]
     assert small
     for spec in small:
         assert spec.resources.gpus in (0, 1) or spec.resources.gpus == int(spec.resources.gpus), spec.name
@@ -263,7 +262,7 @@ PAPER_CONFIGS = ["cifar10_resnet20_lmc.yaml", "cifar10_vgg16_imp.yaml", "imagene
                  "imagenet_resnet18_ffcv.yaml", "cifar10_vgg19_slimming.yaml", "cifar10_vgg16_hrank.yaml"]
 
 
-@pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.mark.parametrize("name", PAPER_CONFIGS + ["cifar10_resnet20_lr.yaml"])
 def test_every_hyperparameter_of_a_paper_config_states_its_source(name):
     """Each key line carries a comment, or sits right under a comment line (a block's source)."""
     lines = (Path(CONFIGS[0]).parent / name).read_text().splitlines()

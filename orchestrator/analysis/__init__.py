@@ -30,7 +30,7 @@ from orchestrator.analysis.read import (
     LAYERS_COLUMNS, ScanCache, Store, known_experiments, only_planned, plan_job_ids, read_config_text,
     read_num_classes, read_progress, read_raw, read_table,
 )
-from orchestrator.analysis.present import key_tables, present, print_key_tables
+from orchestrator.analysis.present import MISSING, key_tables, present, print_key_tables
 from orchestrator.analysis.report import render
 from orchestrator.schemas import file_schema
 
@@ -80,6 +80,8 @@ class AnalysisResult:
             ("dense", "Dense network (level 0) test accuracy",
              pa.table({"acc_mean": pa.array([d["mean"]], pa.float64()),
                        "acc_std": pa.array([d["std"]], pa.float64()),
+                       "acc_ci_low": pa.array([d.get("ci_low")], pa.float64()),
+                       "acc_ci_high": pa.array([d.get("ci_high")], pa.float64()),
                        "n_replicates": pa.array([d["n"]], pa.int64())})),
         ]
         if self.retrain_comparison is not None:
@@ -292,6 +294,33 @@ def parse_formats(text: str) -> tuple[str, ...] | str:
     return tuple(dict.fromkeys(["png", *asked]))
 
 
+def verdict_key_table(verdict: pa.Table):
+    """The verdict as a summary table (console, report, summary.md/.tex)."""
+    from orchestrator.analysis.present import KeyTable
+
+    def pm(v, s, n):
+        if v is None:
+            return MISSING
+        return f"{v:.2f}" + ("" if s is None else f" ± {s:.2f}") + ("" if n is None else f" (n = {n})")
+
+    tab = KeyTable(title="Published results beside ours: test accuracy (%), mean ± std (n); "
+                         "ours with its 95% t interval", columns=["paper", "family", "k", "density",
+                                                                    "published", "ours [95% interval]",
+                                                                    "verdict"], rows=[])
+    for r in verdict.to_pylist():
+        ours = MISSING
+        if r["our_acc_mean_pct"] is not None:
+            ci = ("" if r["our_acc_ci_low_pct"] is None
+                  else f" [{r['our_acc_ci_low_pct']:.2f}, {r['our_acc_ci_high_pct']:.2f}]")
+            ours = f"{r['our_acc_mean_pct']:.2f}{ci} (n = {r['our_n']})"
+        tab.rows.append([r["paper"] + (" (secondary)" if r["secondary"] else ""), r["family"],
+                         str(r["rewind_iter"]), f"{r['density_pct']:.3g}%",
+                         pm(r["published_acc_pct"], r["published_acc_std_pct"], r["published_n"]), ours,
+                         # the reason where it is the message; the basis of a verdict is in verdict.csv
+                         f"{r['verdict']}: {r['reason']}" if r["verdict"] == "not comparable" else r["verdict"]])
+    return tab
+
+
 def _presented_tables(res: AnalysisResult, planned_levels: int | None) -> list[tuple[str, str, pa.Table]]:
     out = []
     for stem, title, t in res.tables():
@@ -343,11 +372,13 @@ def collapse_line(store, experiment: str) -> str | None:
 
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
-            profile_level: int | None = None, titles: bool = True) -> int:
+            profile_level: int | None = None, titles: bool = True, references: tuple[str, ...] = ()) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
     (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
     `profile_level`: the level whose per-layer densities the layer-profile figure draws (None:
     the deepest level measured).
+    `references`: reference files (configs/references/*.yaml) besides those stored with the
+    experiment: their published numbers are drawn on the figures and judged in verdict.csv.
     The summary is printed as soon as the tables are computed, before any figure is drawn.
     `titles=False` (`--no-titles`): figures without a title, for a paper's own captions."""
     console, errors = consoles(console)
@@ -356,6 +387,16 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     if problem:
         errors.print(f"[red]error:[/red] {problem}")
         return 2
+
+    from orchestrator.analysis import references as R
+    from orchestrator.spec import SpecError
+
+    try:  # a bad reference file is refused before anything is read or written
+        refs = R.load_references(store, experiment, list(references))
+    except SpecError as e:
+        errors.print(f"[red]error:[/red] {e}", markup=False, highlight=False)
+        return 2
+    setting = R.experiment_setting(store, experiment)
 
     clock = _Clock()
     # The scan cache lives with the store's reports, whatever --out says, so every later
@@ -408,6 +449,10 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
 
     key, dense_line = key_tables(res, threshold, progress.planned_levels,
                                  num_classes=read_num_classes(store, experiment, cache))
+    verdict = R.verdicts(refs, res.methods, setting) if refs else None
+    published = R.overlay(refs, setting) if refs else None
+    if verdict is not None:
+        key.append(verdict_key_table(verdict))
     print_key_tables(console, key, dense_line, branches_planned=progress.branches_planned())
     console.print(f"Progress: {progress.summary()}")
     for n in notes:
@@ -440,6 +485,8 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     for stem, title, t in extra:
         console.print(f"{title}: {stem}.csv")
     tables += extra
+    if verdict is not None:
+        tables.append(("verdict", "Published results beside ours: the verdict per published number", verdict))
     for stem, _title, t in tables:
         out.write_table(stem, t)
     clock.lap("tables")
@@ -456,11 +503,11 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
          (res.instability, threshold)),
         ("interpolation_path", lambda: figs.interpolation_paths(res.interpolation_path, all_ks),
          (res.interpolation_path, all_ks)),
-        ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense, all_ks),
-         (res.accuracy, res.dense, all_ks)),
+        ("accuracy_vs_density", lambda: figs.accuracy_vs_density(res.accuracy, res.dense, all_ks, published),
+         (res.accuracy, res.dense, all_ks, published)),
         ("learning_curves", lambda: figs.learning_curves(curve_table), (curve_table,)),
-        ("method_comparison", lambda: figs.method_comparison(res.methods, res.num_classes),
-         (res.methods, res.num_classes)),
+        ("method_comparison", lambda: figs.method_comparison(res.methods, res.num_classes, published),
+         (res.methods, res.num_classes, published)),
         ("layer_profiles", lambda: figs.layer_profiles(res.layer_profiles, profile_level),
          (res.layer_profiles, profile_level)),
         ("weight_correlation", lambda: figs.weight_correlation(res.methods), (res.methods,)),

@@ -40,7 +40,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         if problem:
             errors.print(f"[red]error:[/red] {problem}")
             return 2
-    results, progress, keys = {}, {}, {}
+    results, progress, keys, runs = {}, {}, {}, {}
     for name in experiments:
         cache = ScanCache(store, store.path("reports", name, ".cache"))
         try:
@@ -50,6 +50,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
             return 2
         res = compute(*raw, threshold, num_classes=read_num_classes(store, name, cache), path=False)  # no path figure
         results[name] = res
+        runs[name] = raw[0]
         recorded = set(raw[0].column("job_id").to_pylist()) | set(raw[1].column("pair_id").to_pylist())
         progress[name] = read_progress(store, name, res.n_train_runs, res.n_pairs, recorded)
         keys[name] = key_tables(res, threshold, progress[name].planned_levels)
@@ -58,9 +59,13 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     labels = legend_labels(experiments, differences)
     side = side_by_side(results, experiments)
     side_key = side_by_side_key_table(side, experiments)
+    diffs = differences_table(runs, experiments)
+    diff_key = differences_key_table(diffs, experiments[0])
     # the summary first: how they differ and the side-by-side cells, then each one's tables
     _print_differences(console, experiments, differences)
     print_key_table(console, side_key)
+    if diffs.num_rows:
+        print_key_table(console, diff_key)
     for name in experiments:
         console.rule(f"{name}: {progress[name].summary()}")
         print_key_tables(console, *keys[name], branches_planned=progress[name].branches_planned())
@@ -72,9 +77,10 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
         out = _Out(pafs.LocalFileSystem(), os.path.abspath(out_dir))
     side_presented = present(side)
     out.write_table("side_by_side", side_presented)
+    out.write_table("differences", present(diffs))
     from orchestrator.analysis import write_summary_exports
 
-    all_keys = [side_key] + [KeyTable(f"{n}: {kt.title}", kt.columns, kt.rows) for n in experiments for kt in keys[n][0]]
+    all_keys = [side_key] + ([diff_key] if diffs.num_rows else []) + [KeyTable(f"{n}: {kt.title}", kt.columns, kt.rows) for n in experiments for kt in keys[n][0]]
     write_summary_exports(out, all_keys, None)
     fcache = _FigureCache(out, formats, titles)
     drawn = {}
@@ -107,7 +113,10 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     parts.append(_differences_html(experiments, differences))
     parts.append("<h2 id='side-by-side'>Side by side</h2>")
     parts.append(key_table_html(side_key))
-    parts.append("<p><small>side_by_side.parquet, side_by_side.csv; every summary table as "
+    if diffs.num_rows:
+        parts.append(key_table_html(diff_key))
+    parts.append("<p><small>side_by_side.parquet, side_by_side.csv; differences.parquet, differences.csv; "
+                 "every summary table as "
                  "summary.md and summary.tex</small></p>")
     parts.append("<h2>Summaries</h2>")
     for n in experiments:
@@ -174,6 +183,78 @@ def side_by_side(results: dict, experiments: list[str]) -> pa.Table:
     return pa.table({n: pa.array(v, types.get(n, pa.float64())) for n, v in cols.items()})
 
 
+def differences_table(runs: dict[str, pa.Table], experiments: list[str]) -> pa.Table:
+    """Per later experiment and per (family, k, level) both measured, every family (IMP's
+    lineages, the controls, pruning at initialization and its ablations): the test accuracy
+    of each (mean, n), the difference (this minus the first) with its 95% Welch t interval, and
+    the paired difference over the replicates both ran with the same init seed (a replicate is
+    named by its init seed), whose paired t interval removes the init's share of the noise."""
+    from orchestrator.analysis import methods as M
+    from orchestrator.analysis import tables as T
+    from orchestrator.analysis.stats import paired, welch
+
+    def cells(t: pa.Table) -> dict[tuple, dict]:
+        out: dict[tuple, dict] = {}
+        f = M.add_family(T.add_mode(t))
+        for fam, k, lv, d, rep, acc in zip(*(f[c].to_pylist() for c in (
+                "family", "rewind_iter", "level", "density", "replicate", "test_accuracy"))):
+            if acc is not None:
+                c = out.setdefault((fam, 0 if fam == "dense" else k, lv), {"density": d, "acc": {}})
+                c["acc"][rep] = acc
+        return out
+
+    first = experiments[0]
+    base = cells(runs[first])
+    rows = []
+    for name in experiments[1:]:
+        other = cells(runs[name])
+        for key in sorted(set(base) & set(other), key=lambda t: (t[0] != "dense", t)):
+            a, b = base[key]["acc"], other[key]["acc"]
+            ma, mb = sum(a.values()) / len(a), sum(b.values()) / len(b)
+            sa = _std(list(a.values()))
+            sb = _std(list(b.values()))
+            d, lo, hi = welch(mb, sb, len(b), ma, sa, len(a))
+            pd, plo, phi, pn = paired([b[r] - a[r] for r in sorted(set(a) & set(b))])
+            rows.append({"experiment": name, "minus": first, "family": key[0], "rewind_iter": key[1],
+                         "level": key[2], "density": base[key]["density"], "acc_first_mean": ma,
+                         "n_first": len(a), "acc_this_mean": mb, "n_this": len(b), "delta_acc": d,
+                         "delta_acc_ci_low": lo, "delta_acc_ci_high": hi, "delta_acc_paired": pd,
+                         "delta_acc_paired_ci_low": plo, "delta_acc_paired_ci_high": phi, "n_paired": pn})
+    schema = pa.schema([("experiment", pa.string()), ("minus", pa.string()), ("family", pa.string()),
+                        ("rewind_iter", pa.int64()), ("level", pa.int64()), ("density", pa.float64()),
+                        ("acc_first_mean", pa.float64()), ("n_first", pa.int64()), ("acc_this_mean", pa.float64()),
+                        ("n_this", pa.int64()), ("delta_acc", pa.float64()), ("delta_acc_ci_low", pa.float64()),
+                        ("delta_acc_ci_high", pa.float64()), ("delta_acc_paired", pa.float64()),
+                        ("delta_acc_paired_ci_low", pa.float64()), ("delta_acc_paired_ci_high", pa.float64()),
+                        ("n_paired", pa.int64())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _std(xs: list[float]) -> float | None:
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def differences_key_table(diffs: pa.Table, first: str) -> KeyTable:
+    def iv(d, lo, hi):
+        if d is None:
+            return "—"
+        return f"{100 * d:+.2f}" + ("" if lo is None else f" [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+
+    kt = KeyTable(title=(f"Test accuracy differences from {first} (points; 95% t intervals: Welch's, and "
+                         "paired over the replicates with the same init seed)"),
+                  columns=["experiment", "family", "k", "weights remaining", "difference [95%]",
+                           "paired difference [95%]", "n (first, this, paired)"], rows=[])
+    for r in diffs.to_pylist():
+        kt.rows.append([r["experiment"], r["family"], str(r["rewind_iter"]), f"{100 * r['density']:.3g}%",
+                        iv(r["delta_acc"], r["delta_acc_ci_low"], r["delta_acc_ci_high"]),
+                        iv(r["delta_acc_paired"], r["delta_acc_paired_ci_low"], r["delta_acc_paired_ci_high"]),
+                        f"{r['n_first']}, {r['n_this']}, {r['n_paired']}"])
+    return kt
+
+
 def side_by_side_key_table(side: pa.Table, experiments: list[str]) -> KeyTable:
     """The side-by-side table as the console and the report show it: barrier (pp) and test
     accuracy (%) per experiment, and the difference from the first."""
@@ -229,8 +310,26 @@ def config_differences(store: Store, experiments: list[str]) -> list[tuple[str, 
         except Exception:  # noqa: BLE001 - an old or unreadable spec: the comparison goes on without it
             return None
     keys = sorted(set().union(*flat) - {"name"})
+    if all(_finetune_lr_is_derived(f) for f in flat):  # follows train.optimizer.lr: not a difference of its own
+        keys = [k for k in keys if k != "pruning.finetune_lr"]
     missing = "(absent)"
     return [(k, [str(f.get(k, missing)) for f in flat]) for k in keys if len({str(f.get(k, missing)) for f in flat}) > 1]
+
+
+def _finetune_lr_is_derived(flat: dict[str, Any]) -> bool:
+    """Whether a stored config's pruning.finetune_lr is the rate its schedule ends at (the
+    default `lth` resolves it to: spec.final_lr), so that it only echoes other fields."""
+    try:
+        from orchestrator.spec import ScheduleSpec
+        from trainers.schedule import lr_at
+
+        sched = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith("train.schedule.")}
+        sched = {k: v for k, v in sched.items() if v is not None}
+        t = int(flat["train.iterations"])
+        rate = lr_at(ScheduleSpec.model_validate(sched).to_config(), flat["train.optimizer.lr"], t, t - 1)
+        return flat.get("pruning.finetune_lr") is None or float(f"{rate:.12g}") == flat["pruning.finetune_lr"]
+    except Exception:  # noqa: BLE001 - an older or partial config: list the field, as before
+        return False
 
 
 def _print_differences(console, experiments: list[str], differences) -> None:

@@ -26,7 +26,34 @@ from orchestrator.analysis.figure_plan import pick as _pick  # noqa: E402
 from orchestrator.analysis.figure_plan import primary_mode  # noqa: E402
 
 
+def thin_ticks(fig: Figure, pad_px: float = 4.0) -> None:
+    """Drop x tick labels that would run into their neighbour ('13.4%10.7%' on a 12-level
+    sweep): after a draw, walk each axis's labels in screen order and keep one only when it
+    clears the last one kept by `pad_px`. The ticks kept keep their texts."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        ticks = [(t.get_loc(), t.label1) for t in ax.xaxis.get_major_ticks()
+                 if t.label1.get_visible() and t.label1.get_text()]
+        lo, hi = sorted(ax.get_xlim())
+        ticks = [(x, lab) for x, lab in ticks if lo <= x <= hi]
+        if len(ticks) < 2:
+            continue
+        boxes = sorted(((lab.get_window_extent(r), x, lab.get_text()) for x, lab in ticks), key=lambda b: b[0].x0)
+        kept, last = [], None
+        for box, x, text in boxes:
+            if last is None or box.x0 >= last.x1 + pad_px:
+                kept.append((x, text))
+                last = box
+        if len(kept) < len(boxes):
+            rot = ticks[0][1].get_rotation()
+            ax.set_xticks([x for x, _ in kept], [t for _, t in kept], rotation=rot)
+
+
 def encode(fig: Figure, fmt: str = "png") -> bytes:
+    thin_ticks(fig)
     buf = io.BytesIO()
     # Fixed metadata: the same figure gives the same bytes (the figure cache compares them).
     meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
@@ -65,8 +92,15 @@ def density_label(d: float | None, level: int) -> str:
 # colour in a comparison.
 DENSE_COLOR = "black"
 _LEVEL_CYCLE = plt.get_cmap("tab10").colors
+# A retrain mode, control or pruning-at-init method: one colour each, the same as a mode
+# (`rewind`) and as a family (`imp_rewind`), in every figure of every experiment; an ablation
+# shares its method's colour with a line style of its own.
 MODE_COLORS = {"rewind": "#1f77b4", "lr_rewind": "#ff7f0e", "finetune": "#2ca02c",
-               "random_prune": "#7f7f7f", "reinit": "#9467bd"}
+               "random_prune": "#7f7f7f", "random_reinit": "#9467bd", "random_reinit_signs": "#c5b0d5",
+               "snip": "#d62728", "grasp": "#e377c2", "grasp_abs": "#f7b6d2", "synflow": "#17becf",
+               "magnitude_init": "#8c564b", "random_init": "#bcbd22", "dense": DENSE_COLOR}
+# methods without a colour of their own (a new one): colours no mode above uses
+_SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 EXPERIMENT_COLORS = plt.get_cmap("Dark2").colors
 
 
@@ -80,7 +114,10 @@ def k_colors(ks) -> dict[int, tuple]:
 
 
 def mode_color(mode: str, i: int = 0):
-    return MODE_COLORS.get(mode, _LEVEL_CYCLE[i % len(_LEVEL_CYCLE)])
+    """A mode's or family's colour (imp_rewind is rewind's); `i` picks a spare one for a name
+    without its own."""
+    base = mode.partition("+")[0].removeprefix("imp_")
+    return MODE_COLORS.get(base, _SPARE_COLORS[i % len(_SPARE_COLORS)])
 
 
 def n_text(counts, unit: str) -> str:
@@ -264,7 +301,33 @@ def _density_axis(ax, densities: list[float]) -> None:
     ax.set_xlabel("weights remaining (log scale)")
 
 
-def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | None:
+PUBLISHED_MARKER = dict(marker="D", ms=6, mfc="none", mew=1.4, ls="none", capsize=3, zorder=5)
+
+
+def draw_published(ax, pts: pa.Table | None, color_of, label_done: set) -> list[np.ndarray]:
+    """Published numbers (references.overlay) as hollow diamonds in their family's colour, with
+    the published std as an error bar; one legend entry per paper. Returns the y values drawn."""
+    ys = []
+    if pts is None or pts.num_rows == 0:
+        return ys
+    for r in pts.to_pylist():
+        y, s = 100 * r["acc"], 100 * (r["std"] or 0.0)
+        label = f"published: {r['paper']}" + (" (secondary)" if r["secondary"] else "") + " (hollow diamonds)"
+        ax.errorbar([r["density"]], [y], yerr=[s] if r["std"] else None, color=color_of(r["family"]),
+                    label=label if label not in label_done else "_published", **PUBLISHED_MARKER)
+        label_done.add(label)
+        ys.append(np.array([y - s, y + s]))
+    return ys
+
+
+def _ci(c: pa.Table, stem: str = "acc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) in percent; where a cell has no interval (one replicate), low = high = mean."""
+    y = 100 * _col(c, f"{stem}_mean")
+    lo, hi = 100 * _col(c, f"{stem}_ci_low"), 100 * _col(c, f"{stem}_ci_high")
+    return y, np.where(np.isnan(lo), y, lo), np.where(np.isnan(hi), y, hi)
+
+
+def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None, published: pa.Table | None = None) -> Figure | None:
     if acc.num_rows == 0:
         return None
     palette = k_colors(all_ks if all_ks is not None else acc["rewind_iter"].to_pylist())
@@ -285,6 +348,7 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | Non
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     ys = []
+    pub_labels: set = set()
     for ax, (kind, val) in zip(axes.flat, panels):
         if kind == "mode":
             t, series, label = _where(acc, mode=val), "rewind_iter", lambda v: f"k = {v}"
@@ -295,29 +359,47 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None) -> Figure | Non
         for i, v in enumerate(_pick(sorted(set(t[series].to_pylist())))):
             c = _where(t, **{series: v}).sort_by("density")
             x = _col(c, "density")
-            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
-            ys += [y - s, y + s]
+            y, lo, hi = _ci(c)
+            ys += [lo, hi]
             color = palette[int(v)] if series == "rewind_iter" else mode_color(v, i)
             n = n_text(c["n_replicates"].to_pylist(), "replicates")
             line, = ax.plot(x, y, marker="o", ms=3, color=color, label=f"{label(v)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         if dense["mean"] is not None:
-            m, s = 100 * dense["mean"], 100 * (dense["std"] or 0.0)
-            ys += [np.array([m - s, m + s])]
-            ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (± 1 std; n = {dense.get('n')} replicates)")
-            ax.axhspan(m - s, m + s, color="k", alpha=0.1)
+            m = 100 * dense["mean"]
+            lo = 100 * dense["ci_low"] if dense.get("ci_low") is not None else m
+            hi = 100 * dense["ci_high"] if dense.get("ci_high") is not None else m
+            ys += [np.array([lo, hi])]
+            ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (95% interval; n = {dense.get('n')} replicates)")
+            ax.axhspan(lo, hi, color="k", alpha=0.1)
             # the dense network measured at 100%, where every sparse line starts from
-            ax.errorbar([1.0], [m], yerr=[s], color=DENSE_COLOR, marker="o", ms=4, capsize=2, label="_dense point")
-        _density_axis(ax, acc["density"].to_pylist())
+            ax.errorbar([1.0], [m], yerr=[[m - lo], [hi - m]], color=DENSE_COLOR, marker="o", ms=4, capsize=2,
+                        label="_dense point")
+        pub = None
+        if published is not None and published.num_rows:
+            if kind == "mode":
+                fam = "dense" if val == "dense" else (f"imp_{val}" if val in ("rewind", "lr_rewind", "finetune") else val)
+                pub = published.filter(pc.or_(pc.equal(published["family"], fam),
+                                              pc.equal(published["family"], "dense")))
+                ys += draw_published(ax, pub, lambda f: DENSE_COLOR if f == "dense" else "0.25", pub_labels)
+        _density_axis(ax, acc["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist()))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if kind == "k":  # other lines than the mode panels: a legend of its own, below
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
     sensible_ylim(axes.flat[0], ys, floor=0.0, ceiling=100.0)
-    _legend_right(fig, axes.flat[0])
+    # The mode panels' lines (k = ...) in one figure legend: the retrain-modes panel keeps its own
+    # legend (another meaning of colour), which a legend placed beside it would replace.
+    seen: dict[str, object] = {}
+    for ax, (kind, _val) in zip(axes.flat, panels):
+        if kind == "mode":
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    fig.suptitle("Test accuracy against the weights remaining (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Test accuracy against the weights remaining (mean and 95% t interval over replicates)", fontsize=11)
     return fig
 
 
@@ -434,11 +516,11 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, s
         for name, (t, dense) in tables.items():
             c = _where(t, rewind_iter=k).sort_by("density")
             x = _col(c, "density")
-            y, s = 100 * _col(c, "acc_mean"), 100 * np.nan_to_num(_col(c, "acc_std"))
-            ys += [y - s, y + s]
+            y, lo, hi = _ci(c)
+            ys += [lo, hi]
             n = n_text(c["n_replicates"].to_pylist(), "replicates")
             line, = ax.plot(x, y, marker="o", ms=3, color=colors[name], label=f"{labels.get(name, name)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
             if dense["mean"] is not None:
                 ys.append(np.array([100 * dense["mean"]]))
                 ax.axhline(100 * dense["mean"], color=line.get_color(), ls=":", lw=1,
@@ -449,7 +531,8 @@ def compare_accuracy(accs: dict[str, tuple[pa.Table, dict]], labels: dict[str, s
     sensible_ylim(axes[0][0], ys, floor=0.0, ceiling=100.0)
     axes[0][0].set_ylabel("test accuracy (%)")
     _legend_right(fig, axes[0][0])
-    fig.suptitle("Test accuracy against the weights remaining, by experiment (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Test accuracy against the weights remaining, by experiment (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
@@ -461,8 +544,7 @@ _ABLATION_STYLE = {"": "-", "shuffle": "--", "reinit": ":", "invert": "-."}
 def _family_style(families: list[str]) -> dict[str, dict]:
     """A colour per method (an ablation shares its method's colour, with its own line style)."""
     bases = sorted({f.partition("+")[0] for f in families}, key=lambda b: (not b.startswith("imp_"), b))
-    cmap = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20")
-    colour = {b: cmap(i % cmap.N) for i, b in enumerate(bases)}
+    colour = {b: mode_color(b, i) for i, b in enumerate(bases)}
     return {f: {"color": colour[f.partition("+")[0]], "ls": _ABLATION_STYLE.get(f.partition("+")[2], "-")}
             for f in families}
 
@@ -475,9 +557,13 @@ def _main_k(t: pa.Table) -> int | None:
     return max(counts, key=lambda k: (len(counts[k]), -k)) if counts else None
 
 
-def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | None:
-    """Test accuracy against the weights remaining, one line per family (mean ± std over
-    replicates) at one rewinding point, with the dense network and chance level marked."""
+def method_comparison(methods: pa.Table, num_classes: int | None, published: pa.Table | None = None) -> Figure | None:
+    """Every family against the weights remaining at one rewinding point (mean and 95% t
+    interval over replicates): on the left the test accuracy, zoomed to the data, with the
+    dense network and the published numbers (hollow diamonds); on the right each family's
+    difference from the dense network in points, where differences between methods show.
+    Chance is a line where it falls in the view, else a note under the panel (a line at 10%
+    would squash every difference into a few pixels)."""
     if methods is None:
         return None
     sparse = methods.filter(pc.greater(methods["level"], 0))
@@ -487,29 +573,57 @@ def method_comparison(methods: pa.Table, num_classes: int | None) -> Figure | No
     k = _main_k(sparse)
     t = _where(sparse, rewind_iter=k)
     style = _family_style(families)
-    fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
-    ys = []
+    dense = _where(methods, family="dense")
+    m = 100 * float(np.nanmean(_col(dense, "acc_mean"))) if dense.num_rows else None
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(12.5, 4.6), layout="constrained")
+    ys, ds = [], []
     for f in sorted(set(t["family"].to_pylist()), key=lambda f: (not f.startswith("imp_"), f)):
         c = _where(t, family=f).sort_by("density")
-        x, y = _col(c, "density"), 100 * _col(c, "acc_mean")
-        s = 100 * np.nan_to_num(_col(c, "acc_std"))
-        ys += [y - s, y + s]
-        ax.errorbar(x, y, yerr=s, marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
-    dense = _where(methods, family="dense")
-    if dense.num_rows:
-        m = 100 * float(np.nanmean(_col(dense, "acc_mean")))
+        x = _col(c, "density")
+        y, lo, hi = _ci(c)
+        ys += [lo, hi]
+        n = n_text(c["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.3, label=f"{f} ({n})", **style[f])
+        if m is not None:
+            ds += [lo - m, hi - m]
+            axd.errorbar(x, y - m, yerr=[y - lo, hi - y], marker="o", ms=3, capsize=2, lw=1.3, label="_" + f,
+                         **style[f])
+    if m is not None:
         ys.append(np.array([m]))
-        ax.axhline(m, color="k", lw=1, label="dense")
+        ax.axhline(m, color=DENSE_COLOR, lw=1, label=f"dense (n = {dense.num_rows and int(np.nansum(_col(dense, 'n_replicates')))} replicates)")
+        axd.axhline(0.0, color=DENSE_COLOR, lw=1, label="_dense")
+    pub = None
+    if published is not None and published.num_rows:
+        fams = set(t["family"].to_pylist()) | {"dense"}
+        pub = published.filter(pc.and_(pc.is_in(published["family"], value_set=pa.array(sorted(fams))),
+                                       pc.or_(pc.equal(published["rewind_iter"], k),
+                                              pc.equal(published["family"], "dense"))))
+        ys += draw_published(ax, pub, lambda f: DENSE_COLOR if f == "dense" else style[f]["color"], set())
+    xs = t["density"].to_pylist() + ([] if pub is None else pub["density"].to_pylist())
+    _density_axis(ax, xs)
+    sensible_ylim(ax, ys, ceiling=100.0)
     if num_classes:
-        ax.axhline(100 / num_classes, color="0.5", lw=1, ls=":", label=f"chance ({100 / num_classes:.3g}%)")
-        ys.append(np.array([100 / num_classes]))
-    _density_axis(ax, t["density"].to_pylist())
-    sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
+        chance = 100 / num_classes
+        lo, hi = ax.get_ylim()
+        if lo <= chance <= hi:
+            ax.axhline(chance, color="0.5", lw=1, ls=":", label=f"chance ({chance:.3g}%)")
+        else:
+            ax.annotate(f"chance: {chance:.3g}% (below the view)", xy=(0, 0), xycoords="axes fraction",
+                        xytext=(2, -40), textcoords="offset points", fontsize=8, color="0.35", va="top")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"k = {k}", fontsize=10)
-    _legend_right(fig, ax)
-    fig.suptitle("Every family at IMP's densities: test accuracy (mean ± std over replicates)", fontsize=11)
+    ax.set_title(f"test accuracy, k = {k}", fontsize=10)
+    if m is None:
+        axd.set_visible(False)
+    else:
+        _density_axis(axd, t["density"].to_pylist())
+        sensible_ylim(axd, ds, include=(0.0,))
+        axd.set_ylabel("accuracy − dense (points)")
+        axd.grid(alpha=0.3)
+        axd.set_title(f"difference from the dense network, k = {k}", fontsize=10)
+    _legend_right(fig, ax, right=axd if m is not None else ax)
+    fig.suptitle("Every family at IMP's densities: test accuracy (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
@@ -564,8 +678,10 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8.5, 4.4), layout="constrained")
     for f in families:
         c = _where(sparse, family=f).sort_by("density")
-        ax.errorbar(_col(c, "density"), _col(c, "weight_correlation_mean"), yerr=np.nan_to_num(_col(c, "weight_correlation_std")),
-                    marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+        y, lo, hi = (v / 100 for v in _ci(c, "weight_correlation"))  # _ci is in percent; r is not
+        n = n_text(c["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(_col(c, "density"), y, yerr=[y - lo, hi - y],
+                    marker="o", ms=3, capsize=2, lw=1.3, label=f"{f} ({n})", **style[f])
     dense = _where(t, family="dense")
     if dense.num_rows:
         ax.axhline(float(np.nanmean(_col(dense, "weight_correlation_mean"))), color="k", lw=1, label="dense (W_0 vs W_T)")
@@ -574,7 +690,8 @@ def weight_correlation(methods: pa.Table | None) -> Figure | None:
     ax.grid(alpha=0.3)
     ax.set_title(f"k = {k}", fontsize=10)
     _legend_right(fig, ax)
-    fig.suptitle("Correlation of starting and final weights by level (mean ± std over replicates)", fontsize=11)
+    fig.suptitle("Correlation of starting and final weights by level (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 
@@ -592,9 +709,12 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
             continue
         fam = "imp_rewind" if "imp_rewind" in fams else fams[0]
         t = _where(t, family=fam)
-        t = _where(t, rewind_iter=min(t["rewind_iter"].to_pylist())).sort_by("density")
-        ax.errorbar(_col(t, "density"), _col(t, "weight_correlation_mean"), yerr=np.nan_to_num(_col(t, "weight_correlation_std")),
-                    marker="o", ms=3, capsize=2, label=f"{name} ({fam})")
+        k = min(t["rewind_iter"].to_pylist())
+        t = _where(t, rewind_iter=k).sort_by("density")
+        y, lo, hi = (v / 100 for v in _ci(t, "weight_correlation"))
+        n = n_text(t["n_replicates"].to_pylist(), "replicates")
+        ax.errorbar(_col(t, "density"), y, yerr=[y - lo, hi - y],
+                    marker="o", ms=3, capsize=2, label=f"{name} ({fam}, k = {k}, {n})")
         dens += t["density"].to_pylist()
         drawn += 1
     if not drawn:
@@ -604,7 +724,8 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
     ax.set_ylabel("weight correlation (Pearson r)")
     ax.grid(alpha=0.3)
     _legend_right(fig, ax)
-    fig.suptitle("Correlation of starting and final weights, by experiment", fontsize=11)
+    fig.suptitle("Correlation of starting and final weights, by experiment (mean and 95% t interval over replicates)",
+                 fontsize=11)
     return fig
 
 

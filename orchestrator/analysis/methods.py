@@ -17,6 +17,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.analysis.stats import add_intervals, welch
 from orchestrator.analysis.tables import DENSE, STD
 
 ABLATIONS = ("shuffle", "reinit", "invert")
@@ -51,7 +52,9 @@ def method_table(runs_f: pa.Table) -> pa.Table:
     schema = pa.schema([("family", pa.string()), ("rewind_iter", pa.int64()), ("level", pa.int64()),
                         ("density", pa.float64()), ("acc_mean", pa.float64()), ("acc_std", pa.float64()),
                         ("n_replicates", pa.int64()), ("weight_correlation_mean", pa.float64()), ("weight_correlation_std", pa.float64())])
-    return agg.cast(schema).sort_by([("family", "ascending"), ("rewind_iter", "ascending"), ("level", "ascending")])
+    out = agg.cast(schema)
+    out = add_intervals(add_intervals(out, "acc", "n_replicates"), "weight_correlation", "n_replicates")
+    return out.sort_by([("family", "ascending"), ("rewind_iter", "ascending"), ("level", "ascending")])
 
 
 def ablation_table(methods: pa.Table) -> pa.Table:
@@ -64,13 +67,18 @@ def ablation_table(methods: pa.Table) -> pa.Table:
             continue
         base = cells.get((method, k, lv))
         a, b = r["acc_mean"], base["acc_mean"] if base else None
+        # Welch's interval of the difference (the ablated and unablated runs of a replicate share
+        # its init, so a paired interval would be narrower; the table keeps only cell statistics)
+        d, lo, hi = (None, None, None) if a is None or b is None else welch(
+            a, r["acc_std"], r["n_replicates"], b, base["acc_std"], base["n_replicates"])
         rows.append({"method": method, "ablation": ablation, "rewind_iter": k, "level": lv,
                      "density": r["density"], "acc_method_mean": b, "acc_ablated_mean": a,
-                     "delta_acc": None if a is None or b is None else a - b,
+                     "delta_acc": d, "delta_acc_ci_low": lo, "delta_acc_ci_high": hi,
                      "n_replicates": r["n_replicates"]})
     schema = pa.schema([("method", pa.string()), ("ablation", pa.string()), ("rewind_iter", pa.int64()),
                         ("level", pa.int64()), ("density", pa.float64()), ("acc_method_mean", pa.float64()),
                         ("acc_ablated_mean", pa.float64()), ("delta_acc", pa.float64()),
+                        ("delta_acc_ci_low", pa.float64()), ("delta_acc_ci_high", pa.float64()),
                         ("n_replicates", pa.int64())])
     return pa.Table.from_pylist(rows, schema=schema)
 

@@ -27,15 +27,16 @@ RENAME = {"frac_stable": "stable_pairs_pct", "alpha": "alpha"}
 def _unit(name: str, modes: set[str]) -> str | None:
     """'pct', 'pp' or None for a computed column name."""
     words = name.split("_")
-    if "barrier" in words or name.startswith("delta_"):  # barrier_mean, ...; delta_acc: a difference
+    if "barrier" in words or name.startswith("delta_") or ("_diff_" in name and "_minus_" in name):  # barrier_mean; delta_acc, acc_diff_B_minus_A
         return "pp"
-    if name in ("density", "smallest_matching_density", "frac_stable") or name.startswith(PERCENT_PREFIXES):
+    if name in ("density", "frac_stable", "flops_fraction") or name.endswith("_density") \
+            or name.startswith(PERCENT_PREFIXES):  # channel_density, ticket_density, ...
         return "pct"
     if "error" in words:  # end_error_mean: the end points' mean error
         return "pct"
-    head, _, tail = name.rpartition("_")
-    if head in modes and tail in ("mean", "std"):  # retrain_comparison: <mode>_mean, <mode>_std
-        return "pct"
+    for tail in ("_mean", "_std", "_ci_low", "_ci_high"):  # retrain_comparison: <mode>_mean, ...
+        if name.endswith(tail) and name[: -len(tail)] in modes:
+            return "pct"
     return None
 
 

@@ -49,6 +49,16 @@ DEFINITIONS = [
                       "more iterations at a small fixed learning rate; random_prune and random_reinit: "
                       "the controls (a random mask with the same per-layer counts; IMP's mask with "
                       "fresh weights). Modes are compared at equal total training iterations."),
+    ("95% interval", "Columns *_ci_low and *_ci_high: mean ± t(0.975, n − 1) · std / √n over the n replicates "
+                     "(Student's t: with 2 to 5 replicates the normal interval covers far less than 95%); none "
+                     "with one replicate. The barrier's interval is over the replicates' mean barriers (pairs of "
+                     "one replicate share their parent). A difference (an ablation against its method) has "
+                     "Welch's t interval."),
+    ("Verdict", "Each published number (the experiment's reference files) against our cell of the same family, "
+                "k and density (within 2%): not comparable when the model, data set, granularity or epochs "
+                "differ, or we have no such cell or fewer than 2 replicates; consistent when the 95% Welch "
+                "interval of ours minus published holds 0 (a published value without a spread adds none), "
+                "not consistent otherwise. A secondary source says so."),
     ("Missing values", f"A cell that is not measured yet is shown as {MISSING}, never as 0."),
 ]
 

@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from statistics import mean, pstdev
+from statistics import mean, stdev
 
 import pyarrow as pa
 
+from orchestrator.analysis.stats import interval
 from orchestrator.store import Store
 from trainers.early_bird_files import DISTANCES_FILE
 
@@ -45,9 +46,13 @@ def structured_tables(store: Store, runs_table: pa.Table, eb_table: pa.Table) ->
             acc = [r["test_accuracy"] for r in rs]
             cd = [r["channel_density"] for r in rs if r["channel_density"] is not None]
             ff = [r["flops_fraction"] for r in rs if r["flops_fraction"] is not None]
+            # the sample std over replicates and its 95% t interval, as every other table
+            sd = stdev(acc) if len(acc) > 1 else None
+            lo, hi = interval(mean(acc), sd, len(acc))
             rows.append({"mode": family, "level": level, "channel_density": mean(cd) if cd else 1.0,
                          "weight_density": mean(r["density"] for r in rs), "flops_fraction": mean(ff) if ff else None,
-                         "test_acc": mean(acc), "test_acc_std": pstdev(acc), "n": len(rs)})
+                         "acc_mean": mean(acc), "acc_std": sd, "acc_ci_low": lo, "acc_ci_high": hi,
+                         "n_replicates": len(rs)})
         out.append(("structured", "Structured pruning: accuracy, channel density and FLOPs by family and level",
                     pa.Table.from_pylist(rows)))
     eb = eb_table.to_pylist()
@@ -73,13 +78,13 @@ def _early_bird_table(runs: list[dict], eb: list[dict]) -> tuple[str, str, pa.Ta
                "detect_iter": mean(d["detect_iter"] for d in ds), "ticket_density": density}
         for mode in ("continue", "reinit", "rewind"):
             accs = [r["test_accuracy"] for r in retrains if r["retrain"] == f"eb_{mode}" and abs(r["density"] - density) < 1e-9]
-            row[f"eb_{mode}_acc"] = mean(accs) if accs else None
+            row[f"acc_eb_{mode}"] = mean(accs) if accs else None
         if imp:
             level = min({r["level"] for r in imp}, key=lambda lv: abs(mean(r["density"] for r in imp if r["level"] == lv) - density))
             at = [r for r in imp if r["level"] == level]
             row["imp_level"] = level
             row["imp_density"] = mean(r["density"] for r in at)
-            row["imp_acc"] = mean(r["test_accuracy"] for r in at)
+            row["acc_imp"] = mean(r["test_accuracy"] for r in at)
         search_stop = [by_id[d["job_id"]]["end_iter"] for d in ds if d["job_id"] in by_id]
         row["search_iters"] = mean(search_stop) if search_stop else None
         if imp and search_stop:

@@ -36,6 +36,8 @@ import itertools
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.analysis.stats import add_intervals, interval
+
 DENSE = "dense"
 STD = pc.VarianceOptions(ddof=1)  # sample std over replicates/pairs; null for a single value
 
@@ -206,8 +208,25 @@ def instability_summary(barriers: pa.Table, threshold: float, rewind_iters: list
     out = out.append_column("at_chance", at_chance)
     stable = pc.and_(pc.less(out["barrier_mean"], threshold), pc.invert(at_chance))
     out = out.append_column("stable", stable)
+    out = _replicate_interval(out, b, keys)
     return out.sort_by([("mode", "ascending"), ("split", "ascending"), ("level", "ascending"),
                         ("rewind_iter", "ascending")])
+
+
+def _replicate_interval(out: pa.Table, b: pa.Table, keys: list[str]) -> pa.Table:
+    """`out` with barrier_ci_low/high: the 95% t interval over the replicates' mean barriers.
+    Not over pairs: the pairs of one replicate share their parent network, so they are not
+    independent draws, and an interval over them would be too narrow."""
+    per_rep = b.group_by(keys + ["replicate"]).aggregate([("barrier", "mean")])
+    reps = per_rep.group_by(keys).aggregate([("barrier_mean", "mean"), ("barrier_mean", "stddev", STD),
+                                             ("barrier_mean", "count")])
+    cell = {tuple(r[k] for k in keys): interval(r["barrier_mean_mean"], r["barrier_mean_stddev"],
+                                                r["barrier_mean_count"])
+            for r in reps.to_pylist()}
+    got = [cell.get(tuple(r), (None, None)) for r in zip(*(out[k].to_pylist() for k in keys))]
+    at = out.schema.get_field_index("barrier_std") + 1
+    out = out.add_column(at, "barrier_ci_low", pa.array([g[0] for g in got], pa.float64()))
+    return out.add_column(at + 1, "barrier_ci_high", pa.array([g[1] for g in got], pa.float64()))
 
 
 def stability_onset(summary: pa.Table) -> pa.Table:
@@ -250,7 +269,8 @@ def dense_accuracy(runs_m: pa.Table) -> dict:
     n = len(acc)
     mean = pc.mean(acc).as_py() if n else None
     std = pc.stddev(acc, ddof=1).as_py() if n > 1 else None
-    return {"mean": mean, "std": std, "n": n}
+    low, high = interval(mean, std, n)
+    return {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high}
 
 
 def accuracy_summary(runs_m: pa.Table, dense: dict) -> pa.Table:
@@ -281,6 +301,7 @@ def accuracy_summary(runs_m: pa.Table, dense: dict) -> pa.Table:
         bar = dense["mean"] - (dense["std"] or 0.0)
         matches = pc.greater_equal(out["acc_mean"], bar)
     out = out.append_column("matches_dense", matches)
+    out = add_intervals(out, "acc", "n_replicates")
     return out.sort_by([("mode", "ascending"), ("rewind_iter", "ascending"), ("level", "ascending")])
 
 
@@ -355,13 +376,15 @@ def retrain_comparison(runs_b: pa.Table) -> pa.Table | None:
     fields = [("rewind_iter", pa.int64()), ("level", pa.int64()), ("train_iters", pa.int64()),
               ("density", pa.float64())]
     for m in modes:
-        fields += [(f"{m}_mean", pa.float64()), (f"{m}_std", pa.float64()), (f"{m}_n", pa.int64())]
+        fields += [(f"{m}_mean", pa.float64()), (f"{m}_std", pa.float64()), (f"{m}_ci_low", pa.float64()),
+                   (f"{m}_ci_high", pa.float64()), (f"{m}_n", pa.int64())]
     rows = []
     for key in sorted(cells, key=lambda t: tuple(-1 if v is None else v for v in t)):
         row = dict(zip(keys, key), density=cells[key]["density"])
         for m in modes:
             mean, std, n = cells[key].get(m, (None, None, 0))
-            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n})
+            low, high = interval(mean, std, n)
+            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci_low": low, f"{m}_ci_high": high, f"{m}_n": n})
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))
 
