@@ -129,3 +129,22 @@ def test_inverted_synflow_on_the_demo_mlp_is_flagged():
     assert disconnection(model, inverted, inverted, (64,)) is not None
     plain = compute_mask("synflow", inp, keep, "global", iterations=5)
     assert disconnection(model, plain, plain, (64,)) is None
+
+
+def test_a_network_with_a_parameter_the_rule_does_not_cover_is_not_measured():
+    from trainers.connectivity import UNMEASURED
+    from trainers.train import collapse
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+            self.gain = torch.nn.Parameter(torch.ones(2))  # neither Conv/Linear nor BatchNorm
+
+        def forward(self, x):
+            return self.fc(x) * self.gain
+
+    net = Scaled()
+    mask = {"fc.weight": torch.tensor([[True, False, False, False], [False] * 4])}
+    assert disconnection(net, mask, mask, (4,)) == UNMEASURED
+    assert collapse(net, mask, mask, (4,)) == {"disconnected": None, "disconnection": None}

@@ -488,9 +488,11 @@ def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
 
 def collapse(model: torch.nn.Module, mask: dict, prunable: dict, input_shape) -> dict:
     """Whether the mask disconnects the network (layer collapse), and why."""
-    from trainers.connectivity import disconnection
+    from trainers.connectivity import UNMEASURED, disconnection
 
     why = disconnection(model, mask, prunable, tuple(input_shape))
+    if why == UNMEASURED:
+        return {"disconnected": None, "disconnection": None}
     return {"disconnected": why is not None, "disconnection": why}
 
 
