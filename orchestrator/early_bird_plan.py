@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.jobid import derived_seed
 from trainers import early_bird_files as eb
+from trainers.job_files import rewind_file
 from trainers.jobs import EarlyBirdConfig, TrainJob
 
 ROLE = "early_bird"
@@ -33,8 +35,6 @@ def search_config(spec: Any) -> EarlyBirdConfig:
 
 def add_early_bird(b: Any, r: int) -> None:
     """Add replicate r's search and retrain jobs to the planner's builder `b` (planner._Builder)."""
-    from orchestrator.planner import derived_seed, rewind_file
-
     spec = b.spec
     e = spec.pruning.early_bird
     strategy = f"early_bird_{e.kind}"

@@ -26,10 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import uuid
 
-from orchestrator.store import CHECKPOINT, CHECKSUMS, RESULT, Store
+from orchestrator.store import CHECKPOINT, CHECKSUMS, RESULT, Store, aside_name  # noqa: F401 - aside_name re-exported
 
 _CHUNK = 1 << 22
 
@@ -77,15 +76,6 @@ def verify_input(store: Store, producer: str, name: str, local_path: str) -> Non
     if actual != expected:
         raise CorruptInput(producer, name, f"checksum mismatch (sha256 {actual[:12]}, recorded {expected[:12]}; "
                                           f"{os.path.getsize(local_path)} bytes)")
-
-
-def aside_name(name: str, why: str = "corrupt") -> str:
-    """The name a file set aside takes: its name, why, when (UTC, to the microsecond) and 48
-    random bits, so that no two set-asides of one file collide (nor does it end in .pt or .json:
-    no listing of outputs mistakes it for one)."""
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
-    return f"{name}.{why}-{stamp}-{uuid.uuid4().hex[:12]}"
 
 
 def set_aside(store: Store, job_id: str, name: str, why: str = "corrupt") -> str | None:

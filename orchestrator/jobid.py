@@ -154,3 +154,9 @@ def job_payload(kind: str, spec: Any, inputs: Mapping[str, tuple[str, str]]) -> 
     ) + "}"  # canonical_json({role: [parent, file]}), written directly: one per job of a 100k-job plan
     # A train job's own description is unique to it: memoising it would only evict the shared parts.
     return f"[{json.dumps(str(kind))},{_encode(spec, memo=not isinstance(spec, TrainJob))},{ins}]"
+
+
+def derived_seed(tag: str, *values: int) -> int:
+    """A seed for a control's random draw, a pure function of (tag, values)."""
+    text = ":".join([tag, *(str(int(v)) for v in values)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF

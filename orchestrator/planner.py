@@ -37,7 +37,6 @@ meta has rewind_iter 0 (it serves every k).
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
@@ -47,25 +46,16 @@ from orchestrator.early_bird_plan import add_early_bird
 from orchestrator.experiment import config_hash
 from orchestrator.floor import check_floor
 from orchestrator.graph import Job, JobMeta, Plan
-from orchestrator.jobid import job_id
+from orchestrator.jobid import derived_seed, job_id
 from orchestrator.limits import MAX_JOBS
 from orchestrator.spec import ExperimentSpec, SpecError
+from trainers.job_files import rewind_file
 from trainers.jobs import AtInitConfig, InterpolateJob, TrainConfig, TrainJob
 from trainers.model_catalog import conv_linear_weights
 from trainers.prune_counts import DATA_METHODS, planned_layer_remaining, planned_remaining, select_prunable
 
 WEIGHTS = "weights.pt"
 MASK = "mask.pt"
-
-
-def rewind_file(k: int) -> str:
-    return f"w_{int(k)}.pt"
-
-
-def derived_seed(tag: str, *values: int) -> int:
-    """A seed for a control's random draw, a pure function of (tag, values)."""
-    text = ":".join([tag, *(str(int(v)) for v in values)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def planned_densities(spec: ExperimentSpec) -> list[float]:

@@ -52,6 +52,14 @@ PUBLISH_ROW_GROUP = 1 << 20  # rows per row group of a published file
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
 
 
+def aside_name(name: str, why: str = "corrupt") -> str:
+    """The name a file set aside takes: its name, why, when (UTC, to the microsecond) and 48
+    random bits, so that no two set-asides of one file collide (nor does it end in .pt or .json:
+    no listing of outputs mistakes it for one)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
+    return f"{name}.{why}-{stamp}-{uuid.uuid4().hex[:12]}"
+
 class DamagedParts(RuntimeError):
     """Published part files of one table that cannot be read: [(store-relative path, why)]."""
 
@@ -336,8 +344,6 @@ class Store:
     def set_aside_part(self, rel: str) -> str:
         """Move a damaged part file out of results/ (raw readers of results/ would fail on it)
         to damaged/<its path>.corrupt-<UTC time>-<random>, kept for a person; returns the new path."""
-        from orchestrator.integrity import aside_name
-
         directory, _, name = rel.rpartition("/")
         aside = f"damaged/{directory}/{aside_name(name)}"
         self.write_bytes(aside, self.read_bytes(rel))

@@ -45,11 +45,7 @@ from trainers.pruning import MaskApplier, density, full_mask, masked_weights, pr
 from trainers.runtime import Runtime
 from trainers.schedule import lr_at
 
-WEIGHTS, MASK, CHECKPOINT, RESULT = "weights.pt", "mask.pt", "checkpoint.pt", "result.json"
-
-
-def rewind_file(k: int) -> str:
-    return f"w_{k}.pt"
+from trainers.job_files import CHECKPOINT, MASK, RESULT, WEIGHTS, rewind_file  # noqa: F401 - re-exported (trainers/packed.py)
 
 
 def fingerprint(job: TrainJob) -> str:
