@@ -374,3 +374,23 @@ def test_a_process_group_takes_the_longest_gang_timeout_a_config_may_give():
         assert torch.equal(t, torch.ones(3))
     finally:
         distributed.leave()
+
+
+def test_a_two_rank_early_bird_search_stops_where_one_rank_does(tmp_path):
+    """An early-bird search on 2 ranks: the ranks compare their scores' digest at every epoch
+    start (its detectors decide when the job stops, so a rank that stopped alone would leave
+    the other in a collective): with equal scores the check passes, and the search detects at
+    the epoch one rank does (queue 2, threshold 0.5: the first comparison, far from the
+    threshold) and stops there on both ranks. (A refused mismatch: the masks test above.)"""
+    import dataclasses
+
+    from trainers.jobs import EarlyBirdConfig
+
+    base = _mlp_job(iterations=24 * 3)  # digits: the search counts ceil(1437 / 61) = 24 iterations an epoch
+    job = dataclasses.replace(base, early_bird=EarlyBirdConfig(kind="unstructured", fractions=(0.5,), queue=2,
+                                                               threshold=0.5))
+    one = train(job, TrainPaths(out_dir=str(tmp_path / "one")), Runtime(device=torch.device("cpu")))
+    _spawn(_replay_rank_main, 2, [(job, str(tmp_path / "two"))])
+    two = _result(tmp_path / "two")
+    assert one.end_iter == two["end_iter"] == 24
+    assert [r["detect_iter"] for r in two["early_bird"]] == [r["detect_iter"] for r in one.early_bird] == [24]
