@@ -43,6 +43,8 @@ _GROWS_AS_SET = {
     "pruning.at_init.methods",
     "pruning.at_init.at_iters",
     "pruning.at_init.ablations",
+    "transfer.levels",
+    "transfer.controls",
 }
 _GROWS_AS_NUMBER = {"pruning.levels"}
 # Fields added after experiments were stored: left out of the identity while at their default,
@@ -51,6 +53,7 @@ _NEW_AT_DEFAULT = {
     "train": {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
     "pruning": {"criterion": "magnitude", "at_init": None, "granularity": "weight", "channel_score": "l1_filter",
                 "groups": "block_internal", "early_bird": None},
+    "": {"transfer": None},  # top-level sections
 }
 
 
@@ -62,8 +65,9 @@ def identity_config(spec: ExperimentSpec) -> dict[str, Any]:
         data.pop(section, None)
     for section, defaults in _NEW_AT_DEFAULT.items():
         for key, default in defaults.items():
-            if key in data.get(section, {}) and data[section][key] == default:
-                del data[section][key]
+            where = data if section == "" else data.get(section, {})
+            if key in where and where[key] == default:
+                del where[key]
     return data
 
 

@@ -40,7 +40,8 @@ _EXCLUDED = {TrainJob: frozenset({"save_iters"})}
 # Fields left out while they equal their default (see the module docstring).
 _OMITTED_AT_DEFAULT = {
     TrainConfig: {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
-    TrainJob: {"at_init": None, "reinit_keep_signs": False, "early_bird": None, "start_at_detection": False},
+    TrainJob: {"at_init": None, "reinit_keep_signs": False, "early_bird": None, "start_at_detection": False,
+               "transfer": None},  # ticket transfer (issue 28): its inputs are the source jobs' ids
     # structured pruning (issue 20) and Zhou et al.'s criterion (issue 23): at these defaults,
     # magnitude pruning of weights as before
     PruneConfig: {"criterion": "magnitude", "granularity": "weight", "channel_score": "l1_filter",

@@ -32,6 +32,10 @@ front. The graph (DESIGN.md "Jobs and the graph"):
   noise_replica 1 and 2, and one interpolate job for that pair: its barrier is kernel noise
   alone. Interpolated with the same (deterministic) evaluation as every pair.
 
+- Ticket transfer (`transfer`): the source's jobs the tickets need, with the source
+  experiment's ids, and one job per replicate, source level and control starting from the
+  source's mask and W_k (orchestrator/transfer_plan.py).
+
 Replicates are named by their init seed (JobMeta.replicate = init seed). The dense run's
 meta has rewind_iter 0 (it serves every k).
 """
@@ -44,6 +48,7 @@ from typing import Any
 
 from orchestrator.channel_plan import check_slimming, planned_channel_densities
 from orchestrator.early_bird_plan import add_early_bird
+from orchestrator.transfer_plan import add_transfer
 from orchestrator.experiment import config_hash
 from orchestrator.floor import check_floor
 from orchestrator.graph import Job, JobMeta, Plan
@@ -274,6 +279,8 @@ class _Builder:
                     self.at_init_lineages(r, k, dense, w_k)
             if spec.pruning.early_bird is not None:
                 add_early_bird(self, r)
+        if spec.transfer is not None:
+            add_transfer(self)
         return self.jobs
 
     def at_init_lineages(self, r: int, k: int, dense: str, w_k: tuple[str, str]) -> None:

@@ -14,7 +14,7 @@ RUNS = pa.schema(
         ("experiment", pa.string()),
         ("job_id", pa.string()),
         ("parent_job_id", pa.string()),
-        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child) | "pai" (pruning at init)
+        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child) | "pai" (pruning at init) | "source" | "transfer"
         ("replicate", pa.int64()),
         ("rewind_iter", pa.int64()),
         ("level", pa.int64()),
@@ -45,6 +45,11 @@ RUNS = pa.schema(
         ("granularity", pa.string()),  # pruning.granularity: weight | channel
         ("channel_density", pa.float64()),  # alive / all channels of the pruned groups; null: weight granularity
         ("flops_fraction", pa.float64()),  # Conv/Linear multiply-accumulates with the mask over dense; null: not recorded
+        # ticket transfer (role transfer): the source level job whose mask (and its dense run's
+        # W_k) the job started from, and the source's data set and optimizer; null otherwise
+        ("ticket_source", pa.string()),
+        ("ticket_source_data", pa.string()),
+        ("ticket_source_optimizer", pa.string()),
     ]
 )
 

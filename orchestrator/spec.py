@@ -420,6 +420,44 @@ class TrackingSpec(_Model):
     entity: str | None = Field(None, description='W&B entity (user or team); null: the default of the API key')
 
 
+class TransferSpec(_Model):
+    source: dict[str, Any] = Field(description="the source experiment whose tickets are taken: the path of its config file (relative to this one; read with its base chain) or its config inline. Its jobs are planned here with their own ids, so the ones in the store are reused and missing ones trained first")
+    replicate: int = Field(0, ge=0, description="the source replicate (its init seed) whose tickets are taken")
+    rewind_iter: int = Field(0, ge=0, le=L.MAX_ITERATIONS, description="the source's rewinding point k (iterations, one of its sweep.rewind_iters): a ticket is the source level's mask with the source's weights W_k (late resetting, Morcos et al. 2019)")
+    levels: list[Annotated[int, Field(ge=1, le=L.MAX_LEVELS)]] = Field(min_length=1, max_length=L.MAX_LEVELS, description="the source's pruning levels whose tickets are transferred (each 1..its pruning.levels); each one a transfer job per replicate of this config")
+    output_layer: Literal["auto", "source", "fresh", "dense"] = Field("auto", description="the output layer (fc), which cannot transfer when the class counts differ: source (the source's weights and mask; same class count only), fresh (this config's W0, masked at the source output layer's density), dense (this config's W0, unpruned); auto (the default): source when the class counts agree, else fresh")
+    controls: list[Literal["random_mask", "fresh_weights"]] = Field(default_factory=list, description="controls at the ticket's per-layer counts: random_mask (the mask shuffled within each layer, the transferred weights), fresh_weights (the mask, this config's W0). The target's own IMP ticket is this config's own sweep (pruning, sweep), planned beside it")
+
+    _source: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransferSpec":
+        _unique(self.levels, "transfer.levels")
+        _unique(self.controls, "transfer.controls")
+        if "transfer" in self.source:
+            raise SpecError("transfer.source.transfer", "a source is an ordinary experiment: it cannot itself transfer tickets")
+        try:
+            src = validate_spec(self.source)
+        except SpecError as e:
+            raise SpecError(f"transfer.source.{e.field}", e.reason, [(f"transfer.source.{f}", r) for f, r in e.others]) from None
+        if self.replicate not in src.init_seeds:
+            raise SpecError("transfer.replicate", f"{self.replicate} is not a replicate of the source (its init seeds: {src.init_seeds})")
+        if self.rewind_iter not in src.rewind_iters:
+            raise SpecError("transfer.rewind_iter", f"{self.rewind_iter} is not a rewinding point of the source ({src.rewind_iters})")
+        for i, lev in enumerate(self.levels):
+            if lev > src.pruning.levels:
+                raise SpecError(f"transfer.levels[{i}]", f"level {lev} is beyond the source's last level ({src.pruning.levels})")
+        if "rewind" not in src.pruning.retrain or src.pruning.granularity != "weight":
+            raise SpecError("transfer.source", "tickets are taken from the source's rewind lineage of weight pruning: "
+                                               "its pruning.retrain must hold rewind and its pruning.granularity be weight")
+        self._source = src
+        return self
+
+    @property
+    def source_spec(self) -> "ExperimentSpec":
+        return self._source
+
+
 class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=L.MAX_NAME_LENGTH, description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)" + _at_most(L.MAX_NAME_LENGTH) + " characters")
@@ -432,6 +470,7 @@ class ExperimentSpec(_Model):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description='retries, order and checkpoints of the jobs')
     store: str | None = Field(None, description='store directory or URL; --store and $LTH_STORE take precedence; null: ./lth-store')
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description='Weights & Biases tracking')
+    transfer: TransferSpec | None = Field(None, description="ticket transfer (Morcos et al. 2019): train another experiment's tickets with this config's data and recipe (absent: none)")
 
     _data_info: Any = PrivateAttr(default=None)
 
@@ -549,7 +588,25 @@ class ExperimentSpec(_Model):
                 "sweep.branch.seeds",
                 "branches (instability analysis) are made on the rewind lineages: add 'rewind' to pruning.retrain",
             )
+        if self.transfer is not None:
+            self._check_transfer(info)
         return self
+
+    def _check_transfer(self, info) -> None:
+        tr, src = self.transfer, self.transfer.source_spec
+        if src.model != self.model:
+            raise SpecError("transfer.source.model", f"{L.echo(src.model)} is not this config's model ({L.echo(self.model)}): "
+                                                     "a ticket moves between two copies of one network")
+        same_classes = int(src.data_info.num_classes) == int(info.num_classes)
+        if tr.output_layer == "source" and not same_classes:
+            raise SpecError("transfer.output_layer", f"the source has {src.data_info.num_classes} classes, this config "
+                                                     f"{info.num_classes}: its output layer cannot transfer (fresh or dense)")
+        if tr.output_layer == "auto":
+            tr.output_layer = "source" if same_classes else "fresh"
+        if self.pruning.levels > 0 and (self.pruning.strategy, self.pruning.fraction) != (src.pruning.strategy, src.pruning.fraction):
+            raise SpecError("pruning", f"this config's own IMP ticket (the transfer's control) must be pruned as the source "
+                                       f"was ({src.pruning.strategy}, fraction {src.pruning.fraction}) so that level l has the "
+                                       f"same density in both; or pruning.levels: 0 for no own ticket")
 
     # ---- resolved views -------------------------------------------------------------------
 
@@ -873,6 +930,7 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise SpecError(str(path), "the config file is empty")
     if not isinstance(data, dict):
         raise SpecError(str(path), f"an experiment spec is a mapping of keys to values, got {type(data).__name__}")
+    _inline_source(path, data, chain)
     if "base" not in data:
         return data
     base = data.pop("base")
@@ -885,6 +943,20 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not base_path.is_file():
         raise SpecError("base", f"in {path}: no such config file {L.echo(str(base_path))}")
     return merge_configs(_read_config(base_path, (*chain, path.resolve())), data)
+
+
+def _inline_source(path: Path, data: dict, chain: tuple[Path, ...]) -> None:
+    """transfer.source given as a config file's path (relative to this file): its config, inlined."""
+    transfer = data.get("transfer")
+    source = transfer.get("source") if isinstance(transfer, dict) else None
+    if not isinstance(source, str):
+        return
+    source_path = (path.parent / source).resolve()
+    if source_path in chain or source_path == path.resolve():
+        raise SpecError("transfer.source", f"in {path}: a config cannot be its own source")
+    if not source_path.is_file():
+        raise SpecError("transfer.source", f"in {path}: no such config file {L.echo(str(source_path))}")
+    transfer["source"] = _read_config(source_path, (*chain, path.resolve()))
 
 
 def load_raw(path: str, overrides: Sequence[str] = ()) -> dict:

@@ -146,6 +146,21 @@ class EarlyBirdConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Ticket transfer (Morcos et al., NeurIPS 2019; trainers/transfer.py): the job starts from
+    another experiment's ticket, the source level's mask (paths.parent_mask) with the source's
+    weights at its rewinding point W_k (paths.rewind_weights), and trains it on this job's data
+    and recipe. The output layer (`fc`, every model's) cannot transfer when the number of
+    classes differs: `output_layer` says what it is (resolved by the planner: never "auto")."""
+
+    output_layer: Literal["source", "fresh", "dense"]  # the source's; fresh W0 masked at the source's density; fresh and unpruned
+    # the control at equal per-layer counts: the ticket itself, its mask shuffled within each
+    # layer (with the transferred weights), or its mask with fresh weights (W0 of init_seed)
+    control: Literal["ticket", "random_mask", "fresh_weights"] = "ticket"
+    seed: int = 0  # the random draws: a fresh output layer's mask, the random_mask shuffle
+
+
+@dataclass(frozen=True)
 class TrainJob:
     """One `train` job: a dense run, a level of a lineage, or a branch child.
 
@@ -180,6 +195,8 @@ class TrainJob:
     # continues from the detection point its search recorded (TrainPaths.detection).
     early_bird: EarlyBirdConfig | None = None
     start_at_detection: bool = False
+    # Ticket transfer (left out of the id when None): the inputs are the source's mask and W_k.
+    transfer: TransferConfig | None = None
 
     @property
     def stop_iter(self) -> int:

@@ -63,7 +63,7 @@ def fingerprint(job: TrainJob) -> str:
         if fields["train"].get(name) == default:
             fields["train"].pop(name)
     fields.pop("save_iters", None)
-    for name, default in (("at_init", None), ("reinit_keep_signs", False)):  # as the job id: old checkpoints resume
+    for name, default in (("at_init", None), ("reinit_keep_signs", False), ("transfer", None)):  # as the job id: old checkpoints resume
         if fields.get(name) == default:
             fields.pop(name)
     if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
@@ -94,6 +94,10 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
             raise ValueError("paths: the random-pruning control needs parent_mask (IMP's mask of its level)")
         if job.prune.strategy != "random" and (paths.parent_weights is None or paths.parent_mask is None):
             raise ValueError("paths: a pruning job needs parent_weights and parent_mask")
+    if job.transfer is not None and (job.prune is not None or job.at_init is not None or job.reinit_seed is not None
+                                     or paths.rewind_weights is None or paths.parent_mask is None):
+        raise ValueError("paths: a transfer job starts from the source's mask (parent_mask) and W_k (rewind_weights), "
+                         "and neither prunes nor re-initialises")
     if job.at_init is not None:
         if job.prune is not None or paths.rewind_weights is None:
             raise ValueError("paths.rewind_weights: pruning at initialization scores W_k (and prune must be None)")
@@ -122,6 +126,11 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
                    data: DataBundle | None = None) -> tuple[dict, dict]:
     """(weights, mask) the job starts from, on CPU. `model` holds W0 (from init_seed). `data`:
     the job's data, for pruning at initialization's scoring batch (opened on CPU when None)."""
+    if job.transfer is not None:  # another experiment's ticket (trainers/transfer.py)
+        from trainers.transfer import transferred_start
+
+        return transferred_start(job.transfer, checkpoint.state_dict_cpu(model), prunable_names(model),
+                                 checkpoint.load_weights(paths.rewind_weights), checkpoint.load_mask(paths.parent_mask))
     ignore = job.prune.ignore if job.prune is not None else job.at_init.ignore if job.at_init is not None else ()
     names = prunable_names(model, ignore)
     if paths.parent_mask is None:
