@@ -120,7 +120,7 @@ def test_ids_are_the_hash_of_the_description_by_a_second_code_path():
                     plain.pop(name)
             if plain["prune"] is not None and plain["prune"]["criterion"] == "magnitude":
                 plain["prune"].pop("criterion")
-            for field, default in (("early_bird", None), ("start_at_detection", False)):
+            for field, default in (("early_bird", None), ("start_at_detection", False), ("transfer", None)):
                 if plain[field] == default:
                     plain.pop(field)
         # fields added later are left out at the default that reproduces the earlier jobs
