@@ -52,7 +52,7 @@ _GROWS_AS_NUMBER = {"pruning.levels"}
 _NEW_AT_DEFAULT = {
     "train": {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0},
     "pruning": {"criterion": "magnitude", "at_init": None, "granularity": "weight", "channel_score": "l1_filter",
-                "groups": "block_internal", "early_bird": None},
+                "groups": "block_internal", "early_bird": None, "layer_fractions": {}},
     "": {"transfer": None},  # top-level sections
 }
 

@@ -45,7 +45,7 @@ _OMITTED_AT_DEFAULT = {
     # structured pruning (issue 20) and Zhou et al.'s criterion (issue 23): at these defaults,
     # magnitude pruning of weights as before
     PruneConfig: {"criterion": "magnitude", "granularity": "weight", "channel_score": "l1_filter",
-                  "groups": "block_internal"},
+                  "groups": "block_internal", "layer_fractions": ()},  # per-layer rates (issue 28)
 }
 
 

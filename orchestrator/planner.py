@@ -41,6 +41,7 @@ meta has rewind_iter 0 (it serves every k).
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -100,6 +101,9 @@ def prunable_sizes(spec: ExperimentSpec) -> dict[str, int]:
         raise SpecError("pruning.ignore", str(e)) from None
     if sum(sizes.values()) == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
+    for pattern in spec.pruning.layer_fractions:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in sizes):
+            raise SpecError(f"pruning.layer_fractions.{pattern}", f"matches no prunable weight; they are {', '.join(sizes)}")
     return sizes
 
 

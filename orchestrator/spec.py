@@ -260,6 +260,12 @@ class PruningSpec(_Model):
         "conv layers) or coupled (also the channels meeting at residual adds, one group per stage; needs "
         "the torch-pruning package)",
     )
+    layer_fractions: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=dict,
+        description="strategy magnitude_layerwise: a tensor's own fraction per level, by parameter-name pattern "
+        "(fnmatch; the first match wins, in the order written), e.g. {fc.weight: 0.1} for Frankle & Carbin's "
+        "LeNet output layer at half the hidden layers' 20%; unmatched tensors prune at pruning.fraction",
+    )
     early_bird: EarlyBirdSpec | None = Field(
         None,
         description="early-bird tickets (You et al. 2020): a search job per replicate trains the dense network "
@@ -277,12 +283,20 @@ class PruningSpec(_Model):
                 "the controls are variants of the rewind lineage (random_reinit reuses its masks): "
                 "add 'rewind' to pruning.retrain",
             )
+        if self.layer_fractions:
+            if self.strategy != "magnitude_layerwise" or self.granularity != "weight":
+                raise SpecError("pruning.layer_fractions", "per-layer fractions need strategy magnitude_layerwise "
+                                                           "and granularity weight (a global ranking has one rate)")
+            if self.at_init is not None or self.early_bird is not None:
+                raise SpecError("pruning.layer_fractions", "per-layer fractions are for IMP's levels: not combined with "
+                                                           "pruning.at_init or pruning.early_bird")
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
         return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
                            criterion=self.criterion, granularity=self.granularity,
-                           channel_score=self.channel_score, groups=self.groups)
+                           channel_score=self.channel_score, groups=self.groups,
+                           layer_fractions=tuple((str(k), float(v)) for k, v in self.layer_fractions.items()))
 
 
 class BranchSpec(_Model):

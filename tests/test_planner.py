@@ -127,7 +127,8 @@ def test_ids_are_the_hash_of_the_description_by_a_second_code_path():
         if plain["train"].get("l1_gamma") == 0.0:
             plain["train"].pop("l1_gamma")
         prune = plain.get("prune") or {}
-        for field, default in (("granularity", "weight"), ("channel_score", "l1_filter"), ("groups", "block_internal")):
+        for field, default in (("granularity", "weight"), ("channel_score", "l1_filter"), ("groups", "block_internal"),
+                               ("layer_fractions", ())):
             if prune.get(field) == default:
                 prune.pop(field)
         for name, default in (("bn_sync", "global"), ("bn_batch", None)):  # left out at their defaults

@@ -105,6 +105,9 @@ class PruneConfig:
     granularity: Literal["weight", "channel"] = "weight"
     channel_score: Literal["l1_filter", "bn_gamma"] = "l1_filter"
     groups: Literal["block_internal", "coupled"] = "block_internal"
+    # magnitude_layerwise: (fnmatch pattern, fraction) pairs, the first match a tensor's own rate
+    # (the others prune at `fraction`); left out of the job id when empty.
+    layer_fractions: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

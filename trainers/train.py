@@ -68,6 +68,8 @@ def fingerprint(job: TrainJob) -> str:
             fields.pop(name)
     if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
         fields["prune"].pop("criterion")
+    if fields.get("prune") and fields["prune"].get("layer_fractions") == ():
+        fields["prune"].pop("layer_fractions")
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
