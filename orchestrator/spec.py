@@ -894,7 +894,8 @@ def apply_override(data: dict, override: str) -> None:
 
                 raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where}{did_you_mean(part, cls.model_fields)} "
                                      f"(valid keys: {', '.join(cls.model_fields)})")
-            sub = _submodel(cls, part)
+            # transfer.source holds a whole experiment config: its keys are checked as one
+            sub = ExperimentSpec if (cls, part) == (TransferSpec, "source") else _submodel(cls, part)
             if last:
                 node[part] = value
             else:

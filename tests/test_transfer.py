@@ -21,7 +21,7 @@ import yaml
 
 from conftest import REPO, lth_env, run_lth
 from orchestrator.planner import plan
-from orchestrator.spec import SpecError, load_raw, validate_spec
+from orchestrator.spec import SpecError, load_raw, load_spec, validate_spec
 from trainers import checkpoint
 from trainers.jobs import TransferConfig
 from trainers.models import build_model
@@ -128,6 +128,7 @@ def test_source_jobs_have_the_source_experiments_ids():
         assert src.meta.level == j.meta.level and j.inputs["parent_mask"] == (src.id, "mask.pt")
         assert j.inputs["rewind_weights"][1] == "w_20.pt" and j.inputs["rewind_weights"][0] in source_plan.jobs
         assert (j.meta.ticket_source_data, j.meta.ticket_source_optimizer) == ("digits", "sgd")
+        assert {src.id, j.inputs["rewind_weights"][0]} <= set(j.parents)  # a missing source job is trained first
         assert list(target.jobs).index(src.id) < list(target.jobs).index(j.id)  # parents first
     # A transfer job's id covers its source's: another source recipe, other transfer ids.
     raw = _raw()
@@ -161,6 +162,19 @@ def test_bad_transfer_sections_name_the_field(change, field):
     with pytest.raises(SpecError) as e:
         validate_spec(raw)
     assert e.value.field == field, str(e.value)
+
+
+def test_set_reaches_into_the_source_and_a_missing_source_file_is_named(tmp_path):
+    spec = load_spec(str(TARGET_CFG), ["data.name=digits", "transfer.source.train.iterations=200"])
+    assert spec.transfer.source_spec.train.iterations == 200
+    with pytest.raises(SpecError, match="did you mean 'iterations'"):
+        load_spec(str(TARGET_CFG), ["transfer.source.train.iteratons=200"])
+    cfg = yaml.safe_load(TARGET_CFG.read_text())
+    cfg["transfer"]["source"] = "nowhere.yaml"
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SpecError, match="no such config file .*nowhere.yaml") as e:
+        load_spec(str(tmp_path / "t.yaml"))
+    assert e.value.field == "transfer.source"
 
 
 def test_output_layer_auto_and_config_hash_of_configs_without_transfer():
