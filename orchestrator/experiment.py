@@ -46,17 +46,21 @@ _GROWS_AS_SET = {
     "pruning.at_init.methods",
     "pruning.at_init.at_iters",
     "pruning.at_init.ablations",
+    "transfer.levels",
+    "transfer.controls",
 }
 _GROWS_AS_NUMBER = {"pruning.levels"}
 # Fields added after experiments were stored (dotted paths): left out of the identity while at
 # their default, so that an existing config keeps its config_hash.
 _NEW_AT_DEFAULT = {
     "bn_scale_init": None,
+    "transfer": None,
     "train.bn_sync": "global", "train.bn_batch": None, "train.l1_gamma": 0.0,
     "pruning.criterion": "magnitude", "pruning.at_init": None, "pruning.granularity": "weight",
     "pruning.channel_score": "l1_filter", "pruning.groups": "block_internal", "pruning.early_bird": None,
     "pruning.hrank": {"batches": 5, "batch_size": 128},
     "pruning.at_init.scoring.sample": "class_balanced",
+    "pruning.layer_fractions": {},
 }
 
 

@@ -8,7 +8,7 @@ the trained weights, so the planner can only require as many survivors as there 
 from __future__ import annotations
 
 from orchestrator.spec import ExperimentSpec, SpecError
-from trainers.prune_counts import prune_count
+from trainers.prune_counts import layer_fraction, prune_count
 
 
 def check_floor(sizes: dict[str, int], spec: ExperimentSpec, unit: str, layer: str) -> list[int]:
@@ -20,7 +20,8 @@ def check_floor(sizes: dict[str, int], spec: ExperimentSpec, unit: str, layer: s
     out = [sum(counts.values())]
     for level in range(1, p.levels + 1):
         if p.strategy == "magnitude_layerwise":
-            counts = {n: c - prune_count(c, p.fraction) for n, c in counts.items()}
+            cfg = spec.prune_config()
+            counts = {n: c - prune_count(c, layer_fraction(cfg, n)) for n, c in counts.items()}
             empty = [n for n, c in counts.items() if c < 1]
             what = f"leaves no {unit} in {empty[0]}" if empty else ""
         else:

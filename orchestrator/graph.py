@@ -17,7 +17,9 @@ JobKind = Literal["train", "interpolate"]
 @dataclass(frozen=True)
 class JobMeta:
     experiment: str
-    role: Literal["level", "branch", "noise", "interpolate", "pai"]  # noise: a noise-floor child; pai: pruning at init
+    # noise: a noise-floor child; pai: pruning at init; source: a job of a transfer's source
+    # experiment (planned with its own ids); transfer: a transferred ticket or its control
+    role: Literal["level", "branch", "noise", "interpolate", "pai", "source", "transfer"]
     replicate: int
     rewind_iter: int
     level: int
@@ -29,6 +31,10 @@ class JobMeta:
     pair: tuple[str, str] | None = None  # interpolate: (job_a, job_b), the two children
     config_hash: str = ""  # the experiment's resolved config (orchestrator.experiment.config_hash)
     granularity: str = "weight"  # pruning.granularity of the experiment: weight | channel
+    # transfer jobs: the source level job whose ticket this is, and the source's data set and optimizer
+    ticket_source: str | None = None
+    ticket_source_data: str | None = None
+    ticket_source_optimizer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,12 @@ _EXCLUDED = {TrainJob: frozenset({"save_iters", "channel_report"})}
 # Fields left out while they equal their default (see the module docstring).
 _OMITTED_AT_DEFAULT = {
     TrainConfig: {"bn_sync": "global", "bn_batch": None, "l1_gamma": 0.0, "bn_scale_init": None},
-    TrainJob: {"at_init": None, "reinit_keep_signs": False, "early_bird": None, "start_at_detection": False},
+    TrainJob: {"at_init": None, "reinit_keep_signs": False, "early_bird": None, "start_at_detection": False,
+               "transfer": None},  # ticket transfer (issue 28): its inputs are the source jobs' ids
     # structured pruning (issue 20) and Zhou et al.'s criterion (issue 23): at these defaults,
-    # magnitude pruning of weights as before
+    # magnitude pruning of weights as before; per-layer rates and HRank's batches (issue 28)
     PruneConfig: {"criterion": "magnitude", "granularity": "weight", "channel_score": "l1_filter",
-                  "groups": "block_internal", "rank_batches": 5, "rank_batch_size": 128},
+                  "groups": "block_internal", "rank_batches": 5, "rank_batch_size": 128, "layer_fractions": ()},
     # issue 27: Synaptic-Flow's random scoring sample (class_balanced: as before)
     AtInitConfig: {"sample": "class_balanced"},
 }

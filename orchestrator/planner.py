@@ -32,30 +32,33 @@ front. The graph (DESIGN.md "Jobs and the graph"):
   noise_replica 1 and 2, and one interpolate job for that pair: its barrier is kernel noise
   alone. Interpolated with the same (deterministic) evaluation as every pair.
 
+- Ticket transfer (`transfer`): the source's jobs the tickets need, with the source
+  experiment's ids, and one job per replicate, source level and control starting from the
+  source's mask and W_k (orchestrator/transfer_plan.py).
+
 Replicates are named by their init seed (JobMeta.replicate = init seed). The dense run's
 meta has rewind_iter 0 (it serves every k).
 """
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
 from orchestrator.channel_plan import check_slimming, planned_channel_densities
 from orchestrator.early_bird_plan import add_early_bird
+from orchestrator.transfer_plan import add_transfer
 from orchestrator.experiment import config_hash
 from orchestrator.floor import check_floor
 from orchestrator.graph import Job, JobMeta, Plan
 from orchestrator.jobid import derived_seed, job_id
 from orchestrator.limits import MAX_JOBS
 from orchestrator.spec import ExperimentSpec, SpecError
-from trainers.job_files import rewind_file
+from trainers.job_files import MASK, WEIGHTS, rewind_file
 from trainers.jobs import AtInitConfig, InterpolateJob, TrainConfig, TrainJob
 from trainers.model_catalog import conv_linear_weights
 from trainers.prune_counts import DATA_METHODS, planned_layer_remaining, planned_remaining, select_prunable
-
-WEIGHTS = "weights.pt"
-MASK = "mask.pt"
 
 
 def planned_densities(spec: ExperimentSpec) -> list[float]:
@@ -85,6 +88,9 @@ def prunable_sizes(spec: ExperimentSpec) -> dict[str, int]:
         raise SpecError("pruning.ignore", str(e)) from None
     if sum(sizes.values()) == 0:
         raise SpecError("pruning.ignore", "nothing left to prune: every Conv/Linear weight is ignored")
+    for pattern in spec.pruning.layer_fractions:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in sizes):
+            raise SpecError(f"pruning.layer_fractions.{pattern}", f"matches no prunable weight; they are {', '.join(sizes)}")
     return sizes
 
 
@@ -264,6 +270,9 @@ class _Builder:
                     self.at_init_lineages(r, k, dense, w_k)
             if spec.pruning.early_bird is not None:
                 add_early_bird(self, r)
+        if spec.transfer is not None:
+            source = spec.transfer.source_spec  # planned as its own experiment plans it: the same ids
+            add_transfer(self, _Builder(source).build(), planned_densities(source))
         return self.jobs
 
     def at_init_lineages(self, r: int, k: int, dense: str, w_k: tuple[str, str]) -> None:

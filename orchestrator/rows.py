@@ -71,6 +71,9 @@ def job_rows(job: Job, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]
             "channel_density": res.get("channel_density"),
             "flops_fraction": res.get("flops_fraction"),
             "disconnected": res.get("disconnected"),
+            "ticket_source": meta.ticket_source,
+            "ticket_source_data": meta.ticket_source_data,
+            "ticket_source_optimizer": meta.ticket_source_optimizer,
         }
         metrics = [
             {"job_id": job.id, "iteration": m["iteration"], "split": m["split"], "loss": m["loss"], "accuracy": m["accuracy"],

@@ -14,7 +14,7 @@ RUNS = pa.schema(
         ("experiment", pa.string()),
         ("job_id", pa.string()),
         ("parent_job_id", pa.string()),
-        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child) | "pai" (pruning at init)
+        ("role", pa.string()),  # "level" | "branch" | "noise" (a noise-floor child) | "pai" (pruning at init) | "source" | "transfer"
         ("replicate", pa.int64()),
         ("rewind_iter", pa.int64()),
         ("level", pa.int64()),
@@ -48,6 +48,11 @@ RUNS = pa.schema(
         # layer collapse (trainers/connectivity.py): a prunable layer with no weight left, or no path of
         # kept weights from input to output; null: recorded before this column existed
         ("disconnected", pa.bool_()),
+        # ticket transfer (role transfer): the source level job whose mask (and its dense run's
+        # W_k) the job started from, and the source's data set and optimizer; null otherwise
+        ("ticket_source", pa.string()),
+        ("ticket_source_data", pa.string()),
+        ("ticket_source_optimizer", pa.string()),
     ]
 )
 

@@ -268,6 +268,12 @@ class PruningSpec(_Model):
         "conv layers) or coupled (also the channels meeting at residual adds, one group per stage; needs "
         "the torch-pruning package)",
     )
+    layer_fractions: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=dict,
+        description="strategy magnitude_layerwise: a tensor's own fraction per level, by parameter-name pattern "
+        "(fnmatch; the first match wins, in the order written), e.g. {fc.weight: 0.1} for Frankle & Carbin's "
+        "LeNet output layer at half the hidden layers' 20%; unmatched tensors prune at pruning.fraction",
+    )
     early_bird: EarlyBirdSpec | None = Field(
         None,
         description="early-bird tickets (You et al. 2020): a search job per replicate trains the dense network "
@@ -285,6 +291,13 @@ class PruningSpec(_Model):
                 "the controls are variants of the rewind lineage (random_reinit reuses its masks): "
                 "add 'rewind' to pruning.retrain",
             )
+        if self.layer_fractions:
+            if self.strategy != "magnitude_layerwise" or self.granularity != "weight":
+                raise SpecError("pruning.layer_fractions", "per-layer fractions need strategy magnitude_layerwise "
+                                                           "and granularity weight (a global ranking has one rate)")
+            if self.at_init is not None or self.early_bird is not None:
+                raise SpecError("pruning.layer_fractions", "per-layer fractions are for IMP's levels: not combined with "
+                                                           "pruning.at_init or pruning.early_bird")
         return self
 
     def to_config(self, strategy: str | None = None) -> PruneConfig:
@@ -292,7 +305,8 @@ class PruningSpec(_Model):
         ranks = {"rank_batches": self.hrank.batches, "rank_batch_size": self.hrank.batch_size} if self.channel_score == "hrank" else {}
         return PruneConfig(strategy=strategy or self.strategy, fraction=self.fraction, ignore=tuple(self.ignore),
                            criterion=self.criterion, granularity=self.granularity,
-                           channel_score=self.channel_score, groups=self.groups, **ranks)
+                           channel_score=self.channel_score, groups=self.groups, **ranks,
+                           layer_fractions=tuple((str(k), float(v)) for k, v in self.layer_fractions.items()))
 
 
 class BranchSpec(_Model):
@@ -431,6 +445,44 @@ class TrackingSpec(_Model):
     entity: str | None = Field(None, description='W&B entity (user or team); null: the default of the API key')
 
 
+class TransferSpec(_Model):
+    source: dict[str, Any] = Field(description="the source experiment whose tickets are taken: the path of its config file (relative to this one; read with its base chain) or its config inline. Its jobs are planned here with their own ids, so the ones in the store are reused and missing ones trained first")
+    replicate: int = Field(0, ge=0, description="the source replicate (its init seed) whose tickets are taken")
+    rewind_iter: int = Field(0, ge=0, le=L.MAX_ITERATIONS, description="the source's rewinding point k (iterations, one of its sweep.rewind_iters): a ticket is the source level's mask with the source's weights W_k (late resetting, Morcos et al. 2019)")
+    levels: list[Annotated[int, Field(ge=1, le=L.MAX_LEVELS)]] = Field(min_length=1, max_length=L.MAX_LEVELS, description="the source's pruning levels whose tickets are transferred (each 1..its pruning.levels); each one a transfer job per replicate of this config")
+    output_layer: Literal["auto", "source", "fresh", "dense"] = Field("auto", description="the output layer (fc), which cannot transfer when the class counts differ: source (the source's weights and mask; same class count only), fresh (this config's W0, masked at the source output layer's density), dense (this config's W0, unpruned); auto (the default): source when the class counts agree, else fresh")
+    controls: list[Literal["random_mask", "fresh_weights"]] = Field(default_factory=list, description="controls at the ticket's per-layer counts: random_mask (the mask shuffled within each layer, the transferred weights), fresh_weights (the mask, this config's W0). The target's own IMP ticket is this config's own sweep (pruning, sweep), planned beside it")
+
+    _source: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransferSpec":
+        _unique(self.levels, "transfer.levels")
+        _unique(self.controls, "transfer.controls")
+        if "transfer" in self.source:
+            raise SpecError("transfer.source.transfer", "a source is an ordinary experiment: it cannot itself transfer tickets")
+        try:
+            src = validate_spec(self.source)
+        except SpecError as e:
+            raise SpecError(f"transfer.source.{e.field}", e.reason, [(f"transfer.source.{f}", r) for f, r in e.others]) from None
+        if self.replicate not in src.init_seeds:
+            raise SpecError("transfer.replicate", f"{self.replicate} is not a replicate of the source (its init seeds: {src.init_seeds})")
+        if self.rewind_iter not in src.rewind_iters:
+            raise SpecError("transfer.rewind_iter", f"{self.rewind_iter} is not a rewinding point of the source ({src.rewind_iters})")
+        for i, lev in enumerate(self.levels):
+            if lev > src.pruning.levels:
+                raise SpecError(f"transfer.levels[{i}]", f"level {lev} is beyond the source's last level ({src.pruning.levels})")
+        if "rewind" not in src.pruning.retrain or src.pruning.granularity != "weight":
+            raise SpecError("transfer.source", "tickets are taken from the source's rewind lineage of weight pruning: "
+                                               "its pruning.retrain must hold rewind and its pruning.granularity be weight")
+        self._source = src
+        return self
+
+    @property
+    def source_spec(self) -> "ExperimentSpec":
+        return self._source
+
+
 class ExperimentSpec(_Model):
     # a directory name in the store: not ".", "..", or hidden (a leading "." or "-")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=L.MAX_NAME_LENGTH, description="experiment name: the key of the store's results and reports (letters, digits, _ . -; not starting with . or -)" + _at_most(L.MAX_NAME_LENGTH) + " characters")
@@ -451,6 +503,7 @@ class ExperimentSpec(_Model):
     store: str | None = Field(None, description='store directory or URL; --store and $LTH_STORE take precedence; null: ./lth-store')
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description='Weights & Biases tracking')
     references: list[str] = Field(default_factory=list, max_length=16, description='published results to put beside this experiment\'s: reference files (configs/references/*.yaml), paths relative to the config file; `lth run` keeps a copy in the store and `lth analyze` draws them and writes a verdict (changes nothing the jobs compute); at most 16')
+    transfer: TransferSpec | None = Field(None, description="ticket transfer (Morcos et al. 2019): train another experiment's tickets with this config's data and recipe (absent: none)")
 
     _data_info: Any = PrivateAttr(default=None)
 
@@ -571,7 +624,25 @@ class ExperimentSpec(_Model):
                 "sweep.branch.seeds",
                 "branches (instability analysis) are made on the rewind lineages: add 'rewind' to pruning.retrain",
             )
+        if self.transfer is not None:
+            self._check_transfer(info)
         return self
+
+    def _check_transfer(self, info) -> None:
+        tr, src = self.transfer, self.transfer.source_spec
+        if src.model != self.model:
+            raise SpecError("transfer.source.model", f"{L.echo(src.model)} is not this config's model ({L.echo(self.model)}): "
+                                                     "a ticket moves between two copies of one network")
+        same_classes = int(src.data_info.num_classes) == int(info.num_classes)
+        if tr.output_layer == "source" and not same_classes:
+            raise SpecError("transfer.output_layer", f"the source has {src.data_info.num_classes} classes, this config "
+                                                     f"{info.num_classes}: its output layer cannot transfer (fresh or dense)")
+        if tr.output_layer == "auto":
+            tr.output_layer = "source" if same_classes else "fresh"
+        if self.pruning.levels > 0 and (self.pruning.strategy, self.pruning.fraction) != (src.pruning.strategy, src.pruning.fraction):
+            raise SpecError("pruning", f"this config's own IMP ticket (the transfer's control) must be pruned as the source "
+                                       f"was ({src.pruning.strategy}, fraction {src.pruning.fraction}) so that level l has the "
+                                       f"same density in both; or pruning.levels: 0 for no own ticket")
 
     # ---- resolved views -------------------------------------------------------------------
 
@@ -1019,7 +1090,8 @@ def apply_override(data: dict, override: str) -> None:
             if part not in cls.model_fields:
                 raise SpecError(key, f"--set: unknown key {L.echo(part)} at {where}{_suggest_key(cls, part, _path_text(done) if done else '')} "
                                      f"(valid keys: {', '.join(cls.model_fields)})")
-            sub = _submodel(cls, part)
+            # transfer.source holds a whole experiment config: its keys are checked as one
+            sub = ExperimentSpec if (cls, part) == (TransferSpec, "source") else _submodel(cls, part)
             if last:
                 node[part] = value
             else:
@@ -1088,6 +1160,7 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     refs = data.get("references")
     if isinstance(refs, list):  # relative to the file that names them, as `base:` is
         data["references"] = [str((path.parent / r).resolve()) if isinstance(r, str) and r else r for r in refs]
+    _inline_source(path, data, chain)
     if "base" not in data:
         return data
     base = data.pop("base")
@@ -1100,6 +1173,20 @@ def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not base_path.is_file():
         raise SpecError("base", f"in {path}: no such config file {L.echo(str(base_path))}")
     return merge_configs(_read_config(base_path, (*chain, path.resolve())), data)
+
+
+def _inline_source(path: Path, data: dict, chain: tuple[Path, ...]) -> None:
+    """transfer.source given as a config file's path (relative to this file): its config, inlined."""
+    transfer = data.get("transfer")
+    source = transfer.get("source") if isinstance(transfer, dict) else None
+    if not isinstance(source, str):
+        return
+    source_path = (path.parent / source).resolve()
+    if source_path in chain or source_path == path.resolve():
+        raise SpecError("transfer.source", f"in {path}: a config cannot be its own source")
+    if not source_path.is_file():
+        raise SpecError("transfer.source", f"in {path}: no such config file {L.echo(str(source_path))}")
+    transfer["source"] = _read_config(source_path, (*chain, path.resolve()))
 
 
 def load_raw(path: str, overrides: Sequence[str] = ()) -> dict:

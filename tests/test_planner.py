@@ -121,7 +121,7 @@ def test_ids_are_the_hash_of_the_description_by_a_second_code_path():
                     plain.pop(name)
             if plain["prune"] is not None and plain["prune"]["criterion"] == "magnitude":
                 plain["prune"].pop("criterion")
-            for field, default in (("early_bird", None), ("start_at_detection", False)):
+            for field, default in (("early_bird", None), ("start_at_detection", False), ("transfer", None)):
                 if plain[field] == default:
                     plain.pop(field)
         # fields added later are left out at the default that reproduces the earlier jobs
@@ -129,7 +129,7 @@ def test_ids_are_the_hash_of_the_description_by_a_second_code_path():
             plain["train"].pop("l1_gamma")
         prune = plain.get("prune") or {}
         for field, default in (("granularity", "weight"), ("channel_score", "l1_filter"), ("groups", "block_internal"),
-                               ("rank_batches", 5), ("rank_batch_size", 128)):
+                               ("rank_batches", 5), ("rank_batch_size", 128), ("layer_fractions", ())):
             if prune.get(field) == default:
                 prune.pop(field)
         for name, default in (("bn_sync", "global"), ("bn_batch", None), ("bn_scale_init", None)):  # left out at their defaults

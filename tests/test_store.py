@@ -20,6 +20,7 @@ def _run_row(job_id: str, level: int, density: float) -> dict:
         "weights_path": f"artifacts/{job_id}/weights.pt",
         "mask_path": f"artifacts/{job_id}/mask.pt", "weight_correlation": 0.9,
         "granularity": "weight", "channel_density": None, "flops_fraction": 1.0, "disconnected": False,
+        "ticket_source": None, "ticket_source_data": None, "ticket_source_optimizer": None,
     }
 
 

@@ -113,6 +113,9 @@ class PruneConfig:
     # this size (the reference's 5 of 128); read by hrank alone, left out of the id at these defaults.
     rank_batches: int = 5
     rank_batch_size: int = 128
+    # magnitude_layerwise: (fnmatch pattern, fraction) pairs, the first match a tensor's own rate
+    # (the others prune at `fraction`); left out of the job id when empty.
+    layer_fractions: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,21 @@ class EarlyBirdConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Ticket transfer (Morcos et al., NeurIPS 2019; trainers/transfer.py): the job starts from
+    another experiment's ticket, the source level's mask (paths.parent_mask) with the source's
+    weights at its rewinding point W_k (paths.rewind_weights), and trains it on this job's data
+    and recipe. The output layer (`fc`, every model's) cannot transfer when the number of
+    classes differs: `output_layer` says what it is (resolved by the planner: never "auto")."""
+
+    output_layer: Literal["source", "fresh", "dense"]  # the source's; fresh W0 masked at the source's density; fresh and unpruned
+    # the control at equal per-layer counts: the ticket itself, its mask shuffled within each
+    # layer (with the transferred weights), or its mask with fresh weights (W0 of init_seed)
+    control: Literal["ticket", "random_mask", "fresh_weights"] = "ticket"
+    seed: int = 0  # the random draws: a fresh output layer's mask, the random_mask shuffle
+
+
+@dataclass(frozen=True)
 class TrainJob:
     """One `train` job: a dense run, a level of a lineage, or a branch child.
 
@@ -196,6 +214,8 @@ class TrainJob:
     # whose channel mask was made elsewhere (an early-bird retrain of a channel search) reports
     # runs.channel_density. No weight depends on it, so it is never part of the id (jobid._EXCLUDED).
     channel_report: tuple[str, tuple[str, ...]] | None = None
+    # Ticket transfer (left out of the id when None): the inputs are the source's mask and W_k.
+    transfer: TransferConfig | None = None
 
     @property
     def stop_iter(self) -> int:

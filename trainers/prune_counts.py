@@ -61,6 +61,12 @@ def prune_count(remaining: int, fraction: float) -> int:
     return math.ceil(check_fraction(fraction) * int(remaining))
 
 
+def layer_fraction(cfg: PruneConfig, name: str) -> float:
+    """The fraction a layerwise level removes from tensor `name`: the first of
+    cfg.layer_fractions whose pattern matches it, else cfg.fraction."""
+    return next((f for pattern, f in cfg.layer_fractions if fnmatch.fnmatchcase(name, pattern)), cfg.fraction)
+
+
 def planned_remaining(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -> list[int]:
     """Remaining prunable weights at levels 0..levels (dense first), with no tensor at all.
 
@@ -77,10 +83,11 @@ def planned_remaining(sizes: Mapping[str, int], cfg: PruneConfig, levels: int) -
     counts = [int(s) for s in sizes.values()]
     if any(c < 0 for c in counts):
         raise ValueError(f"sizes must be non-negative, got {dict(sizes)!r}")
+    rates = [layer_fraction(cfg, n) for n in sizes]
     out = [sum(counts)]
     for _ in range(int(levels)):
         if cfg.strategy == "magnitude_layerwise":
-            counts = [c - prune_count(c, cfg.fraction) for c in counts]
+            counts = [c - prune_count(c, f) for c, f in zip(counts, rates)]
             out.append(sum(counts))
         else:
             out.append(out[-1] - prune_count(out[-1], cfg.fraction))

@@ -24,6 +24,7 @@ from trainers.prune_counts import (  # noqa: F401  (the counting half, re-export
     STRATEGIES,
     check_fraction,
     check_strategy,
+    layer_fraction,
     planned_densities,
     planned_remaining,
     prune_count,
@@ -178,7 +179,7 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig, see
         for k, m in mask.items():
             alive = m.reshape(-1)
             scores = _flat_magnitudes(weights, mask, [k])
-            new = remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), cfg.fraction))
+            new = remove_smallest(scores, alive, prune_count(int(alive.count_nonzero()), layer_fraction(cfg, k)))
             out[k] = new.reshape(m.shape)
         return out
 

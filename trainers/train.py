@@ -63,14 +63,14 @@ def fingerprint(job: TrainJob) -> str:
             fields["train"].pop(name)
     fields.pop("save_iters", None)
     fields.pop("channel_report", None)  # a measure, not part of the job (as in the id)
-    for name, default in (("at_init", None), ("reinit_keep_signs", False)):  # as the job id: old checkpoints resume
+    for name, default in (("at_init", None), ("reinit_keep_signs", False), ("transfer", None)):  # as the job id: old checkpoints resume
         if fields.get(name) == default:
             fields.pop(name)
     if fields.get("prune") and fields["prune"].get("criterion") == "magnitude":
         fields["prune"].pop("criterion")
     # fields added since (issues 27, 28), as in the id: a checkpoint written before them resumes
     for section, name, default in (("prune", "rank_batches", 5), ("prune", "rank_batch_size", 128),
-                                   ("at_init", "sample", "class_balanced")):
+                                   ("prune", "layer_fractions", ()), ("at_init", "sample", "class_balanced")):
         if fields.get(section) and fields[section].get(name) == default:
             fields[section].pop(name)
     blob = json.dumps(fields, sort_keys=True, default=str)
@@ -99,6 +99,10 @@ def validate(job: TrainJob, paths: TrainPaths) -> None:
             raise ValueError("paths: the random-pruning control needs parent_mask (IMP's mask of its level)")
         if job.prune.strategy != "random" and (paths.parent_weights is None or paths.parent_mask is None):
             raise ValueError("paths: a pruning job needs parent_weights and parent_mask")
+    if job.transfer is not None and (job.prune is not None or job.at_init is not None or job.reinit_seed is not None
+                                     or paths.rewind_weights is None or paths.parent_mask is None):
+        raise ValueError("paths: a transfer job starts from the source's mask (parent_mask) and W_k (rewind_weights), "
+                         "and neither prunes nor re-initialises")
     if job.at_init is not None:
         if job.prune is not None or paths.rewind_weights is None:
             raise ValueError("paths.rewind_weights: pruning at initialization scores W_k (and prune must be None)")
@@ -127,6 +131,11 @@ def starting_point(job: TrainJob, paths: TrainPaths, model: torch.nn.Module, inf
                    data: DataBundle | None = None) -> tuple[dict, dict]:
     """(weights, mask) the job starts from, on CPU. `model` holds W0 (from init_seed). `data`:
     the job's data, for pruning at initialization's scoring batch (opened on CPU when None)."""
+    if job.transfer is not None:  # another experiment's ticket (trainers/transfer.py)
+        from trainers.transfer import transferred_start
+
+        return transferred_start(job.transfer, checkpoint.state_dict_cpu(model), prunable_names(model),
+                                 checkpoint.load_weights(paths.rewind_weights), checkpoint.load_mask(paths.parent_mask))
     ignore = job.prune.ignore if job.prune is not None else job.at_init.ignore if job.at_init is not None else ()
     names = prunable_names(model, ignore)
     if paths.parent_mask is None:

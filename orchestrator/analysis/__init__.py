@@ -479,7 +479,12 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     tables = _presented_tables(res, progress.planned_levels)
     from orchestrator.analysis.structured import structured_tables
 
+    from orchestrator.analysis.transfer import transfer_table
+
     raw_extra = structured_tables(store.results, structured_input["runs"], structured_input["early_bird"])
+    moved = transfer_table(structured_input["runs"].to_pylist())
+    if moved is not None:
+        raw_extra.append(("transfer", "Ticket transfer: the source's tickets, their controls and this experiment's own IMP", moved))
     eb_dist = next((t for stem, _title, t in raw_extra if stem == "early_bird_distances"), None)
     extra = [(stem, title, present(t)) for stem, title, t in raw_extra]
     for stem, title, t in extra:
@@ -512,6 +517,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
          (res.layer_profiles, profile_level)),
         ("weight_correlation", lambda: figs.weight_correlation(res.methods), (res.methods,)),
         ("early_bird_distances", lambda: figs.early_bird_distances(eb_dist), (eb_dist,)),
+        ("transfer_accuracy", lambda: figs.transfer_accuracy(moved, res.num_classes), (moved, res.num_classes)),
     ):
         got = fcache.get(name, make, *inputs)
         if got is not None:

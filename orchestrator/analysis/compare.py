@@ -78,6 +78,13 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
     side_presented = present(side)
     out.write_table("side_by_side", side_presented)
     out.write_table("differences", present(diffs))
+    from orchestrator.analysis.transfer import transfer_side_by_side, transfer_table
+
+    moved = transfer_side_by_side({n: transfer_table(store.results.read_table("runs", n).to_pylist())
+                                   for n in experiments}, experiments)
+    if moved is not None:
+        out.write_table("transfer_side_by_side", present(moved))
+        console.print("Ticket transfer side by side: transfer_side_by_side.csv")
     from orchestrator.analysis import write_summary_exports
 
     all_keys = [side_key] + ([diff_key] if diffs.num_rows else []) + [KeyTable(f"{n}: {kt.title}", kt.columns, kt.rows) for n in experiments for kt in keys[n][0]]

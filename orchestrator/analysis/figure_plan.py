@@ -21,6 +21,7 @@ TITLES = {
     "weight_correlation": "Weight correlation (starting vs final weights) against the weights remaining",
     "compare_weight_correlation": "Weight correlation against the weights remaining, by experiment",
     "early_bird_distances": "Early-bird: mask distance between every two epochs of the search",
+    "transfer_accuracy": "Ticket transfer: test accuracy against the weights remaining",
 }
 
 

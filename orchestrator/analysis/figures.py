@@ -747,3 +747,40 @@ def early_bird_distances(dist: pa.Table | None) -> Figure | None:
         ax.set_ylabel("epoch")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="mask distance")
     return fig
+
+
+def transfer_accuracy(table: pa.Table | None, num_classes: int | None) -> Figure | None:
+    """Ticket transfer: test accuracy against the weights remaining for the transferred ticket,
+    its controls and the target's own IMP ticket (mean ± std over replicates), the target's dense
+    network and chance marked (orchestrator/analysis/transfer.py)."""
+    if table is None or table.num_rows == 0:
+        return None
+    sparse = table.filter(pc.greater(table["level"], 0))
+    families = [f for f in ("transfer", "transfer_random_mask", "transfer_fresh_weights", "target_imp")
+                if f in set(sparse["family"].to_pylist())]
+    style = _family_style(families)
+    fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
+    ys = []
+    for f in families:
+        c = _where(sparse, family=f).sort_by("density")
+        x, y = _col(c, "density"), 100 * _col(c, "acc_mean")
+        s = 100 * np.nan_to_num(_col(c, "acc_std"))
+        ys += [y - s, y + s]
+        ax.errorbar(x, y, yerr=s, marker="o", ms=3, capsize=2, lw=1.3, label=f, **style[f])
+    dense = _where(table, family="target_dense")
+    if dense.num_rows:
+        m = 100 * float(np.nanmean(_col(dense, "acc_mean")))
+        ys.append(np.array([m]))
+        ax.axhline(m, color="k", lw=1, label="target dense")
+    if num_classes:
+        ax.axhline(100 / num_classes, color="0.5", lw=1, ls=":", label=f"chance ({100 / num_classes:.3g}%)")
+        ys.append(np.array([100 / num_classes]))
+    _density_axis(ax, sparse["density"].to_pylist())
+    sensible_ylim(ax, ys, floor=0.0, ceiling=100.0)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    source = table["source_data"][0].as_py(), table["source_optimizer"][0].as_py()
+    ax.set_title(f"tickets from {source[0]} ({source[1]})", fontsize=10)
+    _legend_right(fig, ax)
+    fig.suptitle("Ticket transfer: test accuracy (mean ± std over replicates)", fontsize=11)
+    return fig

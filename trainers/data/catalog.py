@@ -4,7 +4,7 @@ constants behind them, where a data set's files sit under data.root, and cheap c
 they are there (`CHECKS`).
 
 This module holds data and pure functions only and imports no other module of this package
-but resolution.py. The file readers (cifar_files, imagenet, ffcv_io) import it for their
+but resolution.py. The file readers (cifar_files, idx_files, imagenet, ffcv_io) import it for their
 layouts; ondisk.py imports both and is where the true counts come from the files
 (`ondisk.describe`, `ondisk.check_available`: what the spec, the planner and `lth run`'s
 pre-flight call). Imports go one way: catalog <- readers <- ondisk <- sources.
@@ -237,6 +237,69 @@ def _ffcv_imagenet(cfg: DataConfig) -> DataInfo:
                     cfg.num_test or IMAGENET_NUM_TEST)
 
 
+# ---- IDX files: MNIST and its family -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdxLayout:
+    num_classes: int
+    num_train: int  # the official split sizes (the files' headers give the true ones)
+    num_test: int
+    files: tuple[str, str, str, str]  # train images, train labels, test images, test labels (each also found as .gz)
+    default_root: str | None  # where a system package puts them (data.root unset)
+    where: str  # where a user gets the files
+    transpose: bool = False  # EMNIST stores images transposed
+
+
+IDX_SHAPE = (1, 28, 28)
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_LAYOUTS = {
+    # Debian/Ubuntu's dataset-fashion-mnist package installs the four .gz files here.
+    "fashion_mnist": IdxLayout(10, 60_000, 10_000, _MNIST_FILES, "/usr/share/datasets/fashion-mnist",
+                               "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or the four files from "
+                               "https://github.com/zalandoresearch/fashion-mnist"),
+    "mnist": IdxLayout(10, 60_000, 10_000, _MNIST_FILES, None, "the four files from http://yann.lecun.com/exdb/mnist/"),
+    "kmnist": IdxLayout(10, 60_000, 10_000, _MNIST_FILES, None, "the four MNIST-format files from https://github.com/rois-codh/kmnist"),
+    "emnist_digits": IdxLayout(10, 240_000, 40_000,
+                               ("emnist-digits-train-images-idx3-ubyte", "emnist-digits-train-labels-idx1-ubyte",
+                                "emnist-digits-test-images-idx3-ubyte", "emnist-digits-test-labels-idx1-ubyte"),
+                               None, "the 'gzip' archive of https://www.nist.gov/itl/products-and-services/emnist-dataset "
+                               "(its emnist-digits-* files)", transpose=True),
+}
+
+
+def idx_files(cfg: DataConfig) -> tuple[Path, Path, Path, Path]:
+    """The four files of an IDX data set: under data.root, else its default folder; each name
+    found as it is or with .gz. Errors say where to get them and what goes where."""
+    layout = IDX_LAYOUTS[cfg.name]
+    root = cfg.root or layout.default_root
+    names = ", ".join(f"{n}[.gz]" for n in layout.files)
+    hint = f"put {names} in one folder and set data.root to it; get them from {layout.where}"
+    if not root:
+        raise ValueError(f"data.root must be set to the directory holding {cfg.name}'s IDX files: {hint}")
+    field = "data.root" if cfg.root else f"{cfg.name}'s default folder (data.root unset)"
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"{field}: directory {base} does not exist; {hint}")
+    found, missing = [], []
+    for name in layout.files:
+        hit = next((p for p in (base / name, base / f"{name}.gz") if p.is_file()), None)
+        (found if hit else missing).append(hit or name)
+    if missing:
+        raise FileNotFoundError(f"{field}: {base} lacks {', '.join(f'{m}[.gz]' for m in missing)}; {hint}")
+    return tuple(found)  # type: ignore[return-value]
+
+
+def idx_root_found(cfg: DataConfig) -> bool:
+    root = cfg.root or IDX_LAYOUTS[cfg.name].default_root
+    return bool(root) and Path(root).expanduser().is_dir()
+
+
+def _idx(cfg: DataConfig) -> DataInfo:
+    layout = IDX_LAYOUTS[cfg.name]
+    return DataInfo(IDX_SHAPE, layout.num_classes, cfg.num_train or layout.num_train, cfg.num_test or layout.num_test)
+
+
 # ---- the catalog ----------------------------------------------------------------------------
 
 
@@ -264,6 +327,7 @@ DESCRIPTIONS: dict[str, Callable[[DataConfig], DataInfo]] = {
     "imagenet": _imagenet,
     "ffcv_cifar": _ffcv_cifar,
     "ffcv_imagenet": _ffcv_imagenet,
+    **{name: _idx for name in IDX_LAYOUTS},
 }
 
 
@@ -277,6 +341,7 @@ CHECKS: dict[str, Callable[[DataConfig], object]] = {
     "imagenet": _check_imagenet,
     "ffcv_cifar": _check_ffcv,
     "ffcv_imagenet": _check_ffcv,
+    **{name: idx_files for name in IDX_LAYOUTS},
 }
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from trainers.data.catalog import (
-    BETON_INFO_FILE, CHECKS, CIFAR_LAYOUTS, CIFAR_SHAPE, DESCRIPTIONS, DataInfo, beton_paths, check_config,
-    cifar_batches_dir, root_is_dir, subset_size,
+    BETON_INFO_FILE, CHECKS, CIFAR_LAYOUTS, CIFAR_SHAPE, DESCRIPTIONS, IDX_LAYOUTS, DataInfo, beton_paths, check_config,
+    cifar_batches_dir, idx_files, idx_root_found, root_is_dir, subset_size,
 )
 from trainers.data.cifar_files import read_batches
+from trainers.data.idx_files import read_shape
 from trainers.jobs import DataConfig
 
 
@@ -34,6 +35,17 @@ def _cifar(cfg: DataConfig, nominal: DataInfo) -> DataInfo:
          for split, files in (("train", layout.train_files), ("test", layout.test_files))}
     return DataInfo(CIFAR_SHAPE, layout.num_classes, subset_size(n["train"], cfg.num_train, "train"),
                     subset_size(n["test"], cfg.num_test, "test"))
+
+
+def _idx(cfg: DataConfig, nominal: DataInfo) -> DataInfo:
+    train_images, _, test_images, _ = idx_files(cfg)
+    shapes = {split: read_shape(path) for split, path in (("train", train_images), ("test", test_images))}
+    for path, shape in zip((train_images, test_images), shapes.values()):
+        if len(shape) != 3:
+            raise ValueError(f"{path}: expected images of shape (N, H, W), the header says {shape}")
+    side = shapes["train"][1:]
+    return DataInfo((1, *side), nominal.num_classes, subset_size(shapes["train"][0], cfg.num_train, "train"),
+                    subset_size(shapes["test"][0], cfg.num_test, "test"))
 
 
 def _imagenet(cfg: DataConfig, nominal: DataInfo) -> DataInfo:
@@ -71,6 +83,7 @@ FROM_FILES: dict[str, Callable[[DataConfig, DataInfo], DataInfo]] = {
     "imagenet": _imagenet,
     "ffcv_cifar": _ffcv,
     "ffcv_imagenet": _ffcv,
+    **{name: _idx for name in IDX_LAYOUTS},
 }
 
 
@@ -78,7 +91,8 @@ def describe(cfg: DataConfig) -> DataInfo:
     """Shape and counts without loading: the files' counts where data.root holds them, else the catalog's."""
     check_config(cfg)
     nominal = DESCRIPTIONS[cfg.name](cfg)
-    if cfg.name in FROM_FILES and root_is_dir(cfg):
+    # IDX data sets have a default folder (a system package's) that counts as data.root.
+    if cfg.name in FROM_FILES and (idx_root_found(cfg) if cfg.name in IDX_LAYOUTS else root_is_dir(cfg)):
         return FROM_FILES[cfg.name](cfg, nominal)
     return nominal
 

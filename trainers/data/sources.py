@@ -18,6 +18,8 @@ from trainers.data.ondisk import check_available, describe
 from trainers.data.cifar import CifarSource
 from trainers.data.digits import DigitsSource
 from trainers.data.ffcv_io import FfcvCifarSource, FfcvImagenetSource
+from trainers.data.idx import IdxSource
+from trainers.data.catalog import IDX_LAYOUTS
 from trainers.data.imagenet import ImageFolderSource
 from trainers.data.resolution import train_resolution
 from trainers.data.synthetic import SyntheticSource
@@ -34,6 +36,7 @@ DATASETS: dict[str, Callable[[DataConfig], DataSource]] = {
     "imagenet": ImageFolderSource,
     "ffcv_cifar": FfcvCifarSource,
     "ffcv_imagenet": FfcvImagenetSource,
+    **{name: IdxSource for name in IDX_LAYOUTS},
 }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from trainers.jobs import PruneConfig
 from trainers.methods.base import ScoreInputs, select
-from trainers.prune_counts import check_fraction, prune_count
+from trainers.prune_counts import check_fraction, layer_fraction, prune_count
 from trainers.pruning import Mask
 
 
@@ -48,7 +48,7 @@ def criterion_mask(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneCo
     if cfg.strategy == "magnitude_global":
         keep = [sum(alive) - prune_count(sum(alive), cfg.fraction)]
     elif cfg.strategy == "magnitude_layerwise":
-        keep = [a - prune_count(a, cfg.fraction) for a in alive]
+        keep = [a - prune_count(a, layer_fraction(cfg, n)) for a, n in zip(alive, mask)]
     else:
         raise ValueError(f"prune criterion {cfg.criterion}: strategy {cfg.strategy!r} does not rank weights")
     return select(scores, mask, keep, "global" if cfg.strategy == "magnitude_global" else "layerwise")
