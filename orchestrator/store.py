@@ -230,7 +230,7 @@ class Store:
                 return None  # (removed since the listing: not done, and nothing to set aside)
             except (ValueError, UnicodeDecodeError) as e:
                 return f"{type(e).__name__}: {e}"
-            return None if isinstance(record, dict) and "result" in record else "not a completion record"
+            return None if isinstance(record, dict) else "not a JSON object"
 
         ids = sorted(job_ids)
         with ThreadPoolExecutor(max_workers=min(16, len(ids) or 1)) as pool:

@@ -212,11 +212,24 @@ def test_publish_killed_at_any_step_shows_each_row_once(tmp_path, monkeypatch, c
 
 
 def test_unreadable_published_file_is_named(tmp_path):
+    from orchestrator.progress import experiment_status
+    from orchestrator.store import DamagedParts
+
     store = Store(str(tmp_path))
     store.write_rows("runs", "e", [_run_row("a", 0, 1.0)], part="a")
     store.write_bytes("results/runs/experiment=e/part-bad.parquet", b"not parquet")
-    with pytest.raises(Exception, match="part-bad.parquet"):
+    with pytest.raises(DamagedParts, match="part-bad.parquet") as caught:
         store.published_keys("runs", "e")
+    assert [rel for rel, _ in caught.value.parts] == ["results/runs/experiment=e/part-bad.parquet"]  # only it
+    # `lth status` still answers (issue 27: a traceback): `lth run` will write those rows again
+    store.write_experiment("e", "name: e\n", {"a": {"kind": "train", "role": "level", "level": 0, "parents": []}})
+    store.write_rows("metrics", "e", [{"job_id": "a", "iteration": 10, "split": "test", "loss": 1.5, "accuracy": 0.5,
+                                       "config_hash": "c0"}], part="a")
+    store.write_json("artifacts/a/done.json", {"result": {}})
+    assert experiment_status(store, "e").counts.done == 1
+    aside = store.set_aside_part("results/runs/experiment=e/part-bad.parquet")
+    assert aside.startswith("damaged/results/runs/experiment=e/part-bad.parquet.corrupt-")
+    assert store.read_bytes(aside) == b"not parquet" and store.published_keys("runs", "e") == {"a"}
 
 
 def test_sweep_publishes_its_rows_and_a_rerun_writes_nothing(ray_session, tmp_path, capsys):
