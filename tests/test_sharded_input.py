@@ -89,6 +89,13 @@ def test_jpeg_ranks_decode_their_slice_only_and_the_slices_make_the_batch(folder
 
 
 def test_a_gang_larger_than_the_batch_is_refused(folder):
+    """At `lth run` (the spec names resources), and by the loader itself."""
+    from conftest import DEMO
+    from orchestrator.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="3 ranks for a batch of 2 examples") as e:
+        load_spec(DEMO, ["train.batch_size=2", "resources.ranks=3", "resources.cpus=3"])
+    assert e.value.field == "resources"
     bundle = D.open_data(DataConfig(name="imagenet", root=str(folder), image_size=32), CPU, num_workers=1)
     with pytest.raises(ValueError, match="batch_size 2 is smaller than the 3 ranks"):
         bundle.train_stream(0, 2, 0, Shard(2, 3))
