@@ -95,7 +95,11 @@ def _rank(rank: int, world: int, port: int, job, device_type: str, warmup: int, 
             torch.cuda.synchronize(device)
         times[it] = time.perf_counter()
 
-    cpus = None if device.type == "cuda" else 2  # CPU ranks: one reader thread each (loader_workers(2))
+    # CUDA: the node's CPUs shared by its ranks, as a gang's resources.cpus / N; CPU ranks: one
+    # reader thread each (loader_workers(2)) on this small machine
+    from trainers.data.workers import available_cpus
+
+    cpus = max(1, available_cpus() // world) if device.type == "cuda" else 2
     rt = Runtime(device=device, rank=rank, world_size=world, on_step=on_step, cpus=cpus)
     bundle, counts = _count_decodes(job, device, rt.data_cache, rt.loader_workers())
     if world > 1:

@@ -558,6 +558,9 @@ class ExperimentSpec(_Model):
             sw.init_seeds, sw.replicates = list(range(sw.replicates)), None
 
         world = self.resources.world_size()
+        if world > t.batch_size:  # each rank trains on its slice of the batch (trainers/data/bundle.py, Shard)
+            raise SpecError("resources", f"{world} ranks for a batch of {t.batch_size} examples: a rank would "
+                                         f"train on no example (at most train.batch_size ranks)")
         if t.bn_sync == "per_replica":
             if t.bn_batch is None:
                 raise SpecError("train.bn_batch", "bn_sync per_replica needs the per-rank batch (bn_batch): it is part of the job")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from trainers.jobs import DataConfig, OptimizerConfig, TrainConfig, TrainJob, Tr
 from trainers.runtime import Runtime
 from trainers.train import train
 
+# numba's dispatchers, built by the FFCV test, are finalised whenever the collector runs (often
+# in a later test here) and raise a harmless KeyError inside numba (tests/test_ffcv.py)
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
 B = 7  # odd: 2 ranks take 4 + 3, 3 ranks 3 + 2 + 2
@@ -85,6 +89,13 @@ def test_jpeg_ranks_decode_their_slice_only_and_the_slices_make_the_batch(folder
 
 
 def test_a_gang_larger_than_the_batch_is_refused(folder):
+    """At `lth run` (the spec names resources), and by the loader itself."""
+    from conftest import DEMO
+    from orchestrator.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="3 ranks for a batch of 2 examples") as e:
+        load_spec(DEMO, ["train.batch_size=2", "resources.ranks=3", "resources.cpus=3"])
+    assert e.value.field == "resources"
     bundle = D.open_data(DataConfig(name="imagenet", root=str(folder), image_size=32), CPU, num_workers=1)
     with pytest.raises(ValueError, match="batch_size 2 is smaller than the 3 ranks"):
         bundle.train_stream(0, 2, 0, Shard(2, 3))
@@ -113,7 +124,6 @@ except Exception as e:  # an optional extra
 
 
 @pytest.mark.skipif(FFCV_ERROR is not None, reason=f"ffcv is not importable: {FFCV_ERROR}")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba internals (tests/test_ffcv.py)
 def test_ffcv_ranks_load_their_slice_only_and_the_slices_make_the_batch(folder, tmp_path, monkeypatch):
     """FFCV: each rank's Loader is built for its slice (batch size B/N over the slice's examples,
     so it decodes those only); the slices in rank order equal the 1-rank batch bitwise. Without
@@ -188,6 +198,12 @@ def _rank_main(rank: int, world_size: int, port: int, job: TrainJob, out_dir: st
         imagenet.FolderTransform.decode, imagenet.FolderBundle.train_stream = real_decode, real_stream  # rank 0 of 1 runs in pytest's process
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"decoded": decoded, "trained": trained}, f)
+    # The stream was closed when train() returned, but its threads may still be inside a decode:
+    # a process that exits under a thread running torch's C++ code can abort ("terminate called
+    # without an active exception"), so a spawned rank waits for them.
+    for t in threading.enumerate():
+        if t.name.startswith(("lth-prefetch", "lth-read")):
+            t.join(timeout=60)
 
 
 def test_a_gang_fed_by_jpegs_decodes_its_slices_and_trains_as_one_rank(folder, tmp_path):

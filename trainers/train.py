@@ -320,8 +320,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         torch.set_rng_state(ckpt["rng"]["cpu"])
     forward = distributed.data_parallel(model, device, rt.world_size)
     forward = compiled(forward) if cfg.compile else forward
-    # examples in every global batch (all ranks together): training streams yield full batches only
-    global_size = cfg.batch_size
+    global_size = cfg.batch_size  # examples in this iteration's global batch (all ranks together)
 
     def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if rt.world_size == 1:
