@@ -221,11 +221,12 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
         for lv in levels:
             c = _where(t, split=split, level=lv).sort_by("rewind_iter")
             x = _col(c, "rewind_iter")
-            y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
-            ys += [y - s, y + s]
-            label = f"{density_label(c['density'][0].as_py(), lv)} ({n_text(c['n_pairs'].to_pylist(), 'pairs')})"
+            y, lo, hi = _ci(c, "barrier")
+            ys += [lo, hi]
+            n = f"{n_text(c['n_replicates'].to_pylist(), 'replicates')}, {n_text(c['n_pairs'].to_pylist(), 'pairs')[4:]}"
+            label = f"{density_label(c['density'][0].as_py(), lv)} ({n})"
             line, = ax.plot(x, y, marker="o", color=level_color(lv), label=label)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
         ax.set_title(f"{split} set")
@@ -236,7 +237,8 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     if zero:
         fig.text(0.01, 0.01, f"{', '.join(zero)} set: every barrier is 0.00 points (panel omitted)",
                  fontsize=8, ha="left", va="bottom")
-    fig.suptitle(f"Instability against the rewinding point ({mode}; mean ± std over pairs)", fontsize=11)
+    fig.suptitle(f"Instability against the rewinding point ({mode}; mean over pairs, 95% t interval over "
+                 "replicates)", fontsize=11)
     return fig
 
 
@@ -478,11 +480,11 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float,
                 continue
             d = d or c["density"][0].as_py()
             x = _col(c, "rewind_iter")
-            y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
-            ys += [y - s, y + s]
-            n = n_text(c["n_pairs"].to_pylist(), "pairs")
+            y, lo, hi = _ci(c, "barrier")
+            ys += [lo, hi]
+            n = f"{n_text(c['n_replicates'].to_pylist(), 'replicates')}, {n_text(c['n_pairs'].to_pylist(), 'pairs')[4:]}"
             line, = ax.plot(x, y, marker="o", color=colors[name], label=f"{labels.get(name, name)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
         ax.set_title(density_label(d, lv), fontsize=10)
@@ -490,7 +492,8 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float,
     sensible_ylim(axes[0][0], ys, include=(0.0, 100 * threshold))
     axes[0][0].set_ylabel("test error barrier (percentage points)")
     _legend_right(fig, axes[0][0])
-    fig.suptitle("Instability against the rewinding point, by experiment (mean ± std over pairs)", fontsize=11)
+    fig.suptitle("Instability against the rewinding point, by experiment (mean over pairs, 95% t interval over "
+                 "replicates)", fontsize=11)
     return fig
 
 
