@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also publish the report to W&B")
     s.add_argument("--no-titles", dest="titles", action="store_false",
                    help="figures without titles (a paper's captions replace them); panel headings stay")
+    s.add_argument("--figsize", choices=["column", "page"], default=None,
+                   help="figures at a paper's width: column (3.25 in, panels stacked) or page (6.75 in, two "
+                        "panels a row), fonts for print at that size (default: screen size)")
     s.add_argument("--references", nargs="+", default=[], metavar="FILE",
                    help="reference files of published results (configs/references/*.yaml) to draw and judge, "
                         "besides those the experiment's config names")
@@ -634,7 +637,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
             return EXIT_BAD_INPUT
         return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
-                       titles=args.titles)
+                       titles=args.titles, figsize=args.figsize)
     grid = _stored_grid(_store_root(args), args.name[0])
     if grid is not None:  # a grid's name: its experiments compared on the same axes
         from orchestrator.analysis.compare import compare
@@ -645,13 +648,14 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         out = args.out
         if out is None and "://" not in _store_root(args):
             out = os.path.join(_store_root(args), "reports", args.name[0])
-        return compare(_store_root(args), grid, out, threshold=args.threshold, formats=formats, titles=args.titles)
+        return compare(_store_root(args), grid, out, threshold=args.threshold, formats=formats, titles=args.titles,
+                       figsize=args.figsize)
     if args.profile_level is not None and args.profile_level < 1:
         print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
                    formats=formats, profile_level=args.profile_level, titles=args.titles,
-                   references=tuple(args.references))
+                   references=tuple(args.references), figsize=args.figsize)
 
 
 def _stored_grid(store_root: str, name: str) -> list[str] | None:
