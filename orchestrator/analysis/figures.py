@@ -30,7 +30,7 @@ def thin_ticks(fig: Figure, pad_px: float = 4.0) -> None:
     """Drop x tick labels that would run into their neighbour ('13.4%10.7%' on a 12-level
     sweep): after a draw, walk each axis's labels in screen order and keep one only when it
     clears the last one kept by `pad_px`. The ticks kept keep their texts."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # the layout (constrained) and the texts' extents, no pixels
     r = fig.canvas.get_renderer()
     for ax in fig.axes:
         if not ax.get_visible():
