@@ -146,7 +146,7 @@ def _write_grid(store, args: argparse.Namespace, names: list[str]) -> None:
 
     raw = load_raw(args.config, args.overrides)
     record = {"name": raw.get("name"), "experiments": names,
-              "fields": {k: v for k, v in (raw.get("grid") or {}).items()}}
+              "fields": dict(raw.get("grid") or {})}
     store.write_bytes(f"grids/{raw.get('name')}.json", json.dumps(record, indent=1).encode())
 
 
@@ -287,11 +287,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     loaded = _load_all(args)
     if len(loaded) == 1:
         return _run_one(args, console, *loaded[0])
-    for spec, _plan in loaded:  # every point's data and resources, before any point runs
+    from orchestrator.experiment import check_against_store
+
+    for spec, _plan in loaded:  # every point's data, before any point runs
         spec.check_data()
     store = _open_store(args, loaded[0][0].store)
     if store is None:
         return EXIT_BAD_INPUT
+    for spec, plan in loaded:  # a point whose stored experiment has another config: refused before any runs
+        check_against_store(store, spec, set(plan.jobs))
     store.makedirs("")
     _write_grid(store, args, [spec.name for spec, _ in loaded])
     worst = EXIT_OK
