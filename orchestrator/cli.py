@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also publish the report to W&B")
     s.add_argument("--no-titles", dest="titles", action="store_false",
                    help="figures without titles (a paper's captions replace them); panel headings stay")
+    s.add_argument("--figsize", choices=["column", "page"], default=None,
+                   help="figures at a paper's width: column (3.25 in, panels stacked) or page (6.75 in, two "
+                        "panels a row), fonts for print at that size (default: screen size)")
     s.add_argument("--references", nargs="+", default=[], metavar="FILE",
                    help="reference files of published results (configs/references/*.yaml) to draw and judge, "
                         "besides those the experiment's config names")
@@ -155,7 +158,7 @@ def _write_grid(store, args: argparse.Namespace, names: list[str]) -> None:
 
     raw = load_raw(args.config, args.overrides)
     record = {"name": raw.get("name"), "experiments": names,
-              "fields": {k: v for k, v in (raw.get("grid") or {}).items()}}
+              "fields": dict(raw.get("grid") or {})}
     store.write_bytes(f"grids/{raw.get('name')}.json", json.dumps(record, indent=1).encode())
 
 
@@ -296,11 +299,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     loaded = _load_all(args)
     if len(loaded) == 1:
         return _run_one(args, console, *loaded[0])
-    for spec, _plan in loaded:  # every point's data and resources, before any point runs
+    from orchestrator.experiment import check_against_store
+
+    for spec, _plan in loaded:  # every point's data, before any point runs
         spec.check_data()
     store = _open_store(args, loaded[0][0].store)
     if store is None:
         return EXIT_BAD_INPUT
+    for spec, plan in loaded:  # a point whose stored experiment has another config: refused before any runs
+        check_against_store(store, spec, set(plan.jobs))
     store.makedirs("")
     _write_grid(store, args, [spec.name for spec, _ in loaded])
     worst = EXIT_OK
@@ -656,7 +663,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             print("error: --wandb: publishing applies to one experiment; analyze each on its own", file=sys.stderr)
             return EXIT_BAD_INPUT
         return compare(_store_root(args), args.name, args.out, threshold=args.threshold, formats=formats,
-                       titles=args.titles)
+                       titles=args.titles, figsize=args.figsize)
     grid = _stored_grid(_store_root(args), args.name[0])
     if grid is not None:  # a grid's name: its experiments compared on the same axes
         from orchestrator.analysis.compare import compare
@@ -667,13 +674,14 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         out = args.out
         if out is None and "://" not in _store_root(args):
             out = os.path.join(_store_root(args), "reports", args.name[0])
-        return compare(_store_root(args), grid, out, threshold=args.threshold, formats=formats, titles=args.titles)
+        return compare(_store_root(args), grid, out, threshold=args.threshold, formats=formats, titles=args.titles,
+                       figsize=args.figsize)
     if args.profile_level is not None and args.profile_level < 1:
         print(f"error: --profile-level: a pruning level is >= 1, got {args.profile_level}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return analyze(_store_root(args), args.name[0], args.out, threshold=args.threshold, wandb_mode=args.wandb,
                    formats=formats, profile_level=args.profile_level, titles=args.titles,
-                   references=tuple(args.references))
+                   references=tuple(args.references), figsize=args.figsize)
 
 
 def _stored_grid(store_root: str, name: str) -> list[str] | None:

@@ -65,10 +65,12 @@ def drawn(monkeypatch):
     def check(fig, fmt="png"):
         title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else f"figure {len(seen)}"
         seen.setdefault(title, layout_problems(fig))
+        widths.append(round(float(fig.get_size_inches()[0]), 6))
         return real(fig, fmt)
 
+    widths: list[float] = []
     monkeypatch.setattr(F, "encode", check)
-    return seen
+    return seen, widths
 
 
 def _with_correlation(rows, seed=0):
@@ -78,7 +80,10 @@ def _with_correlation(rows, seed=0):
     return rows
 
 
-def test_every_figure_of_the_report_and_the_comparison_has_no_overlapping_text(tmp_path, drawn):
+@pytest.mark.parametrize("figsize", [None, "page", "column"])
+def test_every_figure_of_the_report_and_the_comparison_has_no_overlapping_text(tmp_path, drawn, figsize):
+    size = [] if figsize is None else ["--figsize", figsize]
+    drawn, widths = drawn
     rows, _ = build_sweep()
     write_store(tmp_path, _with_correlation(rows))
     d = tmp_path / "experiments" / EXP
@@ -89,14 +94,18 @@ def test_every_figure_of_the_report_and_the_comparison_has_no_overlapping_text(t
              metric="test_accuracy", value=v, spread=0.3, n=3, source="R: x")
         for f, dd, v in (("imp_rewind", 0.8, 90.5), ("dense", 1.0, 90.0), ("imp_finetune", 0.512, 85.0))]}
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(ref))
-    assert main(["analyze", EXP, "--store", str(tmp_path), "--references", str(tmp_path / "ref.yaml")]) == 0
+    assert main(["analyze", EXP, "--store", str(tmp_path), "--references", str(tmp_path / "ref.yaml"), *size]) == 0
+    if figsize is not None:  # the paper sizes re-lay out the same figures: the report's suffice (CI time)
+        assert len(drawn) >= 5 and {t: p for t, p in drawn.items() if p} == {}
+        assert set(widths) == {F.PAPER_WIDTHS[figsize]}, widths
+        return
     cmp_root = tmp_path / "cmp"
     for seed, (name, lr) in enumerate((("demo", 0.1), ("demo_lr05", 0.05))):
         write_store(cmp_root, _with_correlation(build_sweep(seed=seed, experiment=name)[0], seed), experiment=name)
         d = cmp_root / "experiments" / name
         d.mkdir(parents=True)
         (d / "spec.yaml").write_text(f"name: {name}\nmodel: mlp_300_100\ntrain: {{optimizer: {{lr: {lr}}}}}\n")
-    assert main(["analyze", "demo", "demo_lr05", "--store", str(cmp_root)]) == 0
+    assert main(["analyze", "demo", "demo_lr05", "--store", str(cmp_root), *size]) == 0
     # the report's instability, path, accuracy, method and weight-correlation figures, and the
     # comparison's instability, accuracy and weight correlation
     assert len(drawn) >= 8, sorted(drawn)

@@ -98,11 +98,12 @@ def test_no_titles_n_in_the_figure_and_editable_svg_text(tmp_path):
     svg = (out / "instability_vs_rewind.svg").read_text()
     assert "<text" in svg and "DejaVuSans-" not in svg  # text, not glyph outlines
     assert "Instability against the rewinding point (rewind" in svg  # the title, by default
-    assert "n = 9 pairs" in svg  # per cell: 3 replicates x C(3 seeds, 2) = 9 pairs
+    # per cell: 3 replicates (the interval's n) x C(3 seeds, 2) = 9 pairs (the mean's)
+    assert "n = 3 replicates, 9 pairs" in svg
     assert "n = 3 replicates" in (out / "accuracy_vs_density.svg").read_text()
     assert main(["analyze", EXP, "--store", str(tmp_path), "--format", "png,svg", "--no-titles"]) == 0
     svg = (out / "instability_vs_rewind.svg").read_text()
-    assert "Instability against the rewinding point (rewind" not in svg and "n = 9 pairs" in svg
+    assert "Instability against the rewinding point (rewind" not in svg and "n = 3 replicates, 9 pairs" in svg
     assert "test set" in svg  # panel headings stay
 
 

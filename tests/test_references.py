@@ -217,3 +217,25 @@ def test_compare_gives_each_difference_with_welch_and_paired_intervals(tmp_path)
                                                   abs=2e-6)
         checked += 1
     assert checked > 0
+
+
+def test_a_stored_config_gives_its_epochs_and_renda_is_another_recipe_for_the_lmc_config(tmp_path):
+    import pyarrow as pa
+
+    from orchestrator.analysis.read import Store as ReadStore
+    from orchestrator.analysis.references import experiment_setting
+
+    spec = load_spec(str(CONFIGS / "cifar10_resnet20_lmc.yaml"))
+    d = tmp_path / "experiments" / spec.name
+    d.mkdir(parents=True)
+    # the stored config is the resolved one: iterations (62,560), no epochs
+    (d / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    setting = experiment_setting(ReadStore.open(str(tmp_path)), spec.name)
+    assert setting == {"model": "cifar_resnet_20", "dataset": "cifar10", "epochs": 160, "lr": 0.1,
+                       "granularity": "weight"}
+    methods = pa.table({"family": ["imp_rewind"], "rewind_iter": [0], "level": [1], "density": [0.8],
+                        "acc_mean": [0.918], "acc_std": [0.002], "n_replicates": [3]})
+    got = verdicts([load_reference_file(CONFIGS / "references" / "renda_2020.yaml")], methods, setting).to_pylist()
+    r20 = [r for r in got if r["setting"].startswith("ResNet-20") and r["family"] == "imp_rewind"]
+    assert r20 and all(r["verdict"] == "not comparable" and "182 epochs" in r["reason"] for r in r20)
+    assert all("another model" in r["reason"] for r in got if "ResNet-56" in r["setting"])

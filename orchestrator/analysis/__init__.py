@@ -216,8 +216,8 @@ class _FigureCache:
 
     NAME = ".figures.json"
 
-    def __init__(self, out: "_Out", formats: tuple[str, ...], titles: bool = True):
-        self.out, self.formats, self.titles = out, formats, titles
+    def __init__(self, out: "_Out", formats: tuple[str, ...], titles: bool = True, figsize: str | None = None):
+        self.out, self.formats, self.titles, self.figsize = out, formats, titles, figsize
         try:
             with out.fs.open_input_stream(out.file(self.NAME)) as f:
                 self.keys = json.loads(f.read().decode())
@@ -241,7 +241,8 @@ class _FigureCache:
 
     def get(self, name: str, make, *inputs) -> dict[str, bytes] | None:
         """{format: bytes} of figure `name` (always with png), or None if nothing to draw."""
-        key = self.key(name, sorted(self.formats), *inputs, *(() if self.titles else ("no titles",)))
+        key = self.key(name, sorted(self.formats), *inputs, *(() if self.titles else ("no titles",)),
+                       *(() if self.figsize is None else (f"figsize {self.figsize}",)))
         if self.keys.get(name) == key:
             try:
                 out = {}
@@ -261,6 +262,8 @@ class _FigureCache:
             return None
         if not self.titles:
             figs.without_title(fig)
+        if self.figsize is not None:
+            figs.fit_to_paper(fig, self.figsize)
         try:
             out = {fmt: figs.encode(fig, fmt) for fmt in self.formats}
         finally:
@@ -372,7 +375,8 @@ def collapse_line(store, experiment: str) -> str | None:
 
 def analyze(store_root: str, experiment: str, out_dir: str | None = None, threshold: float = 0.02,
             wandb_mode: str = "disabled", console=None, formats: tuple[str, ...] = ("png",),
-            profile_level: int | None = None, titles: bool = True, references: tuple[str, ...] = ()) -> int:
+            profile_level: int | None = None, titles: bool = True, references: tuple[str, ...] = (),
+            figsize: str | None = None) -> int:
     """Write the tables, figures and HTML report of `experiment`; returns the exit code
     (0 ok, 2 bad input: unknown experiment, empty store, bad threshold or W&B mode).
     `profile_level`: the level whose per-layer densities the layer-profile figure draws (None:
@@ -380,7 +384,9 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
     `references`: reference files (configs/references/*.yaml) besides those stored with the
     experiment: their published numbers are drawn on the figures and judged in verdict.csv.
     The summary is printed as soon as the tables are computed, before any figure is drawn.
-    `titles=False` (`--no-titles`): figures without a title, for a paper's own captions."""
+    `titles=False` (`--no-titles`): figures without a title, for a paper's own captions.
+    `figsize` (`--figsize column|page`): figures laid out at a paper's column (3.25 in) or page
+    (6.75 in) width."""
     console, errors = consoles(console)
     store = Store.open(store_root)
     problem = _check_args(store, experiment, threshold, wandb_mode)
@@ -496,7 +502,7 @@ def analyze(store_root: str, experiment: str, out_dir: str | None = None, thresh
         out.write_table(stem, t)
     clock.lap("tables")
 
-    fcache = _FigureCache(out, formats, titles)
+    fcache = _FigureCache(out, formats, titles, figsize)
     curve_table = curves.curves(chosen, metrics)
     from orchestrator.analysis import figures as figs  # matplotlib, after the summary is printed
 

@@ -29,7 +29,7 @@ from orchestrator.analysis.report import CSS, key_table_html
 
 
 def compare(store_root: str, experiments: list[str], out_dir: str | None = None, threshold: float = 0.02,
-            console=None, formats: tuple[str, ...] = ("png",), titles: bool = True) -> int:
+            console=None, formats: tuple[str, ...] = ("png",), titles: bool = True, figsize: str | None = None) -> int:
     console, errors = consoles(console)
     if len(set(experiments)) != len(experiments):
         errors.print(f"[red]error:[/red] name: an experiment is named twice ({' '.join(experiments)})")
@@ -89,7 +89,7 @@ def compare(store_root: str, experiments: list[str], out_dir: str | None = None,
 
     all_keys = [side_key] + ([diff_key] if diffs.num_rows else []) + [KeyTable(f"{n}: {kt.title}", kt.columns, kt.rows) for n in experiments for kt in keys[n][0]]
     write_summary_exports(out, all_keys, None)
-    fcache = _FigureCache(out, formats, titles)
+    fcache = _FigureCache(out, formats, titles, figsize)
     drawn = {}
     inst = {n: r.instability for n, r in results.items()}
     accs = {n: (r.accuracy, r.dense) for n, r in results.items()}

@@ -30,7 +30,7 @@ def thin_ticks(fig: Figure, pad_px: float = 4.0) -> None:
     """Drop x tick labels that would run into their neighbour ('13.4%10.7%' on a 12-level
     sweep): after a draw, walk each axis's labels in screen order and keep one only when it
     clears the last one kept by `pad_px`. The ticks kept keep their texts."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # the layout (constrained) and the texts' extents, no pixels
     r = fig.canvas.get_renderer()
     for ax in fig.axes:
         if not ax.get_visible():
@@ -52,13 +52,69 @@ def thin_ticks(fig: Figure, pad_px: float = 4.0) -> None:
             ax.set_xticks([x for x, _ in kept], [t for _, t in kept], rotation=rot)
 
 
+# `lth analyze --figsize column|page`: a journal's single column and full page width, inches.
+PAPER_WIDTHS = {"column": 3.25, "page": 6.75}
+# font sizes (points) at each width: suptitle, panel title, axis label, tick label, legend, other
+_PAPER_FONTS = {"column": (8, 7, 7, 6, 6, 6), "page": (9, 8, 8, 7, 7, 7)}
+
+
+def fit_to_paper(fig: Figure, size: str) -> None:
+    """Re-lay `fig` out at a paper's width: its panels in at most one (column) or two (page)
+    columns, in reading order, every panel with its own tick labels and axis label; every legend
+    merged into one legend under the panels (labels stay distinct: `k = 0 ...`, `rewind ...`);
+    fonts at sizes read in print at that width. Constrained layout then fits the text."""
+    width = PAPER_WIDTHS[size]
+    sup, title, label, tick, legend, other = _PAPER_FONTS[size]
+    axes = [a for a in fig.axes if a.get_visible() and a.get_subplotspec() is not None]
+    if not axes:
+        return
+    cols = min(1 if size == "column" else 2, len(axes))
+    rows = -(-len(axes) // cols)
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if not lab.startswith("_"):
+                entries.setdefault(lab, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for leg in list(fig.legends):
+        for h, t in zip(leg.legend_handles, leg.get_texts()):
+            entries.setdefault(t.get_text(), h)
+        leg.remove()
+    ylabel = next((a.get_ylabel() for a in axes if a.get_ylabel()), "")
+    xlabel = next((a.get_xlabel() for a in axes if a.get_xlabel()), "")
+    gs = fig.add_gridspec(rows, cols)
+    for i, ax in enumerate(axes):
+        ax.set_subplotspec(gs[i // cols, i % cols])
+        ax.tick_params(labelleft=True, labelbottom=True, labelsize=tick)
+        if i % cols == 0 and not ax.get_ylabel():
+            ax.set_ylabel(ylabel)
+        if not ax.get_xlabel():
+            ax.set_xlabel(xlabel)
+        ax.title.set_fontsize(title)
+        ax.xaxis.label.set_fontsize(label)
+        ax.yaxis.label.set_fontsize(label)
+        for t in ax.texts:
+            t.set_fontsize(other)
+    for t in fig.texts:
+        t.set_fontsize(other)
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.set_fontsize(sup)
+        fig._suptitle.set_wrap(True)
+    panel_h = width / cols * (0.78 if cols == 1 else 0.8)
+    fig.set_size_inches(width, rows * panel_h + 0.3 + 0.16 * -(-len(entries) // cols))
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=cols, fontsize=legend)
+    fig._lth_dpi = 300  # a print resolution for the PNG at a paper's size (PDF and SVG are vectors)
+
+
 def encode(fig: Figure, fmt: str = "png") -> bytes:
     thin_ticks(fig)
     buf = io.BytesIO()
     # Fixed metadata: the same figure gives the same bytes (the figure cache compares them).
     meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
             "svg": {"Date": None}}[fmt]
-    fig.savefig(buf, format=fmt, dpi=100, metadata=meta)  # constrained layout fits the labels
+    fig.savefig(buf, format=fmt, dpi=getattr(fig, "_lth_dpi", 100), metadata=meta)  # constrained layout fits the labels
     return buf.getvalue()
 
 
@@ -221,11 +277,12 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
         for lv in levels:
             c = _where(t, split=split, level=lv).sort_by("rewind_iter")
             x = _col(c, "rewind_iter")
-            y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
-            ys += [y - s, y + s]
-            label = f"{density_label(c['density'][0].as_py(), lv)} ({n_text(c['n_pairs'].to_pylist(), 'pairs')})"
+            y, lo, hi = _ci(c, "barrier")
+            ys += [lo, hi]
+            n = f"{n_text(c['n_replicates'].to_pylist(), 'replicates')}, {n_text(c['n_pairs'].to_pylist(), 'pairs')[4:]}"
+            label = f"{density_label(c['density'][0].as_py(), lv)} ({n})"
             line, = ax.plot(x, y, marker="o", color=level_color(lv), label=label)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
         ax.set_title(f"{split} set")
@@ -236,7 +293,8 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     if zero:
         fig.text(0.01, 0.01, f"{', '.join(zero)} set: every barrier is 0.00 points (panel omitted)",
                  fontsize=8, ha="left", va="bottom")
-    fig.suptitle(f"Instability against the rewinding point ({mode}; mean ± std over pairs)", fontsize=11)
+    fig.suptitle(f"Instability against the rewinding point ({mode}; mean over pairs, 95% t interval over "
+                 "replicates)", fontsize=11)
     return fig
 
 
@@ -478,11 +536,11 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float,
                 continue
             d = d or c["density"][0].as_py()
             x = _col(c, "rewind_iter")
-            y, s = 100 * _col(c, "barrier_mean"), 100 * np.nan_to_num(_col(c, "barrier_std"))
-            ys += [y - s, y + s]
-            n = n_text(c["n_pairs"].to_pylist(), "pairs")
+            y, lo, hi = _ci(c, "barrier")
+            ys += [lo, hi]
+            n = f"{n_text(c['n_replicates'].to_pylist(), 'replicates')}, {n_text(c['n_pairs'].to_pylist(), 'pairs')[4:]}"
             line, = ax.plot(x, y, marker="o", color=colors[name], label=f"{labels.get(name, name)} ({n})")
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * threshold, color="k", ls="--", lw=1, label=f"stable below {100 * threshold:g} points")
         rewind_axis(ax, ks)
         ax.set_title(density_label(d, lv), fontsize=10)
@@ -490,7 +548,8 @@ def compare_instability(summaries: dict[str, pa.Table], threshold: float,
     sensible_ylim(axes[0][0], ys, include=(0.0, 100 * threshold))
     axes[0][0].set_ylabel("test error barrier (percentage points)")
     _legend_right(fig, axes[0][0])
-    fig.suptitle("Instability against the rewinding point, by experiment (mean ± std over pairs)", fontsize=11)
+    fig.suptitle("Instability against the rewinding point, by experiment (mean over pairs, 95% t interval over "
+                 "replicates)", fontsize=11)
     return fig
 
 

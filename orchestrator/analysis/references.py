@@ -79,8 +79,25 @@ def experiment_setting(store, experiment: str) -> dict:
         return {}
     train, pruning = spec.get("train") or {}, spec.get("pruning") or {}
     return {"model": spec.get("model"), "dataset": (spec.get("data") or {}).get("name"),
-            "epochs": train.get("epochs"), "lr": (train.get("optimizer") or {}).get("lr"),
+            "epochs": _epochs(spec), "lr": (train.get("optimizer") or {}).get("lr"),
             "granularity": pruning.get("granularity") or "weight"}
+
+
+def _epochs(spec: dict) -> float | None:
+    """Training epochs of a stored (resolved) config: its iterations over the data set's
+    iterations per epoch, ceil(N / B) as the config counts them (the resolved config keeps
+    iterations only). None where the data set's size is unknown."""
+    from orchestrator.spec import DataSpec
+    from trainers.data.catalog import DESCRIPTIONS
+
+    train = spec.get("train") or {}
+    try:
+        cfg = DataSpec.model_validate(spec.get("data") or {}).to_config()
+        per_epoch = math.ceil(DESCRIPTIONS[cfg.name](cfg).num_train / int(train["batch_size"]))
+        epochs = int(train["iterations"]) / per_epoch
+    except Exception:  # noqa: BLE001 - an older or partial config: the epochs it states, if any
+        return train.get("epochs")
+    return int(epochs) if epochs == int(epochs) else round(epochs, 2)
 
 
 def _acc(row) -> float:
