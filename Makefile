@@ -60,7 +60,7 @@ gpu-wheels: | $(UV)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# Generated files, each checked by a test: the config field reference (from orchestrator/spec.py)
+# Generated files, each checked by a test: the config field reference (from orchestrator/spec/)
 # and the models' weight counts the planner reads without torch (from trainers/models.py).
 docs: $(STAMP)
 	$(BIN)/python -m orchestrator.config_reference > docs/config-reference.md

@@ -11,7 +11,7 @@ message the trainer gives a job that reaches it some other way.
 - `torch.compile` is refused: a compiled model inside a hand-captured graph is untested (guards,
   recompiles and Inductor's own graph trees all assume they own the capture). Compile's own
   graph mode (`mode="reduce-overhead"`) is the alternative when compiling; `train.compile: auto`
-  resolves to eager when cuda_graphs is on (orchestrator/spec.py).
+  resolves to eager when cuda_graphs is on (orchestrator/spec/experiment.py).
 - Progressive resizing is supported: the step keeps one graph per input shape and captures
   again when the side changes at an epoch boundary (trainers/graphed.py).
 - A job on several ranks (DDP) is refused by the spec (its collectives cannot be captured).
