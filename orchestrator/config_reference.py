@@ -18,7 +18,7 @@ from orchestrator.spec import ExperimentSpec
 
 HEADER = """# Config field reference
 
-Generated from the pydantic models in `orchestrator/spec.py` by
+Generated from the pydantic models in `orchestrator/spec/` by
 `python -m orchestrator.config_reference` (`make docs`); do not edit by hand. `lth schema`
 prints the same models as a JSON schema, and `lth plan CONFIG --show-config` prints a config
 with every default filled in and every epoch count turned into iterations.

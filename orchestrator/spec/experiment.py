@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from orchestrator import limits as L
-from orchestrator.spec.base import SpecError, _at_most, _Model, _unique
+from orchestrator.spec.base import _SEED_RANGE, SpecError, _at_most, _Model, _unique
 from orchestrator.spec.data import DataSpec
 from orchestrator.spec.errors import _errors
 from orchestrator.spec.pruning import PruningSpec
@@ -25,9 +25,9 @@ from trainers.model_catalog import model_names
 
 class TransferSpec(_Model):
     source: dict[str, Any] = Field(description="the source experiment whose tickets are taken: the path of its config file (relative to this one; read with its base chain) or its config inline. Its jobs are planned here with their own ids, so the ones in the store are reused and missing ones trained first")
-    replicate: int = Field(0, ge=0, description="the source replicate (its init seed) whose tickets are taken")
-    rewind_iter: int = Field(0, ge=0, le=L.MAX_ITERATIONS, description="the source's rewinding point k (iterations, one of its sweep.rewind_iters): a ticket is the source level's mask with the source's weights W_k (late resetting, Morcos et al. 2019)")
-    levels: list[Annotated[int, Field(ge=1, le=L.MAX_LEVELS)]] = Field(min_length=1, max_length=L.MAX_LEVELS, description="the source's pruning levels whose tickets are transferred (each 1..its pruning.levels); each one a transfer job per replicate of this config")
+    replicate: int = Field(0, ge=L.MIN_SEED, le=L.MAX_SEED, description="the source replicate (its init seed) whose tickets are taken" + _SEED_RANGE)
+    rewind_iter: int = Field(0, ge=0, le=L.MAX_ITERATIONS, description="the source's rewinding point k (iterations, one of its sweep.rewind_iters): a ticket is the source level's mask with the source's weights W_k (late resetting, Morcos et al. 2019)" + _at_most(L.MAX_ITERATIONS))
+    levels: list[Annotated[int, Field(ge=1, le=L.MAX_LEVELS)]] = Field(min_length=1, max_length=L.MAX_LEVELS, description="the source's pruning levels whose tickets are transferred (each 1..its pruning.levels); each one a transfer job per replicate of this config" + _at_most(L.MAX_LEVELS) + " levels, each at most " + f"{L.MAX_LEVELS}")
     output_layer: Literal["auto", "source", "fresh", "dense"] = Field("auto", description="the output layer (fc), which cannot transfer when the class counts differ: source (the source's weights and mask; same class count only), fresh (this config's W0, masked at the source output layer's density), dense (this config's W0, unpruned); auto (the default): source when the class counts agree, else fresh")
     controls: list[Literal["random_mask", "fresh_weights"]] = Field(default_factory=list, description="controls at the ticket's per-layer counts: random_mask (the mask shuffled within each layer, the transferred weights), fresh_weights (the mask, this config's W0). The target's own IMP ticket is this config's own sweep (pruning, sweep), planned beside it")
 
