@@ -43,7 +43,7 @@ def _texts(fig):
 
 
 def layout_problems(fig) -> list[str]:
-    F.thin_ticks(fig)  # what encode() does before writing
+    F.finish_layout(fig)  # what encode() does before writing
     ts = _texts(fig)
     out = []
     for (a, ba), (b, bb) in itertools.combinations(ts, 2):
@@ -176,3 +176,37 @@ def test_structured_report_figures_have_no_overlapping_text():
     for fig in (F.early_bird_distances(dist), F.layer_profiles(prof, None)):
         assert fig is not None and layout_problems(fig) == []
         F.close(fig)
+
+
+def test_a_demo_like_report_with_one_mode_and_a_flat_train_split_lays_out(tmp_path, drawn):
+    """The demo's own report: only `rewind` (one accuracy panel, its legend beside the title's
+    band), a train split whose barriers are all 0 (one instability panel, narrower than its
+    title, with the omitted-panel note under the axis label)."""
+    seen, _ = drawn
+    rows, _ = build_sweep()
+    keep = lambda jid: not any(f"-{m}-" in jid for m in ("finetune", "random_prune"))  # noqa: E731
+    rows["runs"] = [r for r in rows["runs"] if keep(r["job_id"])]
+    for table in ("interpolation", "instability"):
+        rows[table] = [r for r in rows[table] if keep(r["job_a"])]
+    for r in rows["interpolation"]:
+        if r["split"] == "train":
+            r.update(error=0.0, loss=0.0)
+    for r in rows["instability"]:
+        if r["split"] == "train":
+            r.update(error_a=0.0, error_b=0.0, max_error=0.0, barrier=0.0)
+    write_store(tmp_path, rows)
+    assert main(["analyze", EXP, "--store", str(tmp_path)]) == 0
+    assert any(t.startswith("Instability") for t in seen) and any(t.startswith("Test accuracy") for t in seen)
+    assert {t: p for t, p in seen.items() if p} == {}
+
+
+def test_layer_profiles_over_more_than_a_decade_keep_their_density_labels_apart():
+    # the demo's level 3: 3% to 80% of a layer's weights kept
+    prof = pa.table({"family": ["imp_rewind"] * 3 + ["synflow"] * 3, "rewind_iter": [0] * 6,
+                     "level": [3] * 6, "layer_index": list(range(3)) * 2,
+                     "layer": ["hidden.0.weight", "hidden.2.weight", "fc.weight"] * 2, "total": [1000] * 6,
+                     "density": [0.26, 0.031, 0.33, 0.14, 0.095, 0.8], "weight_correlation_mean": [0.3] * 6,
+                     "n_replicates": [2] * 6})
+    fig = F.layer_profiles(prof, None)
+    assert fig is not None and layout_problems(fig) == []
+    F.close(fig)

@@ -78,6 +78,7 @@ def test_every_shipped_reference_file_is_valid_and_sourced():
     assert "renda_2020.yaml" in named["cifar10_vgg16_imp.yaml"]
     assert "network_slimming_2017.yaml" in named["cifar10_vgg19_slimming.yaml"]
     assert "weight_correlation_2021.yaml" in named["cifar10_resnet20_lr.yaml"]
+    assert "hrank_2020.yaml" in named["cifar10_vgg16_hrank.yaml"]
 
 
 # ---- intervals --------------------------------------------------------------------------------
@@ -239,3 +240,50 @@ def test_a_stored_config_gives_its_epochs_and_renda_is_another_recipe_for_the_lm
     r20 = [r for r in got if r["setting"].startswith("ResNet-20") and r["family"] == "imp_rewind"]
     assert r20 and all(r["verdict"] == "not comparable" and "182 epochs" in r["reason"] for r in r20)
     assert all("another model" in r["reason"] for r in got if "ResNet-56" in r["setting"])
+
+
+def _stored_setting(tmp_path, config):
+    from orchestrator.analysis.read import Store as ReadStore
+    from orchestrator.analysis.references import experiment_setting
+
+    spec = load_spec(str(CONFIGS / config))
+    d = tmp_path / "experiments" / spec.name
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return experiment_setting(ReadStore.open(str(tmp_path)), spec.name)
+
+
+def test_slimming_vggnet_rows_meet_the_slimming_config_and_channel_fractions_never_meet_weight_densities(tmp_path):
+    import pyarrow as pa
+
+    setting = _stored_setting(tmp_path, "cifar10_vgg19_slimming.yaml")
+    assert setting == {"model": "cifar_vgg_19", "dataset": "cifar10", "epochs": 160, "lr": 0.1,
+                       "granularity": "channel"}
+    # a lr_rewind level whose *weight* density is 0.3: the 70%-pruned row's channel fraction must
+    # not be matched with it (70% of the channels kept leaves about half the weights)
+    methods = pa.table({"family": ["dense", "imp_lr_rewind"], "rewind_iter": [0, 0], "level": [0, 1],
+                        "density": [1.0, 0.3], "acc_mean": [0.9366, 0.9380], "acc_std": [0.001, 0.001],
+                        "n_replicates": [3, 3]})
+    ref = load_reference_file(CONFIGS / "references" / "network_slimming_2017.yaml")
+    got = {r["setting"]: r for r in verdicts([ref], methods, setting).to_pylist()}
+    base = got["VGGNet (Baseline), CIFAR-10, test error"]
+    # 100 - 6.34 = 93.66% lies inside 93.66 +- t(2) * 0.1 / sqrt(3)
+    assert base["verdict"] == "consistent" and base["our_n"] == 3
+    pruned = got["VGGNet (70% Pruned), CIFAR-10, test error"]
+    assert pruned["verdict"] == "not comparable" and "channel" in pruned["reason"], pruned["reason"]
+    assert "another data set" in got["VGGNet (Baseline), CIFAR-100, test error"]["reason"]
+    assert all("another model" in r["reason"] for s, r in got.items() if not s.startswith("VGGNet"))
+
+
+def test_the_hrank_config_carries_hranks_rows_and_finds_their_parameter_densities_not_comparable(tmp_path):
+    import pyarrow as pa
+
+    setting = _stored_setting(tmp_path, "cifar10_vgg16_hrank.yaml")
+    assert setting["model"] == "cifar_vgg_16" and setting["granularity"] == "channel"
+    methods = pa.table({"family": ["imp_finetune"], "rewind_iter": [0], "level": [2], "density": [0.179],
+                        "acc_mean": [0.92], "acc_std": [0.002], "n_replicates": [2]})
+    ref = load_reference_file(CONFIGS / "references" / "hrank_2020.yaml")
+    got = verdicts([ref], methods, setting).to_pylist()
+    assert [r["published_acc_pct"] for r in got] == [92.34, 93.17, 94.23]
+    assert "another granularity" in got[0]["reason"] and all(r["verdict"] == "not comparable" for r in got)
+    assert all("another model" in r["reason"] for r in got[1:])

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from orchestrator.analysis.figure_plan import pick as _pick  # noqa: E402
 from orchestrator.analysis.figure_plan import primary_mode  # noqa: E402
@@ -108,8 +108,17 @@ def fit_to_paper(fig: Figure, size: str) -> None:
     fig._lth_dpi = 300  # a print resolution for the PNG at a paper's size (PDF and SVG are vectors)
 
 
-def encode(fig: Figure, fmt: str = "png") -> bytes:
+def finish_layout(fig: Figure) -> None:
+    """What every figure gets before it is written: a suptitle wrapped at the figure's width (a
+    one-panel figure is narrower than its title; constrained layout then makes room for the
+    lines instead of cutting both ends off), and thinned tick labels."""
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.set_wrap(True)
     thin_ticks(fig)
+
+
+def encode(fig: Figure, fmt: str = "png") -> bytes:
+    finish_layout(fig)
     buf = io.BytesIO()
     # Fixed metadata: the same figure gives the same bytes (the figure cache compares them).
     meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
@@ -291,8 +300,8 @@ def instability_vs_rewind(summary: pa.Table, threshold: float) -> Figure | None:
     axes[0][0].set_ylabel("error barrier (percentage points)")
     _legend_right(fig, axes[0][0])
     if zero:
-        fig.text(0.01, 0.01, f"{', '.join(zero)} set: every barrier is 0.00 points (panel omitted)",
-                 fontsize=8, ha="left", va="bottom")
+        # a figure x label, not free text: constrained layout keeps it below the axis label
+        fig.supxlabel(f"{', '.join(zero)} set: every barrier is 0.00 points (panel omitted)", fontsize=8)
     fig.suptitle(f"Instability against the rewinding point ({mode}; mean over pairs, 95% t interval over "
                  "replicates)", fontsize=11)
     return fig
@@ -454,7 +463,8 @@ def accuracy_vs_density(acc: pa.Table, dense: dict, all_ks=None, published: pa.T
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(lab, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+        # centred: "upper" puts it level with the suptitle, which spans the legend's column too
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
     fig.suptitle("Test accuracy against the weights remaining (mean and 95% t interval over replicates)", fontsize=11)
@@ -712,6 +722,9 @@ def layer_profiles(profiles: pa.Table | None, level: int | None) -> Figure | Non
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}%"))
+    lo, hi = ax.get_ylim()
+    if hi / lo > 3:  # every minor label (.., 8%, 9%, 10%) would run into the next near a decade's top
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("weights kept in the layer (%, log scale)")

@@ -5,7 +5,8 @@ verdict table, and the points the figures draw.
 Verdict of one published row against our cell of the same family, rewinding point and density:
 - *not comparable* when the setting differs (another model, data set, granularity, number of
   training epochs or learning rate), when the experiment has no such family or no level at that density (within
-  DENSITY_TOLERANCE), or when our cell has fewer than two replicates (no interval);
+  DENSITY_TOLERANCE), when the row gives a pruned network's channel fraction (our method table's
+  density counts weights), or when our cell has fewer than two replicates (no interval);
 - otherwise the difference ours - published with its 95% Welch t interval (stats.welch: our
   replicates' spread, and the published one where the paper gives a std over n runs; a
   published value without a spread adds none, so the interval is then ours alone: the paper's
@@ -131,6 +132,12 @@ def _cell(methods: pa.Table | None, row):
     if not rows:
         k = "" if row.family == "dense" else f" at k = {row.rewind_iter}"
         return None, f"this experiment has no {row.family}{k}"
+    if row.granularity == "channel" and row.density < 1 and "channel_density" not in methods.column_names:
+        # methods.density counts the weights kept, also in a channel-pruned run: matched against a
+        # published channel fraction it would pick an unrelated level (70% of the channels kept is
+        # about half the weights), so such a row waits for a channel density to compare with.
+        return None, (f"a channel density (published: {100 * row.density:.3g}% of the channels); our "
+                      "method table counts the weights kept, not the channels")
     best = min(rows, key=lambda r: abs(math.log(r["density"] / row.density)))
     if abs(best["density"] / row.density - 1) > DENSITY_TOLERANCE:
         return None, (f"another density (published: {100 * row.density:.3g}%; nearest of ours: "
