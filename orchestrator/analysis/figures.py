@@ -772,6 +772,8 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
     against the weights remaining: the learning-rate question of Liu et al. 2021."""
     fig, ax = plt.subplots(figsize=(8.0, 4.2), layout="constrained")
     drawn, dens = 0, []
+    # an experiment keeps the colour the other comparison figures give it
+    colors = {n: EXPERIMENT_COLORS[i % len(EXPERIMENT_COLORS)] for i, n in enumerate(tables)}
     for name, m in tables.items():
         if m is None:
             continue
@@ -786,7 +788,7 @@ def compare_weight_correlation(tables: dict[str, pa.Table]) -> Figure | None:
         y, lo, hi = (v / 100 for v in _ci(t, "weight_correlation"))
         n = n_text(t["n_replicates"].to_pylist(), "replicates")
         ax.errorbar(_col(t, "density"), y, yerr=[y - lo, hi - y],
-                    marker="o", ms=3, capsize=2, label=f"{name} ({fam}, k = {k}, {n})")
+                    marker="o", ms=3, capsize=2, color=colors[name], label=f"{name} ({fam}, k = {k}, {n})")
         dens += t["density"].to_pylist()
         drawn += 1
     if not drawn:
