@@ -326,7 +326,7 @@ def _run_one(args: argparse.Namespace, console: Console, spec, plan) -> int:
     from orchestrator.experiment import check_against_store, config_hash
     from orchestrator.planner import required_outputs
     from orchestrator.progress import SweepProgress
-    from orchestrator.raysession import (AddressError, RayCluster, check_address, interrupt_exit_code,
+    from orchestrator.raysession import (AddressError, RayCluster, RayStartError, check_address, interrupt_exit_code,
                                          restore_sigterm, stop_on_sigterm)
     from orchestrator.scheduler import RunOptions, Scheduler, _describe
     from orchestrator.lock import STALE_AFTER_SECONDS, ExperimentLock, LockError
@@ -415,7 +415,7 @@ def _run_one(args: argparse.Namespace, console: Console, spec, plan) -> int:
                     summary = scheduler.run()
             else:  # every job done: answer without starting (or joining) Ray
                 summary = scheduler.run()
-    except LockError as e:
+    except (LockError, RayStartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (StorageError, OSError) as e:

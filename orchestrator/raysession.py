@@ -37,6 +37,10 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class RayStartError(RuntimeError):
+    """The embedded local Ray did not start (a message for the user, one line)."""
+
+
 class AddressError(ValueError):
     """`--address` names no Ray cluster this driver can reach."""
 
@@ -295,43 +299,63 @@ class RayCluster:
             ray.init(address=self.address, **({} if self.address.startswith("ray://") else quiet))
             _install()  # ray.init replaced the handler with one that exits mid-call
         else:
-            # a private session directory: never collide with another user's /tmp/ray (short:
-            # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
-            parent = os.environ.get("LTH_RAY_TMPDIR", "/tmp")
-            try:
-                remove_stale_sessions(parent)
-            except Exception as e:  # noqa: BLE001 - housekeeping must never stop a sweep
-                logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
-            self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)  # 0700, whatever the umask
-            _record_owner(self._temp_dir)
-            main = threading.current_thread() is threading.main_thread()
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
-            # The workers' temporary files go inside the session directory, which is removed at the
-            # end: W&B leaves a socket directory and media/artifact directories in $TMPDIR per
-            # process, which a worker that is stopped (not exited) never removes.
-            worker_tmp = os.path.join(self._temp_dir, "tmp")
-            os.makedirs(worker_tmp)
-            try:
-                # the embedded cluster is this machine alone: its servers stay on loopback
-                notice = _DropTokenAuthNotice()
-                logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(notice)
+            for attempt in (1, 2):
                 try:
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                             _temp_dir=os.path.join(self._temp_dir, RAY_DIR),
-                             _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
-                finally:
-                    logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
-                self._owned = True
-                _install()  # before the unmask: a SIGTERM that came meanwhile is ours
-                if old is not None:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here
-            except BaseException:
-                if old is not None:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-                self.__exit__()  # __exit__ is not called when __enter__ raises
-                raise
+                    self._start_local(quiet)
+                    break
+                except Exception as e:  # noqa: BLE001 - an interrupt (BaseException) is not retried
+                    reason = " ".join(str(e).split())[:300] or type(e).__name__
+                    if attempt == 2:
+                        raise RayStartError(
+                            f"the local Ray did not start, twice ({reason}); on a busy machine its servers can miss "
+                            "their start-up deadline: rerun the command (done jobs are kept)") from None
+                    logging.getLogger(__name__).warning("the local Ray did not start (%s); trying once more", reason)
+                    try:
+                        ray.shutdown()  # whatever part of it did start
+                    except Exception:  # noqa: BLE001 - best effort before the second start
+                        pass
         self._owned = True
         return self
+
+    def _start_local(self, quiet: dict[str, Any]) -> None:
+        """Start the embedded single-machine Ray in a private session directory (cleaned up on failure)."""
+        import ray
+
+        # a private session directory: never collide with another user's /tmp/ray (short:
+        # Ray's socket paths must fit in 107 bytes; LTH_RAY_TMPDIR picks another parent)
+        parent = os.environ.get("LTH_RAY_TMPDIR", "/tmp")
+        try:
+            remove_stale_sessions(parent)
+        except Exception as e:  # noqa: BLE001 - housekeeping must never stop a sweep
+            logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
+        self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)  # 0700, whatever the umask
+        _record_owner(self._temp_dir)
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
+        # The workers' temporary files go inside the session directory, which is removed at the
+        # end: W&B leaves a socket directory and media/artifact directories in $TMPDIR per
+        # process, which a worker that is stopped (not exited) never removes.
+        worker_tmp = os.path.join(self._temp_dir, "tmp")
+        os.makedirs(worker_tmp)
+        try:
+            # the embedded cluster is this machine alone: its servers stay on loopback
+            notice = _DropTokenAuthNotice()
+            logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(notice)
+            try:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                         _temp_dir=os.path.join(self._temp_dir, RAY_DIR),
+                         _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
+            finally:
+                logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
+            self._owned = True
+            _install()  # before the unmask: a SIGTERM that came meanwhile is ours
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here
+        except BaseException:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self.__exit__()  # __exit__ is not called when __enter__ raises
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         import ray
