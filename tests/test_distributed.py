@@ -236,19 +236,6 @@ def test_two_rank_sharded_evaluation_equals_one_rank(tmp_path):
         assert ranks[0][split] == ranks[1][split]  # every rank returns the same all-reduced numbers
 
 
-def _replay_rank_main(rank: int, world_size: int, port: int, runs: list) -> None:
-    torch.set_num_threads(1)
-    # the default timeout would turn a hang into a half-hour test; 60 s is far above a step here
-    member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
-    rt = Runtime(device=torch.device("cpu"), rank=rank, world_size=world_size)
-    distributed.join(member, rt.device)
-    try:
-        for job, out_dir in runs:
-            train(job, TrainPaths(out_dir=out_dir), rt)
-    finally:
-        distributed.leave()
-
-
 def test_a_two_rank_job_given_a_new_rewinding_point_replays_it_as_the_gang(tmp_path):
     """A finished 2-rank run (3 steps, no rewinding point) asked again with save_iters (2,): the
     two ranks replay together (no hang: the process group's timeout is 60 s), W_2 appears, is
@@ -261,10 +248,10 @@ def test_a_two_rank_job_given_a_new_rewinding_point_replays_it_as_the_gang(tmp_p
     job = _mlp_job(iterations=3)
     wanted = dataclasses.replace(job, save_iters=(2,))
     grown, direct = str(tmp_path / "grown"), str(tmp_path / "direct")
-    _spawn(_replay_rank_main, 2, [(job, grown)])
+    _spawn(_rank_main, 2, [(job, grown)])
     before = checkpoint.load_weights(os.path.join(grown, "weights.pt"))
     assert not os.path.exists(os.path.join(grown, "w_2.pt"))
-    _spawn(_replay_rank_main, 2, [(wanted, grown), (wanted, direct)])
+    _spawn(_rank_main, 2, [(wanted, grown), (wanted, direct)])
     assert not os.path.exists(os.path.join(grown, ".replay"))
     after = checkpoint.load_weights(os.path.join(grown, "weights.pt"))
     assert all(torch.equal(before[n], after[n]) for n in before)
@@ -390,7 +377,7 @@ def test_a_two_rank_early_bird_search_stops_where_one_rank_does(tmp_path):
     job = dataclasses.replace(base, early_bird=EarlyBirdConfig(kind="unstructured", fractions=(0.5,), queue=2,
                                                                threshold=0.5))
     one = train(job, TrainPaths(out_dir=str(tmp_path / "one")), Runtime(device=torch.device("cpu")))
-    _spawn(_replay_rank_main, 2, [(job, str(tmp_path / "two"))])
+    _spawn(_rank_main, 2, [(job, str(tmp_path / "two"))])
     two = _result(tmp_path / "two")
     assert one.end_iter == two["end_iter"] == 24
     assert [r["detect_iter"] for r in two["early_bird"]] == [r["detect_iter"] for r in one.early_bird] == [24]
