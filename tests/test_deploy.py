@@ -337,7 +337,7 @@ def test_every_shipped_config_fits_a_node_of_every_deployment():
     8-rank gangs on one node included) fit at least one node type of each deployment.
     (Before: every deployment shipped 4-GPU nodes, and the ImageNet ResNet-50 config's 8-GPU,
     64-CPU gang fitted none of them.)"""
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import load_spec, load_specs
 
     nodes = _node_types()
     assert set(nodes) == {"vm", "k8s", "slurm"} and all(nodes.values())
@@ -345,11 +345,11 @@ def test_every_shipped_config_fits_a_node_of_every_deployment():
     assert len(configs) >= 8
     misfits = []
     for path in configs:
-        spec = load_spec(str(path), [])
-        for deployment, types in nodes.items():
-            problems = [_fits(spec, t) for t in types]
-            if all(problems):
-                misfits.append(f"{path.name} on {deployment}: {problems}")
+        for spec in load_specs(str(path), []):  # every point of a grid
+            for deployment, types in nodes.items():
+                problems = [_fits(spec, t) for t in types]
+                if all(problems):
+                    misfits.append(f"{path.name} ({spec.name}) on {deployment}: {problems}")
     assert not misfits, "\n".join(misfits)
     # the check can fail: the 8-GPU gang on a 4-GPU node, or with more CPUs than a node has
     rewind = load_spec(str(ROOT / "configs" / "imagenet_resnet50_rewind.yaml"), [])

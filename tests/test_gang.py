@@ -217,8 +217,10 @@ def test_a_local_gang_listens_on_loopback_only(ray_session, tmp_path, monkeypatc
         stop.set()
         poller.join()
     ports = Counter(pid for pid, _, _ in found)
-    # both ranks seen with the gang's sockets: Ray's worker server, and gloo's (and the store on rank 0)
-    assert len(ports) == 2 and sorted(ports.values())[0] >= 2, found
+    # both ranks seen with the gang's sockets: Ray's worker server, and gloo's (and the store on rank 0).
+    # The session's Ray is shared with earlier tests, whose idle GangRank actors may be seen too
+    # (their listeners are checked below all the same): at least two processes held the gang's.
+    assert len([pid for pid, n in ports.items() if n >= 2]) >= 2, found
     assert all(_loopback(ip) for _, ip, _ in found), found
 
 
