@@ -115,8 +115,9 @@ class _StampedBundle(DataBundle):
             self.stamps.append(time.perf_counter())
             yield batch
 
-    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator:
-        return self.inner.eval_batches(split, batch_size, max_examples)
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None,
+                     shard: Shard = WHOLE) -> Iterator:
+        return self.inner.eval_batches(split, batch_size, max_examples, shard)
 
 
 def _timed_run(cfg: TrainConfig, rt: Runtime, case: E2ECase, out_dir: str) -> tuple[list[float], DataBundle]:

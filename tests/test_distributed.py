@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from trainers import checkpoint, distributed
 from trainers.data import order
+from trainers.data.bundle import Shard
 from trainers.data.sources import open_data
 from trainers.jobs import DataConfig, OptimizerConfig, TrainConfig, TrainJob, TrainPaths
 from trainers.runtime import Runtime
@@ -186,12 +187,13 @@ def _spawn(fn, world_size: int, *args) -> None:  # noqa: ANN001
     mp.spawn(fn, args=(world_size, distributed.free_port(), *args), nprocs=world_size, join=True)
 
 
-def _eval_rank_main(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _eval_rank_main(rank: int, world_size: int, port: int, out_dir: str, jpegs: str) -> None:
     torch.set_num_threads(1)
     member = distributed.GangMember(rank=rank, world_size=world_size, address="127.0.0.1", port=port, timeout_seconds=60)
     distributed.join(member, torch.device("cpu"))
     try:
-        torch.save(_sharded_eval(rank, world_size), os.path.join(out_dir, f"eval_{rank}.pt"))
+        out = {**_sharded_eval(rank, world_size), "jpeg": _jpeg_eval(jpegs, rank, world_size)}
+        torch.save(out, os.path.join(out_dir, f"eval_{rank}.pt"))
     finally:
         distributed.leave()
 
@@ -210,10 +212,35 @@ def _sharded_eval(rank: int, world_size: int) -> dict:
     out = {}
     for split, limit in (("test", None), ("train", 100)):
         seen.clear()
-        out[split] = evaluate(model, data.eval_batches(split, 61, limit), torch.device("cpu"), "fp64", False,
-                              rank, world_size)
+        batches = data.eval_batches(split, 61, limit, Shard(rank, world_size))
+        out[split] = evaluate(model, batches, torch.device("cpu"), "fp64", False, world_size)
         out[split + "_seen"] = sum(seen)
     return out
+
+
+JPEG_EVAL = (("test", 3, None), ("train", 3, 11))  # 4 = 3 + 1 and 11 = 3 + 3 + 3 + 2: short last batches
+
+
+def _jpeg_eval(root: str, rank: int, world_size: int) -> dict:
+    """A float64 MLP evaluated on a JPEG folder's splits in batches of 3, this rank's shard
+    read by the loader itself; with the number of images this rank decoded."""
+    from trainers.evaluate import evaluate
+    from trainers.models import build_model
+
+    data = open_data(DataConfig(name="imagenet", root=root, image_size=16), torch.device("cpu"), num_workers=1)
+    decoded = {"test": 0, "train": 0}
+    for split, transform in (("test", data.test), ("train", data.train)):
+        def decode(plan, contents, real=transform.decode, split=split):
+            decoded[split] += len(contents)
+            return real(plan, contents)
+
+        transform.decode = decode
+    model = build_model("mlp_300_100", data.info.input_shape, data.info.num_classes, seed=4).double()
+    out = {}
+    for split, bs, limit in JPEG_EVAL:
+        batches = data.eval_batches(split, bs, limit, Shard(rank, world_size))
+        out[split] = evaluate(model, batches, torch.device("cpu"), "fp64", False, world_size)
+    return {**out, "decoded": decoded}
 
 
 def test_two_rank_sharded_evaluation_equals_one_rank(tmp_path):
@@ -224,8 +251,12 @@ def test_two_rank_sharded_evaluation_equals_one_rank(tmp_path):
     terms in the 3 layers: <= (64 + 300 + 100) * 2^-53 relative), and the sum over n <= 360
     examples is reassociated (<= 360 * 2^-53 relative, the losses being positive): together
     about 1e-13, so 1e-12 leaves room for the cross-entropy's own log-sum-exp."""
+    from trainers.data.export import write_image_folder
+
+    jpegs = str(write_image_folder(tmp_path / "jpegs", num_classes=2, per_class_train=8, per_class_val=2,
+                                   image_size=36, image_format="jpeg"))
     one = _sharded_eval(0, 1)
-    _spawn(_eval_rank_main, 2, str(tmp_path))
+    _spawn(_eval_rank_main, 2, str(tmp_path), jpegs)
     ranks = [torch.load(os.path.join(tmp_path, f"eval_{r}.pt")) for r in range(2)]
     for split, total in (("test", 360), ("train", 100)):
         assert one[split + "_seen"] == total
@@ -234,6 +265,18 @@ def test_two_rank_sharded_evaluation_equals_one_rank(tmp_path):
             assert r[split][1] == one[split][1], split  # accuracy: exact counts
             assert abs(r[split][0] - one[split][0]) <= 1e-12 * one[split][0], split
         assert ranks[0][split] == ranks[1][split]  # every rank returns the same all-reduced numbers
+    # The same on JPEGs, where each rank's loader decodes its share of every batch only
+    # (together each image once; 2 + 1 and 1 + 0 of the test batches, 2 + 1 x 3 and 1 + 1 of
+    # the train subset's). The loss bound as above with the 768-term first layer of 16 x 16 x 3
+    # inputs and <= 11 examples: (768 + 300 + 100 + 11) x 2^-53, about 1.3e-13.
+    one = _jpeg_eval(jpegs, 0, 1)
+    assert one["decoded"] == {"test": 4, "train": 11}
+    assert [r["jpeg"]["decoded"] for r in ranks] == [{"test": 3, "train": 7}, {"test": 1, "train": 4}]
+    for split in ("test", "train"):
+        for r in ranks:
+            assert r["jpeg"][split][1] == one[split][1], split
+            assert abs(r["jpeg"][split][0] - one[split][0]) <= 1e-12 * one[split][0], split
+        assert ranks[0]["jpeg"][split] == ranks[1]["jpeg"][split]
 
 
 def test_a_two_rank_job_given_a_new_rewinding_point_replays_it_as_the_gang(tmp_path):

@@ -157,6 +157,21 @@ def test_ffcv_ranks_load_their_slice_only_and_the_slices_make_the_batch(folder, 
         for t in range(steps):
             assert torch.equal(torch.cat([p[t][0] for p in parts]), whole[t][0]), (n, t)
             assert torch.equal(torch.cat([p[t][1] for p in parts]), whole[t][1]), (n, t)
+    # evaluation: each rank's loader holds its slices of the batches (16 train images in batches
+    # of 7: 7 + 7 + 2) and decodes those; in rank order they are the 1-rank batches bitwise
+    evals = list(bundle.eval_batches("train", B))
+    assert [len(y) for _, y in evals] == [7, 7, 2]
+    for n in (2, 3):
+        parts = []
+        for r in range(n):
+            got = list(bundle.eval_batches("train", B, None, Shard(r, n)))
+            slices = [hi - lo for lo, hi in (distributed.rank_slice(len(y), r, n) for _, y in evals)]
+            assert loaders[-1].batch_size == slices[0] and [len(y) for _, y in got] == [k for k in slices if k]
+            parts.append(iter(got))
+        for t, (x, y) in enumerate(evals):
+            pieces = [next(parts[r]) for r in range(n) if distributed.rank_slice(len(y), r, n)[1] > distributed.rank_slice(len(y), r, n)[0]]
+            assert torch.equal(torch.cat([px for px, _ in pieces]), x), (n, t)
+            assert torch.equal(torch.cat([py for _, py in pieces]), y), (n, t)
 
 
 # ---- a gang trained on JPEGs ----------------------------------------------------------------
@@ -241,3 +256,57 @@ def test_a_gang_fed_by_jpegs_decodes_its_slices_and_trains_as_one_rank(folder, t
             assert sum((got["trained"][t] for got in ranks), []) == one_ranks[0]["trained"][t]
         for name, w in one_weights.items():
             assert (w - weights[name]).abs().max().item() <= 1e-12 * max(w.abs().max().item(), 1.0), (n, name)
+
+
+# ---- sharded evaluation input ----------------------------------------------------------------
+
+
+def _eval_recording(bundle) -> dict[str, list[tuple[int, ...]]]:
+    """The example indices of every evaluation batch the bundle decodes, per split."""
+    decoded: dict[str, list[tuple[int, ...]]] = {"test": [], "train": []}
+    for split, transform in (("test", bundle.test), ("train", bundle.train)):
+        real = transform.decode
+
+        def decode(plan, contents, real=real, split=split):
+            decoded[split].append(plan.indices)
+            assert len(contents) == len(plan.indices)  # the files read are the files decoded
+            return real(plan, contents)
+
+        transform.decode = decode
+    return decoded
+
+
+EVAL_CASES = (("test", 3, None), ("train", 3, 11))  # 4 = 3 + 1 and 11 = 3 + 3 + 3 + 2: short last batches
+
+
+def test_jpeg_ranks_decode_their_slice_of_each_evaluation_batch(folder):
+    """For N = 1, 2, 3: each rank's i-th evaluation batch is its rank_slice of the 1-rank i-th
+    batch and is all that it read and decoded; a rank whose slice of a short last batch is empty
+    (1 image over 2 or 3 ranks) decodes nothing for it; the slices in rank order are the 1-rank
+    evaluation batches bitwise (images and labels)."""
+    cfg = DataConfig(name="imagenet", root=str(folder), image_size=32)
+    one = D.open_data(cfg, CPU, num_workers=2)
+    whole = {split: list(one.eval_batches(split, bs, limit)) for split, bs, limit in EVAL_CASES}
+    plans = {}
+    for split, bs, limit in EVAL_CASES:
+        bundle = D.open_data(cfg, CPU, num_workers=1)
+        rec = _eval_recording(bundle)
+        list(bundle.eval_batches(split, bs, limit))
+        plans[split] = rec[split]
+    assert [len(p) for p in plans["test"]] == [3, 1] and [len(p) for p in plans["train"]] == [3, 3, 3, 2]
+    for n in (1, 2, 3):
+        for split, bs, limit in EVAL_CASES:
+            got = []
+            for r in range(n):
+                bundle = D.open_data(cfg, CPU, num_workers=2)
+                decoded = _eval_recording(bundle)
+                batches = list(bundle.eval_batches(split, bs, limit, Shard(r, n)))
+                slices = [plan[slice(*distributed.rank_slice(len(plan), r, n))] for plan in plans[split]]
+                assert decoded[split] == [s for s in slices if s], (n, r, split)  # its slices only, empty ones skipped
+                assert [len(y) for _, y in batches] == [len(s) for s in slices if s]
+                got.append(iter(batches))
+            for t, (x, y) in enumerate(whole[split]):
+                pieces = [next(got[r]) for r in range(n) if distributed.rank_slice(len(y), r, n)[1] > distributed.rank_slice(len(y), r, n)[0]]
+                assert torch.equal(torch.cat([px for px, _ in pieces]), x), (n, split, t)
+                assert torch.equal(torch.cat([py for _, py in pieces]), y), (n, split, t)
+            assert all(next(g, None) is None for g in got)

@@ -14,8 +14,9 @@ What the loop relies on (docs/design.md, "Jobs on N ranks"):
   global batch (nn.SyncBatchNorm on CUDA; `GlobalBatchNorm` below on CPU, where SyncBatchNorm
   refuses to run), the same mathematics for every N; `per_replica` keeps each rank's statistics,
   which makes the per-rank batch part of the job (`train.bn_batch`, checked by `check`);
-- evaluation is sharded the same way (`shard_eval`): each rank evaluates its slice of every
-  evaluation batch and the integer counts and float64 loss sums are all-reduced;
+- evaluation is sharded the same way (`eval_batches(..., shard)`): each rank reads, decodes and
+  evaluates its slice of every evaluation batch and the integer counts and float64 loss sums
+  are all-reduced (trainers/evaluate.py);
 - what every rank must agree on is decided once: rank 0's view of the job's directory is
   broadcast (`from_rank0`), and the mask each rank computed is compared by digest before the
   first step (`check_same`): a mismatch is an error naming the ranks, never silent;
@@ -217,16 +218,6 @@ def broadcast_buffers(model: nn.Module) -> None:
     network (DDP would broadcast them again at the next training forward anyway)."""
     for b in model.buffers():
         dist.broadcast(b, src=0)
-
-
-def shard_eval(batches, rank: int, world_size: int):  # noqa: ANN001, ANN201
-    """This rank's slice (`rank_slice`) of every evaluation batch. Every rank iterates the same
-    batches, so each sees the same number of them and the all-reduce at the end pairs up; a
-    rank whose slice of a short last batch is empty skips it."""
-    for x, y in batches:
-        lo, hi = rank_slice(len(y), rank, world_size)
-        if hi > lo:
-            yield x[lo:hi], y[lo:hi]
 
 
 def rank_slice(global_size: int, rank: int, world_size: int) -> tuple[int, int]:

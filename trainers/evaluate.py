@@ -37,21 +37,19 @@ def evaluate(
     device: torch.device,
     precision: str = "auto",
     channels_last: bool = False,
-    rank: int = 0,
     world_size: int = 1,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction in [0, 1]) over `batches`.
 
-    On a gang (world_size > 1, the process group joined) every rank passes the same `batches`,
-    evaluates its slice of each (`distributed.shard_eval`) and the sums are all-reduced: the
-    correct and example counts exactly (int64), the loss sum in float64. Each example's loss is
-    added in float64 (not summed per batch in the logits' dtype), so how the examples are split
-    changes the loss only by float64 reassociation of the sum, whatever the precision."""
+    On a gang (world_size > 1, the process group joined) each rank passes its own slice of the
+    evaluation batches (`eval_batches(..., shard=Shard(rank, world_size))`, which reads and
+    decodes that slice only) and the sums are all-reduced: the correct and example counts
+    exactly (int64), the loss sum in float64. Each example's loss is added in float64 (not
+    summed per batch in the logits' dtype), so how the examples are split changes the loss only
+    by float64 reassociation of the sum, whatever the precision."""
     from trainers import distributed
 
     gang = distributed.in_gang(world_size)
-    if gang:
-        batches = distributed.shard_eval(batches, rank, world_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)

@@ -339,12 +339,13 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     eval_bs = max(cfg.batch_size, 256)
 
     def run_eval(it: int) -> None:
-        """Every rank: its slice of each split, the sums all-reduced (distributed.shard_eval)."""
+        """Every rank: its slice of each split (read and decoded by this rank alone), the sums
+        all-reduced in evaluate()."""
         if distributed.in_gang(rt.world_size):
             distributed.broadcast_buffers(model)  # one network: rank 0's running statistics
         for split, limit in (("test", None), ("train", cfg.eval_train_examples)):
-            loss, acc = evaluate(model, data.eval_batches(split, eval_bs, limit), device, cfg.precision, channels_last,
-                                 rt.rank, rt.world_size)
+            batches = data.eval_batches(split, eval_bs, limit, Shard(rt.rank, rt.world_size))
+            loss, acc = evaluate(model, batches, device, cfg.precision, channels_last, rt.world_size)
             row = MetricRow(iteration=it, split=split, loss=loss, accuracy=acc)
             metrics.append(row)
             if rt.on_metric is not None and writer:

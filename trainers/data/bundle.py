@@ -51,6 +51,16 @@ class Shard:
                              f"rank {self.rank} would train on no example")
         return self.bounds(batch_size)
 
+    def eval_bounds(self, count: int, batch_size: int) -> Iterator[tuple[int, int]]:
+        """[lo, hi) positions, among the `count` examples evaluated in batches of `batch_size`, of
+        this shard's slice of every evaluation batch (the last one may be short). A slice that is
+        empty (a short last batch on a large gang) is skipped: evaluation all-reduces only its
+        sums at the end, so the ranks need not see the same number of batches."""
+        for start in range(0, count, batch_size):
+            a, b = self.bounds(min(batch_size, count - start))
+            if b > a:
+                yield start + a, start + b
+
 
 WHOLE = Shard()  # one process: the whole batch
 
@@ -76,8 +86,11 @@ class DataBundle(ABC):
         of each global batch of batch_size examples, the shard's slice (all of it by default)."""
 
     @abstractmethod
-    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
-        """Deterministic, unaugmented batches of the test set or of a fixed training subset."""
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None,
+                     shard: Shard = WHOLE) -> Iterator[Batch]:
+        """Deterministic, unaugmented batches of the test set or of a fixed training subset: of
+        each batch of batch_size examples, the shard's slice (`Shard.eval_bounds`; all of it by
+        default). A file-backed source reads and decodes the slice only."""
 
 
 class DataSource(ABC):

@@ -147,7 +147,7 @@ class FfcvLoaderBundle(DataBundle):
         self.num_workers = num_workers
         self.train_indices = train_indices
         self.test_indices = test_indices
-        self._eval_loaders: dict[tuple[str, int, int], object] = {}
+        self._eval_loaders: dict[tuple[str, int, int, Shard], object] = {}
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0)
 
@@ -155,7 +155,7 @@ class FfcvLoaderBundle(DataBundle):
         """(ffcv Loader, its image decoder: the node whose output_size sets the batches' side)."""
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
+        from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor
         from ffcv.traversal_order import Sequential
 
         size = (self.size, self.size)
@@ -167,7 +167,10 @@ class FfcvLoaderBundle(DataBundle):
             image = [decoder]
         cuda = self.device.type == "cuda"
         image += [ToTensor(), ToDevice(self.device, non_blocking=cuda)]
-        label = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=cuda)]
+        # No Squeeze: on a batch of one (a rank's slice of a short evaluation batch) it makes the
+        # labels 0-d, which ToDevice cannot index (its worker dies and the loader waits forever);
+        # _finish flattens the (B, 1) labels instead.
+        label = [IntDecoder(), ToTensor(), ToDevice(self.device, non_blocking=cuda)]
         loader = Loader(
             str(path), batch_size=batch_size, num_workers=self.num_workers, order=OrderOption.SEQUENTIAL,
             indices=indices, drop_last=drop_last, pipelines={"image": image, "label": label}, os_cache=True,
@@ -202,16 +205,25 @@ class FfcvLoaderBundle(DataBundle):
                 yield self._finish(x, y)
             epoch, step = epoch + 1, 0
 
-    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None,
+                     shard: Shard = WHOLE) -> Iterator[Batch]:
         if split == "test":
             count = check_eval_args(split, batch_size, max_examples, self.info.num_test, "test")
             indices = self.test_indices[:count]
         else:
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
             indices = self.train_indices[order.eval_train_subset(self.info.num_train, max_examples).numpy()]
-        key = (split, batch_size, len(indices))
+        bounds = list(shard.eval_bounds(len(indices), batch_size))
+        if not bounds:  # a gang larger than the split: this rank has nothing to evaluate
+            return
+        # A loader over this rank's slices only, concatenated: every slice of a full batch has the
+        # first one's length and a short last batch's slice is no longer (rank_slice), so batches
+        # of that length are exactly the slices (the last one short where it is).
+        per_rank = bounds[0][1] - bounds[0][0]
+        mine = np.concatenate([indices[lo:hi] for lo, hi in bounds])
+        key = (split, batch_size, len(indices), shard)
         if key not in self._eval_loaders:  # building a Loader compiles its pipeline (seconds): once per key
-            self._eval_loaders[key] = self._make_loader(self.paths[split], batch_size, indices, train=False, drop_last=False)[0]
+            self._eval_loaders[key] = self._make_loader(self.paths[split], per_rank, mine, train=False, drop_last=False)[0]
         for x, y in self._eval_loaders[key]:
             yield self._finish(x, y)
 

@@ -16,7 +16,8 @@ position) whatever the number of workers or the decode device; a resumed stream 
 epoch's plan and continues it. With progressive resizing (data.min_res/max_res) each batch's plan
 also carries the epoch's crop side. On N ranks the plan is cut to the rank's slice (bundle.Shard)
 before the reader threads see it: a rank reads, decodes and crops B/N files per step, and its
-crops are those of the same global positions on one rank.
+crops are those of the same global positions on one rank. Evaluation batches are cut the same
+way (`Shard.eval_bounds`): each rank decodes its slice of every evaluation batch only.
 """
 from __future__ import annotations
 
@@ -213,15 +214,18 @@ class FolderBundle(DataBundle):
         plans = train_plans(self.info.num_train, data_seed, batch_size, start_iter, ipe, self.augment, self.cfg, shard)
         return self._batches(self.train, plans)
 
-    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None,
+                     shard: Shard = WHOLE) -> Iterator[Batch]:
         if split == "test":
             count = check_eval_args(split, batch_size, max_examples, self.info.num_test, "test")
             transform, idx = self.test, list(range(count))
         else:
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
             transform, idx = self.train, order.eval_train_subset(self.info.num_train, max_examples).tolist()
-        plans = [Plan(tuple(idx[lo : lo + batch_size]), (None,) * len(idx[lo : lo + batch_size]), None)
-                 for lo in range(0, len(idx), batch_size)]
+        # Cut to the shard before the reader threads see the plans: a rank reads and decodes its
+        # slice of each batch only. The centre crop is per image, so a slice's images are the
+        # same as within the whole batch.
+        plans = [Plan(tuple(idx[lo:hi]), (None,) * (hi - lo), None) for lo, hi in shard.eval_bounds(len(idx), batch_size)]
         return self._batches(transform, plans)
 
 

@@ -198,7 +198,8 @@ class ResidentBundle(DataBundle):
                 yield self._finish(x), self.train_y[idx]
             epoch, step = epoch + 1, 0
 
-    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[Batch]:
+    def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None,
+                     shard: Shard = WHOLE) -> Iterator[Batch]:
         if split == "test":
             count = check_eval_args(split, batch_size, max_examples, self.info.num_test, "test")
             x, y = self.test_x[:count], self.test_y[:count]
@@ -206,8 +207,9 @@ class ResidentBundle(DataBundle):
             check_eval_args(split, batch_size, max_examples, self.info.num_train, "train")
             idx = order.eval_train_subset(self.info.num_train, max_examples).to(self.device)
             x, y = self.train_x[idx], self.train_y[idx]
-        for lo in range(0, len(y), batch_size):
-            yield self._finish(x[lo : lo + batch_size]), y[lo : lo + batch_size]
+        # Resident: the slice is cut in memory (nothing is read); only it is normalised.
+        for lo, hi in shard.eval_bounds(len(y), batch_size):
+            yield self._finish(x[lo:hi]), y[lo:hi]
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
