@@ -11,6 +11,7 @@ the raylet under a driver still waiting on it (which aborts the driver).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -20,7 +21,7 @@ import signal
 import socket
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 LOOPBACK = "127.0.0.1"
 
@@ -277,6 +278,26 @@ def remove_stale_sessions(parent: str) -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def _ray_leaves_sigterm_alone() -> Iterator[None]:
+    """ray.init installs SIGTERM handlers of its own (exit at once, or kill its processes and
+    exit 1): while it starts, the driver's stays, so a SIGTERM then stops the sweep like one at
+    any other time (exit 143, the lock released, Ray stopped). Not by blocking SIGTERM: every
+    process Ray spawns would inherit the blocked signal, so its servers and workers would ignore
+    a preemption's SIGTERM, and ray.shutdown would wait a second for each before killing it."""
+    import ray._private.utils as ray_utils
+
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
+
 class RayCluster:
     """ray.init / ray.shutdown for one sweep (or nothing, when Ray is already initialised)."""
 
@@ -330,8 +351,7 @@ class RayCluster:
             logging.getLogger(__name__).warning("could not clean stale Ray sessions in %s: %s", parent, e)
         self._temp_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)  # 0700, whatever the umask
         _record_owner(self._temp_dir)
-        main = threading.current_thread() is threading.main_thread()
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if main else None
+        _install()  # a SIGTERM while Ray starts stops the driver like one at any other time
         # The workers' temporary files go inside the session directory, which is removed at the
         # end: W&B leaves a socket directory and media/artifact directories in $TMPDIR per
         # process, which a worker that is stopped (not exited) never removes.
@@ -342,18 +362,15 @@ class RayCluster:
             notice = _DropTokenAuthNotice()
             logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(notice)
             try:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                         _temp_dir=os.path.join(self._temp_dir, RAY_DIR),
-                         _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
+                with _ray_leaves_sigterm_alone():
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                             _temp_dir=os.path.join(self._temp_dir, RAY_DIR),
+                             _node_ip_address=LOOPBACK, runtime_env={"env_vars": {"TMPDIR": worker_tmp}}, **quiet)
             finally:
                 logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(notice)
             self._owned = True
-            _install()  # before the unmask: a SIGTERM that came meanwhile is ours
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # ... and is raised here
+            _install()
         except BaseException:
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             self.__exit__()  # __exit__ is not called when __enter__ raises
             raise
 

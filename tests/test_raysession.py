@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,15 +25,18 @@ with RayCluster(None):
 
     probe = Probe.remote()
     ray.get(probe.pid.remote())  # a worker is up: its server listens too
-    found = []
+    found, blocked = [], {}
     for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                mask = int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
+            blocked[f"{proc.name()}-{proc.pid}"] = sorted(n + 1 for n in range(64) if mask >> n & 1)
             for c in proc.net_connections(kind="inet"):
                 if c.status == psutil.CONN_LISTEN:
                     found.append([proc.name(), c.laddr.ip, c.laddr.port])
         except psutil.Error:
             pass
-print(json.dumps({"listening": found, "token_auth": token_auth}))
+print(json.dumps({"listening": found, "token_auth": token_auth, "blocked": blocked}))
 '''
 
 
@@ -43,6 +47,9 @@ def _is_loopback(ip: str) -> bool:
 
 
 def test_embedded_ray_listens_on_loopback_only_with_token_auth_and_no_notice():
+    """Also: no process of the embedded Ray blocks SIGTERM. The driver once blocked it while
+    ray.init ran, and every server and worker inherited the mask: a preemption's SIGTERM did not
+    stop them, and ray.shutdown waited a second for each before killing it (5 s per `lth run`)."""
     ray_tmp = tempfile.mkdtemp(prefix="lthr-", dir="/tmp")  # short: Ray's socket paths fit 107 bytes
     env = lth_env(LTH_RAY_TMPDIR=ray_tmp)
     env.pop("RAY_AUTH_MODE", None)  # Ray's default, under which it turns token auth on and says so
@@ -62,6 +69,9 @@ def test_embedded_ray_listens_on_loopback_only_with_token_auth_and_no_notice():
     assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), listening
     exposed = [entry for entry in listening if not _is_loopback(entry[1])]
     assert exposed == [], f"listening beyond loopback: {exposed}"
+    blocked = result["blocked"]
+    assert any("raylet" in p for p in blocked) and any("gcs_server" in p for p in blocked), blocked
+    assert {p: sigs for p, sigs in blocked.items() if signal.SIGTERM in sigs} == {}, blocked
 
 
 def test_the_cli_leaves_its_callers_sigterm_handler(tmp_path):
