@@ -36,9 +36,10 @@ one attempt, and members retry alone, so one broken job cannot take its pack-mat
 """
 from __future__ import annotations
 
+
 import heapq
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,12 @@ POOL_RECHECK_SECONDS = 5.0  # how often the pool is resized to the cluster (node
 HEARTBEAT_SECONDS = 10.0
 PUBLISH_EVERY_SECONDS = 120.0  # staged rows become visible in results/ at least this often
 PROGRESS_POLL_SECONDS = 2.0  # how often running jobs' progress reports are read (x5 on a remote store)
+# Short calls (a sweep of thousands of small jobs) would leave each worker waiting for the driver
+# to record its last job and hand it the next: an actor whose recent calls all took less than
+# this gets one more call queued behind the one it runs. Long jobs never are: a job queued behind
+# an hour-long one could not go to an actor that frees up (or joins) meanwhile.
+PREFETCH_BELOW_SECONDS = 2.0
+PREFETCH_AFTER_CALLS = 4  # calls seen (all short) before prefetching starts
 
 
 # Jobs that become ready close together (the same level of several lineages whose parents end
@@ -292,7 +299,8 @@ class Scheduler:
                 self._gang_ended(outcome, queue)
             self._dispatch_gangs(queue)
         held: list[str] = []
-        while pool.idle and queue:
+        pool.prefetch = self._gangs is None and pool.recent.all_short()
+        while pool.can_take() and queue:
             job_id = queue.pop() if self._gangs is None else self._pop_single(queue)
             if job_id is None:
                 break
@@ -362,18 +370,20 @@ class Scheduler:
         except StorageError:
             raise  # every job would fail alike: stop the sweep (the CLI says why)
         except CorruptInput as exc:  # a damaged input: redo its producer, then the job
-            pool.idle.append(actor)
+            pool.release(actor)
             self._redo_producer(getattr(exc, "cause", exc), group, queue)
             return
         except Exception as exc:  # noqa: BLE001 - the job's own error (RayTaskError)
-            pool.idle.append(actor)
+            pool.release(actor)
             failure = classify(exc)
             for job_id in group:  # (a pack's error may be one member's: members retry alone)
                 self._retry_or_fail(job_id, failure.traceback, queue, packed=packed,
                                     retry=failure.retry or packed)
             return
-        pool.idle.append(actor)
-        for job_id, record in zip(group, out if packed else [out]):
+        pool.release(actor)
+        records = out if packed else [out]
+        pool.recent.add(max(float(r.get("wall_seconds", PREFETCH_BELOW_SECONDS)) for r in records))
+        for job_id, record in zip(group, records):
             self._record(job_id, record, started, queue)
 
     # ---- gangs (orchestrator/gang.py) ------------------------------------------------------
@@ -615,10 +625,27 @@ class Scheduler:
 
 
 
+class RecentCalls:
+    """The last calls' own times (their workers' clocks, so time queued behind another call does
+    not count): whether an actor may get a call queued behind the one it runs."""
+
+    def __init__(self, window: int = PREFETCH_AFTER_CALLS, below: float = PREFETCH_BELOW_SECONDS):
+        self.below = below
+        self._seconds: deque[float] = deque(maxlen=window)
+
+    def add(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+
+    def all_short(self) -> bool:
+        """A full window of calls, every one shorter than `below` (one long call stops it)."""
+        return len(self._seconds) == self._seconds.maxlen and max(self._seconds) < self.below
+
+
 class _ActorPool:
     """The sweep's `JobRunner` actors: starting (not yet up: a job goes only to an actor that is
     up, since one still waiting for resources, on a node that died or a join that has not
-    happened, must not hold a job), idle, or busy with a call."""
+    happened, must not hold a job), idle, or busy with a call, and while calls are short
+    (`prefetch`) with one more call queued behind it (Ray runs an actor's calls in order)."""
 
     def __init__(self, options: RunOptions):
         import ray
@@ -632,9 +659,13 @@ class _ActorPool:
             max_task_retries=0,
         )
         self.lost_errors = _actor_lost_errors()
-        self.idle: list[Any] = []
+        self.idle: list[Any] = []  # up, with no call
         self._starting: dict[Any, Any] = {}  # ready ref -> actor
-        self._busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, start time)
+        self._busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, submit time)
+        self._calls: dict[Any, int] = {}  # actor -> its calls not yet collected (1, or 2 with prefetch)
+        self._dropped: set[Any] = set()
+        self.recent = RecentCalls()
+        self.prefetch = False  # set by the scheduler each turn (never beside gangs)
         self.size = 0
         self.capacity = 0  # job slots the cluster offers (Scheduler._capacity)
         self.last_check = 0.0
@@ -654,16 +685,27 @@ class _ActorPool:
             self._starting[actor.info.remote()] = actor
             self.size += 1
 
+    def _queueable(self) -> list[Any]:
+        """Actors running exactly one call, which may take a second behind it."""
+        if not self.prefetch:
+            return []
+        return [a for a, n in self._calls.items() if n == 1 and a not in self._dropped]
+
+    def can_take(self) -> bool:
+        return bool(self.idle) or bool(self._queueable())
+
     def submit(self, jobs: list[Any], attempts: list[int]) -> None:
-        actor = self.idle.pop()
+        """The call goes to an idle actor, else (prefetch) behind an actor's one running call."""
+        actor = self.idle.pop() if self.idle else self._queueable()[0]
         if len(jobs) == 1:
             ref = actor.run.remote(jobs[0], attempts[0])
         else:
             ref = actor.run_pack.remote(jobs, attempts)
         self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
+        self._calls[actor] = self._calls.get(actor, 0) + 1
 
     def running_since(self) -> dict[str, float]:
-        """Running job -> when its call was submitted."""
+        """Running (or queued behind a running call) job -> when its call was submitted."""
         return {j: t for group, _, t in self._busy.values() for j in group}
 
     def running_jobs(self) -> list[str]:
@@ -696,12 +738,25 @@ class _ActorPool:
             self.drop(actor)
 
     def finished(self, ref: Any) -> tuple[tuple[str, ...], Any, float]:
-        return self._busy.pop(ref)
+        group, actor, submitted = self._busy.pop(ref)
+        self._calls[actor] -= 1
+        return group, actor, submitted
+
+    def release(self, actor: Any) -> None:
+        """The actor's call was collected and the actor lives: idle once it has no call left."""
+        if self._calls.get(actor, 0) == 0 and actor not in self._dropped:
+            self._calls.pop(actor, None)
+            self.idle.append(actor)
 
     def drop(self, actor: Any) -> None:
-        """The actor's process is gone (or never came up): kill it and replace it at once."""
+        """The actor's process is gone (or never came up): kill it and replace it at once. A
+        call queued behind the lost one is lost with it and comes back as lost too: the actor
+        is counted out once."""
         import ray
 
+        if actor in self._dropped:
+            return
+        self._dropped.add(actor)
         ray.kill(actor, no_restart=True)
         self.size -= 1
         self.last_check = 0.0
@@ -709,7 +764,8 @@ class _ActorPool:
     def shutdown(self) -> None:
         import ray
 
-        for actor in self.idle + list(self._starting.values()) + [a for _, a, _ in self._busy.values()]:
+        actors = set(self.idle) | set(self._starting.values()) | {a for _, a, _ in self._busy.values()}
+        for actor in actors - self._dropped:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone

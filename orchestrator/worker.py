@@ -257,6 +257,7 @@ class JobRunner:
             "result": result,
             **self.info(),
             "device": result.get("device", str(self.rt.device)),
+            "started": started,  # (the worker's clock: when the call began running, not when it was queued)
             "wall_seconds": time.time() - started,
             "checksums": self._checksums.pop(job.id, {}),
         }

@@ -95,6 +95,43 @@ def test_sweep_end_to_end(swept):
     assert modes and {m for m in modes.values()} == {0o666 & ~umask}, modes
 
 
+def test_a_worker_with_short_jobs_has_its_next_job_queued_behind_the_running_one(swept):
+    """Short calls (the tiny demo's jobs take well under PREFETCH_BELOW_SECONDS) get the worker's
+    next job queued behind the one it runs, so it never waits for the driver to record a job and
+    hand it the next. Without that, a job starts only after the driver wrote the done record of
+    the worker's previous job (its dispatch comes after that write); with it, some job on a
+    worker started before that record was written."""
+    store, rc = swept
+    assert rc == 0
+    by_worker: dict[int, list[dict]] = {}
+    for path in (store / "artifacts").glob("*/done.json"):
+        record = json.loads(path.read_text())
+        by_worker.setdefault(record["pid"], []).append({**record, "written": path.stat().st_mtime})
+    overlapped = 0
+    for records in by_worker.values():
+        records.sort(key=lambda r: r["started"])
+        overlapped += sum(b["started"] < a["written"] for a, b in zip(records, records[1:]))
+    assert overlapped >= 1, {pid: len(rs) for pid, rs in by_worker.items()}
+
+
+def test_recent_calls_allow_queueing_only_after_a_full_window_of_short_calls():
+    from orchestrator.scheduler import RecentCalls
+
+    recent = RecentCalls(window=3, below=2.0)
+    for seconds in (0.1, 0.2):
+        recent.add(seconds)
+        assert not recent.all_short()  # not enough seen yet
+    recent.add(0.3)
+    assert recent.all_short()
+    recent.add(2.0)  # one long call (a job of another kind, a bigger level) stops it ...
+    assert not recent.all_short()
+    for seconds in (0.1, 0.1):
+        recent.add(seconds)
+        assert not recent.all_short()
+    recent.add(0.1)  # ... until it left the window
+    assert recent.all_short()
+
+
 def test_status_counts_from_the_store(swept, capsys):
     store_dir, _ = swept
     assert main(["status", "--store", str(store_dir)]) == 0
