@@ -33,6 +33,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # (module, attribute, part): the call sites a job goes through, patched where they are looked up
 PARTS = [
     ("os", "fsync", "fsync (all files)"),
+    ("trainers.checkpoint", "sync_dir", "sync_dir (the outputs together)"),
     ("trainers.checkpoint", "save", "checkpoint.save (weights, mask, W_k)"),
     ("trainers.checkpoint", "save_json", "result.json"),
     ("orchestrator.worker", "seal", "checksums (seal)"),

@@ -153,12 +153,19 @@ def write_job_rows(store: Store, experiment: str, job: Job, record: dict[str, An
             + "); published rows are never rewritten, so it is refused: run the sweep under a new "
             "experiment name (--set name=...) to keep these results"
         )
+    staged = {}
     for table, rows in tables.items():
         if job.id in stored[table] and not store.is_staged(table, experiment, job.id):
             continue  # published, and equal to these
         if not rows and table not in result_tables(job.kind):
             continue  # (a table a job of this kind may leave empty: layers of a pre-layers record)
-        store.stage_rows(table, experiment, rows, key=job.id)
+        staged[table] = rows
+    # the tables a recorded job must have (result_tables) last: a crash between the two leaves a
+    # job that does not count as recorded, whose rows are then all written again
+    first = {t: rows for t, rows in staged.items() if t not in result_tables(job.kind)}
+    store.stage_job_rows(experiment, first, key=job.id)
+    store.stage_job_rows(experiment, {t: rows for t, rows in staged.items() if t not in first}, key=job.id)
+    for table in staged:
         stored[table].add(job.id)
 
 

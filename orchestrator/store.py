@@ -308,6 +308,19 @@ class Store:
         self.write_bytes(rel, self._parquet_bytes(table, rows))
         return rel
 
+    def stage_job_rows(self, experiment: str, tables: dict[str, list[dict]], key: str) -> None:
+        """`stage_rows` for several tables of job `key`, the files written at once (each is
+        synced before its rename: together those syncs cost about one)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = [(f"{self._staging(t, experiment)}/{key}.parquet", self._parquet_bytes(t, rows)) for t, rows in tables.items()]
+        if len(files) <= 1:
+            for rel, data in files:
+                self.write_bytes(rel, data)
+            return
+        with ThreadPoolExecutor(len(files)) as pool:
+            list(pool.map(lambda f: self.write_bytes(*f), files))
+
     def staged_keys(self, table: str, experiment: str) -> set[str]:
         """The jobs with staged rows (a listing: changes nothing)."""
         return {n[: -len(".parquet")] for n in self.list_files(self._staging(table, experiment)) if n.endswith(".parquet")}

@@ -303,8 +303,8 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         weights, mask = starting_point(job, paths, model, info, data)
         start, metrics = job.start_iter, []
         initial = masked_weights(weights, mask)
-        if writer:
-            checkpoint.save(mask, os.path.join(out, MASK))
+        if writer:  # (outputs: durable together, before the checkpoint or result.json that counts on them)
+            checkpoint.save(mask, os.path.join(out, MASK), durable=False)
     # One mask for the gang: every rank computed it (or read it from rank 0's checkpoint); a
     # non-deterministic scoring kernel must not let the ranks train different networks.
     distributed.check_same("the mask", distributed.tensors_digest(mask), rt.world_size, device)
@@ -354,6 +354,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
     def save_checkpoint(next_it: int) -> None:
         if not writer:
             return
+        checkpoint.sync_dir(out)  # the outputs so far: a resumed job does not write them again
         checkpoint.save(
             {
                 "fingerprint": fp,
@@ -370,7 +371,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
 
     def save_rewind_point(it: int) -> None:
         if writer and it in job.save_iters:
-            checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(it)))
+            checkpoint.save(checkpoint.state_dict_cpu(model), os.path.join(out, rewind_file(it)), durable=False)
 
     def hooks_at(it: int) -> None:
         save_rewind_point(it)
@@ -421,7 +422,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         return add_missing_rewind_points(job, out, None, rt)
     final = {m.split: m for m in metrics if m.iteration == end}
     final_weights = checkpoint.state_dict_cpu(model)
-    checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
+    checkpoint.save(final_weights, os.path.join(out, WEIGHTS), durable=False)
     correlation, layers = layer_rows(initial, final_weights, _prunable_part(job, model, mask))
     result = TrainResult(
         metrics=metrics,
@@ -446,6 +447,7 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
         nonfinite_iter=nonfinite_iter,
         **collapse(model, mask, _prunable_part(job, model, mask), info.input_shape),
     )
+    checkpoint.sync_dir(out)  # every output on disk before result.json says the job finished
     checkpoint.save_json(dataclasses.asdict(result), result_path)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the job is complete; its result supersedes the checkpoint
