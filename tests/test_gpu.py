@@ -14,7 +14,8 @@ the trainers package (no Ray, W&B, pydantic or DuckDB): it runs on the bare GPU 
 - one graph per input shape (progressive resizing); the refusals (streamed data, compile);
 - nvJPEG decodes the JPEG folder with the CPU run's crops;
 - the compile path runs;
-- a diverged job stops at the first read-back after its first non-finite loss, eager and graphed.
+- a diverged job stops at the first read-back after its first non-finite loss, eager and graphed;
+  so does a diverged member of a stacked pack, while its sibling trains to the end.
 """
 from __future__ import annotations
 
@@ -371,4 +372,40 @@ def test_a_diverged_job_stops_on_the_gpu_and_records_the_first_non_finite_iterat
     assert [m.iteration for m in r.metrics if m.split == "test"] == [0, r.end_iter]
     if first > 0:
         before = train(TrainJob(train=cfg, init_seed=0, data_seed=0, end_iter=first), TrainPaths(out_dir=str(tmp_path / "b")), rt())
+        assert before.nonfinite_iter is None  # (so `first` is the first)
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_a_diverged_stacked_member_stops_on_the_gpu_and_its_sibling_trains_on(tmp_path, cuda_graphs):
+    """A stacked pack reads each member's loss as train() reads a job's (every
+    NonFinite.READ_EVERY iterations and before an evaluation or checkpoint): the member that
+    diverged stops at the first read after its first non-finite loss and is evaluated there;
+    its sibling trains to the end. At lr 1e4 the network of the test above diverges; the sibling
+    starts with every conv and linear weight zero, which keeps it finite at any learning rate:
+    its activations are exactly zero (no conv has a bias, BatchNorm's shifts start at zero), so
+    every weight gradient is zero and only the head's bias moves, by a bounded cross-entropy
+    gradient, whatever the rounding. (No weight decay, as in the test above: at this learning
+    rate a decay step would itself grow the BatchNorm scales without bound.)"""
+    from trainers.train import NonFinite
+
+    cfg = dataclasses.replace(CONV, iterations=200, eval_every=100, cuda_graphs=cuda_graphs,
+                              optimizer=OptimizerConfig(lr=1e4, momentum=0.9))
+    zero = str(tmp_path / "zero.pt")
+    start = build_model(cfg.model, (3, 16, 16), 4, seed=1).state_dict()
+    checkpoint.save({n: torch.zeros_like(t) if t.dim() > 1 else t for n, t in start.items()}, zero)
+    jobs = [TrainJob(train=cfg, init_seed=0, data_seed=0), TrainJob(train=cfg, init_seed=1, data_seed=1)]
+
+    def pack(tag: str, end_iter: int | None = None):
+        paths = [TrainPaths(out_dir=str(tmp_path / f"{tag}0")), TrainPaths(out_dir=str(tmp_path / f"{tag}1"), rewind_weights=zero)]
+        return train_packed([dataclasses.replace(j, end_iter=end_iter) for j in jobs], paths, rt(), strategy="stacked")
+
+    bad, good = pack("a")
+    first = bad.nonfinite_iter
+    assert bad.strategy == good.strategy == "stacked"
+    assert first is not None and first < bad.end_iter <= first + NonFinite.READ_EVERY, (first, bad.end_iter)
+    assert [m.iteration for m in bad.metrics if m.split == "test"] == [0, bad.end_iter]
+    assert good.nonfinite_iter is None and good.end_iter == cfg.iterations
+    assert [m.iteration for m in good.metrics if m.split == "test"] == [0, 100, 200]
+    if first > 0:  # the same pack stopped at `first`: the same trajectory (deterministic kernels), finite so far
+        before, _ = pack("b", end_iter=first)
         assert before.nonfinite_iter is None  # (so `first` is the first)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 
@@ -51,7 +52,7 @@ def same_results(packed, single, atol: float, rtol: float = 0.0) -> None:
         assert [(m.iteration, m.split) for m in p.metrics] == [(m.iteration, m.split) for m in s.metrics]
         for mp, ms in zip(p.metrics, s.metrics):
             assert mp.loss == pytest.approx(ms.loss, rel=1e-3, abs=1e-4)
-        assert p.density == s.density
+        assert p.density == s.density and p.flops_fraction == s.flops_fraction  # (the masks are exact)
         assert p.saved_weights.keys() == s.saved_weights.keys()
         for it in p.saved_weights:
             close(checkpoint.load_weights(p.saved_weights[it]), checkpoint.load_weights(s.saved_weights[it]), atol, rtol)
@@ -161,6 +162,104 @@ def test_interrupted_pack_resumes_packed_or_one_by_one(tmp_path):
     assert [r.resumed_from for r in resumed] == [3, 3]
     same_results(resumed, reference, atol=1e-9)
     same_results([alone], reference[:1], atol=1e-9)
+
+
+def _blown_up_start(tmp_path, seed: int, scale: float) -> str:
+    """W0 of `seed` with every weight matrix times `scale`, as a starting-weights file: a member
+    that starts elsewhere than its siblings, as a branch's children from different W_k do."""
+    from trainers.models import build_model
+
+    state = build_model(MLP.model, (64,), 10, seed=seed).state_dict()
+    path = str(tmp_path / f"blown_{seed}_{scale:g}.pt")
+    checkpoint.save({n: t * scale if t.dim() > 1 else t for n, t in state.items()}, path)
+    return path
+
+
+def _same_as_alone(p, s) -> None:
+    """A packed member's result against train()'s for the same job alone, field by field: what
+    may differ is how and where it ran (strategy, wall time, paths) and float rounding (the
+    metric tolerance of `same_results`; NaN where train() has NaN)."""
+    def same(a, b, what):
+        if isinstance(a, float) and isinstance(b, float):
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-3, abs=1e-4), (what, a, b)
+        else:
+            assert a == b, (what, a, b)
+
+    a, b = dataclasses.asdict(p), dataclasses.asdict(s)
+    assert a.keys() == b.keys()
+    for name in a.keys() - {"strategy", "wall_seconds", "weights_path", "mask_path", "saved_weights", "metrics", "layers"}:
+        same(a[name], b[name], name)
+    assert a["saved_weights"].keys() == b["saved_weights"].keys()
+    for what in ("metrics", "layers"):
+        assert len(a[what]) == len(b[what]), what
+        for ra, rb in zip(a[what], b[what]):
+            assert ra.keys() == rb.keys()
+            for name in ra:
+                same(ra[name], rb[name], f"{what}.{name}")
+
+
+# Divergence, deterministically: a member starts from its W0 with every weight matrix 100x
+# (`_blown_up_start`), logits 1e6x their scale. Whether the weights then overflow to NaN or the
+# ReLUs die first (a dead network's loss stays finite) depends on the data order: (init 1,
+# data 1) overflows at iteration 8 and (init 3, data 13) at 6, in float32 on a CPU, the same
+# every run. The blow-up grows by orders of magnitude per step, so where it overflows does not
+# hinge on the ulp-level differences between stacked and one-by-one sums: stacked and alone
+# agreed on the iteration in all 32 cases of a scan when this was written (8 seeds, 2 members,
+# float32 and float64).
+DIVERGES = ((1, 1), (3, 13))  # (init seed, data seed) of a 100x start that overflows
+
+
+def test_a_diverged_member_stops_like_train_and_its_siblings_train_on_untouched(tmp_path):
+    """Member 1 diverges. Oracles: train() of that job alone (it stops right after its first
+    non-finite loss and is evaluated there: the stacked member must record the same, field for
+    field), the healthy members' one-by-one runs (the tolerance of
+    test_packed_mlp_equals_one_by_one), and the same pack with member 1 healthy: the NaN slot
+    must leave its siblings bitwise as they were (each member's arithmetic is its own slice)."""
+    cfg = dataclasses.replace(MLP, eval_every=5)  # an evaluation before the stop: kept, as train() keeps it
+    (i1, d1) = DIVERGES[0]
+    jobs = [TrainJob(train=cfg, init_seed=s, data_seed=d, save_iters=(0, 5, 20)) for s, d in ((0, 10), (i1, d1), (2, 12))]
+    blown = _blown_up_start(tmp_path, i1, 100.0)
+    paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}"), rewind_weights=blown if i == 1 else None) for i in range(3)]
+    packed = train_packed(jobs, paths, RT, strategy="stacked")
+    alone = [train(j, dataclasses.replace(p, out_dir=str(tmp_path / f"s{i}")), RT) for i, (j, p) in enumerate(zip(jobs, paths))]
+
+    bad, ref = packed[1], alone[1]
+    assert ref.nonfinite_iter is not None and 5 < ref.nonfinite_iter < 20, ref.nonfinite_iter  # mid-run, as meant
+    assert (bad.nonfinite_iter, bad.end_iter) == (ref.nonfinite_iter, ref.nonfinite_iter + 1)
+    assert bad.strategy == "stacked" and math.isnan(bad.test_loss)  # the reporting is kept
+    assert [m.iteration for m in bad.metrics if m.split == "test"] == [0, 5, bad.end_iter]
+    assert set(bad.saved_weights) == {0, 5}  # no rewinding point past the stop
+    _same_as_alone(bad, ref)
+    assert not os.path.exists(os.path.join(paths[1].out_dir, "checkpoint.pt"))
+    same_results([packed[0], packed[2]], [alone[0], alone[2]], atol=1e-5, rtol=1e-4)
+    for i in (0, 2):
+        assert packed[i].nonfinite_iter is None and packed[i].end_iter == cfg.iterations
+        _same_as_alone(packed[i], alone[i])
+
+    healthy = train_packed(jobs, [dataclasses.replace(p, out_dir=str(tmp_path / f"h{i}"), rewind_weights=None)
+                                  for i, p in enumerate(paths)], RT, strategy="stacked")
+    assert healthy[1].nonfinite_iter is None  # (the comparison below is against a pack without a NaN slot)
+    for i in (0, 2):
+        a, b = checkpoint.load_weights(packed[i].weights_path), checkpoint.load_weights(healthy[i].weights_path)
+        assert all(torch.equal(a[n], b[n]) for n in a), i
+        assert [dataclasses.astuple(m) for m in packed[i].metrics] == [dataclasses.astuple(m) for m in healthy[i].metrics]
+
+
+def test_a_pack_whose_members_all_diverged_stops_early(tmp_path):
+    """Both members diverge, at different iterations: each stops as train() stops it alone, and
+    the pack stops with the later one, long before train.iterations (no evaluation after it)."""
+    jobs = [TrainJob(train=MLP, init_seed=s, data_seed=d) for s, d in DIVERGES]
+    paths = [TrainPaths(out_dir=str(tmp_path / f"p{i}"), rewind_weights=_blown_up_start(tmp_path, s, 100.0))
+             for i, (s, _) in enumerate(DIVERGES)]
+    rows: list = []
+    packed = train_packed(jobs, paths, RT, on_metrics=[rows.append, rows.append], strategy="stacked")
+    alone = [train(j, dataclasses.replace(p, out_dir=str(tmp_path / f"s{i}")), RT) for i, (j, p) in enumerate(zip(jobs, paths))]
+    for p, s in zip(packed, alone):
+        assert s.nonfinite_iter is not None and (p.nonfinite_iter, p.end_iter) == (s.nonfinite_iter, s.end_iter)
+        _same_as_alone(p, s)
+    assert packed[0].end_iter != packed[1].end_iter  # one stopped while the other trained on
+    last = max(r.end_iter for r in packed)
+    assert last < MLP.iterations - 10 and max(r.iteration for r in rows) == last  # the pack stopped there
 
 
 def test_auto_on_cpu_trains_one_by_one_and_keeps_finished_members(tmp_path):

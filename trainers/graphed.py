@@ -23,7 +23,8 @@ corruption.
 
 Both loops (trainers/train.py, trainers/packed.py) call `make_step` and then `step(x, y, lr)`,
 which returns the step's loss as a device tensor (never read back here: the caller decides when
-a host synchronisation is worth it).
+a host synchronisation is worth it). A stacked pack's `loss_of` returns one loss per member: the
+step backpropagates their sum and returns them all, so each member's divergence is seen.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ WARMUP_STEPS = 3  # side-stream iterations before capture (PyTorch's CUDA graphs
 def make_step(forward: Callable[[torch.Tensor], torch.Tensor], loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
               model: torch.nn.Module, optimizer: torch.optim.Optimizer, masks: MaskApplier, device: torch.device,
               precision: str, cuda_graphs: bool) -> Step:
-    """`step(x, y, lr)`: one optimizer step on batch (x, y) at learning rate lr; returns its loss."""
+    """`step(x, y, lr)`: one optimizer step on batch (x, y) at learning rate lr; returns its loss
+    (what `loss_of` returns: a scalar, or a vector of independent losses whose sum is minimised)."""
     if not cuda_graphs:
         return _eager(forward, loss_of, optimizer, masks, device, precision)
     if device.type != "cuda":
@@ -56,7 +58,7 @@ def _eager(forward, loss_of, optimizer, masks, device, precision) -> Step:
         with autocast_for(device, precision):
             loss = loss_of(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        _total(loss).backward()
         # Pruned weights are zero and their gradients are masked, so SGD's and Adam's updates
         # of them (decay and momentum included) are exactly zero: no weight mask after the step
         # is needed, which halves the mask work (tests/test_packed.py checks the zeros mid-run).
@@ -87,7 +89,7 @@ class _Captured:
         forward, loss_of, _, masks, device, precision = self._parts
         with autocast_for(device, precision, cache_enabled=False):
             loss = loss_of(forward(self.x), self.y)
-        loss.backward()
+        _total(loss).backward()
         masks.apply_to_grads()
         self.optimizer.step()
         self.loss = loss.detach()
@@ -127,6 +129,12 @@ class _Captured:
         self.lr.fill_(lr)
         self.graph.replay()
         return self.loss
+
+
+def _total(loss: torch.Tensor) -> torch.Tensor:
+    """What is minimised: the loss, or the sum of a pack's per-member losses (each member's
+    weights get their own loss's gradient, as in one-by-one training)."""
+    return loss if loss.dim() == 0 else loss.sum()
 
 
 @torch.no_grad()

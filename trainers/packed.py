@@ -18,7 +18,9 @@ training up to float rounding (grouped convolutions sum in another order; tests/
 compares in float64), and every member writes exactly the files `train()` writes (weights.pt,
 mask.pt, w_<k>.pt, result.json, and checkpoint.pt in train()'s format while running), so the
 orchestrator cannot tell the difference, and a packed job interrupted mid-way can be resumed
-packed or one by one. Each result's `strategy` records how it was trained.
+packed or one by one. Each result's `strategy` records how it was trained. A member whose loss
+stops being finite stops as train() stops a diverged job (read with train()'s rule,
+trainers/train.py NonFinite), while the others train on; the pack ends when all have stopped.
 """
 from __future__ import annotations
 
@@ -41,9 +43,10 @@ from trainers.models import build_model
 from trainers.correlation import layer_rows
 from trainers.pruning import MaskApplier, density, masked_weights
 from trainers.runtime import Runtime
-from trainers.stacked import COUNTER, build_stacked, member_logits_loss, member_state, stack_inputs, stack_problem
+from trainers.stacked import COUNTER, build_stacked, member_losses, member_state, stack_inputs, stack_problem
 from trainers.train import (
-    CHECKPOINT, MASK, RESULT, WEIGHTS, add_missing_rewind_points, collapse, device_name, fingerprint, lr_for, make_optimizer, rewind_file, saved_rewind_points, starting_point, train, validate,
+    CHECKPOINT, MASK, RESULT, WEIGHTS, NonFinite, add_missing_rewind_points, collapse, device_name, fingerprint, lr_for, make_optimizer,
+    rewind_file, saved_rewind_points, starting_point, structured_measures, train, validate,
 )
 
 MetricCallback = Callable[[MetricRow], None]
@@ -229,7 +232,7 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
     forward = torch.compile(net) if cfg.compile else net
 
     def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return member_logits_loss(logits, y, K, cfg.label_smoothing)
+        return member_losses(logits, y, K, cfg.label_smoothing)
 
     step = make_step(forward, loss_of, net, optimizer, applier, device, cfg.precision, cfg.cuda_graphs)
     evaluator = model.to(device, memory_format=fmt)  # one member at a time, train()'s own evaluation
@@ -237,12 +240,13 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
     def member(k: int) -> dict[str, torch.Tensor]:
         return {n: t.detach().to("cpu", copy=True) for n, t in member_state(net.state_dict(), k, K, counters[k]).items()}
 
-    # --- hooks, as train() has them ----------------------------------------------------------
+    # --- hooks, as train() has them, for the members still training ---------------------------
     eval_bs = max(cfg.batch_size, 256)
+    training = list(range(K))  # a member that diverged leaves this list at its stop iteration
 
-    def run_eval(it: int) -> None:
+    def run_eval(it: int, which: list[int]) -> None:
         stacked_state = net.state_dict()
-        for k in range(K):
+        for k in which:
             evaluator.load_state_dict(member_state(stacked_state, k, K, counters[k]))
             for split, limit in (("test", None), ("train", cfg.eval_train_examples)):
                 loss, acc = evaluate(evaluator, data.eval_batches(split, eval_bs, limit), device, cfg.precision, channels_last)
@@ -253,10 +257,10 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
 
     def save_checkpoints(next_it: int) -> None:
         packed_opt = optimizer.state_dict()
-        for k, (job, p) in enumerate(zip(jobs, paths)):
+        for k in training:
             checkpoint.save(
                 {
-                    "fingerprint": fingerprint(job),
+                    "fingerprint": fingerprint(jobs[k]),
                     "iteration": next_it,
                     "model": member(k),
                     "optimizer": _member_optimizer_state(packed_opt, k, K, numbered),
@@ -264,71 +268,89 @@ def _train_stacked(jobs: list[TrainJob], paths: list[TrainPaths], ckpts: list[di
                     "metrics": [dataclasses.asdict(m) for m in metrics[k]],
                     "rng": {"cpu": torch.get_rng_state()},
                 },
-                os.path.join(p.out_dir, CHECKPOINT),
+                os.path.join(paths[k].out_dir, CHECKPOINT),
             )
 
-    def save_rewind_points(it: int) -> None:
-        for k, (job, p) in enumerate(zip(jobs, paths)):
-            if it in job.save_iters:
-                checkpoint.save(member(k), os.path.join(p.out_dir, rewind_file(it)))
+    def save_rewind_points(it: int, which: list[int]) -> None:
+        for k in which:
+            if it in jobs[k].save_iters:
+                checkpoint.save(member(k), os.path.join(paths[k].out_dir, rewind_file(it)))
+
+    results: dict[int, TrainResult] = {}
+
+    def finish(which: list[int], end: int, nonfinite_iters: list[int | None]) -> None:
+        """The members' files at their last iteration, exactly as train() writes them: the pack's
+        end, or where a diverged member stopped (its slot in the stacked network trains on, on
+        NaN, and is never read again: taking it out would change the grouped kernels' shapes,
+        and with them the rounding of the members still training)."""
+        save_rewind_points(end, which)
+        run_eval(end, which)
+        for k in which:
+            job, out = jobs[k], paths[k].out_dir
+            final = {m.split: m for m in metrics[k] if m.iteration == end}
+            final_weights = member(k)
+            checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
+            correlation, layers = layer_rows(initials[k], final_weights, masks[k])
+            results[k] = TrainResult(
+                metrics=metrics[k],
+                test_loss=final["test"].loss,
+                test_accuracy=final["test"].accuracy,
+                train_loss=final["train"].loss,
+                train_accuracy=final["train"].accuracy,
+                density=density(masks[k]),
+                start_iter=job.start_iter,
+                end_iter=end,
+                wall_seconds=time.time() - t_start,
+                device=device_name(device),
+                weights_path=os.path.join(out, WEIGHTS),
+                mask_path=os.path.join(out, MASK),
+                saved_weights=saved_rewind_points(job, out),
+                resumed_from=start if resumed else None,
+                deterministic=applied(cfg.deterministic, device),
+                strategy="stacked",
+                weight_correlation=correlation,
+                layers=layers,
+                **structured_measures(job, model, masks[k], info.input_shape),
+                nonfinite_iter=nonfinite_iters[k],
+                **collapse(model, masks[k], masks[k], info.input_shape),
+            )
+            checkpoint.save_json(dataclasses.asdict(results[k]), os.path.join(out, RESULT))
+            ckpt_path = os.path.join(out, CHECKPOINT)
+            if os.path.exists(ckpt_path):
+                os.unlink(ckpt_path)
 
     # --- the loop: train() step for step, K networks at a time --------------------------------
     streams = [data.train_stream(job.data_seed, cfg.batch_size, start) for job in jobs]
     last_ckpt_time = time.time()
     net.train()
+    nonfinite = NonFinite(device, 1, K)  # each member's own loss, read as train() reads a job's
     for it in range(start, job0.stop_iter):
-        save_rewind_points(it)
+        save_rewind_points(it, training)
         if it == job0.start_iter or (cfg.eval_every > 0 and it % cfg.eval_every == 0):
-            run_eval(it)
+            run_eval(it, training)
         batches = [next(s) for s in streams]
         x = stack_inputs([b[0] for b in batches]).to(dtype)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         # as in train(): forward, backward, masked gradients (pruned weights stay zero), step
-        step(x, torch.stack([b[1] for b in batches]), lr_for(job0, it))
+        nonfinite.see(step(x, torch.stack([b[1] for b in batches]), lr_for(job0, it)), it)
         done = it + 1
         by_iters = paths[0].checkpoint_every_iters > 0 and done % paths[0].checkpoint_every_iters == 0
         by_time = time.time() - last_ckpt_time >= paths[0].checkpoint_every_seconds
+        eval_due = cfg.eval_every > 0 and done % cfg.eval_every == 0
+        firsts = nonfinite.firsts(done, eval_due, by_iters or by_time)
+        diverged = [k for k in training if firsts is not None and firsts[k] is not None]
+        if diverged:  # they stop here, as train() stops a diverged job; the others go on
+            training = [k for k in training if k not in diverged]
+            finish(diverged, done, firsts)
+            if not training:
+                break
         if done < job0.stop_iter and (by_iters or by_time):
             save_checkpoints(done)
             last_ckpt_time = time.time()
 
     # --- the end: each member's files, exactly as train() writes them --------------------------
-    end = job0.stop_iter
-    save_rewind_points(end)
-    run_eval(end)
-    results = []
-    wall = time.time() - t_start
-    for k, (job, p) in enumerate(zip(jobs, paths)):
-        out = p.out_dir
-        final = {m.split: m for m in metrics[k] if m.iteration == end}
-        final_weights = member(k)
-        checkpoint.save(final_weights, os.path.join(out, WEIGHTS))
-        correlation, layers = layer_rows(initials[k], final_weights, masks[k])
-        result = TrainResult(
-            metrics=metrics[k],
-            test_loss=final["test"].loss,
-            test_accuracy=final["test"].accuracy,
-            train_loss=final["train"].loss,
-            train_accuracy=final["train"].accuracy,
-            density=density(masks[k]),
-            start_iter=job.start_iter,
-            end_iter=end,
-            wall_seconds=wall,
-            device=device_name(device),
-            weights_path=os.path.join(out, WEIGHTS),
-            mask_path=os.path.join(out, MASK),
-            saved_weights=saved_rewind_points(job, out),
-            resumed_from=start if resumed else None,
-            deterministic=applied(cfg.deterministic, device),
-            strategy="stacked",
-            weight_correlation=correlation,
-            layers=layers,
-            **collapse(model, masks[k], masks[k], info.input_shape),
-        )
-        checkpoint.save_json(dataclasses.asdict(result), os.path.join(out, RESULT))
-        ckpt_path = os.path.join(out, CHECKPOINT)
-        if os.path.exists(ckpt_path):
-            os.unlink(ckpt_path)
-        results.append(add_missing_rewind_points(job, out, result, rt))  # a k added mid-run
-    return results
+    if training:
+        finish(training, job0.stop_iter, nonfinite.firsts(job0.stop_iter, eval_due=True, checkpoint_due=True))
+    # a k added mid-run, replayed once the pack's loop is over (a replay is a train() of its own)
+    return [add_missing_rewind_points(jobs[k], paths[k].out_dir, results[k], rt) for k in range(K)]

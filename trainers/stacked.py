@@ -136,8 +136,9 @@ def stack_problem(model_name: str, input_shape: tuple[int, ...], num_classes: in
     return None
 
 
-def member_logits_loss(logits: torch.Tensor, y: torch.Tensor, k: int, label_smoothing: float) -> torch.Tensor:
-    """The sum over members of each member's mean cross-entropy: its gradient with respect to
-    member k's weights is member k's own loss gradient. `y` is (K, B)."""
+def member_losses(logits: torch.Tensor, y: torch.Tensor, k: int, label_smoothing: float) -> torch.Tensor:
+    """Each member's mean cross-entropy, (K,). The step minimises their sum (trainers/graphed.py),
+    whose gradient with respect to member k's weights is member k's own loss gradient; kept
+    apart, they say which member's loss stopped being finite. `y` is (K, B)."""
     per = F.cross_entropy(split_logits(logits, k).flatten(0, 1), y.flatten(), reduction="none", label_smoothing=label_smoothing)
-    return per.view(k, -1).mean(1).sum()
+    return per.view(k, -1).mean(1)

@@ -456,32 +456,41 @@ def _train(job: TrainJob, paths: TrainPaths, rt: Runtime) -> TrainResult | None:
 
 
 class NonFinite:
-    """The first iteration whose training loss was not finite. Tracked on the device; reading it
-    back is a host synchronisation, which a CUDA step never otherwise makes (trainers/graphed.py),
-    so there it is read every READ_EVERY iterations and before any evaluation or checkpoint (no
-    NaN model is evaluated or saved as a resumable state); on a CPU it is read every iteration.
-    On N ranks each rank saw only its slice's loss: the ranks agree on the earliest (a minimum
-    over the group) at iterations that are the same for all of them."""
+    """The first iteration whose training loss was not finite, for each loss a step returns: one
+    for a job, one per member for a stacked pack (trainers/packed.py), which stops its members
+    one by one. Tracked on the device; reading it back is a host synchronisation, which a CUDA
+    step never otherwise makes (trainers/graphed.py), so there it is read every READ_EVERY
+    iterations and before any evaluation or checkpoint (no NaN model is evaluated or saved as a
+    resumable state); on a CPU it is read every iteration. On N ranks each rank saw only its
+    slice's loss: the ranks agree on the earliest (a minimum over the group) at iterations that
+    are the same for all of them."""
 
     READ_EVERY = 32
     NEVER = 2 ** 62
 
-    def __init__(self, device: torch.device, world_size: int) -> None:
-        self.at = torch.full((), self.NEVER, dtype=torch.int64, device=device)
+    def __init__(self, device: torch.device, world_size: int, members: int | None = None) -> None:
+        shape = () if members is None else (members,)
+        self.at = torch.full(shape, self.NEVER, dtype=torch.int64, device=device)
         self.every = 1 if device.type == "cpu" else self.READ_EVERY
         self.world_size = world_size
 
     def see(self, loss: torch.Tensor, it: int) -> None:
         self.at = torch.where(torch.isfinite(loss) | (self.at < self.NEVER), self.at, it)
 
-    def first(self, done: int, eval_due: bool, checkpoint_due: bool) -> int | None:
+    def firsts(self, done: int, eval_due: bool, checkpoint_due: bool) -> list[int | None] | None:
+        """Each loss's first non-finite iteration (None: finite so far), or None when no read
+        is due after iteration `done`."""
         if not (done % self.every == 0 or eval_due or checkpoint_due):
             return None
         at = self.at
         if self.world_size > 1:
             at = distributed.all_reduce_min(at)
-        value = int(at)
-        return None if value == self.NEVER else value
+        return [None if v == self.NEVER else v for v in at.reshape(-1).tolist()]
+
+    def first(self, done: int, eval_due: bool, checkpoint_due: bool) -> int | None:
+        """A job's one loss: its first non-finite iteration, when read and not finite."""
+        read = self.firsts(done, eval_due, checkpoint_due)
+        return None if read is None else read[0]
 
 
 def _prunable_part(job: TrainJob, model: torch.nn.Module, mask: dict) -> dict:
