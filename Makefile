@@ -16,7 +16,7 @@ export UV_PYTHON           := $(PYTHON)
 # they are (Debian/Ubuntu: apt-get install pkg-config libopencv-dev libturbojpeg0-dev).
 FFCV_EXTRA = $(shell pkg-config --exists opencv4 libturbojpeg 2>/dev/null && echo --extra ffcv)
 
-.PHONY: install demo test gpu-test gpu-wheels bench lock clean docs
+.PHONY: install demo test gpu-test gpu-wheels bench bench-tune lock clean docs
 
 install: $(STAMP)
 
@@ -59,6 +59,13 @@ gpu-wheels: | $(UV)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# A sweep of 1,000 small jobs through `lth run` against Ray Tune running the same work
+# (benchmarks/vs_tune.py, about 10 minutes on 2 cores). Tune is the `bench` extra, which
+# `make test` does not install: this adds it to .venv.
+bench-tune: $(STAMP)
+	$(UV) sync --locked --compile-bytecode --extra test --extra bench $(FFCV_EXTRA)
+	$(BIN)/python -m benchmarks.vs_tune
 
 # Generated files, each checked by a test: the config field reference (from orchestrator/spec/)
 # and the models' weight counts the planner reads without torch (from trainers/models.py).
