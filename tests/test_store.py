@@ -172,6 +172,27 @@ def test_staged_rows_are_invisible_until_published_as_one_file(store):
     assert len(store.partition_files("runs", "e")) == 2  # a published file is never rewritten
 
 
+def test_rows_staged_by_an_older_lth_as_parquet_are_published_and_replaced_like_the_rest(store):
+    """Rows are staged as Arrow IPC files now; a store staged before holds Parquet ones, which
+    count as staged, are published beside the new ones, and are replaced when their job finishes
+    again (never published twice)."""
+    def stage_as_before(job: str, value: float) -> None:
+        store.write_bytes(f"staging/runs/experiment=e/{job}.parquet", Store._parquet_bytes("runs", [_run_row(job, 0, value)]))
+
+    stage_as_before("old", 0.25)
+    stage_as_before("again", 0.5)
+    _stage_jobs(store, ["new"])
+    store.stage_rows("runs", "e", [_run_row("again", 0, 0.75)], key="again")  # the job finished again
+    assert sorted(store.list_files("staging/runs/experiment=e")) == ["again.arrow", "new.arrow", "old.parquet"]
+    assert store.staged_keys("runs", "e") == {"old", "again", "new"}
+    assert store.is_staged("runs", "e", "old") and store.is_staged("runs", "e", "again")
+    assert store.publish("runs", "e") == 3
+    rows = store.read_table("runs", "e").to_pylist()
+    assert sorted(r["job_id"] for r in rows) == ["again", "new", "new", "old"]
+    assert {r["job_id"]: r["density"] for r in rows if r["job_id"] != "new"} == {"old": 0.25, "again": 0.75}
+    assert store.list_files("staging/runs/experiment=e") == []
+
+
 @pytest.mark.parametrize("crash_at", ["before_batch", "after_batch", "after_one_delete"])
 def test_publish_killed_at_any_step_shows_each_row_once(tmp_path, monkeypatch, crash_at):
     """A raw pyarrow scan of results/runs, taken right after the crash and after the next
