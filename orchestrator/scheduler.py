@@ -480,7 +480,9 @@ class Scheduler:
         if diverged is not None:
             self.summary.diverged[job_id] = diverged
             result = f"DIVERGED: {diverged}; {result}"
-        self.progress.job_finished(job_id, _describe(job), time.time() - started, result)
+        # the worker's own clock: a job queued behind another did not run while it waited
+        took = record.get("wall_seconds", time.time() - started)
+        self.progress.job_finished(job_id, _describe(job), took, result)
         if diverged is not None:
             self._block_below_diverged(job_id, queue)
         else:
