@@ -103,6 +103,8 @@ def test_stacked_packs_match_the_unpacked_sweep(unpacked, tmp_path):
     assert set(runs) == set(ref)
     for job_id, r in runs.items():
         assert r["density"] == ref[job_id]["density"]  # the masks: exact
+        # a function of the mask alone (the fraction of dense FLOPs the kept weights cost): exact
+        assert r["flops_fraction"] is not None and r["flops_fraction"] == ref[job_id]["flops_fraction"], job_id
         assert r["test_accuracy"] == pytest.approx(ref[job_id]["test_accuracy"], abs=0.02), job_id
         assert r["test_loss"] == pytest.approx(ref[job_id]["test_loss"], rel=0.05, abs=0.01), job_id
     inst = {(r["pair_id"], r["split"]): r for r in Store(str(store)).read_table("instability", "demo").to_pylist()}
