@@ -146,6 +146,7 @@ class Scheduler:
         self._last_beat = 0.0
         self._last_running: list[str] = []
         self._redone: dict[str, int] = defaultdict(int)  # producer -> times redone for a damaged output
+        self._lost_queued: dict[str, int] = defaultdict(int)  # job -> calls lost before they started (no attempt)
         self._done: set[str] | None = None  # prepare()
         self._seen_notes: set[str] = set()  # worker notes shown once each
         self._diverged_before: set[str] = set()  # done jobs that diverged (in an earlier run)
@@ -299,7 +300,7 @@ class Scheduler:
                 self._gang_ended(outcome, queue)
             self._dispatch_gangs(queue)
         held: list[str] = []
-        pool.prefetch = self._gangs is None and pool.recent.all_short()
+        pool.prefetch = self._gangs is None  # (per actor: _ActorPool._queueable)
         while pool.can_take() and queue:
             job_id = queue.pop() if self._gangs is None else self._pop_single(queue)
             if job_id is None:
@@ -357,13 +358,25 @@ class Scheduler:
         if pool.is_starting(ref):
             pool.started(ref)
             return
+        behind = pool.queued_behind(ref)
         group, actor, started = pool.finished(ref)
         self.progress.counts.running -= len(group)
         packed = len(group) > 1
         try:
             out = ray.get(ref)
         except pool.lost_errors as exc:  # the process is gone: drop the actor, replace it at once
-            pool.drop(actor)
+            pool.drop(actor, behind=behind)
+            if behind and all(self._lost_queued[j] < self.options.max_attempts for j in group):
+                # queued behind the call that was lost (prefetch): it never started, and costs
+                # no attempt (bounded: a job that did start, mistaken for one that did not,
+                # cannot come back for ever)
+                for job_id in group:
+                    self._lost_queued[job_id] += 1
+                    self.summary.attempts[job_id] -= 1
+                    queue.push(job_id)
+                    self.progress.log(f"requeue {job_id} {_describe(self.plan.jobs[job_id])}: queued behind a call "
+                                      f"whose worker was lost ({type(exc).__name__}); it never started, no attempt spent")
+                return
             for job_id in group:
                 self._retry_or_fail(job_id, f"worker lost: {type(exc).__name__}: {exc}", queue, packed=packed)
             return
@@ -382,7 +395,7 @@ class Scheduler:
             return
         pool.release(actor)
         records = out if packed else [out]
-        pool.recent.add(max(float(r.get("wall_seconds", PREFETCH_BELOW_SECONDS)) for r in records))
+        pool.call_took(actor, max(float(r.get("wall_seconds", PREFETCH_BELOW_SECONDS)) for r in records))
         for job_id, record in zip(group, records):
             self._record(job_id, record, started, queue)
 
@@ -665,8 +678,10 @@ class _ActorPool:
         self._starting: dict[Any, Any] = {}  # ready ref -> actor
         self._busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, submit time)
         self._calls: dict[Any, int] = {}  # actor -> its calls not yet collected (1, or 2 with prefetch)
+        self._order: dict[Any, list[Any]] = {}  # actor -> its calls not yet collected, in the order submitted
+        self._never_started: set[Any] = set()  # calls queued behind a call whose worker was lost
         self._dropped: set[Any] = set()
-        self.recent = RecentCalls()
+        self._recent: dict[Any, RecentCalls] = {}  # actor -> its own last calls' times
         self.prefetch = False  # set by the scheduler each turn (never beside gangs)
         self.size = 0
         self.capacity = 0  # job slots the cluster offers (Scheduler._capacity)
@@ -687,11 +702,21 @@ class _ActorPool:
             self._starting[actor.info.remote()] = actor
             self.size += 1
 
+    def call_took(self, actor: Any, seconds: float) -> None:
+        """A call of `actor` ended after `seconds` of its worker's own time."""
+        self._recent.setdefault(actor, RecentCalls()).add(seconds)
+
     def _queueable(self) -> list[Any]:
-        """Actors running exactly one call, which may take a second behind it."""
+        """Actors running exactly one call, which may take a second behind it: their own last
+        calls were all short, and so far the one they run is too (another actor's short calls
+        say nothing of this one's: a long job beside short ones never has a job queued behind it)."""
         if not self.prefetch:
             return []
-        return [a for a, n in self._calls.items() if n == 1 and a not in self._dropped]
+        now = time.time()
+        running_since = {a: t for _, a, t in self._busy.values()}
+        return [a for a, n in self._calls.items()
+                if n == 1 and a not in self._dropped and a in self._recent and self._recent[a].all_short()
+                and now - running_since.get(a, now) < self._recent[a].below]
 
     def can_take(self) -> bool:
         return bool(self.idle) or bool(self._queueable())
@@ -705,6 +730,7 @@ class _ActorPool:
             ref = actor.run_pack.remote(jobs, attempts)
         self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
         self._calls[actor] = self._calls.get(actor, 0) + 1
+        self._order.setdefault(actor, []).append(ref)
 
     def running_since(self) -> dict[str, float]:
         """Running (or queued behind a running call) job -> when its call was submitted."""
@@ -739,9 +765,21 @@ class _ActorPool:
         except Exception:  # noqa: BLE001 - it died starting (its node is gone)
             self.drop(actor)
 
+    def queued_behind(self, ref: Any) -> bool:
+        """Whether call `ref`, if its worker was lost, never started: it was queued behind an
+        earlier call of its actor that is not collected yet or was lost too. (An earlier call that
+        ended but is not collected yet makes this say True of a call that did start: rare, and
+        the scheduler bounds what it forgives.)"""
+        _, actor, _ = self._busy[ref]
+        return ref in self._never_started or self._order.get(actor, [ref])[0] is not ref
+
     def finished(self, ref: Any) -> tuple[tuple[str, ...], Any, float]:
         group, actor, submitted = self._busy.pop(ref)
         self._calls[actor] -= 1
+        order = self._order.get(actor, [])
+        if ref in order:
+            order.remove(ref)
+        self._never_started.discard(ref)
         return group, actor, submitted
 
     def release(self, actor: Any) -> None:
@@ -750,12 +788,15 @@ class _ActorPool:
             self._calls.pop(actor, None)
             self.idle.append(actor)
 
-    def drop(self, actor: Any) -> None:
+    def drop(self, actor: Any, behind: bool = False) -> None:
         """The actor's process is gone (or never came up): kill it and replace it at once. A
         call queued behind the lost one is lost with it and comes back as lost too: the actor
-        is counted out once."""
+        is counted out once. `behind`: the lost call collected now was itself queued behind
+        another (else the calls still queued on the actor never started)."""
         import ray
 
+        if not behind:
+            self._never_started.update(self._order.get(actor, []))
         if actor in self._dropped:
             return
         self._dropped.add(actor)

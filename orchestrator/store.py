@@ -398,11 +398,36 @@ class Store:
 
     def stored_keys(self, table: str, experiment: str, finish_publish: bool = True) -> set[str]:
         """The jobs whose rows of `table` are stored, staged or published: never stage them again.
-        By default it first completes an interrupted publish, which only the lock holder may do;
-        readers (`lth status`) pass finish_publish=False: the union is the same either way."""
+        By default it first completes an interrupted publish, which only the lock holder may do,
+        and reads every staged file (DamagedParts when one cannot be read: it would stop every
+        publish, and its job would never be staged again); readers (`lth status`) pass
+        finish_publish=False: the union is the same either way."""
         if finish_publish:
             self._finish_publish(table, experiment)
+            damaged = self._damaged_staged(table, experiment)
+            if damaged:
+                raise DamagedParts(table, experiment, damaged)
         return self.staged_keys(table, experiment) | self.published_keys(table, experiment)
+
+    def _damaged_staged(self, table: str, experiment: str) -> list[tuple[str, str]]:
+        """The staged files of a partition that cannot be read whole: [(store-relative path, why)]."""
+        staging = self._staging(table, experiment)
+        damaged = []
+        for name in self.list_files(staging):
+            if not name.endswith((STAGED, STAGED_BEFORE)):
+                continue
+            rel = f"{staging}/{name}"
+            try:
+                data = pa.BufferReader(self.read_bytes(rel))
+                if name.endswith(STAGED):
+                    pa.ipc.open_file(data).read_all()
+                else:
+                    pq.read_table(data)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowException, OSError) as e:
+                damaged.append((rel, f"{type(e).__name__}: {e}"))
+        return damaged
 
     def publish(self, table: str, experiment: str) -> int:
         """Move every staged file of a partition into ONE new published part file; returns how
@@ -420,16 +445,21 @@ class Store:
         names = [n for n in self.list_files(staging) if n.endswith((STAGED, STAGED_BEFORE))]
         if not names:
             return 0
+        # a job's rows staged as Parquet by an older lth and again (replaced) as Arrow: the older
+        # file is replaced, not published (stage_job_rows deletes it after writing the new one,
+        # and a crash in between leaves both); it is deleted with the published ones
+        replaced = {n for n in names if n.endswith(STAGED_BEFORE)
+                    and n[: -len(STAGED_BEFORE)] + STAGED in names}
         batch = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         self.write_json(f"{staging}/{PUBLISHING}", {"batch": batch, "staged": names})
         schema = file_schema(table)
-        staged = [ds.dataset([self.path(f"{staging}/{n}") for n in names if n.endswith(suffix)], schema=schema,
-                             format=fmt, filesystem=self.fs)
+        staged = [ds.dataset([self.path(f"{staging}/{n}") for n in names if n.endswith(suffix) and n not in replaced],
+                             schema=schema, format=fmt, filesystem=self.fs)
                   for suffix, fmt in ((STAGED, "ipc"), (STAGED_BEFORE, "parquet"))]
         scanner = ds.dataset(staged).scanner()
         self._write_batches(f"{self._partition(table, experiment)}/{batch}", schema, scanner)
         self._finish_publish(table, experiment)
-        return len(names)
+        return len(names) - len(replaced)
 
     def _finish_publish(self, table: str, experiment: str) -> None:
         """Complete or roll back a publish that was interrupted (see `publish`)."""

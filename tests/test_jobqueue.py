@@ -1,6 +1,8 @@
 """The scheduler's dependency bookkeeping (orchestrator/jobqueue.py), without Ray."""
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.graph import Job, Plan
 from orchestrator.jobqueue import JobQueue
 
@@ -198,3 +200,100 @@ def test_a_partial_pack_waits_a_bounded_time_for_siblings_while_others_run():
     pool = _Pool(idle=2, running=["other"])
     sched._dispatch(pool, queue)  # a full pack goes at once; the fifth job waits for mates
     assert pool.submitted == [["j0", "j1", "j2", "j3"]] and [e[2] for e in queue.ready_entries()] == ["j4"]
+
+
+# ---- prefetch: a job queued behind a running call (Scheduler._dispatch/_collect, without Ray) --
+
+
+class _Actor:
+    """A stand-in JobRunner handle: each call is a fresh ref, recorded in order."""
+
+    def __init__(self, name: str):
+        self.name, self.calls = name, []
+        outer = self
+
+        class _Method:
+            def remote(self, *args):
+                ref = f"{outer.name}#{len(outer.calls)}"
+                outer.calls.append((ref, args))
+                return ref
+
+        self.run = self.run_pack = _Method()
+
+
+def _ray_free_pool(monkeypatch, actors):
+    import ray
+
+    from orchestrator.scheduler import RunOptions, _ActorPool
+
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: None)
+    pool = _ActorPool(RunOptions(worker=object()))
+    pool.idle = list(actors)
+    pool.size = len(actors)
+    pool.prefetch = True
+    return pool
+
+
+def test_a_long_call_beside_short_ones_never_has_a_job_queued_behind_it(monkeypatch):
+    """The pool decided for all actors at once from the last 4 calls of any actor: with one
+    actor in a long job and another finishing short ones, the next ready job could be queued
+    behind the long job (while the other actor went idle), which design.md rules out."""
+    import time
+
+    from orchestrator.scheduler import PREFETCH_AFTER_CALLS
+
+    long_, short = _Actor("long"), _Actor("short")
+    pool = _ray_free_pool(monkeypatch, [short, long_])
+    job = Job(id="x", kind="train", spec=None, parents=())  # type: ignore[arg-type]
+    pool.submit([job], [1])  # to `long`: its first call, still running
+    pool.submit([job], [1])  # to `short`
+    for _ in range(PREFETCH_AFTER_CALLS):
+        pool.call_took(short, 0.1)
+    assert pool._queueable() == [short]  # `long` has no short calls of its own
+    for _ in range(PREFETCH_AFTER_CALLS):
+        pool.call_took(long_, 0.1)
+    assert set(pool._queueable()) == {short, long_}
+    ref = next(r for r, (_, a, _) in pool._busy.items() if a is long_)
+    group, actor, _ = pool._busy[ref]
+    pool._busy[ref] = (group, actor, time.time() - 30.0)  # its call has run for 30 s: a long one after all
+    assert pool._queueable() == [short]
+
+
+def _queued_behind_a_lost_call(monkeypatch, tmp_path, first_lost_first: bool):
+    import ray
+    from ray.exceptions import ActorDiedError
+
+    from orchestrator.scheduler import PREFETCH_AFTER_CALLS, RunOptions, Scheduler
+    from orchestrator.store import Store
+
+    plan = Plan(experiment="x", jobs={j: Job(id=j, kind="interpolate", spec=None, parents=())  # type: ignore[arg-type]
+                                      for j in ("a", "b")})
+    sched = Scheduler(plan, store=Store(str(tmp_path)), options=RunOptions(max_attempts=1, worker=object()))
+    queue = JobQueue(plan, done=())
+    actor = _Actor("w")
+    pool = _ray_free_pool(monkeypatch, [actor])
+    for _ in range(PREFETCH_AFTER_CALLS):
+        pool.call_took(actor, 0.1)  # its own recent calls were short
+    sched._dispatch(pool, queue)
+    assert [args[0].id for _, args in actor.calls] == ["a", "b"]  # b queued behind a on the one actor
+
+    def lost(ref):
+        raise ActorDiedError()
+
+    monkeypatch.setattr(ray, "get", lost)  # the worker was killed while it ran a
+    refs = [ref for ref, _ in actor.calls]
+    for ref in (refs if first_lost_first else refs[::-1]):  # (ray.wait gives them in either order)
+        sched._collect(ref, pool, queue)
+    return sched, queue
+
+
+@pytest.mark.parametrize("first_lost_first", [True, False])
+def test_a_job_queued_behind_a_lost_call_never_started_and_costs_no_attempt(monkeypatch, tmp_path, capsys,
+                                                                           first_lost_first):
+    """Both calls of a killed worker come back lost; the one queued behind never started, yet it
+    was charged an attempt: with max_attempts 1 it failed ("1 attempt", no log) without running."""
+    sched, queue = _queued_behind_a_lost_call(monkeypatch, tmp_path, first_lost_first)
+    assert set(sched.summary.failed) == {"a"}  # a ran (max_attempts 1): failed
+    assert sched.summary.attempts["b"] == 0 and "b" not in sched.summary.failed
+    assert [e[2] for e in queue.ready_entries()] == ["b"]  # b waits for a live worker
+    assert "requeue b interpolate: queued behind a call whose worker was lost" in capsys.readouterr().out

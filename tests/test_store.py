@@ -193,6 +193,40 @@ def test_rows_staged_by_an_older_lth_as_parquet_are_published_and_replaced_like_
     assert store.list_files("staging/runs/experiment=e") == []
 
 
+def test_a_job_staged_both_as_parquet_and_as_arrow_is_published_once(store):
+    """stage_job_rows writes a job's new .arrow and then deletes its older .parquet: a driver
+    killed in between left both, and publish read both (the job's rows twice in results/)."""
+    store.write_bytes("staging/runs/experiment=e/again.parquet", Store._parquet_bytes("runs", [_run_row("again", 0, 0.5)]))
+    store.write_bytes("staging/runs/experiment=e/again.arrow", Store._arrow_bytes("runs", [_run_row("again", 0, 0.75)]))
+    assert store.publish("runs", "e") == 1
+    assert [(r["job_id"], r["density"]) for r in store.read_table("runs", "e").to_pylist()] == [("again", 0.75)]
+    assert store.list_files("staging/runs/experiment=e") == []
+
+
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_an_unreadable_staged_file_is_named_before_it_stops_a_publish(tmp_path, suffix):
+    """A staged file cut short (a full disk, a copy of the store that stopped) made every
+    publish raise ArrowInvalid, at the end of every `lth run`: nothing was published, ever
+    again. The lock holder's stored_keys names it (DamagedParts, as for a published part), so
+    `lth run` sets it aside and stages the job's rows again from its done record."""
+    from orchestrator.store import DamagedParts
+
+    store = Store(str(tmp_path))
+    _stage_jobs(store, ["good", "bad"])
+    bad = f"staging/runs/experiment=e/bad{suffix}"
+    if suffix == ".parquet":  # as an older lth staged it
+        store.delete("staging/runs/experiment=e/bad.arrow")
+        store.write_bytes(bad, Store._parquet_bytes("runs", [_run_row("bad", 0, 1.0)]))
+    store.write_bytes(bad, store.read_bytes(bad)[:100])
+    assert store.stored_keys("runs", "e", finish_publish=False) == {"good", "bad"}  # (lth status reads no file)
+    with pytest.raises(DamagedParts, match=f"bad{suffix}") as caught:
+        store.stored_keys("runs", "e")
+    assert [rel for rel, _ in caught.value.parts] == [bad]
+    store.set_aside_part(bad)
+    assert store.stored_keys("runs", "e") == {"good"}
+    assert store.publish("runs", "e") == 1 and _raw(tmp_path) == ["good", "good"]
+
+
 @pytest.mark.parametrize("crash_at", ["before_batch", "after_batch", "after_one_delete"])
 def test_publish_killed_at_any_step_shows_each_row_once(tmp_path, monkeypatch, crash_at):
     """A raw pyarrow scan of results/runs, taken right after the crash and after the next
