@@ -483,9 +483,11 @@ def test_wandb_offline_logs_analysis_run(tmp_path, monkeypatch):
     # in STORE/wandb beside the job runs, where `wandb sync STORE/wandb` finds it (issue 21, item 8)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and not (tmp_path / "reports" / EXP / "wandb").exists()
-    from wandb_records import records, run_record
+    from wandb_records import finished_records, run_record
 
-    run = run_record(records(next(runs[0].glob("*.wandb"))))
+    recs = finished_records(next(runs[0].glob("*.wandb")))
+    assert any(r.WhichOneof("record_type") == "exit" for r in recs), "the run file was never finished"
+    run = run_record(recs)
     assert (run.run_group, run.job_type) == (EXP, "analysis")
     assert list(runs[0].glob("*.wandb")), "no run log written"
     logged = "".join(p.name for p in (runs[0] / "files").rglob("*"))

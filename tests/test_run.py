@@ -372,7 +372,12 @@ def test_wandb_offline_runs(swept):
 def _experiment_runs(store_dir: Path, group: str) -> list[Path]:
     out = []
     for f in sorted((store_dir / "wandb").glob("offline-run-*/*.wandb")):
-        run = wandb_records.run_record(wandb_records.records(f))
+        # the experiment run is written by the driver, in this process, and may not be written
+        # out yet (wandb_records.finished_records); the job runs' workers finished them long before
+        recs = wandb_records.records(f)
+        if not any(r.WhichOneof("record_type") == "run" for r in recs):
+            recs = wandb_records.finished_records(f)
+        run = wandb_records.run_record(recs)
         if run.run_group == group and run.job_type == "experiment":
             out.append(f)
     return out
@@ -387,7 +392,7 @@ def test_a_fork_that_reuses_every_job_has_them_all_in_its_wandb_group(swept, cap
     assert main(args) == 0
     assert _ran(capsys.readouterr().out) == 0
     (f,) = _experiment_runs(store_dir, "demo_wandb_fork")
-    record = wandb_records.run_record(wandb_records.records(f))
+    record = wandb_records.run_record(wandb_records.finished_records(f))
     # unique in the project (one per set of done jobs), and carrying the experiment's hyperparameters
     assert re.fullmatch(r"experiment-demo_wandb_fork-(\d+)of\1-[0-9a-f]{8}", record.display_name), record.display_name
     config = {u.key: json.loads(u.value_json) for u in record.config.update}

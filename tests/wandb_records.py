@@ -46,6 +46,21 @@ def records(path: str | Path) -> list:
     return out
 
 
+def finished_records(path: str | Path, within: float = 60.0) -> list:
+    """The records of a run that finished in this process. wandb 0.31's `run.finish()` can return
+    before its service has written the run file out (seen in the full suite: a file holding only
+    its header right after finish; complete a moment later, and at process exit in any case), so
+    read until the exit record is there, for at most `within` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        recs = records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.1)
+
+
 def run_files(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob("*.wandb"))
 
