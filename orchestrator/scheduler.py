@@ -677,8 +677,9 @@ class _ActorPool:
         self.idle: list[Any] = []  # up, with no call
         self._starting: dict[Any, Any] = {}  # ready ref -> actor
         self._busy: dict[Any, tuple[tuple[str, ...], Any, float]] = {}  # ref -> (job ids, actor, submit time)
-        self._calls: dict[Any, int] = {}  # actor -> its calls not yet collected (1, or 2 with prefetch)
-        self._order: dict[Any, list[Any]] = {}  # actor -> its calls not yet collected, in the order submitted
+        # actor -> its calls not yet collected, in the order submitted (1, or 2 with prefetch);
+        # an actor with none is absent
+        self._calls: dict[Any, list[Any]] = {}
         self._never_started: set[Any] = set()  # calls queued behind a call whose worker was lost
         self._dropped: set[Any] = set()
         self._recent: dict[Any, RecentCalls] = {}  # actor -> its own last calls' times
@@ -713,10 +714,9 @@ class _ActorPool:
         if not self.prefetch:
             return []
         now = time.time()
-        running_since = {a: t for _, a, t in self._busy.values()}
-        return [a for a, n in self._calls.items()
-                if n == 1 and a not in self._dropped and a in self._recent and self._recent[a].all_short()
-                and now - running_since.get(a, now) < self._recent[a].below]
+        return [a for a, calls in self._calls.items()
+                if len(calls) == 1 and a not in self._dropped and a in self._recent and self._recent[a].all_short()
+                and now - self._busy[calls[0]][2] < self._recent[a].below]
 
     def can_take(self) -> bool:
         return bool(self.idle) or bool(self._queueable())
@@ -729,8 +729,7 @@ class _ActorPool:
         else:
             ref = actor.run_pack.remote(jobs, attempts)
         self._busy[ref] = (tuple(j.id for j in jobs), actor, time.time())
-        self._calls[actor] = self._calls.get(actor, 0) + 1
-        self._order.setdefault(actor, []).append(ref)
+        self._calls.setdefault(actor, []).append(ref)
 
     def running_since(self) -> dict[str, float]:
         """Running (or queued behind a running call) job -> when its call was submitted."""
@@ -771,21 +770,19 @@ class _ActorPool:
         ended but is not collected yet makes this say True of a call that did start: rare, and
         the scheduler bounds what it forgives.)"""
         _, actor, _ = self._busy[ref]
-        return ref in self._never_started or self._order.get(actor, [ref])[0] is not ref
+        return ref in self._never_started or self._calls[actor][0] is not ref
 
     def finished(self, ref: Any) -> tuple[tuple[str, ...], Any, float]:
         group, actor, submitted = self._busy.pop(ref)
-        self._calls[actor] -= 1
-        order = self._order.get(actor, [])
-        if ref in order:
-            order.remove(ref)
+        self._calls[actor].remove(ref)
         self._never_started.discard(ref)
+        if not self._calls[actor]:
+            del self._calls[actor]
         return group, actor, submitted
 
     def release(self, actor: Any) -> None:
         """The actor's call was collected and the actor lives: idle once it has no call left."""
-        if self._calls.get(actor, 0) == 0 and actor not in self._dropped:
-            self._calls.pop(actor, None)
+        if actor not in self._calls and actor not in self._dropped:
             self.idle.append(actor)
 
     def drop(self, actor: Any, behind: bool = False) -> None:
@@ -796,10 +793,11 @@ class _ActorPool:
         import ray
 
         if not behind:
-            self._never_started.update(self._order.get(actor, []))
+            self._never_started.update(self._calls.get(actor, []))
         if actor in self._dropped:
             return
         self._dropped.add(actor)
+        self._recent.pop(actor, None)
         ray.kill(actor, no_restart=True)
         self.size -= 1
         self.last_check = 0.0

@@ -340,10 +340,13 @@ class Store:
             if self.exists(legacy):
                 self.delete(legacy)
 
+    def _staged_names(self, table: str, experiment: str) -> list[str]:
+        """The staged files of a partition, by name (either format; not the publish intent)."""
+        return [n for n in self.list_files(self._staging(table, experiment)) if n.endswith((STAGED, STAGED_BEFORE))]
+
     def staged_keys(self, table: str, experiment: str) -> set[str]:
         """The jobs with staged rows (a listing: changes nothing)."""
-        return {n.rsplit(".", 1)[0] for n in self.list_files(self._staging(table, experiment))
-                if n.endswith((STAGED, STAGED_BEFORE))}
+        return {n.rsplit(".", 1)[0] for n in self._staged_names(table, experiment)}
 
     def published_keys(self, table: str, experiment: str) -> set[str]:
         """The jobs (KEY_COLUMN of the table) with published rows: one column of every file.
@@ -413,9 +416,7 @@ class Store:
         """The staged files of a partition that cannot be read whole: [(store-relative path, why)]."""
         staging = self._staging(table, experiment)
         damaged = []
-        for name in self.list_files(staging):
-            if not name.endswith((STAGED, STAGED_BEFORE)):
-                continue
+        for name in self._staged_names(table, experiment):
             rel = f"{staging}/{name}"
             try:
                 data = pa.BufferReader(self.read_bytes(rel))
@@ -442,7 +443,7 @@ class Store:
         """
         self._finish_publish(table, experiment)
         staging = self._staging(table, experiment)
-        names = [n for n in self.list_files(staging) if n.endswith((STAGED, STAGED_BEFORE))]
+        names = self._staged_names(table, experiment)
         if not names:
             return 0
         # a job's rows staged as Parquet by an older lth and again (replaced) as Arrow: the older

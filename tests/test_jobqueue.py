@@ -143,14 +143,12 @@ def test_a_failed_redo_blocks_the_consumers_waiting_for_it():
 
 
 class _Pool:
-    """What _dispatch asks of the actor pool: idle actors, what runs now, and the recent call
-    times that decide prefetching (none here, so no call is queued behind a running one)."""
+    """What _dispatch asks of the actor pool: idle actors, what runs now, and whether it can take
+    a call (only on an idle actor here: no call is queued behind a running one)."""
 
     def __init__(self, idle: int, running: list[str]):
-        from orchestrator.scheduler import RecentCalls
-
         self.idle, self.running, self.submitted = [object()] * idle, running, []
-        self.recent, self.prefetch = RecentCalls(), False
+        self.prefetch = False
 
     def can_take(self) -> bool:
         return bool(self.idle)
